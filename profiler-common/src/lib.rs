@@ -1,0 +1,5 @@
+//! Types shared by the eBPF programs (`profiler-ebpf`) and user space (`profiler`).
+//! Everything here is `#[repr(C)]` or a plain constant: both sides read the same bytes.
+#![no_std]
+
+pub mod probe;

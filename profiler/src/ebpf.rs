@@ -1,0 +1,12 @@
+//! The eBPF object built from `profiler-ebpf` by build.rs, embedded in the binary.
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+
+pub fn load() -> Result<Ebpf> {
+    Ebpf::load(aya::include_bytes_aligned!(concat!(
+        env!("OUT_DIR"),
+        "/profiler"
+    )))
+    .context("loading the profiler's eBPF object")
+}

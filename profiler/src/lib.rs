@@ -1,0 +1,7 @@
+//! profiler: where virtualization overhead comes from. See ARCHITECTURE.md for the map.
+
+pub mod attach;
+pub mod doctor;
+pub mod ebpf;
+pub mod kernel;
+pub mod kvm;

@@ -1,0 +1,91 @@
+//! The doctor's claims come from real load/attach attempts on this kernel.
+
+use profiler_tests::{profiler, require_root, run_ok};
+use serde_json::Value;
+
+fn doctor() -> Value {
+    require_root();
+    let out = run_ok(profiler().args(["doctor", "--json"]));
+    serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
+}
+
+/// On this machine (kernel without CONFIG_KPROBES, trampolines refused) the doctor must find
+/// tracepoints, TC and XDP usable and kprobe/fentry not, each with the kernel's reason.
+/// `PROFILER_EXPECT_STOCK_HOST=1` flips the expectation for a stock distribution kernel.
+#[test]
+fn mechanisms_match_what_the_kernel_allows() {
+    let r = doctor();
+    let m = &r["mechanisms"];
+    for usable in ["tp_btf", "raw_tracepoint", "tracepoint", "tc", "xdp"] {
+        assert_eq!(m[usable]["usable"], true, "{usable}: {}", m[usable]);
+        assert_eq!(
+            m[usable]["fired"], true,
+            "{usable} attached but never fired"
+        );
+    }
+    let stock = std::env::var("PROFILER_EXPECT_STOCK_HOST").is_ok_and(|v| v == "1");
+    for probe in ["kprobe", "kretprobe", "fentry", "fexit"] {
+        assert_eq!(m[probe]["usable"], stock, "{probe}: {}", m[probe]);
+        if !stock {
+            let why = m[probe]["error"]
+                .as_str()
+                .expect("a refused mechanism says why");
+            assert!(why.contains("failed"), "{probe}: {why}");
+        }
+    }
+    assert!(
+        m["kprobe"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CONFIG_KPROBES")
+            || stock
+    );
+    assert_eq!(r["btf"], true);
+    assert!(
+        r["tracefs"].as_str().is_some(),
+        "tracefs not found or mounted"
+    );
+}
+
+#[test]
+fn kvm_backend_and_micro_vm() {
+    let r = doctor();
+    let kvm = &r["kvm"];
+    assert_eq!(kvm["backend"], "pvm", "{kvm}");
+    assert_eq!(kvm["kvm_exit_exists"], true);
+    // PVM: the tracepoint exists but never fires, which sends the plan to kvm_userspace_exit.
+    assert_eq!(kvm["kvm_exit_fires"], false, "{kvm}");
+    assert_eq!(kvm["micro_vm_pio_exits"], 64, "{kvm}");
+    let hooks = r["hooks"].as_array().unwrap();
+    let exit = hooks.iter().find(|h| h["hook"] == "kvm_exit").unwrap();
+    assert_eq!(exit["target"], "kvm:kvm_userspace_exit");
+}
+
+#[test]
+fn attach_plan_uses_what_works() {
+    let r = doctor();
+    let hooks = r["hooks"].as_array().unwrap();
+    let get = |name: &str| hooks.iter().find(|h| h["hook"] == name).unwrap().clone();
+    assert_eq!(get("vxlan_encap")["mechanism"], "tp_btf");
+    assert_eq!(get("softirq")["mechanism"], "tp_btf");
+    let ct = get("conntrack");
+    assert!(ct["mechanism"].is_null());
+    assert!(ct["fallback"].as_str().unwrap().contains("ablation"));
+    assert_eq!(ct["passed_over"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn doctor_table_is_readable() {
+    require_root();
+    let out = run_ok(profiler().arg("doctor"));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "mechanism",
+        "tp_btf",
+        "KVM backend",
+        "vxlan encap",
+        "docker.sock",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

@@ -1,0 +1,104 @@
+//! `cargo xtask <chore>`: the project's build chores, so a new machine needs two commands.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    chore: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// Install everything the project needs on a fresh Debian/Ubuntu machine (idempotent).
+    Setup,
+    /// Setup, then fmt, clippy, unit tests and the privileged integration tests (root).
+    Test,
+    /// Setup, build, then run the profiler on its built-in default.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().chore {
+        Chore::Setup => setup::run(),
+        Chore::Test => test(),
+        Chore::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command, echoing it first; fails with its exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", render(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", render(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", render(cmd));
+    }
+    Ok(())
+}
+
+fn render(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn require_root(chore: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{chore} runs privileged tests (BPF, namespaces): run `sudo -E cargo xtask {chore}`");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test() -> Result<()> {
+    require_root("test")?;
+    setup::run()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    setup::clippy_ebpf()?;
+    // Unit tests, then the privileged integration tests (tests/), which need root.
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "profiler-ebpf",
+        "--exclude",
+        "profiler-tests",
+    ]))?;
+    run(cargo().args(["build", "-p", "profiler"]))?;
+    run(cargo().args(["test", "-p", "profiler-tests", "--", "--test-threads=1"]))?;
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    require_root("demo")?;
+    setup::run()?;
+    run(cargo().args(["build", "--release", "-p", "profiler"]))?;
+    run(Command::new("target/release/profiler").arg("doctor"))
+}

@@ -1,0 +1,182 @@
+//! `cargo xtask setup`: Debian packages, the nightly toolchain with rust-src, bpf-linker built
+//! against Debian's LLVM 22. Each step checks first and only acts when something is missing.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run as sh;
+
+/// The nightly this project was tested with; another nightly usually works too.
+pub const TESTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian packages, with why each is needed.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "llvm-22-dev",
+        "bpf-linker links against LLVM 22 (rustc's LLVM)",
+    ),
+    ("libpolly-22-dev", "bpf-linker's LLVM 22 link"),
+    ("libzstd-dev", "bpf-linker's LLVM 22 link"),
+    ("zlib1g-dev", "bpf-linker's LLVM 22 link"),
+    ("iproute2", "inspecting labs by hand (ip netns)"),
+    ("iptables", "the nat lab's DNAT/MASQUERADE rules"),
+    ("nftables", "the nat lab on nft-only hosts"),
+    ("iperf3", "bench-workloads peer for tcp_stream"),
+    ("sockperf", "bench-workloads peer for tcp_rr/udp_rr"),
+    ("bpftrace", "bench-trace peer"),
+    ("bpftool", "inspecting loaded programs"),
+];
+
+pub fn run() -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut acted = false;
+    acted |= packages()?;
+    acted |= nightly()?;
+    acted |= bpf_linker()?;
+    if acted {
+        eprintln!("setup: done in {:.1?}", started.elapsed());
+    } else {
+        eprintln!(
+            "setup: nothing missing, nothing to do ({:.1?})",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn packages() -> Result<bool> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    eprintln!(
+        "setup: Debian packages: {} of {} present",
+        PACKAGES.len() - missing.len(),
+        PACKAGES.len()
+    );
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    for p in &missing {
+        let why = PACKAGES.iter().find(|(n, _)| n == p).map_or("", |(_, w)| w);
+        eprintln!("setup:   missing {p}: {why}");
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "apt-get not found: install these packages by hand: {}",
+            missing.join(" ")
+        );
+    }
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(true)
+}
+
+fn nightly() -> Result<bool> {
+    let mut acted = false;
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: no nightly toolchain (the eBPF crate needs it)");
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        acted = true;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: nightly lacks rust-src (needed for -Z build-std=core)");
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        acted = true;
+    }
+    let version = output(Command::new("rustc").args(["+nightly", "--version"])).unwrap_or_default();
+    let version = version.trim();
+    if version == TESTED_NIGHTLY {
+        eprintln!("setup: nightly: {version} (the tested one)");
+    } else {
+        eprintln!(
+            "setup: nightly: {version} differs from the tested {TESTED_NIGHTLY}; it usually works, \
+             but if the eBPF build fails, this is the first suspect"
+        );
+    }
+    Ok(acted)
+}
+
+fn bpf_linker() -> Result<bool> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        eprintln!("setup: {}", v.trim());
+        return Ok(false);
+    }
+    eprintln!("setup: bpf-linker missing: building it against {LLVM_PREFIX} (a few minutes)");
+    if !std::path::Path::new(LLVM_PREFIX).join("lib").exists() {
+        bail!("{LLVM_PREFIX} is missing: install Debian's llvm-22-dev first");
+    }
+    sh(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    Ok(true)
+}
+
+/// clippy on the eBPF crate, which only builds for the BPF target.
+pub fn clippy_ebpf() -> Result<()> {
+    sh(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "profiler-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", "target/ebpf-clippy"))
+}
