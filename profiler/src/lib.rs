@@ -5,3 +5,4 @@ pub mod doctor;
 pub mod ebpf;
 pub mod kernel;
 pub mod kvm;
+pub mod lab;

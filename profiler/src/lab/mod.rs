@@ -1,0 +1,3 @@
+//! The lab: container network modes built in network namespaces through netlink.
+
+pub mod netns;
