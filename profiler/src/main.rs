@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use profiler::lab::{self, Lab, Mode};
 
 #[derive(Parser)]
 #[command(
@@ -21,25 +23,129 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Container network labs in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build a lab and leave it up (until `lab down`).
+    Up {
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Lab id (1-12 lowercase letters or digits); the first free number if absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print the lab's description as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lab, or every lab.
+    Down {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// The labs that exist.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
+    profiler::cleanup::install_signal_teardown();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Doctor { json } => profiler::doctor::run().and_then(|r| {
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("profiler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Doctor { json } => {
+            let r = profiler::doctor::run()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 profiler::doctor::print(&r);
             }
             Ok(())
-        }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("profiler: {e:#}");
-            ExitCode::FAILURE
+        }
+        Command::Lab { command } => {
+            profiler::kernel::require_root("profiler lab")?;
+            lab_command(command)
+        }
+    }
+}
+
+fn lab_command(command: LabCommand) -> Result<()> {
+    match command {
+        LabCommand::Up { mode, id, json } => {
+            let desc = Lab::up(mode, id.as_deref())?.keep()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&desc)?);
+            } else {
+                println!(
+                    "lab {} ({}) is up: client in {} ({}), server in {} ({}), connect to {}",
+                    desc.id,
+                    desc.mode,
+                    desc.client.netns,
+                    desc.client.addr,
+                    desc.server.netns,
+                    desc.server.addr,
+                    desc.connect
+                );
+                println!("remove it with: profiler lab down {}", desc.id);
+            }
+            Ok(())
+        }
+        LabCommand::Down { id, all } => {
+            lab::reap_stale();
+            let ids: Vec<String> = match (id, all) {
+                (_, true) => lab::list().into_iter().map(|d| d.id).collect(),
+                (Some(id), false) => {
+                    lab::find(&id)?;
+                    vec![id]
+                }
+                (None, false) => anyhow::bail!("name a lab (`profiler lab down ID`) or use --all"),
+            };
+            for id in ids {
+                lab::remove(&id)?;
+                println!("lab {id} removed");
+            }
+            Ok(())
+        }
+        LabCommand::List { json } => {
+            lab::reap_stale();
+            let labs = lab::list();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&labs)?);
+            } else if labs.is_empty() {
+                println!("no labs");
+            } else {
+                println!("{:<10} {:<8} {:<10} namespaces", "id", "mode", "owner");
+                for d in labs {
+                    let owner = d
+                        .owner
+                        .map_or("user".to_string(), |o| format!("pid {}", o.pid));
+                    println!(
+                        "{:<10} {:<8} {:<10} {}",
+                        d.id,
+                        d.mode,
+                        owner,
+                        d.namespaces.join(" ")
+                    );
+                }
+            }
+            Ok(())
         }
     }
 }
