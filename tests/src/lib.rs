@@ -1,4 +1,6 @@
 //! Helpers for the privileged integration tests in tests/tests/.
+//! Run them one at a time (`cargo xtask test` passes --test-threads=1): some assert on global
+//! state (all labs, the root namespace's devices).
 
 use std::process::{Command, Output};
 
@@ -43,4 +45,76 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Names of the network namespaces that exist (as `ip netns` keeps them).
+pub fn namespaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The lab's namespaces, by the `pf-<id>-` prefix.
+pub fn lab_namespaces(id: &str) -> Vec<String> {
+    let prefix = format!("pf-{id}-");
+    namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Device names of the host's root namespace: a lab must never change them.
+pub fn root_links() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .expect("/sys/class/net")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A device's packet counters inside a namespace, read with iproute2 (test side only).
+pub fn packets(netns: &str, dev: &str) -> (u64, u64) {
+    let out = Command::new("ip")
+        .args(["-j", "-s", "-n", netns, "link", "show", "dev", dev])
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip link show {dev} in {netns} failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    let s = &v[0]["stats64"];
+    (
+        s["tx"]["packets"].as_u64().unwrap_or(0),
+        s["rx"]["packets"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Whether a lab's registry file exists.
+pub fn lab_file_exists(id: &str) -> bool {
+    std::path::Path::new(&format!("/run/profiler/labs/{id}.json")).exists()
+}
+
+/// Asserts the lab left nothing behind.
+pub fn assert_gone(id: &str) {
+    assert!(
+        lab_namespaces(id).is_empty(),
+        "lab {id} left namespaces: {:?}",
+        lab_namespaces(id)
+    );
+    assert!(!lab_file_exists(id), "lab {id} left its registry file");
+}
+
+/// Removes a lab when a test ends, passing or failing, so one failure does not cascade.
+pub struct LabGuard(pub String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = profiler().args(["lab", "down", &self.0]).output();
+    }
 }
