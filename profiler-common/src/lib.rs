@@ -2,4 +2,5 @@
 //! Everything here is `#[repr(C)]` or a plain constant: both sides read the same bytes.
 #![no_std]
 
+pub mod hist;
 pub mod probe;

@@ -2,7 +2,9 @@
 #![no_std]
 #![no_main]
 
+mod hist;
 mod probe;
+mod selftest;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,8 +1,10 @@
 //! profiler: where virtualization overhead comes from. See ARCHITECTURE.md for the map.
 
 pub mod attach;
+pub mod cleanup;
 pub mod doctor;
 pub mod ebpf;
+pub mod hist;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;

@@ -9,6 +9,8 @@
 //! - `kvm`: { backend: "vmx"|"svm"|"pvm"|"unknown"|"none", kvm_exit_exists, kvm_exit_fires,
 //!   micro_vm_pio_exits, error }
 //! - `docker_socket`, `libvirt_socket`: { path, reachable, detail }
+//! - `lab_modes`: { mode: { buildable: bool, why_not: string|null } }, found by creating each
+//!   mode's device kinds in a throwaway namespace
 //! - `hooks`: [ { hook, label, mechanism, target, precision, fallback, passed_over: [{mechanism, target, why}] } ]
 
 pub mod probes;
@@ -81,7 +83,14 @@ pub struct Report {
     pub kvm: KvmReport,
     pub docker_socket: SocketReport,
     pub libvirt_socket: SocketReport,
+    pub lab_modes: BTreeMap<&'static str, ModeReport>,
     pub hooks: Vec<HookReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModeReport {
+    pub buildable: bool,
+    pub why_not: Option<String>,
 }
 
 /// The kernel as the doctor found it, for the attach plan.
@@ -181,6 +190,19 @@ pub fn run() -> Result<Report> {
         },
         docker_socket: docker_socket("/var/run/docker.sock"),
         libvirt_socket: plain_socket("/var/run/libvirt/libvirt-sock"),
+        lab_modes: crate::lab::Mode::ALL
+            .iter()
+            .map(|m| {
+                let r = crate::lab::check_kernel(*m);
+                (
+                    m.name(),
+                    ModeReport {
+                        buildable: r.is_ok(),
+                        why_not: r.err().map(|e| format!("{e:#}")),
+                    },
+                )
+            })
+            .collect(),
         hooks,
     })
 }
@@ -288,6 +310,20 @@ pub fn print(r: &Report) {
                 "unreachable"
             },
             s.detail
+        );
+    }
+    println!();
+    let buildable: Vec<&str> = r
+        .lab_modes
+        .iter()
+        .filter(|(_, m)| m.buildable)
+        .map(|(n, _)| *n)
+        .collect();
+    println!("  lab modes buildable here       {}", buildable.join(", "));
+    for (name, m) in r.lab_modes.iter().filter(|(_, m)| !m.buildable) {
+        println!(
+            "  lab mode {name:<21} {}",
+            m.why_not.as_deref().unwrap_or("")
         );
     }
     println!();

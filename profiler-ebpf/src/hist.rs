@@ -1,0 +1,22 @@
+//! Recording into the shared log-linear histograms (`profiler_common::hist`).
+
+use aya_ebpf::maps::PerCpuArray;
+use profiler_common::hist::{HIST_BUCKETS, Hist, bucket_index};
+
+/// Adds one sample of `ns` to histogram `index` of `map`, on this CPU.
+#[inline(always)]
+pub fn record(map: &PerCpuArray<Hist>, index: u32, ns: u64) {
+    let i = bucket_index(ns) as usize;
+    // Explicit bound the verifier can see on the pointer offset (bucket_index already clamps).
+    if i >= HIST_BUCKETS as usize {
+        return;
+    }
+    if let Some(h) = map.get_ptr_mut(index) {
+        // SAFETY: a live per-CPU map value, only touched by this CPU (no preemption in BPF
+        // tracing programs), and `i` is in bounds.
+        unsafe {
+            let b = (*h).buckets.as_mut_ptr().add(i);
+            *b += 1;
+        }
+    }
+}
