@@ -31,7 +31,10 @@ fn every_supported_mode_builds_and_tears_down() {
         ("host", &["loopback"][..]),
         ("bridge", &["bridge", "container_end", "host_end"][..]),
         ("nat", &["bridge", "external", "container_end"][..]),
-        ("overlay", &["underlay", "vxlan", "bridge", "container_end"][..]),
+        (
+            "overlay",
+            &["underlay", "vxlan", "bridge", "container_end"][..],
+        ),
         ("macvlan", &["parent", "container_end"][..]),
         ("routed", &["container_end", "host_end"][..]),
     ] {
@@ -50,11 +53,19 @@ fn every_supported_mode_builds_and_tears_down() {
             assert!(!device(&lab, role).is_empty(), "{mode}: no {role} device");
         }
         // Only the modes that have them list a bridge or a vxlan device.
-        assert_eq!(!device(&lab, "vxlan").is_empty(), mode == "overlay", "{mode}");
+        assert_eq!(
+            !device(&lab, "vxlan").is_empty(),
+            mode == "overlay",
+            "{mode}"
+        );
         assert!(lab["owner"].is_null(), "lab up hands the lab to the user");
         down(&id);
     }
-    assert_eq!(root_links(), links_before, "the root namespace's devices changed");
+    assert_eq!(
+        root_links(),
+        links_before,
+        "the root namespace's devices changed"
+    );
 }
 
 /// lab up checks connectivity with a TCP connection through the whole path; the overlay's
@@ -83,7 +94,10 @@ fn missing_kernel_features_fail_at_once_naming_the_option() {
             .args(["lab", "up", "--mode", mode, "--id", "nf"])
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{mode} built on a kernel without it?");
+        assert!(
+            !out.status.success(),
+            "{mode} built on a kernel without it?"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(option), "{mode}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -128,7 +142,11 @@ fn two_labs_coexist_and_ids_are_not_clobbered() {
         .unwrap();
     assert!(!out.status.success(), "a second lab took a used id");
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
-    assert_eq!(lab_namespaces("ca").len(), 3, "the refused run touched lab ca");
+    assert_eq!(
+        lab_namespaces("ca").len(),
+        3,
+        "the refused run touched lab ca"
+    );
     let list = run_ok(profiler().args(["lab", "list", "--json"]));
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
     let ids: Vec<&str> = list
@@ -148,7 +166,10 @@ fn bad_input_is_one_clear_line() {
     require_root();
     for (args, needle) in [
         (&["lab", "up", "--mode", "bogus"][..], "possible values"),
-        (&["lab", "up", "--mode", "bridge", "--id", "Bad_Id"][..], "bad lab id"),
+        (
+            &["lab", "up", "--mode", "bridge", "--id", "Bad_Id"][..],
+            "bad lab id",
+        ),
         (&["lab", "down", "nosuchlab"][..], "no lab nosuchlab"),
     ] {
         let out = profiler().args(args).output().unwrap();
