@@ -3,4 +3,5 @@
 #![no_std]
 
 pub mod hist;
+pub mod net;
 pub mod probe;

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod hist;
+mod net;
 mod probe;
 mod selftest;
 

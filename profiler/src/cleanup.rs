@@ -3,11 +3,27 @@
 //! tears down what this process owns before exiting. After a `kill -9`, `lab::reap_stale` at the
 //! next start finds what the dead owner left.
 
-use std::sync::Mutex;
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use nix::sys::signal::{SigSet, Signal};
 
 static OWNED_LABS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Set by a command that reports what it has on the first signal (trace); a second signal
+/// still tears down and exits at once.
+static INTERRUPTIBLE: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The caller will poll [`stop_requested`] and end cleanly on the first signal.
+pub fn set_interruptible() {
+    INTERRUPTIBLE.store(true, Ordering::SeqCst);
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
 
 /// Must run first in `main`, before any other thread exists, so every thread inherits the mask.
 pub fn install_signal_teardown() {
@@ -19,7 +35,11 @@ pub fn install_signal_teardown() {
         return;
     }
     std::thread::spawn(move || {
-        let sig = set.wait().unwrap_or(Signal::SIGTERM);
+        let mut sig = set.wait().unwrap_or(Signal::SIGTERM);
+        if INTERRUPTIBLE.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
+            sig = set.wait().unwrap_or(Signal::SIGTERM);
+        }
         teardown_owned();
         eprintln!("profiler: {sig}: lab torn down, exiting");
         std::process::exit(128 + sig as i32);

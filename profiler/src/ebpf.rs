@@ -3,10 +3,8 @@
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 
+pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
 pub fn load() -> Result<Ebpf> {
-    Ebpf::load(aya::include_bytes_aligned!(concat!(
-        env!("OUT_DIR"),
-        "/profiler"
-    )))
-    .context("loading the profiler's eBPF object")
+    Ebpf::load(OBJECT).context("loading the profiler's eBPF object")
 }

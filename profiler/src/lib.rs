@@ -1,6 +1,7 @@
 //! profiler: where virtualization overhead comes from. See ARCHITECTURE.md for the map.
 
 pub mod attach;
+pub mod btf;
 pub mod cleanup;
 pub mod doctor;
 pub mod ebpf;
@@ -8,3 +9,5 @@ pub mod hist;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod trace;
+pub mod workload;

@@ -28,6 +28,12 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Per-packet latency attributed to each network layer (builds a lab and drives traffic).
+    Trace(profiler::trace::run::TraceArgs),
+    /// netperf-style workloads across a lab (or against `profiler serve` with -H).
+    Bench(profiler::workload::BenchArgs),
+    /// The server side of `bench -H`, for measuring two real hosts.
+    Serve(profiler::workload::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -83,7 +89,61 @@ fn run(command: Command) -> Result<()> {
             profiler::kernel::require_root("profiler lab")?;
             lab_command(command)
         }
+        Command::Trace(args) => {
+            let r = profiler::trace::run::run(&args)?;
+            profiler::trace::run::print(&r);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&r)?)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench(&args),
+        Command::Serve(args) => args.run(),
     }
+}
+
+fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {
+    use clap::ValueEnum as _;
+    use profiler::workload::{self, Endpoints};
+    let opts = args.options()?;
+    let report = if let Some(host) = args.remote()? {
+        workload::run_remote(host, args.port, &opts)?
+    } else {
+        profiler::kernel::require_root("profiler bench across a lab")?;
+        let mut _owned = None;
+        let desc = match &args.lab {
+            Some(id) => lab::find(id)?,
+            None => {
+                let mode = Mode::from_str(&args.mode, true).map_err(|_| {
+                    let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                    anyhow::anyhow!(
+                        "unknown mode '{}': expected one of {}",
+                        args.mode,
+                        valid.join(", ")
+                    )
+                })?;
+                let l = Lab::up(mode, None)?;
+                let d = l.desc.clone();
+                _owned = Some(l);
+                d
+            }
+        };
+        let endpoints = Endpoints {
+            client_netns: Some(desc.client.netns.clone()),
+            server_netns: Some(desc.server.netns.clone()),
+            server_bind: desc.server.addr,
+            connect: desc.connect,
+            port: desc.ports.0,
+        };
+        workload::run(&endpoints, &opts)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        workload::print(&report);
+    }
+    Ok(())
 }
 
 fn lab_command(command: LabCommand) -> Result<()> {

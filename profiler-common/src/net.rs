@@ -1,0 +1,136 @@
+//! The packet-path tracer's shared vocabulary: hooks, device classes, the "point" a packet is
+//! at (hook x device class x bridge port x encapsulated), segment slots and sampled events.
+//!
+//! A segment is the pair (previous point, current point). The kernel looks the pair up in
+//! `SEG_SLOT` (filled by user space from its layer model) and records the delta into that
+//! slot's histogram; the kernel never names layers.
+
+/// Where a packet was seen. Values are stable: they are part of the map layout.
+pub mod hook {
+    pub const NONE: u8 = 0;
+    /// net:net_dev_queue — entering a device's transmit path (qdisc).
+    pub const QUEUE: u8 = 1;
+    /// net:net_dev_start_xmit — handed to the driver.
+    pub const XMIT: u8 = 2;
+    /// net:netif_rx — queued to the per-CPU backlog (veth, loopback).
+    pub const RX: u8 = 3;
+    /// net:netif_receive_skb — taken by the stack in NET_RX softirq.
+    pub const RECV: u8 = 4;
+    /// net:napi_gro_receive_entry — NAPI/GRO receive.
+    pub const GRO: u8 = 5;
+    /// skb:skb_copy_datagram_iovec — copied to the application: delivered.
+    pub const DELIVER: u8 = 6;
+    pub const COUNT: u8 = 7;
+}
+
+/// A device's kind, from its `rtnl_link_ops->kind`.
+pub mod class {
+    /// No link ops (a physical NIC) or a kind not listed here.
+    pub const OTHER: u8 = 0;
+    pub const VETH: u8 = 1;
+    pub const BRIDGE: u8 = 2;
+    pub const VXLAN: u8 = 3;
+    pub const IPIP: u8 = 4;
+    pub const MACVLAN: u8 = 5;
+    pub const LOOPBACK: u8 = 6;
+    pub const IPVLAN: u8 = 7;
+    pub const COUNT: u8 = 8;
+}
+
+/// Bits of a point: hook (3), class (3), bridge port (1), encapsulated (1).
+pub const POINTS: u32 = 256;
+
+#[inline(always)]
+pub const fn point(hook: u8, class: u8, port: bool, encap: bool) -> u8 {
+    (hook & 7) | ((class & 7) << 3) | ((port as u8) << 6) | ((encap as u8) << 7)
+}
+
+#[inline(always)]
+pub const fn point_hook(p: u8) -> u8 {
+    p & 7
+}
+#[inline(always)]
+pub const fn point_class(p: u8) -> u8 {
+    (p >> 3) & 7
+}
+#[inline(always)]
+pub const fn point_port(p: u8) -> bool {
+    (p >> 6) & 1 == 1
+}
+#[inline(always)]
+pub const fn point_encap(p: u8) -> bool {
+    p >> 7 == 1
+}
+
+/// Index into `SEG_SLOT` of the segment (prev, cur).
+#[inline(always)]
+pub const fn pair(prev: u8, cur: u8) -> u32 {
+    ((prev as u32) << 8) | cur as u32
+}
+
+/// Histogram slots per direction; the second direction starts at `SLOTS_PER_DIR`.
+pub const SLOTS_PER_DIR: u32 = 40;
+pub const SLOTS: u32 = 2 * SLOTS_PER_DIR;
+/// Slot 0 of a direction: a segment the layer model does not name.
+pub const SLOT_UNKNOWN: u32 = 0;
+/// Last slot of a direction: birth to delivery, the one-way time.
+pub const SLOT_ONE_WAY: u32 = SLOTS_PER_DIR - 1;
+/// Direction 0: from the client's namespace (requests); 1: everything else (responses).
+pub const DIR_REQUEST: u8 = 0;
+pub const DIR_RESPONSE: u8 = 1;
+
+/// Indexes of the `NET_COUNTERS` per-CPU array.
+pub mod counter {
+    /// Packets that matched the filter at their first hook and are now followed.
+    pub const BIRTHS: u32 = 0;
+    /// Followed packets delivered to a socket.
+    pub const DELIVERED: u32 = 1;
+    /// Followed packets freed as dropped (skb:kfree_skb).
+    pub const DROPPED: u32 = 2;
+    /// Followed packets freed as consumed without a delivery hook (e.g. TCP coalescing).
+    pub const CONSUMED: u32 = 3;
+    /// State found too old (its skb was freed unseen and the address reused): restarted.
+    pub const STALE: u32 = 4;
+    /// Sampled events the ring buffer had no room for.
+    pub const SAMPLES_LOST: u32 = 5;
+    /// Segments whose pair the layer model does not name.
+    pub const UNKNOWN_SEGMENTS: u32 = 6;
+    /// Hooks invoked on any packet (tracked or not): the tracer's event rate.
+    pub const EVENTS: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// Per-slot position on the path: count and sum of (segment end - packet birth), ns.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct SlotPos {
+    pub count: u64,
+    pub sum_offset: u64,
+}
+
+/// One hook on a sampled packet (`--sample N`), for the pwru-style path print.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub skb: u64,
+    pub ts: u64,
+    pub netns: u32,
+    pub ifindex: u32,
+    pub len: u32,
+    pub cpu: u32,
+    pub hook: u8,
+    pub class: u8,
+    pub dir: u8,
+    pub slot: u8,
+    pub name: [u8; 16],
+    pub _pad: [u8; 4],
+}
+
+/// A drop of a followed packet: `skb:kfree_skb`'s reason, counted in `NET_DROPS`.
+pub const MAX_DROP_REASONS: u32 = 256;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::SlotPos {}
+    unsafe impl aya::Pod for super::Event {}
+}

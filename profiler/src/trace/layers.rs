@@ -1,0 +1,236 @@
+//! The layer model: which layer a segment (previous point -> current point) belongs to.
+//! The kernel only sees the pair; this table names it, from the hooks and the kinds of the
+//! devices involved, so the same model explains any host, not only the lab. Segments that the
+//! available hooks cannot split are named for everything they contain.
+
+use profiler_common::net::{
+    POINTS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, class, hook, pair, point_class, point_encap,
+    point_hook, point_port,
+};
+
+pub const UNKNOWN: &str = "other (unnamed segment)";
+pub const ONE_WAY: &str = "one-way total";
+
+fn tx_queue(class: u8, port: bool, encap: bool) -> &'static str {
+    match class {
+        _ if encap => "tx queue (underlay)",
+        class::VETH if port => "tx queue (bridge port veth)",
+        class::VETH => "tx queue (container veth)",
+        class::BRIDGE => "tx queue (bridge)",
+        class::VXLAN => "tx queue (vxlan)",
+        class::IPIP => "tx queue (ipip)",
+        class::MACVLAN => "tx queue (macvlan)",
+        class::IPVLAN => "tx queue (ipvlan)",
+        class::LOOPBACK => "tx queue (loopback)",
+        _ => "tx queue (nic)",
+    }
+}
+
+/// Where a packet waits between netif_rx and its NET_RX softirq, by the receiving device.
+fn backlog(class: u8, port: bool, encap: bool) -> &'static str {
+    match class {
+        _ if encap => "backlog + NET_RX softirq (underlay)",
+        class::VXLAN | class::IPIP => "backlog + NET_RX softirq (after decap)",
+        _ if port => "backlog + NET_RX softirq (bridge port)",
+        class::LOOPBACK => "backlog + NET_RX softirq (loopback)",
+        _ => "backlog + NET_RX softirq (container)",
+    }
+}
+
+/// The layer of the segment from point `prev` to point `cur`, if the model knows it.
+pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
+    let (ph, pc, pport, pencap) = (
+        point_hook(prev),
+        point_class(prev),
+        point_port(prev),
+        point_encap(prev),
+    );
+    let (ch, cc, cport, cencap) = (
+        point_hook(cur),
+        point_class(cur),
+        point_port(cur),
+        point_encap(cur),
+    );
+    let decap = |cc: u8| match cc {
+        class::VXLAN => Some("vxlan decap + ip/udp receive + netfilter in"),
+        class::IPIP => Some("ipip decap + ip receive + netfilter in"),
+        _ => None,
+    };
+    Some(match (ph, ch) {
+        (hook::QUEUE, hook::XMIT) if pc == cc => tx_queue(pc, pport, pencap),
+        (hook::XMIT, hook::RX) => match pc {
+            class::VETH if pencap => "underlay link (veth)",
+            class::VETH if pport => "veth (host to container)",
+            class::VETH => "veth (container to host)",
+            class::LOOPBACK => "loopback",
+            class::MACVLAN => "macvlan (bridge mode)",
+            class::IPVLAN => "ipvlan",
+            _ => return None,
+        },
+        (hook::XMIT, hook::QUEUE) => match pc {
+            class::VXLAN => "vxlan encap + route + netfilter out",
+            class::IPIP => "ipip encap + route + netfilter out",
+            class::BRIDGE => "bridge (host stack to port)",
+            class::MACVLAN | class::IPVLAN => "to parent device",
+            _ => return None,
+        },
+        // Decapsulated: the inner packet re-enters the stack on the tunnel device.
+        (hook::RECV | hook::GRO, hook::RX | hook::GRO | hook::RECV) if pencap && !cencap => {
+            decap(cc)?
+        }
+        (hook::RX, hook::RECV | hook::GRO) => backlog(cc, cport, cencap),
+        (hook::GRO, hook::RECV) => "gro",
+        (hook::RECV, hook::RECV) if pport && cc == class::BRIDGE => "bridge (port to host stack)",
+        (hook::RECV | hook::GRO, hook::QUEUE) if pport => "bridge",
+        (hook::RECV | hook::GRO, hook::QUEUE) => "ip forward + netfilter",
+        (hook::RECV | hook::GRO, hook::DELIVER) => "ip/transport receive + socket queue",
+        _ => return None,
+    })
+}
+
+/// The kernel's `SEG_SLOT` table and the layer name of each slot (per direction).
+pub struct Table {
+    pub seg_slot: Vec<u8>,
+    pub names: Vec<&'static str>,
+}
+
+pub fn table() -> Table {
+    let mut names: Vec<&'static str> = vec![UNKNOWN];
+    let mut seg_slot = vec![0u8; (POINTS * POINTS) as usize];
+    for prev in (0..POINTS).map(|p| p as u8) {
+        if point_hook(prev) == hook::NONE || point_hook(prev) >= hook::COUNT {
+            continue;
+        }
+        for cur in (0..POINTS).map(|p| p as u8) {
+            if point_hook(cur) == hook::NONE || point_hook(cur) >= hook::COUNT {
+                continue;
+            }
+            let Some(name) = layer(prev, cur) else {
+                continue;
+            };
+            let slot = match names.iter().position(|n| *n == name) {
+                Some(s) => s,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+            seg_slot[pair(prev, cur) as usize] = slot as u8;
+        }
+    }
+    assert!(
+        names.len() < SLOT_ONE_WAY as usize,
+        "more layers than histogram slots"
+    );
+    names.resize(SLOTS_PER_DIR as usize, "");
+    names[SLOT_ONE_WAY as usize] = ONE_WAY;
+    names[SLOT_UNKNOWN as usize] = UNKNOWN;
+    Table { seg_slot, names }
+}
+
+pub fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::QUEUE => "net_dev_queue",
+        hook::XMIT => "net_dev_start_xmit",
+        hook::RX => "netif_rx",
+        hook::RECV => "netif_receive_skb",
+        hook::GRO => "napi_gro_receive",
+        hook::DELIVER => "skb_copy_datagram",
+        _ => "?",
+    }
+}
+
+/// Human-readable point, for unnamed segments.
+pub fn describe(p: u8) -> String {
+    format!(
+        "{}@{}{}{}",
+        hook_name(point_hook(p)),
+        class_name(point_class(p)),
+        if point_port(p) { "(port)" } else { "" },
+        if point_encap(p) { "(encap)" } else { "" }
+    )
+}
+
+pub fn class_name(c: u8) -> &'static str {
+    match c {
+        class::VETH => "veth",
+        class::BRIDGE => "bridge",
+        class::VXLAN => "vxlan",
+        class::IPIP => "ipip",
+        class::MACVLAN => "macvlan",
+        class::LOOPBACK => "loopback",
+        class::IPVLAN => "ipvlan",
+        _ => "nic",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_common::net::point;
+
+    /// The overlay path seen on this machine (cf. overlay-ping-path.txt), point by point. On
+    /// decap, vxlan hands the inner packet to netif_rx (gro_cells without NAPI).
+    #[test]
+    fn overlay_request_path_is_fully_named() {
+        use class::*;
+        use hook::*;
+        let p = |h, c, port, encap| point(h, c, port, encap);
+        let path = [
+            p(QUEUE, VETH, false, false), // container eth0
+            p(XMIT, VETH, false, false),
+            p(RX, VETH, true, false), // host-side veth (bridge port)
+            p(RECV, VETH, true, false),
+            p(QUEUE, VXLAN, true, false), // vxlan0 (bridge port)
+            p(XMIT, VXLAN, true, false),
+            p(QUEUE, VETH, false, true), // underlay ux, encapsulated
+            p(XMIT, VETH, false, true),
+            p(RX, VETH, false, true), // far underlay uy
+            p(RECV, VETH, false, true),
+            p(RX, VXLAN, true, false), // far vxlan0, decapsulated
+            p(RECV, VXLAN, true, false),
+            p(QUEUE, VETH, true, false), // far bridge port veth
+            p(XMIT, VETH, true, false),
+            p(RX, VETH, false, false), // far container eth0
+            p(RECV, VETH, false, false),
+            p(DELIVER, OTHER, false, false),
+        ];
+        let names: Vec<&str> = path
+            .windows(2)
+            .map(|w| {
+                layer(w[0], w[1])
+                    .unwrap_or_else(|| panic!("{} -> {}", describe(w[0]), describe(w[1])))
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tx queue (container veth)",
+                "veth (container to host)",
+                "backlog + NET_RX softirq (bridge port)",
+                "bridge",
+                "tx queue (vxlan)",
+                "vxlan encap + route + netfilter out",
+                "tx queue (underlay)",
+                "underlay link (veth)",
+                "backlog + NET_RX softirq (underlay)",
+                "vxlan decap + ip/udp receive + netfilter in",
+                "backlog + NET_RX softirq (after decap)",
+                "bridge",
+                "tx queue (bridge port veth)",
+                "veth (host to container)",
+                "backlog + NET_RX softirq (container)",
+                "ip/transport receive + socket queue",
+            ]
+        );
+    }
+
+    #[test]
+    fn table_has_room_and_reserved_slots() {
+        let t = table();
+        assert_eq!(t.names[SLOT_UNKNOWN as usize], UNKNOWN);
+        assert_eq!(t.names[SLOT_ONE_WAY as usize], ONE_WAY);
+        let named = t.seg_slot.iter().filter(|&&s| s != 0).count();
+        assert!(named > 100, "{named}");
+    }
+}

@@ -1,0 +1,241 @@
+//! The per-layer report: rows in path order per direction, the one-way total, what is left
+//! unattributed, the workload's own end-to-end numbers, and every loss the tracer knows of.
+
+use serde::Serialize;
+
+use super::{layers, net::Snapshot};
+use crate::hist::{Summary, fmt_ns};
+use profiler_common::net::{SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, counter};
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub layer: &'static str,
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Mean time from the packet's first hook to this segment's end: its place on the path.
+    pub mean_offset_ns: f64,
+    /// How many times a delivered packet crosses this layer (count / delivered, rounded): 2 for
+    /// the bridge of each overlay host; 0 for segments only a few packets took (handshakes).
+    pub crossings: u64,
+    /// This layer's median times its crossings, over the median one-way time.
+    pub share: f64,
+    /// Non-empty buckets: [value_ns, count].
+    pub histogram: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Direction {
+    pub name: &'static str,
+    pub layers: Vec<Row>,
+    pub one_way: Option<Row>,
+    /// Median one-way time minus the sum of the layers' medians times their crossings: what
+    /// the hooks do not see (or what medians do not add up to).
+    pub unattributed_ns: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub followed: u64,
+    pub delivered: u64,
+    pub consumed_without_delivery: u64,
+    pub dropped: u64,
+    pub stale_restarts: u64,
+    pub samples_lost: u64,
+    pub unnamed_segments: u64,
+    pub hook_events: u64,
+    /// Followed packets that ended neither delivered, consumed nor dropped: state evicted from
+    /// the LRU, or rebuilt under another skb address (lost to the tracer).
+    pub lost: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetReport {
+    pub directions: Vec<Direction>,
+    pub counts: Counts,
+    pub drop_reasons: Vec<(u32, u64)>,
+    pub unnamed: Vec<(String, u64)>,
+}
+
+fn row(
+    layer: &'static str,
+    h: &hdrhistogram::Histogram<u64>,
+    offset: f64,
+    delivered: u64,
+    one_way_p50: f64,
+) -> Row {
+    let summary = Summary::of(h);
+    let crossings = if delivered > 0 {
+        (summary.count as f64 / delivered as f64).round() as u64
+    } else {
+        0
+    };
+    Row {
+        layer,
+        summary,
+        mean_offset_ns: offset,
+        crossings,
+        share: if one_way_p50 > 0.0 {
+            summary.p50 as f64 * crossings as f64 / one_way_p50
+        } else {
+            0.0
+        },
+        histogram: h
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect(),
+    }
+}
+
+pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
+    let mut directions = vec![];
+    for (dir, name) in [
+        (0u32, "requests (client -> server)"),
+        (1, "responses (server -> client)"),
+    ] {
+        let base = dir * SLOTS_PER_DIR;
+        let ow = s.slots.get(&(base + SLOT_ONE_WAY));
+        let (ow_p50, delivered) =
+            ow.map_or((0.0, 0), |(h, _)| (Summary::of(h).p50 as f64, h.len()));
+        let mut layers: Vec<Row> = s
+            .slots
+            .iter()
+            .filter(|(slot, _)| **slot >= base && **slot < base + SLOTS_PER_DIR)
+            .filter(|(slot, _)| **slot - base != SLOT_ONE_WAY)
+            .map(|(slot, (h, off))| {
+                let n = names[(slot - base) as usize];
+                row(
+                    if n.is_empty() { layers::UNKNOWN } else { n },
+                    h,
+                    *off,
+                    delivered,
+                    ow_p50,
+                )
+            })
+            .collect();
+        if layers.is_empty() && ow.is_none() {
+            continue;
+        }
+        // Path order; segments few packets took go last.
+        layers.sort_by(|a, b| {
+            (a.crossings == 0)
+                .cmp(&(b.crossings == 0))
+                .then(a.mean_offset_ns.total_cmp(&b.mean_offset_ns))
+        });
+        let attributed: f64 = layers.iter().map(|r| r.share * ow_p50).sum();
+        directions.push(Direction {
+            name,
+            unattributed_ns: ow_p50 - attributed,
+            layers,
+            one_way: ow.map(|(h, off)| row(layers::ONE_WAY, h, *off, delivered, ow_p50)),
+        });
+    }
+    let c = &s.counters;
+    let ended = c[counter::DELIVERED as usize]
+        + c[counter::CONSUMED as usize]
+        + c[counter::DROPPED as usize];
+    NetReport {
+        directions,
+        counts: Counts {
+            followed: c[counter::BIRTHS as usize],
+            delivered: c[counter::DELIVERED as usize],
+            consumed_without_delivery: c[counter::CONSUMED as usize],
+            dropped: c[counter::DROPPED as usize],
+            stale_restarts: c[counter::STALE as usize],
+            samples_lost: c[counter::SAMPLES_LOST as usize],
+            unnamed_segments: c[counter::UNKNOWN_SEGMENTS as usize],
+            hook_events: c[counter::EVENTS as usize],
+            lost: c[counter::BIRTHS as usize] as i64 - ended as i64,
+        },
+        drop_reasons: s.drop_reasons.iter().map(|(r, n)| (*r, *n)).collect(),
+        unnamed: s.unnamed.clone(),
+    }
+}
+
+fn print_row(r: &Row) {
+    let s = &r.summary;
+    println!(
+        "  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6.1}%{}",
+        r.layer,
+        s.count,
+        fmt_ns(s.p50 as f64),
+        fmt_ns(s.p90 as f64),
+        fmt_ns(s.p99 as f64),
+        fmt_ns(s.p99_9 as f64),
+        fmt_ns(s.max as f64),
+        fmt_ns(s.mean),
+        r.share * 100.0,
+        if r.crossings > 1 {
+            format!(" (x{})", r.crossings)
+        } else {
+            String::new()
+        }
+    );
+}
+
+pub fn print(r: &NetReport) {
+    for d in &r.directions {
+        println!();
+        println!(
+            "  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            d.name, "count", "p50", "p90", "p99", "p99.9", "max", "mean", "share*"
+        );
+        for l in &d.layers {
+            print_row(l);
+        }
+        if let Some(ow) = &d.one_way {
+            print_row(ow);
+            let share = if ow.summary.p50 > 0 {
+                d.unattributed_ns / ow.summary.p50 as f64 * 100.0
+            } else {
+                0.0
+            };
+            println!(
+                "  {:<44} {:>8} {:>59} {:>6.1}%",
+                "unattributed (one-way p50 - sum of layer p50s)",
+                "",
+                fmt_ns(d.unattributed_ns),
+                share
+            );
+        }
+    }
+    let c = &r.counts;
+    println!();
+    println!("  * share: the layer's p50 times its crossings per packet, over the one-way p50");
+    println!(
+        "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} lost to the tracer, {} stale restarts; {} hook events",
+        c.followed,
+        c.delivered,
+        c.consumed_without_delivery,
+        c.dropped,
+        c.lost.max(0),
+        c.stale_restarts,
+        c.hook_events
+    );
+    if !r.drop_reasons.is_empty() {
+        let reasons: Vec<String> = r
+            .drop_reasons
+            .iter()
+            .map(|(reason, n)| format!("reason {reason}: {n}"))
+            .collect();
+        println!("  drops by skb_drop_reason: {}", reasons.join(", "));
+    }
+    if c.samples_lost > 0 {
+        println!(
+            "  sampled events lost (ring buffer full): {}",
+            c.samples_lost
+        );
+    }
+    if !r.unnamed.is_empty() {
+        println!(
+            "  segments the layer model does not name (in '{}'): {}",
+            layers::UNKNOWN,
+            r.unnamed
+                .iter()
+                .take(5)
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let _ = SLOT_UNKNOWN;
+}
