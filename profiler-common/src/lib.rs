@@ -5,3 +5,4 @@
 pub mod hist;
 pub mod net;
 pub mod probe;
+pub mod softirq;

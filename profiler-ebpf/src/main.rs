@@ -3,9 +3,11 @@
 #![no_main]
 
 mod hist;
+mod inject;
 mod net;
 mod probe;
 mod selftest;
+mod softirq;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -272,6 +272,9 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
 /// A packet seen at hook `h` on device `dev` (0: read it from the skb).
 fn on_hook(skb: u64, dev: u64, h: u8) {
     count(counter::EVENTS);
+    if h == hook::RECV {
+        crate::softirq::packet_received();
+    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let dev = if dev != 0 {

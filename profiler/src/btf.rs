@@ -207,6 +207,21 @@ impl Btf {
         Err(anyhow!("enumerator {enumerator} not in BTF"))
     }
 
+    /// Name of `value` in the enum type `enum_name`, e.g. a `skb_drop_reason`.
+    pub fn enumerator(&self, enum_name: &str, value: u64) -> Option<String> {
+        let ids = self.by_name.get(enum_name)?;
+        ids.iter().find_map(|&id| {
+            let t = &self.types[id as usize];
+            if !matches!(t.kind, KIND_ENUM | KIND_ENUM64) {
+                return None;
+            }
+            t.members
+                .iter()
+                .find(|m| m.2 as u64 == value)
+                .map(|m| self.str(m.0).to_string())
+        })
+    }
+
     /// Whether a struct member is a bitfield (for reading it with the right width).
     pub fn is_bitfield(&self, path: &str) -> bool {
         let Some((root, rest)) = path.split_once('.') else {

@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod doctor;
 pub mod ebpf;
 pub mod hist;
+pub mod inject;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;

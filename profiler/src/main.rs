@@ -89,18 +89,32 @@ fn run(command: Command) -> Result<()> {
             profiler::kernel::require_root("profiler lab")?;
             lab_command(command)
         }
-        Command::Trace(args) => {
-            let r = profiler::trace::run::run(&args)?;
-            profiler::trace::run::print(&r);
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_vec_pretty(&r)?)
-                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-            }
-            Ok(())
-        }
+        Command::Trace(args) => trace(&args),
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
     }
+}
+
+fn trace(args: &profiler::trace::run::TraceArgs) -> Result<()> {
+    use profiler::trace::run;
+    let json = if let Some(modes) = &args.compare {
+        let rows = run::compare(args, modes)?;
+        run::print_compare(&rows);
+        serde_json::to_vec_pretty(&rows)?
+    } else if args.ablation {
+        let a = run::ablation(args)?;
+        run::print_ablation(&a);
+        serde_json::to_vec_pretty(&a)?
+    } else {
+        let r = run::run(args)?;
+        run::print(&r);
+        serde_json::to_vec_pretty(&r)?
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, json)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {

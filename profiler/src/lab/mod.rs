@@ -180,6 +180,15 @@ impl Drop for Lab {
     }
 }
 
+/// Runs iptables inside a lab namespace (as Docker does, the rules live with the network).
+pub fn iptables_in(ns: &str, args: &[&str]) -> Result<()> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    netns::run_in(ns, move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        topology::iptables(&a)
+    })
+}
+
 /// An existing lab, by id (for `bench --lab`, `trace --lab`).
 pub fn find(id: &str) -> Result<Description> {
     validate_id(id)?;

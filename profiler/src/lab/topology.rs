@@ -101,7 +101,7 @@ fn try_feature(feature: &'static str) -> Result<()> {
 }
 
 /// Runs iptables in the calling thread's namespace (the child inherits it).
-fn iptables(args: &[&str]) -> Result<()> {
+pub(super) fn iptables(args: &[&str]) -> Result<()> {
     let out = Command::new("iptables")
         .args(["-w", "5"])
         .args(args)
@@ -278,6 +278,9 @@ async fn bridge(d: &mut Description, nat: bool) -> Result<()> {
         Role::ContainerEnd,
         Some(format!("{client_ip}/24")),
     );
+    // Lets the ablation run reach the server without NAT (same path, no DNAT rule hit).
+    c.route(at(CONTAINER_NET, 0), CONTAINER_PREFIX, Some(pub_ip), "eth0")
+        .await?;
     step("external")?;
     h.sysctl("net.ipv4.ip_forward", "1")?;
     let server = at(CONTAINER_NET, 3).to_string();

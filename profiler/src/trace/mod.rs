@@ -4,3 +4,4 @@ pub mod layers;
 pub mod net;
 pub mod report;
 pub mod run;
+pub mod softirq;

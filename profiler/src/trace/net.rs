@@ -211,6 +211,14 @@ impl NetTracer {
         )?)
     }
 
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// Ids of the loaded programs, for BPF run-time statistics.
     pub fn program_ids(&self) -> Vec<(String, u32)> {
         self.ebpf
@@ -221,7 +229,7 @@ impl NetTracer {
 }
 
 /// tp_btf where it loads and attaches, else the raw tracepoint; the reason when neither does.
-fn attach_one(
+pub(crate) fn attach_one(
     ebpf: &mut Ebpf,
     tp: &str,
     btf_prog: &str,

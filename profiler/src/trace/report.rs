@@ -52,7 +52,8 @@ pub struct Counts {
 pub struct NetReport {
     pub directions: Vec<Direction>,
     pub counts: Counts,
-    pub drop_reasons: Vec<(u32, u64)>,
+    /// (skb_drop_reason, its name from BTF, count)
+    pub drop_reasons: Vec<(u32, String, u64)>,
     pub unnamed: Vec<(String, u64)>,
 }
 
@@ -146,7 +147,19 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
             hook_events: c[counter::EVENTS as usize],
             lost: c[counter::BIRTHS as usize] as i64 - ended as i64,
         },
-        drop_reasons: s.drop_reasons.iter().map(|(r, n)| (*r, *n)).collect(),
+        drop_reasons: {
+            let btf = crate::btf::Btf::vmlinux().ok();
+            s.drop_reasons
+                .iter()
+                .map(|(r, n)| {
+                    let name = btf
+                        .as_ref()
+                        .and_then(|b| b.enumerator("skb_drop_reason", *r as u64))
+                        .unwrap_or_else(|| format!("reason {r}"));
+                    (*r, name, *n)
+                })
+                .collect()
+        },
         unnamed: s.unnamed.clone(),
     }
 }
@@ -215,7 +228,7 @@ pub fn print(r: &NetReport) {
         let reasons: Vec<String> = r
             .drop_reasons
             .iter()
-            .map(|(reason, n)| format!("reason {reason}: {n}"))
+            .map(|(_, name, n)| format!("{name}: {n}"))
             .collect();
         println!("  drops by skb_drop_reason: {}", reasons.join(", "));
     }

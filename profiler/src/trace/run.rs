@@ -62,6 +62,12 @@ pub struct TraceArgs {
     /// -r REQ,RESP for the rr workloads.
     #[arg(short = 'r', default_value = "1,1")]
     pub rr: String,
+    /// Run the same workload across these modes and print one comparison table.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub compare: Option<Vec<Mode>>,
+    /// In a nat lab: trace with NAT, without NAT, and without conntrack, and report the costs.
+    #[arg(long)]
+    pub ablation: bool,
 }
 
 #[derive(Serialize)]
@@ -72,6 +78,7 @@ pub struct TraceReport {
     pub seconds: f64,
     pub attached: Vec<(String, String)>,
     pub net: NetReport,
+    pub softirq: Option<super::softirq::SoftirqReport>,
     pub workload: Option<workload::Report>,
     /// Workload mean round trip minus the two mean one-way times: application, syscalls and
     /// the stack before the first hook (TCP/IP output) and after the last.
@@ -87,29 +94,42 @@ fn inode(ns: &str) -> Result<u32> {
 pub fn run(args: &TraceArgs) -> Result<TraceReport> {
     crate::kernel::require_root("profiler trace")?;
     lab::reap_stale();
-    let test: Test = args.test.parse()?;
-    if !(args.length > 0.0) {
+    cleanup::set_interruptible();
+    if args.attach_only {
+        return attach_only(args, length(args)?);
+    }
+    let mode = args.mode.unwrap_or(Mode::Overlay);
+    let (desc, _owned) = acquire(args.lab.as_deref(), mode)?;
+    trace_in(&desc, desc.connect, args)
+}
+
+fn length(args: &TraceArgs) -> Result<Duration> {
+    if !(args.length > 0.0 && args.length < 86_400.0) {
         bail!("-l must be a positive number of seconds, e.g. -l 5");
     }
-    let length = Duration::from_secs_f64(args.length);
-    let (rq, rs) = workload::parse_rr(&args.rr)?;
-    cleanup::set_interruptible();
+    Ok(Duration::from_secs_f64(args.length))
+}
 
-    if args.attach_only {
-        return attach_only(args, length);
-    }
-    let mut _owned: Option<Lab> = None;
-    let desc = match &args.lab {
-        Some(id) => lab::find(id)?,
+/// The lab to trace in: an existing one (left up), or a new one torn down when dropped.
+fn acquire(id: Option<&str>, mode: Mode) -> Result<(lab::Description, Option<Lab>)> {
+    match id {
+        Some(id) => Ok((lab::find(id)?, None)),
         None => {
-            let mode = args.mode.unwrap_or(Mode::Overlay);
             eprintln!("profiler: building a {mode} lab...");
             let l = Lab::up(mode, None)?;
-            let d = l.desc.clone();
-            _owned = Some(l);
-            d
+            Ok((l.desc.clone(), Some(l)))
         }
-    };
+    }
+}
+
+/// Attaches, runs the workload from the client to `connect`, reports.
+fn trace_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<TraceReport> {
+    let test: Test = args.test.parse()?;
+    let (rq, rs) = workload::parse_rr(&args.rr)?;
     let filter = Filter {
         ports: args.port.map_or(desc.ports, |p| (p, p)),
         client_netns: inode(&desc.client.netns)?,
@@ -118,23 +138,26 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport> {
         ..Filter::default()
     };
     let mut tracer = NetTracer::start(&filter)?;
+    let softirq_hooks = super::softirq::attach(tracer.ebpf_mut());
+    tracer.attached.extend(softirq_hooks);
     let endpoints = Endpoints {
         client_netns: Some(desc.client.netns.clone()),
         server_netns: Some(desc.server.netns.clone()),
         server_bind: desc.server.addr,
-        connect: desc.connect,
+        connect,
         port: desc.ports.0,
     };
     let mut opts = Options::new(test);
-    opts.duration = length;
+    opts.duration = length(args)?;
     opts.request = rq;
     opts.response = rs;
+    opts.validate()?;
     eprintln!(
         "profiler: tracing {} in lab {} ({}) for {:.1} s",
         test.name(),
         desc.id,
         desc.mode,
-        args.args_len()
+        args.length
     );
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
     watch(&mut tracer, args, || worker.is_finished())?;
@@ -163,14 +186,199 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport> {
         seconds: args.length,
         attached: tracer.attached.clone(),
         net,
+        softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload,
         rtt_unattributed_ns,
     })
 }
 
-impl TraceArgs {
-    fn args_len(&self) -> f64 {
-        self.length
+/// One mode's line of `--compare`.
+#[derive(Serialize)]
+pub struct CompareRow {
+    pub mode: Mode,
+    pub throughput: f64,
+    pub unit: &'static str,
+    pub mean_us: f64,
+    pub p99_us: f64,
+    /// Throughput relative to host, and latency relative to host (the research's ratios).
+    pub throughput_ratio: Option<f64>,
+    pub latency_ratio: Option<f64>,
+    /// The layer with the largest share of the request one-way time.
+    pub top_layer: Option<(String, f64)>,
+    pub report: TraceReport,
+}
+
+/// `--compare host,bridge,nat,overlay`: the same workload in each mode, one table.
+pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
+    crate::kernel::require_root("profiler trace --compare")?;
+    lab::reap_stale();
+    cleanup::set_interruptible();
+    let mut rows: Vec<CompareRow> = vec![];
+    for &mode in modes {
+        if cleanup::stop_requested() {
+            break;
+        }
+        let (desc, _owned) = acquire(None, mode)?;
+        let report = trace_in(&desc, desc.connect, args)?;
+        let Some(w) = &report.workload else { break };
+        let rr = w.test.is_rr();
+        let top_layer = report.net.directions.first().and_then(|d| {
+            d.layers
+                .iter()
+                .max_by(|a, b| a.share.total_cmp(&b.share))
+                .map(|l| (l.layer.to_string(), l.share))
+        });
+        rows.push(CompareRow {
+            mode,
+            throughput: if rr {
+                w.transactions_per_sec
+            } else {
+                w.throughput_mbps
+            },
+            unit: if rr { "trans/s" } else { "Mbit/s" },
+            mean_us: w.latency.mean_us,
+            p99_us: w.latency.p99_us,
+            throughput_ratio: None,
+            latency_ratio: None,
+            top_layer,
+            report,
+        });
+    }
+    if let Some(host) = rows
+        .iter()
+        .find(|r| r.mode == Mode::Host)
+        .map(|r| (r.throughput, r.mean_us))
+    {
+        for r in &mut rows {
+            r.throughput_ratio = (host.0 > 0.0).then(|| r.throughput / host.0);
+            r.latency_ratio = (host.1 > 0.0).then(|| r.mean_us / host.1);
+        }
+    }
+    Ok(rows)
+}
+
+pub fn print_compare(rows: &[CompareRow]) {
+    println!(
+        "  {:<9} {:>12} {:>8} {:>10} {:>10} {:>10} {:>10}  largest layer (requests)",
+        "mode", "throughput", "", "mean", "p99", "vs host", "latency"
+    );
+    for r in rows {
+        println!(
+            "  {:<9} {:>12.0} {:<8} {:>8.1}µs {:>8.1}µs {:>10} {:>10}  {}",
+            r.mode,
+            r.throughput,
+            r.unit,
+            r.mean_us,
+            r.p99_us,
+            r.throughput_ratio
+                .map_or("-".into(), |x| format!("{x:.2}x")),
+            r.latency_ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            r.top_layer
+                .as_ref()
+                .map_or(String::new(), |(n, s)| format!("{n} ({:.0}%)", s * 100.0))
+        );
+    }
+}
+
+/// `--ablation` in a nat lab: the same workload with NAT, without NAT (direct to the server,
+/// conntrack still on), and with conntrack off (NOTRACK in the raw table). Where function
+/// probes cannot isolate conntrack and NAT, the differences of the forwarding segment can.
+#[derive(Serialize)]
+pub struct Ablation {
+    pub variants: Vec<(String, TraceReport)>,
+    /// p50 of the host's "ip forward + netfilter" segment per variant (requests).
+    pub forward_p50_ns: Vec<(String, u64)>,
+    pub nat_cost_ns: Option<i64>,
+    pub conntrack_cost_ns: Option<i64>,
+}
+
+pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
+    crate::kernel::require_root("profiler trace --ablation")?;
+    lab::reap_stale();
+    cleanup::set_interruptible();
+    let (desc, _owned) = acquire(args.lab.as_deref(), Mode::Nat)?;
+    if desc.mode != Mode::Nat {
+        bail!(
+            "--ablation needs a nat lab (lab {} is {})",
+            desc.id,
+            desc.mode
+        );
+    }
+    let host_ns = desc
+        .namespaces
+        .iter()
+        .find(|n| n.ends_with("-h"))
+        .ok_or_else(|| anyhow!("lab {} has no host namespace", desc.id))?
+        .clone();
+    let mut variants = vec![];
+    variants.push(("nat".to_string(), trace_in(&desc, desc.connect, args)?));
+    variants.push((
+        "no nat (conntrack on)".to_string(),
+        trace_in(&desc, desc.server.addr, args)?,
+    ));
+    let notrack = [
+        ["-t", "raw", "-I", "PREROUTING", "-j", "NOTRACK"],
+        ["-t", "raw", "-I", "OUTPUT", "-j", "NOTRACK"],
+    ];
+    for rule in &notrack {
+        lab::iptables_in(&host_ns, rule)?;
+    }
+    let r = trace_in(&desc, desc.server.addr, args);
+    for rule in &notrack {
+        let mut del = rule.to_vec();
+        del[2] = "-D";
+        lab::iptables_in(&host_ns, &del)?;
+    }
+    variants.push(("no conntrack (NOTRACK)".to_string(), r?));
+    let forward = |r: &TraceReport| {
+        r.net.directions.first().and_then(|d| {
+            d.layers
+                .iter()
+                .find(|l| l.layer == "ip forward + netfilter")
+                .map(|l| l.summary.p50)
+        })
+    };
+    let forward_p50_ns: Vec<(String, u64)> = variants
+        .iter()
+        .filter_map(|(n, r)| forward(r).map(|p| (n.clone(), p)))
+        .collect();
+    let get = |i: usize| forward(&variants[i].1).map(|v| v as i64);
+    let nat_cost_ns = get(0).zip(get(1)).map(|(a, b)| a - b);
+    let conntrack_cost_ns = get(1).zip(get(2)).map(|(a, b)| a - b);
+    Ok(Ablation {
+        variants,
+        forward_p50_ns,
+        nat_cost_ns,
+        conntrack_cost_ns,
+    })
+}
+
+pub fn print_ablation(a: &Ablation) {
+    println!(
+        "  netfilter ablation (p50 of the host's 'ip forward + netfilter' segment, requests):"
+    );
+    for (n, p) in &a.forward_p50_ns {
+        println!("    {:<28} {}", n, crate::hist::fmt_ns(*p as f64));
+    }
+    if let Some(c) = a.nat_cost_ns {
+        println!(
+            "    NAT (DNAT rule + translation) costs       {}",
+            crate::hist::fmt_ns(c as f64)
+        );
+    }
+    if let Some(c) = a.conntrack_cost_ns {
+        println!(
+            "    conntrack (lookup/insert per packet) costs {}",
+            crate::hist::fmt_ns(c as f64)
+        );
+    }
+    for (n, r) in &a.variants {
+        if let Some(w) = &r.workload {
+            println!(
+                "    {:<28} {:.0} trans/s, mean RTT {:.1} µs",
+                n, w.transactions_per_sec, w.latency.mean_us
+            );
+        }
     }
 }
 
@@ -193,6 +401,8 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         sample_every: args.sample.unwrap_or(0),
     };
     let mut tracer = NetTracer::start(&filter)?;
+    let softirq_hooks = super::softirq::attach(tracer.ebpf_mut());
+    tracer.attached.extend(softirq_hooks);
     let deadline = Instant::now() + length;
     watch(&mut tracer, args, || Instant::now() >= deadline)?;
     Ok(TraceReport {
@@ -202,6 +412,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         seconds: args.length,
         attached: tracer.attached.clone(),
         net: report::build(&tracer.snapshot()?, &tracer.table.names),
+        softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload: None,
         rtt_unattributed_ns: None,
     })
@@ -304,6 +515,9 @@ pub fn print(r: &TraceReport) {
         .collect();
     println!("  hooks: {}", how.join(", "));
     report::print(&r.net);
+    if let Some(s) = &r.softirq {
+        super::softirq::print(s);
+    }
     if let Some(w) = &r.workload {
         println!();
         let l = &w.latency;

@@ -62,7 +62,13 @@ pub fn run(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
     let client_cpu = sock::thread_cpu().saturating_sub(cpu0);
 
     let _ = ctl.write_all(&[proto::STOP]);
-    ctl.set_read_timeout(Some(RESULTS_TIMEOUT))?;
+    // After a failed data phase the results only add context: do not wait long for them.
+    let wait = if measured.is_ok() {
+        RESULTS_TIMEOUT
+    } else {
+        STALL
+    };
+    ctl.set_read_timeout(Some(wait))?;
     let results = Results::read(&mut ctl).map_err(|e| stalled(e, "the server's results"));
     let measured = match (measured, &results) {
         (Err(e), Ok(r)) if !r.message.is_empty() => {
@@ -387,10 +393,10 @@ pub(super) fn udp_rr(u: &UdpSocket, opts: &Options) -> Result<Measured> {
         if t >= deadline {
             break;
         }
-        for i in 0..slots.len() {
-            if t - slots[i].1 >= opts.udp_timeout {
+        for slot in &mut slots {
+            if t - slot.1 >= opts.udp_timeout {
                 m.lost += 1;
-                slots[i] = (send(&mut req, &mut m)?, t);
+                *slot = (send(&mut req, &mut m)?, t);
             }
         }
     }

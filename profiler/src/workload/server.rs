@@ -439,10 +439,9 @@ fn udp_rr(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result
                 // Echo the sequence number so the client can tell a late answer from a fresh one.
                 let e = echo.min(k);
                 resp[..e].copy_from_slice(&buf[..e]);
-                match u.send_to(&resp, from) {
-                    Ok(k) => n.tx(k),
-                    // Dropped here (ENOBUFS and friends): the client counts it lost.
-                    Err(_) => {}
+                // A failed send (ENOBUFS and friends) is a loss the client counts.
+                if let Ok(k) = u.send_to(&resp, from) {
+                    n.tx(k);
                 }
             }
             Err(e) if is_tick(&e) => {

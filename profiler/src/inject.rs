@@ -1,0 +1,358 @@
+//! `profiler inject`: a built-in delay injector for the lab (this kernel has no netem). A TC
+//! program (`profiler-ebpf/src/inject.rs`) on one hook of one lab device holds each selected
+//! packet until a deadline, spinning in `bpf_loop`; the delay lands in the segment after the
+//! hook. The program stays attached while the [`Injector`] lives.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::PerCpuArray,
+    programs::{SchedClassifier, TcAttachType},
+};
+
+use crate::lab;
+
+/// Longest delay accepted: the program spins on a CPU with softirqs off for this long.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+
+/// The injector program, attached to one hook of one device. Dropping it detaches.
+pub struct Injector {
+    // Holds the program and its tcx link (an fd: process-wide, whatever thread made it).
+    ebpf: Ebpf,
+}
+
+impl Injector {
+    /// Attaches the injector on `dev` in the named network namespace: every IPv4 TCP/UDP
+    /// packet (or those with `port` as source or destination port) passing the hook waits
+    /// `delay` there.
+    pub fn attach(
+        netns: &str,
+        dev: &str,
+        ingress: bool,
+        delay: Duration,
+        port: Option<u16>,
+    ) -> Result<Injector> {
+        if delay.is_zero() || delay > MAX_DELAY {
+            bail!(
+                "delay {delay:?} out of range: 1ns..={}ms",
+                MAX_DELAY.as_millis()
+            );
+        }
+        let delay_ns = delay.as_nanos() as u64;
+        let port = port.unwrap_or(0);
+        let (dev, hook) = (dev.to_string(), hook_name(ingress));
+        let ns = netns.to_string();
+        let what = format!("attaching the injector to {hook} of {dev} in {ns}");
+        // The interface name resolves in the calling thread's namespace: attach from inside it.
+        let ebpf = lab::netns::run_in(netns, move || -> Result<Ebpf> {
+            let mut ebpf = EbpfLoader::new()
+                .override_global("DELAY_NS", &delay_ns, true)
+                .override_global("INJECT_PORT", &port, true)
+                .load(crate::ebpf::OBJECT)
+                .context("loading the profiler's eBPF object")?;
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut("inject_delay")
+                .ok_or_else(|| anyhow!("the eBPF object has no inject_delay program"))?
+                .try_into()?;
+            prog.load().context("loading inject_delay")?;
+            let attach = if ingress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            prog.attach(&dev, attach)?;
+            Ok(ebpf)
+        })
+        .context(what)?;
+        Ok(Injector { ebpf })
+    }
+
+    /// Packets held so far, over all CPUs.
+    pub fn injected(&self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map("INJECT_COUNT")
+            .ok_or_else(|| anyhow!("the eBPF object has no INJECT_COUNT map"))?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counts
+            .get(&0, 0)
+            .context("reading INJECT_COUNT")?
+            .iter()
+            .sum())
+    }
+}
+
+fn hook_name(ingress: bool) -> &'static str {
+    if ingress { "ingress" } else { "egress" }
+}
+
+/// `--delay`: a number with a unit: ns, us (or µs), ms or s; fractions allowed (2.5ms).
+pub fn parse_delay(s: &str) -> Result<Duration> {
+    let bad = || {
+        anyhow!(
+            "bad --delay value '{s}': expected a duration with a unit (ns, us, ms, s) up to \
+             {}ms, e.g. --delay 500us or --delay 2.5ms",
+            MAX_DELAY.as_millis()
+        )
+    };
+    let t = s.trim();
+    let (num, unit_ns) = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+    ]
+    .into_iter()
+    .find_map(|(suffix, ns)| t.strip_suffix(suffix).map(|n| (n, ns)))
+    .ok_or_else(bad)?;
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    let ns = v * unit_ns;
+    if !ns.is_finite() || ns < 1.0 || ns > MAX_DELAY.as_nanos() as f64 {
+        return Err(bad());
+    }
+    Ok(Duration::from_nanos(ns.round() as u64))
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group = clap::ArgGroup::new("hook").required(true).args(["ingress", "egress"]))]
+pub struct InjectArgs {
+    /// The lab whose device gets the delay.
+    #[arg(long, value_name = "ID")]
+    pub lab: String,
+    /// The device (as `lab up` lists it), e.g. eth0 or a host-side veth.
+    #[arg(long, value_name = "DEV")]
+    pub dev: String,
+    /// The lab namespace holding DEV, when several hold a device of that name.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Delay packets arriving on DEV (TC ingress).
+    #[arg(long)]
+    pub ingress: bool,
+    /// Delay packets leaving DEV (TC egress).
+    #[arg(long)]
+    pub egress: bool,
+    /// Delay per packet: ns, us, ms or s, e.g. 500us, 1ms, 2.5ms, 200000ns.
+    #[arg(long, value_name = "DURATION")]
+    pub delay: String,
+    /// Only packets with this source or destination port (TCP or UDP); default all.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// How long to stay attached, in seconds (an "ms" suffix works); default until Ctrl-C.
+    #[arg(short = 'l', long, value_name = "SECS")]
+    pub length: Option<String>,
+}
+
+impl InjectArgs {
+    /// The lab namespace holding `--dev`; errors name the lab's devices.
+    pub fn namespace(&self, desc: &lab::Description) -> Result<String> {
+        let listing = || {
+            desc.devices
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.netns))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let holders: Vec<&lab::Device> = desc
+            .devices
+            .iter()
+            .filter(|d| d.name == self.dev)
+            .filter(|d| self.netns.as_ref().is_none_or(|n| *n == d.netns))
+            .collect();
+        let dev = match (holders.as_slice(), &self.netns) {
+            ([d], _) => *d,
+            ([], Some(ns)) => bail!(
+                "no device {} in namespace {ns} of lab {}: its devices are {}",
+                self.dev,
+                desc.id,
+                listing()
+            ),
+            ([], None) => bail!(
+                "no device {} in lab {}: its devices are {}",
+                self.dev,
+                desc.id,
+                listing()
+            ),
+            (many, _) => bail!(
+                "device {} is in several namespaces of lab {}: choose one with --netns ({})",
+                self.dev,
+                desc.id,
+                many.iter()
+                    .map(|d| d.netns.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        if dev.kind == "ipip" {
+            bail!(
+                "{} in {} is an ipip device (no Ethernet header); the injector parses \
+                 Ethernet frames: choose another device ({})",
+                dev.name,
+                dev.netns,
+                listing()
+            );
+        }
+        Ok(dev.netns.clone())
+    }
+}
+
+/// `profiler inject`: attaches, waits for `-l` or Ctrl-C, prints the count, detaches.
+pub fn run(args: &InjectArgs) -> Result<()> {
+    crate::kernel::require_root("profiler inject")?;
+    let delay = parse_delay(&args.delay)?;
+    let length = args
+        .length
+        .as_deref()
+        .map(crate::workload::parse_duration)
+        .transpose()?;
+    let desc = lab::find(&args.lab)?;
+    let netns = args.namespace(&desc)?;
+    let inj = Injector::attach(&netns, &args.dev, args.ingress, delay, args.port)?;
+    crate::cleanup::set_interruptible();
+    let which = match args.port {
+        Some(p) => format!("IPv4 TCP/UDP packets with port {p}"),
+        None => "every IPv4 TCP/UDP packet".to_string(),
+    };
+    let until = match length {
+        Some(l) => format!("for {l:?}"),
+        None => "until Ctrl-C".to_string(),
+    };
+    println!(
+        "profiler inject: delaying {which} by {delay:?} at {} of {} in {netns} (lab {}), {until}",
+        hook_name(args.ingress),
+        args.dev,
+        desc.id
+    );
+    let end = length.map(|l| Instant::now() + l);
+    while !crate::cleanup::stop_requested() {
+        let left = match end {
+            Some(e) => e.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left.min(Duration::from_millis(100)));
+    }
+    let n = inj.injected()?;
+    drop(inj);
+    println!("profiler inject: {n} packets delayed; detached");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_parse_with_units() {
+        let us = Duration::from_micros;
+        assert_eq!(parse_delay("500us").unwrap(), us(500));
+        assert_eq!(parse_delay("500µs").unwrap(), us(500));
+        assert_eq!(parse_delay("1ms").unwrap(), us(1000));
+        assert_eq!(parse_delay("2.5ms").unwrap(), us(2500));
+        assert_eq!(parse_delay("200000ns").unwrap(), us(200));
+        assert_eq!(parse_delay("0.01s").unwrap(), us(10_000));
+        for bad in ["", "1", "ms", "-1ms", "0us", "1h", "1e9s", "nanms", "101ms"] {
+            let e = parse_delay(bad).unwrap_err().to_string();
+            assert!(e.starts_with("bad --delay value"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    fn lab() -> lab::Description {
+        let dev = |netns: &str, name: &str, kind: &str, role| lab::Device {
+            netns: netns.into(),
+            name: name.into(),
+            kind: kind.into(),
+            role,
+            addr: None,
+            mtu: None,
+        };
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        lab::Description {
+            id: "t1".into(),
+            mode: lab::Mode::Bridge,
+            namespaces: vec!["pf-t1-client".into(), "pf-t1-server".into()],
+            devices: vec![
+                dev("pf-t1-client", "eth0", "veth", lab::Role::ContainerEnd),
+                dev("pf-t1-server", "eth0", "veth", lab::Role::ContainerEnd),
+                dev("pf-t1-host", "br0", "bridge", lab::Role::Bridge),
+                dev("pf-t1-host", "tun0", "ipip", lab::Role::Tunnel),
+            ],
+            client: lab::Endpoint {
+                netns: "pf-t1-client".into(),
+                addr: ip,
+            },
+            server: lab::Endpoint {
+                netns: "pf-t1-server".into(),
+                addr: ip,
+            },
+            connect: ip,
+            ports: (5201, 5202),
+            owner: None,
+        }
+    }
+
+    fn args(dev: &str, netns: Option<&str>) -> InjectArgs {
+        InjectArgs {
+            lab: "t1".into(),
+            dev: dev.into(),
+            netns: netns.map(Into::into),
+            ingress: true,
+            egress: false,
+            delay: "1ms".into(),
+            port: None,
+            length: None,
+        }
+    }
+
+    #[test]
+    fn devices_resolve_to_their_namespace() {
+        let d = lab();
+        assert_eq!(args("br0", None).namespace(&d).unwrap(), "pf-t1-host");
+        let ns = args("eth0", Some("pf-t1-server")).namespace(&d).unwrap();
+        assert_eq!(ns, "pf-t1-server");
+        for (a, want) in [
+            (args("eth0", None), "choose one with --netns"),
+            (
+                args("eth9", None),
+                "no device eth9 in lab t1: its devices are eth0 (pf-t1-client)",
+            ),
+            (
+                args("br0", Some("pf-t1-client")),
+                "no device br0 in namespace pf-t1-client",
+            ),
+            (args("tun0", None), "no Ethernet header"),
+        ] {
+            let e = format!("{:#}", a.namespace(&d).unwrap_err());
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        inject: InjectArgs,
+    }
+
+    #[test]
+    fn exactly_one_hook() {
+        use clap::{CommandFactory as _, Parser as _};
+        Cli::command().debug_assert();
+        let parse = |extra: &[&str]| {
+            let base = ["inject", "--lab", "a1", "--dev", "eth0", "--delay", "1ms"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.inject)
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--ingress", "--egress"]).is_err());
+        let a = parse(&["--egress", "--port", "5201", "-l", "3"]).unwrap();
+        assert!(a.egress && !a.ingress);
+        assert_eq!((a.port, a.length.as_deref()), (Some(5201), Some("3")));
+    }
+}
