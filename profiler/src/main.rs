@@ -34,6 +34,8 @@ enum Command {
     Bench(profiler::workload::BenchArgs),
     /// The server side of `bench -H`, for measuring two real hosts.
     Serve(profiler::workload::ServeArgs),
+    /// Delay packets on one hook of one lab device (a TC program; netem where absent).
+    Inject(profiler::inject::InjectArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,12 +94,25 @@ fn run(command: Command) -> Result<()> {
         Command::Trace(args) => trace(&args),
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
+        Command::Inject(args) => profiler::inject::run(&args),
     }
 }
 
 fn trace(args: &profiler::trace::run::TraceArgs) -> Result<()> {
     use profiler::trace::run;
-    let json = if let Some(modes) = &args.compare {
+    let json = if args.self_check {
+        let c = run::self_check(args)?;
+        run::print_self_check(&c);
+        let json = serde_json::to_vec_pretty(&c)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
+        if !c.passed {
+            anyhow::bail!("self-check failed: an injected delay did not land in its layer");
+        }
+        return Ok(());
+    } else if let Some(modes) = &args.compare {
         let rows = run::compare(args, modes)?;
         run::print_compare(&rows);
         serde_json::to_vec_pretty(&rows)?

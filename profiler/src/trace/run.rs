@@ -68,6 +68,10 @@ pub struct TraceArgs {
     /// In a nat lab: trace with NAT, without NAT, and without conntrack, and report the costs.
     #[arg(long)]
     pub ablation: bool,
+    /// Inject a known delay on a bridge port, the underlay and a container veth, trace, and
+    /// check that each lands in the layer holding its hook and nowhere else.
+    #[arg(long)]
+    pub self_check: bool,
 }
 
 #[derive(Serialize)]
@@ -546,5 +550,142 @@ pub fn print(r: &TraceReport) {
                 crate::hist::fmt_ns(u)
             );
         }
+    }
+}
+
+/// One injection of the self-check.
+#[derive(Serialize)]
+pub struct Case {
+    pub mode: Mode,
+    pub device: String,
+    pub hook: &'static str,
+    pub expected_layer: &'static str,
+    /// Request-direction layers: (name, baseline p50, injected p50), ns.
+    pub layers: Vec<(String, u64, u64)>,
+    pub delay_ns: u64,
+    pub landed_ns: i64,
+    /// Largest |shift| of any other layer.
+    pub elsewhere_ns: i64,
+    pub passed: bool,
+}
+
+#[derive(Serialize)]
+pub struct SelfCheck {
+    pub cases: Vec<Case>,
+    pub passed: bool,
+}
+
+/// Median shift tolerance: 5% of the injected delay.
+const TOLERANCE: f64 = 0.05;
+const SELF_CHECK_DELAY: Duration = Duration::from_millis(1);
+
+fn request_p50s(r: &TraceReport) -> Vec<(String, u64)> {
+    r.net
+        .directions
+        .first()
+        .map(|d| {
+            d.layers
+                .iter()
+                .filter(|l| l.crossings >= 1)
+                .map(|l| (l.layer.to_string(), l.summary.p50))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
+    crate::kernel::require_root("profiler trace --self-check")?;
+    lab::reap_stale();
+    cleanup::set_interruptible();
+    // Requests go client -> server: the client's bridge port (host end), the server host's
+    // underlay, the server container's end. (mode, role, device name, namespace suffix, layer)
+    let plan: [(Mode, lab::Role, &str, &str, &'static str); 3] = [
+        (Mode::Bridge, lab::Role::HostEnd, "veth-c", "-h", "bridge"),
+        (
+            Mode::Overlay,
+            lab::Role::Underlay,
+            "uy",
+            "-hy",
+            "vxlan decap + ip/udp receive + netfilter in",
+        ),
+        (
+            Mode::Overlay,
+            lab::Role::ContainerEnd,
+            "eth0",
+            "-s",
+            "ip/transport receive + socket queue",
+        ),
+    ];
+    let mut cases = vec![];
+    let mut labs: Vec<(Mode, lab::Description, Option<Lab>, Vec<(String, u64)>)> = vec![];
+    for (mode, role, name, ns_suffix, expected) in plan {
+        if !labs.iter().any(|(m, ..)| *m == mode) {
+            let (desc, owned) = acquire(None, mode)?;
+            let base = request_p50s(&trace_in(&desc, desc.connect, args)?);
+            labs.push((mode, desc, owned, base));
+        }
+        let (_, desc, _, base) = labs.iter().find(|(m, ..)| *m == mode).unwrap();
+        let dev = desc
+            .device(role)
+            .find(|d| d.name == name && d.netns.ends_with(ns_suffix))
+            .ok_or_else(|| anyhow!("lab {} has no {name} ({role:?})", desc.id))?
+            .clone();
+        let injector = crate::inject::Injector::attach(
+            &dev.netns,
+            &dev.name,
+            true,
+            SELF_CHECK_DELAY,
+            // All packets: on the underlay they are VXLAN (UDP 4789), not the workload's port.
+            None,
+        )?;
+        let traced = request_p50s(&trace_in(desc, desc.connect, args)?);
+        drop(injector);
+        let delay = SELF_CHECK_DELAY.as_nanos() as u64;
+        let mut layers = vec![];
+        let (mut landed, mut elsewhere) = (0i64, 0i64);
+        for (name, b) in base {
+            let t = traced.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
+            let shift = t as i64 - *b as i64;
+            if name == expected {
+                landed = shift;
+            } else {
+                elsewhere = elsewhere.max(shift.abs());
+            }
+            layers.push((name.clone(), *b, t));
+        }
+        let tol = (delay as f64 * TOLERANCE) as i64;
+        cases.push(Case {
+            mode,
+            device: format!("{} in {}", dev.name, dev.netns),
+            hook: "tc ingress",
+            expected_layer: expected,
+            layers,
+            delay_ns: delay,
+            landed_ns: landed,
+            elsewhere_ns: elsewhere,
+            passed: (landed - delay as i64).abs() <= tol && elsewhere <= tol,
+        });
+    }
+    let passed = cases.iter().all(|c| c.passed);
+    Ok(SelfCheck { cases, passed })
+}
+
+pub fn print_self_check(c: &SelfCheck) {
+    use crate::hist::fmt_ns;
+    println!(
+        "  self-check: {} injected on TC ingress, tolerance {:.0}%",
+        fmt_ns(SELF_CHECK_DELAY.as_nanos() as f64),
+        TOLERANCE * 100.0
+    );
+    for case in &c.cases {
+        println!(
+            "  {:<4} {:<8} {:<28} expected in '{}': landed {} (other layers at most {})",
+            if case.passed { "ok" } else { "FAIL" },
+            case.mode,
+            case.device,
+            case.expected_layer,
+            fmt_ns(case.landed_ns as f64),
+            fmt_ns(case.elsewhere_ns as f64)
+        );
     }
 }

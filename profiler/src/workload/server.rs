@@ -170,7 +170,9 @@ impl Server {
         let mut counts = Counts::default();
         let outcome = match (spec.test, &udp) {
             (Test::TcpCrr, _) => self.tcp_crr(token, &spec, &mut c, &mut counts),
-            (Test::UdpStream, Some(u)) => self.gatekeeping(|| udp_stream(u, &mut c, &mut counts)),
+            (Test::UdpStream, Some(u)) => {
+                self.gatekeeping(|| udp_stream(u, &spec, &mut c, &mut counts))
+            }
             (Test::UdpRr, Some(u)) => self.gatekeeping(|| udp_rr(u, &spec, &mut c, &mut counts)),
             _ => match self.join(token, &mut c) {
                 Ok(Some(s)) => self.gatekeeping(|| tcp_one(s, &spec, &mut c, &mut counts)),
@@ -221,6 +223,10 @@ impl Server {
         });
         let u = u.with_context(|| format!("binding UDP {addr}"))?;
         u.set_read_timeout(Some(IDLE_TICK))?;
+        // Room for bursts (SO_RCVBUFFORCE passes rmem_max as root); smaller is only more loss.
+        let room = 4 << 20;
+        let _ = setsockopt(&u, sockopt::RcvBufForce, &room)
+            .or_else(|_| setsockopt(&u, sockopt::RcvBuf, &room));
         Ok(u)
     }
 
@@ -407,11 +413,11 @@ fn admit(s: &mut TcpStream, buf: &mut [u8], token: u64, c: &mut Control) -> bool
     }
 }
 
-fn udp_stream(u: &UdpSocket, c: &mut Control, n: &mut Counts) -> Result<()> {
-    let mut buf = vec![0u8; 65536];
+fn udp_stream(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result<()> {
+    let mut batch = sock::RecvBatch::new(64, spec.send_size as usize);
     for i in 0u64.. {
-        match u.recv(&mut buf) {
-            Ok(k) => n.rx(k),
+        match batch.recv(u) {
+            Ok(lens) => lens.for_each(|k| n.rx(k)),
             // The client stops sending before it says STOP, so an idle tick has seen it all.
             Err(e) if is_tick(&e) => {
                 if c.over() {

@@ -107,3 +107,61 @@ pub fn token() -> u64 {
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// `recvmmsg` over preallocated buffers: one syscall takes every datagram already queued
+/// (up to the batch), so a UDP receiver keeps up with a sender doing one `send` each.
+pub struct RecvBatch {
+    _bufs: Vec<u8>,
+    _iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    pub fn new(batch: usize, slot: usize) -> RecvBatch {
+        let mut bufs = vec![0u8; batch * slot];
+        let mut iovs: Vec<libc::iovec> = (0..batch)
+            .map(|i| libc::iovec {
+                iov_base: bufs[i * slot..].as_mut_ptr().cast(),
+                iov_len: slot,
+            })
+            .collect();
+        let hdrs = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: all-zero is a valid mmsghdr (null name and control).
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // The heap blocks the pointers refer to stay put when the Vecs move.
+        RecvBatch {
+            _bufs: bufs,
+            _iovs: iovs,
+            hdrs,
+        }
+    }
+
+    /// Waits for one datagram (SO_RCVTIMEO applies), takes the rest without waiting; returns
+    /// the datagrams' full lengths (MSG_TRUNC: not cut to the slot).
+    pub fn recv(
+        &mut self,
+        fd: &impl std::os::fd::AsRawFd,
+    ) -> io::Result<impl Iterator<Item = usize> + '_> {
+        // SAFETY: every header points at an iovec and buffer owned by self, alive and unaliased.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as _,
+                libc::MSG_WAITFORONE | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(self.hdrs[..r as usize].iter().map(|h| h.msg_len as usize))
+    }
+}
