@@ -95,8 +95,17 @@ fn inode(ns: &str) -> Result<u32> {
         .ino() as u32)
 }
 
+/// Checks the workload arguments before anything is built.
+fn validate(args: &TraceArgs) -> Result<()> {
+    let _: Test = args.test.parse()?;
+    workload::parse_rr(&args.rr)?;
+    length(args)?;
+    Ok(())
+}
+
 pub fn run(args: &TraceArgs) -> Result<TraceReport> {
     crate::kernel::require_root("profiler trace")?;
+    validate(args)?;
     lab::reap_stale();
     cleanup::set_interruptible();
     if args.attach_only {
@@ -215,6 +224,7 @@ pub struct CompareRow {
 /// `--compare host,bridge,nat,overlay`: the same workload in each mode, one table.
 pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
     crate::kernel::require_root("profiler trace --compare")?;
+    validate(args)?;
     lab::reap_stale();
     cleanup::set_interruptible();
     let mut rows: Vec<CompareRow> = vec![];
@@ -298,6 +308,7 @@ pub struct Ablation {
 
 pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
     crate::kernel::require_root("profiler trace --ablation")?;
+    validate(args)?;
     lab::reap_stale();
     cleanup::set_interruptible();
     let (desc, _owned) = acquire(args.lab.as_deref(), Mode::Nat)?;
@@ -595,6 +606,7 @@ fn request_p50s(r: &TraceReport) -> Vec<(String, u64)> {
 
 pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
     crate::kernel::require_root("profiler trace --self-check")?;
+    validate(args)?;
     lab::reap_stale();
     cleanup::set_interruptible();
     // Requests go client -> server: the client's bridge port (host end), the server host's

@@ -112,7 +112,7 @@ impl Server {
             if log {
                 match outcome {
                     Ok((spec, r)) => eprintln!(
-                        "profiler serve: {peer}: {} {} ms: received {} B in {} messages, sent {} B in {}{}",
+                        "profiler serve: {peer}: {} {} ms: received {} B in {} messages, sent {} B in {} messages{}",
                         spec.test,
                         spec.duration_ms,
                         r.bytes_rx,

@@ -2,7 +2,7 @@
 
 use std::{
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     thread,
     time::{Duration, Instant},
 };
@@ -16,6 +16,27 @@ fn quick(test: Test) -> Options {
         duration: Duration::from_millis(300),
         ..Options::new(test)
     }
+}
+
+/// `run` with the other runs kept out, then a look for threads it left behind.
+fn run_alone(o: &Options) -> Report {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let r = run(&Endpoints::loopback(0), o).unwrap();
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.starts_with("workload-"))
+            .collect()
+    };
+    // A joined thread can linger in /proc for a moment while the kernel reaps it.
+    let t = Instant::now();
+    while !leftovers().is_empty() && t.elapsed() < Duration::from_millis(500) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(leftovers().is_empty(), "threads left running: {:?}", leftovers());
+    r
 }
 
 fn check(r: &Report) {
@@ -44,20 +65,20 @@ fn check_rr(r: &Report) {
 
 #[test]
 fn tcp_stream() {
-    let r = run(&Endpoints::loopback(0), &quick(Test::TcpStream)).unwrap();
+    let r = run_alone(&quick(Test::TcpStream));
     check(&r);
     assert!(r.service_demand_us_per_kb.unwrap() > 0.0);
 }
 
 #[test]
 fn tcp_maerts() {
-    let r = run(&Endpoints::loopback(0), &quick(Test::TcpMaerts)).unwrap();
+    let r = run_alone(&quick(Test::TcpMaerts));
     check(&r);
 }
 
 #[test]
 fn tcp_rr() {
-    check_rr(&run(&Endpoints::loopback(0), &quick(Test::TcpRr)).unwrap());
+    check_rr(&run_alone(&quick(Test::TcpRr)));
 }
 
 #[test]
@@ -68,19 +89,19 @@ fn tcp_rr_burst_and_big_messages() {
         burst: 4,
         ..quick(Test::TcpRr)
     };
-    let r = run(&Endpoints::loopback(0), &o).unwrap();
+    let r = run_alone(&o);
     check_rr(&r);
     assert_eq!(r.bytes, r.transactions * 200_100);
 }
 
 #[test]
 fn tcp_crr() {
-    check_rr(&run(&Endpoints::loopback(0), &quick(Test::TcpCrr)).unwrap());
+    check_rr(&run_alone(&quick(Test::TcpCrr)));
 }
 
 #[test]
 fn udp_stream() {
-    let r = run(&Endpoints::loopback(0), &quick(Test::UdpStream)).unwrap();
+    let r = run_alone(&quick(Test::UdpStream));
     check(&r);
     let u = r.udp.unwrap();
     assert!(
@@ -98,7 +119,7 @@ fn udp_rr() {
         response: 64,
         ..quick(Test::UdpRr)
     };
-    let r = run(&Endpoints::loopback(0), &o).unwrap();
+    let r = run_alone(&o);
     check_rr(&r);
     let u = r.udp.unwrap();
     assert!(u.client_received <= u.server_sent && u.server_received <= u.client_sent);

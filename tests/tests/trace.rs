@@ -1,0 +1,205 @@
+//! The tracer's attribution is true: each mode shows exactly its layers, the layers add up to
+//! the one-way time, an injected delay lands in the layer holding its hook, and Ctrl-C still
+//! reports and cleans up.
+
+use std::{
+    io::Read as _,
+    process::Stdio,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use profiler_tests::*;
+use serde_json::Value;
+
+fn trace(args: &[&str]) -> Value {
+    let file = format!("/tmp/profiler-test-trace-{}.json", std::process::id());
+    run_ok(profiler().arg("trace").args(args).args(["--json", &file]));
+    let v = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    v
+}
+
+/// Layers every delivered request crosses (crossings >= 1), by name.
+fn request_layers(r: &Value) -> Vec<String> {
+    r["net"]["directions"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["crossings"].as_u64().unwrap() >= 1)
+        .map(|l| l["layer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn each_mode_shows_exactly_its_layers() {
+    require_root();
+    let before = namespaces();
+    for (mode, must, must_not) in [
+        (
+            "overlay",
+            &[
+                "vxlan encap + route + netfilter out",
+                "vxlan decap + ip/udp receive + netfilter in",
+                "underlay link (veth)",
+                "bridge",
+            ][..],
+            &["ip forward + netfilter"][..],
+        ),
+        (
+            "bridge",
+            &["bridge", "veth (container to host)"][..],
+            &[
+                "vxlan encap + route + netfilter out",
+                "ip forward + netfilter",
+            ][..],
+        ),
+        (
+            "nat",
+            &["ip forward + netfilter", "bridge (host stack to port)"][..],
+            &["vxlan encap + route + netfilter out"][..],
+        ),
+        (
+            "routed",
+            &["ip forward + netfilter"][..],
+            &["bridge", "vxlan encap + route + netfilter out"][..],
+        ),
+        (
+            "host",
+            &["loopback"][..],
+            &["bridge", "veth (container to host)"][..],
+        ),
+    ] {
+        let r = trace(&["--mode", mode, "-l", "1"]);
+        let layers = request_layers(&r);
+        for l in must {
+            assert!(
+                layers.iter().any(|x| x == l),
+                "{mode}: no '{l}' in {layers:?}"
+            );
+        }
+        for l in must_not {
+            assert!(
+                !layers.iter().any(|x| x == l),
+                "{mode}: unexpected '{l}' in {layers:?}"
+            );
+        }
+        // The layers tile the path: their medians add up to the one-way median within the
+        // unattributed share the report states, and that share is small.
+        for d in r["net"]["directions"].as_array().unwrap() {
+            let ow = d["one_way"]["p50"].as_f64().unwrap();
+            let un = d["unattributed_ns"].as_f64().unwrap();
+            assert!(ow > 0.0, "{mode}: no one-way time");
+            assert!(
+                un.abs() <= 0.15 * ow,
+                "{mode}: unattributed {un} ns of {ow} ns"
+            );
+        }
+        let c = &r["net"]["counts"];
+        assert!(c["delivered"].as_u64().unwrap() > 100, "{mode}: {c}");
+        assert!(r["workload"]["transactions"].as_u64().unwrap() > 100);
+        assert_eq!(
+            namespaces(),
+            before,
+            "{mode}: the trace left its lab behind"
+        );
+    }
+}
+
+#[test]
+fn injected_delays_land_in_their_layers() {
+    require_root();
+    let file = "/tmp/profiler-test-selfcheck.json";
+    let out = profiler()
+        .args(["trace", "--self-check", "-l", "2", "--json", file])
+        .output()
+        .unwrap();
+    let c: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "self-check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases = c["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let (landed, delay) = (
+            case["landed_ns"].as_f64().unwrap(),
+            case["delay_ns"].as_f64().unwrap(),
+        );
+        assert!((landed - delay).abs() <= 0.05 * delay, "{case}");
+        assert!(
+            case["elsewhere_ns"].as_f64().unwrap() <= 0.05 * delay,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_reports_and_tears_down() {
+    require_root();
+    let before = namespaces();
+    let mut child = profiler()
+        .args(["trace", "--mode", "bridge", "-l", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains("tracing") && Instant::now() < deadline {
+        let mut buf = [0u8; 256];
+        let n = stderr.read(&mut buf).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    sleep(Duration::from_secs(1));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("requests (client -> server)"), "{stdout}");
+    assert_eq!(namespaces(), before, "Ctrl-C left the lab behind");
+}
+
+#[test]
+fn attach_only_follows_existing_traffic() {
+    require_root();
+    let _g = LabGuard("ao".into());
+    run_ok(profiler().args(["lab", "up", "--mode", "bridge", "--id", "ao"]));
+    let mut bench = profiler()
+        .args(["bench", "tcp_rr", "--lab", "ao", "-l", "4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    let r = trace(&["--attach-only", "--port", "20000", "-l", "2"]);
+    bench.wait().unwrap();
+    assert!(
+        r["net"]["counts"]["delivered"].as_u64().unwrap() > 100,
+        "{}",
+        r["net"]["counts"]
+    );
+    assert!(request_layers(&r).iter().any(|l| l == "bridge"));
+}
+
+#[test]
+fn bad_trace_input_is_one_line() {
+    require_root();
+    for (args, needle) in [
+        (&["trace", "--mode", "warp"][..], "invalid value"),
+        (&["trace", "-t", "tcp_bogus", "-l", "1"][..], "unknown test"),
+        (&["trace", "--attach-only"][..], "needs --port"),
+        (&["trace", "--lab", "nosuch"][..], "no lab nosuch"),
+    ] {
+        let out = profiler().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
