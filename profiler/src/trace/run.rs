@@ -68,6 +68,10 @@ pub struct TraceArgs {
     /// In a nat lab: trace with NAT, without NAT, and without conntrack, and report the costs.
     #[arg(long)]
     pub ablation: bool,
+    /// Enable the kernel's BPF run-time statistics while tracing and report each program's
+    /// mean run time (the program body only: trampolines and probe entry are not counted).
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Inject a known delay on a bridge port, the underlay and a container veth, trace, and
     /// check that each lands in the layer holding its hook and nowhere else.
     #[arg(long)]
@@ -84,9 +88,40 @@ pub struct TraceReport {
     pub net: NetReport,
     pub softirq: Option<super::softirq::SoftirqReport>,
     pub workload: Option<workload::Report>,
+    /// Per program, with --bpf-stats: (name, runs, mean ns per run).
+    pub programs: Vec<(String, u64, f64)>,
+    /// Peak resident memory of this process, KiB.
+    pub peak_rss_kib: u64,
     /// Workload mean round trip minus the two mean one-way times: application, syscalls and
     /// the stack before the first hook (TCP/IP output) and after the last.
     pub rtt_unattributed_ns: Option<f64>,
+}
+
+fn program_stats(tracer: &NetTracer) -> Vec<(String, u64, f64)> {
+    tracer
+        .ebpf()
+        .programs()
+        .filter_map(|(name, p)| {
+            let info = p.info().ok()?;
+            let runs = info.run_count();
+            (runs > 0).then(|| {
+                let ns = info.run_time().as_nanos() as f64 / runs as f64;
+                (name.to_string(), runs, ns)
+            })
+        })
+        .collect()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn inode(ns: &str) -> Result<u32> {
@@ -150,6 +185,11 @@ fn trace_in(
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         ..Filter::default()
     };
+    let _stats = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
+    } else {
+        None
+    };
     let mut tracer = NetTracer::start(&filter)?;
     let softirq_hooks = super::softirq::attach(tracer.ebpf_mut());
     tracer.attached.extend(softirq_hooks);
@@ -201,6 +241,8 @@ fn trace_in(
         net,
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload,
+        programs: program_stats(&tracer),
+        peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns,
     })
 }
@@ -429,6 +471,8 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         net: report::build(&tracer.snapshot()?, &tracer.table.names),
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload: None,
+        programs: program_stats(&tracer),
+        peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns: None,
     })
 }
@@ -530,6 +574,14 @@ pub fn print(r: &TraceReport) {
         .collect();
     println!("  hooks: {}", how.join(", "));
     report::print(&r.net);
+    if !r.programs.is_empty() {
+        let per: Vec<String> = r
+            .programs
+            .iter()
+            .map(|(n, runs, ns)| format!("{n} {ns:.0} ns x {runs}"))
+            .collect();
+        println!("  BPF run time per invocation (program body only): {}", per.join(", "));
+    }
     if let Some(s) = &r.softirq {
         super::softirq::print(s);
     }

@@ -46,7 +46,7 @@ pub fn run(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
     ctl.set_write_timeout(Some(STALL))?;
     ctl.write_all(&opts.spec().encode())
         .context("sending the test to the server")?;
-    let reply = Reply::read(&mut ctl).map_err(|e| stalled(e, "the server's reply"))?;
+    let reply = Reply::read(&mut ctl).map_err(|e| stalled(e, STALL, "the server's reply"))?;
     match reply.status {
         proto::STATUS_OK => {}
         proto::STATUS_BUSY => bail!("workload server {addr} is busy with another test"),
@@ -69,7 +69,7 @@ pub fn run(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
         STALL
     };
     ctl.set_read_timeout(Some(wait))?;
-    let results = Results::read(&mut ctl).map_err(|e| stalled(e, "the server's results"));
+    let results = Results::read(&mut ctl).map_err(|e| stalled(e, wait, "the server's results"));
     let measured = match (measured, &results) {
         (Err(e), Ok(r)) if !r.message.is_empty() => {
             return Err(e.context(format!("server: {}", r.message)));
@@ -83,9 +83,9 @@ pub fn run(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
     Ok(report::build(opts, addr, measured, &results, client_cpu))
 }
 
-fn stalled(e: io::Error, what: &str) -> anyhow::Error {
+fn stalled(e: io::Error, waited: Duration, what: &str) -> anyhow::Error {
     if sock::is_tick(&e) {
-        anyhow!("no answer from the workload server within {STALL:?} waiting for {what}")
+        anyhow!("no answer from the workload server within {waited:?} waiting for {what}")
     } else if e.kind() == ErrorKind::UnexpectedEof {
         anyhow!("the workload server closed the connection instead of sending {what}")
     } else {
