@@ -1,5 +1,6 @@
 //! `cargo xtask <chore>`: the project's build chores, so a new machine needs two commands.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -21,6 +22,10 @@ enum Chore {
     Test,
     /// Setup, build, then run the profiler on its built-in default.
     Demo,
+    /// Built-in workloads against iperf3 and sockperf, in host and overlay labs (root).
+    BenchWorkloads,
+    /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
+    BenchTrace,
 }
 
 fn main() -> ExitCode {
@@ -28,6 +33,8 @@ fn main() -> ExitCode {
         Chore::Setup => setup::run(),
         Chore::Test => test(),
         Chore::Demo => demo(),
+        Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
+        Chore::BenchTrace => release().and_then(|_| bench::trace()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,9 +103,16 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+fn release() -> Result<()> {
+    require_root("bench-*")?;
+    setup::run()?;
+    run(cargo().args(["build", "--release", "-p", "profiler"]))
+}
+
 fn demo() -> Result<()> {
     require_root("demo")?;
     setup::run()?;
     run(cargo().args(["build", "--release", "-p", "profiler"]))?;
-    run(Command::new("target/release/profiler").arg("doctor"))
+    run(Command::new("target/release/profiler").arg("doctor"))?;
+    run(Command::new("target/release/profiler").args(["trace", "--mode", "overlay"]))
 }
