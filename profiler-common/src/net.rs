@@ -75,6 +75,8 @@ pub const SLOTS: u32 = 2 * SLOTS_PER_DIR;
 pub const SLOT_UNKNOWN: u32 = 0;
 /// Last slot of a direction: birth to delivery, the one-way time.
 pub const SLOT_ONE_WAY: u32 = SLOTS_PER_DIR - 1;
+/// `Event::slot` of a packet's first hook (no segment closes there).
+pub const SLOT_BIRTH: u8 = u8::MAX;
 /// Direction 0: from the client's namespace (requests); 1: everything else (responses).
 pub const DIR_REQUEST: u8 = 0;
 pub const DIR_RESPONSE: u8 = 1;
@@ -100,12 +102,14 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Per-slot position on the path: count and sum of (segment end - packet birth), ns.
+/// Per-slot position on the path: count, and the smallest (segment end - packet birth) in ns.
+/// The minimum orders layers along the path; a mean would follow the rare packet that waited
+/// 100 ms for ARP.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 pub struct SlotPos {
     pub count: u64,
-    pub sum_offset: u64,
+    pub min_offset: u64,
 }
 
 /// One hook on a sampled packet (`--sample N`), for the pwru-style path print.

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use profiler_common::{
     hist::Hist,
     net::{
-        Event, MAX_DROP_REASONS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR, SlotPos, class,
-        counter, hook, pair, point,
+        Event, MAX_DROP_REASONS, SLOT_BIRTH, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR,
+        SlotPos, class, counter, hook, pair, point,
     },
 };
 
@@ -142,7 +142,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
-    if let Some(d) = unsafe { NET_DEV.get(&dev) } {
+    if let Some(d) = unsafe { NET_DEV.get(dev) } {
         return Some(*d);
     }
     let ifindex: u32 = read(dev + g(&OFF_DEV_IFINDEX) as u64)?;
@@ -188,7 +188,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         _pad: [0; 6],
         name,
     };
-    let _ = NET_DEV.insert(&dev, &info, 0);
+    let _ = NET_DEV.insert(dev, info, 0);
     Some(info)
 }
 
@@ -264,7 +264,9 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
         // SAFETY: per-CPU value, this CPU only.
         unsafe {
             (*p).count += 1;
-            (*p).sum_offset += offset;
+            if (*p).min_offset == 0 || offset < (*p).min_offset {
+                (*p).min_offset = offset;
+            }
         }
     }
 }
@@ -282,7 +284,7 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
     } else {
         read(skb + g(&OFF_SKB_DEV) as u64).unwrap_or(0)
     };
-    let Some(st) = NET_SKB.get_ptr_mut(&skb) else {
+    let Some(st) = NET_SKB.get_ptr_mut(skb) else {
         if h == hook::QUEUE {
             birth(skb, dev, now);
         }
@@ -292,7 +294,7 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
     let st = unsafe { &mut *st };
     if now.wrapping_sub(st.last_ts) > g(&STALE_NS) {
         // Its skb was freed unseen and the address reused: this is another packet.
-        let _ = NET_SKB.remove(&skb);
+        let _ = NET_SKB.remove(skb);
         count(counter::STALE);
         if h == hook::QUEUE {
             birth(skb, dev, now);
@@ -318,11 +320,11 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
         Some(&s) if s != 0 => s as u32,
         _ => {
             count(counter::UNKNOWN_SEGMENTS);
-            match NET_UNKNOWN.get_ptr_mut(&seg) {
+            match NET_UNKNOWN.get_ptr_mut(seg) {
                 // SAFETY: racy increments are fine for a diagnostic count.
                 Some(c) => unsafe { *c += 1 },
                 None => {
-                    let _ = NET_UNKNOWN.insert(&seg, &1, 0);
+                    let _ = NET_UNKNOWN.insert(seg, 1, 0);
                 }
             }
             SLOT_UNKNOWN
@@ -349,7 +351,7 @@ fn birth(skb: u64, dev: u64, now: u64) {
     }
     let n = count(counter::BIRTHS);
     let every = g(&SAMPLE_EVERY);
-    let sampled = every != 0 && n % every == 0;
+    let sampled = every != 0 && n.is_multiple_of(every);
     let dir = if d.netns == g(&CLIENT_NETNS) { 0 } else { 1 };
     let st = SkbState {
         first_ts: now,
@@ -360,15 +362,15 @@ fn birth(skb: u64, dev: u64, now: u64) {
         sampled: sampled as u8,
         _pad: 0,
     };
-    let _ = NET_SKB.insert(&skb, &st, 0);
+    let _ = NET_SKB.insert(skb, st, 0);
     if sampled {
-        emit(skb, now, hook::QUEUE, &d, dir, 0);
+        emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
     }
 }
 
 /// Copied to the application: the last segment, and the one-way time.
 fn on_deliver(skb: u64) {
-    let Some(st) = NET_SKB.get_ptr(&skb) else {
+    let Some(st) = NET_SKB.get_ptr(skb) else {
         return;
     };
     // SAFETY: a live LRU map value.
@@ -379,14 +381,14 @@ fn on_deliver(skb: u64) {
     let slot = dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
     record_slot(slot, now - first, now - first);
     count(counter::DELIVERED);
-    let _ = NET_SKB.remove(&skb);
+    let _ = NET_SKB.remove(skb);
 }
 
 fn on_free(skb: u64, reason: Option<u32>) {
-    if NET_SKB.get_ptr(&skb).is_none() {
+    if NET_SKB.get_ptr(skb).is_none() {
         return;
     }
-    let _ = NET_SKB.remove(&skb);
+    let _ = NET_SKB.remove(skb);
     match reason {
         Some(r) => {
             count(counter::DROPPED);

@@ -162,10 +162,13 @@ impl NetTracer {
                 continue;
             }
             let p = pos.get(&slot, 0)?;
-            let (n, off) = p
+            let off = p
                 .iter()
-                .fold((0u64, 0u64), |(n, o), x| (n + x.count, o + x.sum_offset));
-            slots.insert(slot, (h, if n > 0 { off as f64 / n as f64 } else { 0.0 }));
+                .filter(|x| x.count > 0)
+                .map(|x| x.min_offset)
+                .min()
+                .unwrap_or(0);
+            slots.insert(slot, (h, off as f64));
         }
         let sum = |v: aya::maps::PerCpuValues<u64>| v.iter().sum::<u64>();
         let mut c = [0u64; counter::COUNT as usize];
@@ -193,7 +196,7 @@ impl NetTracer {
                 )
             })
             .collect();
-        unnamed.sort_by(|a, b| b.1.cmp(&a.1));
+        unnamed.sort_by_key(|u| std::cmp::Reverse(u.1));
         Ok(Snapshot {
             slots,
             counters: c,
@@ -269,7 +272,7 @@ pub(crate) fn attach_one(
 
 /// One reading of every histogram and counter.
 pub struct Snapshot {
-    /// slot -> (histogram, mean offset of the segment's end from the packet's first hook)
+    /// slot -> (histogram, smallest offset of the segment's end from the packet's first hook)
     pub slots: BTreeMap<u32, (Histogram<u64>, f64)>,
     pub counters: [u64; counter::COUNT as usize],
     pub drop_reasons: BTreeMap<u32, u64>,

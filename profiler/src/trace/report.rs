@@ -12,8 +12,8 @@ pub struct Row {
     pub layer: &'static str,
     #[serde(flatten)]
     pub summary: Summary,
-    /// Mean time from the packet's first hook to this segment's end: its place on the path.
-    pub mean_offset_ns: f64,
+    /// Smallest time from a packet's first hook to this segment's end: its place on the path.
+    pub min_offset_ns: f64,
     /// How many times a delivered packet crosses this layer (count / delivered, rounded): 2 for
     /// the bridge of each overlay host; 0 for segments only a few packets took (handshakes).
     pub crossings: u64,
@@ -73,7 +73,7 @@ fn row(
     Row {
         layer,
         summary,
-        mean_offset_ns: offset,
+        min_offset_ns: offset,
         crossings,
         share: if one_way_p50 > 0.0 {
             summary.p50 as f64 * crossings as f64 / one_way_p50
@@ -120,7 +120,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
         layers.sort_by(|a, b| {
             (a.crossings == 0)
                 .cmp(&(b.crossings == 0))
-                .then(a.mean_offset_ns.total_cmp(&b.mean_offset_ns))
+                .then(a.min_offset_ns.total_cmp(&b.min_offset_ns))
         });
         let attributed: f64 = layers.iter().map(|r| r.share * ow_p50).sum();
         directions.push(Direction {

@@ -527,7 +527,13 @@ fn print_samples(
             )?;
             *header = false;
         }
-        let delta = last.insert(e.skb, e.ts).map(|p| e.ts.saturating_sub(p));
+        let birth = e.slot == profiler_common::net::SLOT_BIRTH;
+        let prev = last.insert(e.skb, e.ts);
+        let delta = if birth {
+            None
+        } else {
+            prev.map(|p| e.ts.saturating_sub(p))
+        };
         let name_end = e.name.iter().position(|&b| b == 0).unwrap_or(16);
         let hook = super::layers::hook_name(e.hook);
         writeln!(
@@ -580,7 +586,10 @@ pub fn print(r: &TraceReport) {
             .iter()
             .map(|(n, runs, ns)| format!("{n} {ns:.0} ns x {runs}"))
             .collect();
-        println!("  BPF run time per invocation (program body only): {}", per.join(", "));
+        println!(
+            "  BPF run time per invocation (program body only): {}",
+            per.join(", ")
+        );
     }
     if let Some(s) = &r.softirq {
         super::softirq::print(s);
@@ -638,6 +647,9 @@ pub struct SelfCheck {
     pub passed: bool,
 }
 
+/// A lab of the self-check, kept up across its cases, with its baseline request p50s.
+type SelfCheckLab = (Mode, lab::Description, Option<Lab>, Vec<(String, u64)>);
+
 /// Median shift tolerance: 5% of the injected delay.
 const TOLERANCE: f64 = 0.05;
 const SELF_CHECK_DELAY: Duration = Duration::from_millis(1);
@@ -681,7 +693,7 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
         ),
     ];
     let mut cases = vec![];
-    let mut labs: Vec<(Mode, lab::Description, Option<Lab>, Vec<(String, u64)>)> = vec![];
+    let mut labs: Vec<SelfCheckLab> = vec![];
     for (mode, role, name, ns_suffix, expected) in plan {
         if !labs.iter().any(|(m, ..)| *m == mode) {
             let (desc, owned) = acquire(None, mode)?;
