@@ -11,6 +11,8 @@
 //! - `docker_socket`, `libvirt_socket`: { path, reachable, detail }
 //! - `lab_modes`: { mode: { buildable: bool, why_not: string|null } }, found by creating each
 //!   mode's device kinds in a throwaway namespace
+//! - `bpf_map_memory`: { total_bytes, maps: [[name, bytes]] } of the tracer's object on this
+//!   machine (per-CPU maps scale with the CPU count)
 //! - `hooks`: [ { hook, label, mechanism, target, precision, fallback, passed_over: [{mechanism, target, why}] } ]
 
 pub mod probes;
@@ -84,7 +86,14 @@ pub struct Report {
     pub docker_socket: SocketReport,
     pub libvirt_socket: SocketReport,
     pub lab_modes: BTreeMap<&'static str, ModeReport>,
+    pub bpf_map_memory: MapMemory,
     pub hooks: Vec<HookReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapMemory {
+    pub total_bytes: u64,
+    pub maps: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +212,13 @@ pub fn run() -> Result<Report> {
                 )
             })
             .collect(),
+        bpf_map_memory: {
+            let maps = probes::map_memory().unwrap_or_default();
+            MapMemory {
+                total_bytes: maps.iter().map(|m| m.1).sum(),
+                maps,
+            }
+        },
         hooks,
     })
 }
@@ -313,6 +329,18 @@ pub fn print(r: &Report) {
         );
     }
     println!();
+    let m = &r.bpf_map_memory;
+    let top: Vec<String> = m
+        .maps
+        .iter()
+        .take(4)
+        .map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0))
+        .collect();
+    println!(
+        "  BPF map memory (tracer object)  {:.1} MiB: {}",
+        m.total_bytes as f64 / 1048576.0,
+        top.join(", ")
+    );
     let buildable: Vec<&str> = r
         .lab_modes
         .iter()

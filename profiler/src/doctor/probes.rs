@@ -265,3 +265,39 @@ pub fn kvm() -> KvmProbe {
 pub fn micro_vm_exits_asked() -> u64 {
     MICRO_VM_EXITS as u64
 }
+
+/// Kernel memory of every map of the profiler's object, from /proc/self/fdinfo (`memlock`),
+/// with the object loaded as the tracer loads it. Per-CPU maps scale with the CPU count.
+pub fn map_memory() -> Result<Vec<(String, u64)>> {
+    use std::collections::HashSet;
+    let ids = || -> HashSet<u32> {
+        aya::maps::loaded_maps()
+            .filter_map(|m| m.ok().map(|m| m.id()))
+            .collect()
+    };
+    let before = ids();
+    let bpf = crate::ebpf::load()?;
+    let mut out = vec![];
+    for info in aya::maps::loaded_maps().filter_map(|m| m.ok()) {
+        if before.contains(&info.id()) {
+            continue;
+        }
+        let name = info.name_as_str().unwrap_or("?").to_string();
+        let fd = info.fd()?;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let raw = fd.as_fd().as_raw_fd();
+        let memlock = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("memlock:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0);
+        out.push((name, memlock));
+    }
+    drop(bpf);
+    out.sort_by_key(|m| std::cmp::Reverse(m.1));
+    Ok(out)
+}
