@@ -2,7 +2,9 @@
 //! Everything here is `#[repr(C)]` or a plain constant: both sides read the same bytes.
 #![no_std]
 
+pub mod exec;
 pub mod hist;
+pub mod kvm;
 pub mod net;
 pub mod probe;
 pub mod softirq;

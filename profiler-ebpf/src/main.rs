@@ -2,8 +2,10 @@
 #![no_std]
 #![no_main]
 
+mod exec;
 mod hist;
 mod inject;
+mod kvm;
 mod net;
 mod probe;
 mod selftest;

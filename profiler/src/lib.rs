@@ -1,8 +1,11 @@
 //! profiler: where virtualization overhead comes from. See ARCHITECTURE.md for the map.
 
 pub mod attach;
+pub mod boot;
 pub mod btf;
 pub mod cleanup;
+pub mod container;
+pub mod docker;
 pub mod doctor;
 pub mod ebpf;
 pub mod hist;
@@ -10,5 +13,6 @@ pub mod inject;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod sysbench;
 pub mod trace;
 pub mod workload;

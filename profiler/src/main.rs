@@ -36,6 +36,37 @@ enum Command {
     Serve(profiler::workload::ServeArgs),
     /// Delay packets on one hook of one lab device (a TC program; netem where absent).
     Inject(profiler::inject::InjectArgs),
+    /// Start-up latency in phases: containers (native, docker) or VMs.
+    Boot(BootCli),
+    /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
+    Kvm(profiler::kvm::cli::KvmArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum ContainerRuntime {
+    Native,
+    Docker,
+}
+
+#[derive(clap::Args, Debug)]
+struct BootCli {
+    /// Container runtime to start.
+    #[arg(long, value_enum, conflicts_with = "vm")]
+    container: Option<ContainerRuntime>,
+    /// VM to boot: qemu, libvirt or micro.
+    #[arg(long)]
+    vm: Option<String>,
+    /// How many to start at once.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Give up on a start-up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Write the report as JSON to FILE.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    docker: profiler::docker::DockerBootArgs,
 }
 
 #[derive(Subcommand)]
@@ -95,7 +126,31 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
+        Command::Boot(args) => boot(&args),
+        Command::Kvm(args) => profiler::kvm::cli::run(&args),
     }
+}
+
+fn boot(args: &BootCli) -> Result<()> {
+    if args.count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let json = match (args.container, &args.vm) {
+        (Some(ContainerRuntime::Docker), _) => {
+            let r = profiler::docker::boot(&args.docker, args.count, timeout)?;
+            profiler::docker::print(&r);
+            serde_json::to_vec_pretty(&r)?
+        }
+        (Some(ContainerRuntime::Native), _) => anyhow::bail!("--container native: not built yet"),
+        (None, Some(_)) => anyhow::bail!("--vm: not built yet"),
+        (None, None) => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|libvirt|micro"),
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, json)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn trace(args: &profiler::trace::run::TraceArgs) -> Result<()> {

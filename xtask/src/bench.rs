@@ -17,7 +17,10 @@ fn profiler() -> Command {
 }
 
 fn json(cmd: &mut Command) -> Result<serde_json::Value> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("{cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed");
     }
@@ -32,8 +35,7 @@ fn text(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
 /// A peer tool run inside a lab namespace.
@@ -63,13 +65,14 @@ pub fn machine() -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024 / 1024);
-    format!(
-        "{nproc} CPUs ({cpu}), {mem} GiB, kernel {}",
-        kernel.trim()
-    )
+    format!("{nproc} CPUs ({cpu}), {mem} GiB, kernel {}", kernel.trim())
 }
 
 struct LabUp {
@@ -106,8 +109,14 @@ impl Drop for LabUp {
     }
 }
 
+/// rr tests use sockperf's default message size (14 bytes) both ways, to compare like with like.
 fn builtin(lab: &str, test: &str) -> Result<serde_json::Value> {
-    json(profiler().args(["bench", test, "--lab", lab, "-l", SECS, "--json"]))
+    let mut c = profiler();
+    c.args(["bench", test, "--lab", lab, "-l", SECS, "--json"]);
+    if test.ends_with("rr") {
+        c.args(["-r", "14,14"]);
+    }
+    json(&mut c)
 }
 
 fn iperf3(lab: &LabUp) -> Result<f64> {
@@ -147,7 +156,16 @@ fn sockperf(lab: &LabUp, tcp: bool) -> Result<f64> {
     })?;
     sleep(Duration::from_millis(500));
     let mut c = in_ns(&lab.s("client_ns"), "sockperf");
-    c.args(["pp", "-i", &lab.s("connect"), "-p", "20002", "-t", SECS, "--mps=max"]);
+    c.args([
+        "pp",
+        "-i",
+        &lab.s("connect"),
+        "-p",
+        "20002",
+        "-t",
+        SECS,
+        "--mps=max",
+    ]);
     if tcp {
         c.arg("--tcp");
     }
@@ -238,7 +256,18 @@ pub fn trace() -> Result<()> {
         let base = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
         let file = "/tmp/profiler-bench-trace.json";
         let out = profiler()
-            .args(["trace", "--lab", &lab.id, "-t", test, "-l", SECS, "--bpf-stats", "--json", file])
+            .args([
+                "trace",
+                "--lab",
+                &lab.id,
+                "-t",
+                test,
+                "-l",
+                SECS,
+                "--bpf-stats",
+                "--json",
+                file,
+            ])
             .stdout(Stdio::null())
             .status()?;
         if !out.success() {
@@ -258,7 +287,9 @@ pub fn trace() -> Result<()> {
         })?;
         sleep(Duration::from_secs(3)); // bpftrace compiles and attaches
         let peer = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &bt.id().to_string()])
+            .status();
         let _ = bt.wait();
         md += &format!(
             "| {test} | {base:.0} {unit} | {traced:.0} {unit} | {:.2} | {peer:.0} {unit} | {:.2} |\n",

@@ -1,3 +1,7 @@
 //! KVM: the built-in micro-VM (real KVM through rust-vmm's kvm-ioctls, no QEMU).
 
+pub mod cli;
+pub mod exits;
 pub mod microvm;
+pub mod names;
+pub mod report;

@@ -6,43 +6,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use super::{Description, Endpoint, Mode, netns, plan::PREFIX};
+pub use crate::cleanup::Owner;
 
 const DIR: &str = "/run/profiler/labs";
 
 fn file(id: &str) -> PathBuf {
     PathBuf::from(DIR).join(format!("{id}.json"))
-}
-
-/// A process, identified beyond its pid by its start time (pids are reused).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    pub start: u64,
-}
-
-impl Owner {
-    fn me() -> Owner {
-        let pid = std::process::id();
-        Owner {
-            pid,
-            start: start_time(pid).unwrap_or(0),
-        }
-    }
-
-    fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
-    }
-}
-
-/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after its ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
 }
 
 pub fn ns_name(id: &str, role: &str) -> String {
@@ -182,15 +153,4 @@ mod tests {
         assert_eq!(id_of("other"), None);
     }
 
-    #[test]
-    fn my_start_time_is_readable_and_i_am_alive() {
-        let me = Owner::me();
-        assert!(me.start > 0);
-        assert!(me.alive());
-        let ghost = Owner {
-            pid: me.pid,
-            start: me.start + 1,
-        };
-        assert!(!ghost.alive(), "a reused pid must not pass for the owner");
-    }
 }

@@ -35,7 +35,11 @@ fn run_alone(o: &Options) -> Report {
     while !leftovers().is_empty() && t.elapsed() < Duration::from_millis(500) {
         thread::sleep(Duration::from_millis(10));
     }
-    assert!(leftovers().is_empty(), "threads left running: {:?}", leftovers());
+    assert!(
+        leftovers().is_empty(),
+        "threads left running: {:?}",
+        leftovers()
+    );
     r
 }
 

@@ -1,0 +1,313 @@
+//! KVM exits (kernel side of profiler/src/kvm/). Classic tracepoints only: the kvm events may
+//! live in a module, out of reach of tp_btf, and kvm_exit's reason is a field of the classic
+//! event but not a raw argument. Field offsets come from the format files, as load-time globals.
+//!
+//! - VMX/SVM: kvm_exit -> kvm_entry of the same thread, into `KVM_EXIT_HIST[slot of reason]`.
+//! - Any backend (PVM too): ioctl(KVM_RUN) entry -> return (guest + in-kernel handling) and
+//!   return -> next entry (the VMM in user space), by the KVM_EXIT_* of the return.
+//! - A counter per kvm event (pio, mmio, msr, cpuid, hypercall, emulate_insn, userspace_exit).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use profiler_common::{
+    hist::Hist,
+    kvm::{
+        EXIT_KEYS, EXIT_OTHER, EXIT_SLOTS, ISA_SVM, ISA_VMX, KVM_RUN, RUN_HIST_SLOTS, RUN_IN_KVM,
+        RUN_IN_VMM, USER_SLOTS, VcpuThread, counter, exit_key, pio_key, user_slot,
+    },
+};
+
+use crate::hist::record;
+
+macro_rules! globals {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        $(#[unsafe(no_mangle)] static $name: $ty = 0;)*
+    };
+}
+globals! {
+    // Filters, 0 = any.
+    KVM_TGID: u32, KVM_TID: u32,
+    // ioctl's syscall number on this architecture.
+    KVM_IOCTL_NR: u64,
+    // Field offsets of the classic tracepoints, from their format files.
+    KVM_OFF_EXIT_REASON: u32, KVM_OFF_EXIT_ISA: u32, KVM_OFF_PIO_RW: u32, KVM_OFF_PIO_PORT: u32,
+    KVM_OFF_MMIO_TYPE: u32, KVM_OFF_MSR_WRITE: u32, KVM_OFF_EMUL_FAILED: u32,
+    KVM_OFF_USER_REASON: u32, KVM_OFF_SYS_ENTER_ID: u32, KVM_OFF_SYS_ENTER_ARGS: u32,
+    KVM_OFF_SYS_EXIT_ID: u32,
+}
+
+#[inline(always)]
+fn g<T: Copy>(v: &'static T) -> T {
+    // SAFETY: reading a static the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[map]
+static KVM_THREADS: LruHashMap<u64, VcpuThread> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static KVM_EXIT_SLOT: Array<u8> = Array::with_max_entries(EXIT_KEYS, 0);
+#[map]
+static KVM_EXIT_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(EXIT_SLOTS, 0);
+#[map]
+static KVM_EXIT_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXIT_SLOTS, 0);
+#[map]
+static KVM_RUN_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(RUN_HIST_SLOTS, 0);
+#[map]
+static KVM_USER_EXITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(USER_SLOTS, 0);
+#[map]
+static KVM_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static KVM_PIO_PORTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+fn add(map: &PerCpuArray<u64>, i: u32, n: u64) {
+    if let Some(p) = map.get_ptr_mut(i) {
+        // SAFETY: per-CPU value, this CPU only.
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+fn count(i: u32) {
+    add(&KVM_COUNTERS, i, 1);
+}
+
+/// The current pid_tgid if it passes the TGID/TID filters.
+#[inline(always)]
+fn followed() -> Option<u64> {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let (want_tgid, want_tid) = (g(&KVM_TGID), g(&KVM_TID));
+    if (want_tgid != 0 && want_tgid != tgid) || (want_tid != 0 && want_tid != tid) {
+        return None;
+    }
+    Some(id)
+}
+
+#[inline(always)]
+fn field<T: Default>(ctx: &TracePointContext, off: &'static u32) -> T {
+    // SAFETY: bpf_probe_read_kernel of the event record; a bad offset reads as an error.
+    unsafe { ctx.read_at::<T>(g(off) as usize) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn thread(id: u64) -> Option<&'static mut VcpuThread> {
+    if KVM_THREADS.get_ptr_mut(id).is_none() {
+        let fresh = VcpuThread {
+            user_reason: u32::MAX,
+            ..VcpuThread::default()
+        };
+        let _ = KVM_THREADS.insert(id, fresh, 0);
+    }
+    // SAFETY: a live LRU value; only its own thread touches it, one event at a time.
+    KVM_THREADS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+}
+
+#[tracepoint]
+pub fn kvm_tp_exit(ctx: TracePointContext) -> u32 {
+    let Some(id) = followed() else { return 0 };
+    let t = now();
+    let reason: u32 = field(&ctx, &KVM_OFF_EXIT_REASON);
+    let isa: u32 = field(&ctx, &KVM_OFF_EXIT_ISA);
+    count(match isa {
+        ISA_VMX => counter::EXIT_VMX,
+        ISA_SVM => counter::EXIT_SVM,
+        _ => counter::EXIT_OTHER_ISA,
+    });
+    let slot = match KVM_EXIT_SLOT.get(exit_key(isa, reason)) {
+        Some(&s) if (s as u32) < EXIT_SLOTS => s as u32,
+        _ => EXIT_OTHER,
+    };
+    add(&KVM_EXIT_COUNT, slot, 1);
+    if let Some(st) = thread(id) {
+        st.exit_ts = t;
+        st.exit_slot = slot;
+    }
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_entry(_ctx: TracePointContext) -> u32 {
+    let Some(id) = followed() else { return 0 };
+    count(counter::ENTRY);
+    let Some(p) = KVM_THREADS.get_ptr_mut(id) else {
+        return 0;
+    };
+    // SAFETY: a live LRU value of this thread.
+    let st = unsafe { &mut *p };
+    if st.exit_ts != 0 {
+        record(&KVM_EXIT_HIST, st.exit_slot, now() - st.exit_ts);
+        count(counter::ENTRY_PAIRED);
+        st.exit_ts = 0;
+    }
+    0
+}
+
+#[tracepoint]
+pub fn kvm_sys_enter(ctx: TracePointContext) -> u32 {
+    let nr: u64 = field(&ctx, &KVM_OFF_SYS_ENTER_ID);
+    if nr != g(&KVM_IOCTL_NR) {
+        return 0;
+    }
+    // args[1]: the ioctl request.
+    // SAFETY: bpf_probe_read_kernel of the event record.
+    let req: u64 =
+        unsafe { ctx.read_at::<u64>(g(&KVM_OFF_SYS_ENTER_ARGS) as usize + 8) }.unwrap_or(0);
+    if req & 0xffff_ffff != KVM_RUN {
+        return 0;
+    }
+    let Some(id) = followed() else { return 0 };
+    let t = now();
+    count(counter::RUN_ENTER);
+    let Some(st) = thread(id) else { return 0 };
+    if st.run_exit != 0 {
+        let d = t - st.run_exit;
+        record(
+            &KVM_RUN_HIST,
+            RUN_IN_VMM * USER_SLOTS + user_slot(st.user_reason),
+            d,
+        );
+        add(&KVM_COUNTERS, counter::VMM_NS, d);
+    }
+    st.run_enter = t;
+    st.user_reason = u32::MAX;
+    0
+}
+
+#[tracepoint]
+pub fn kvm_sys_exit(ctx: TracePointContext) -> u32 {
+    let nr: u64 = field(&ctx, &KVM_OFF_SYS_EXIT_ID);
+    if nr != g(&KVM_IOCTL_NR) {
+        return 0;
+    }
+    let Some(id) = followed() else { return 0 };
+    let Some(p) = KVM_THREADS.get_ptr_mut(id) else {
+        return 0;
+    };
+    // SAFETY: a live LRU value of this thread.
+    let st = unsafe { &mut *p };
+    if st.run_enter == 0 {
+        // Another ioctl on a vCPU thread.
+        return 0;
+    }
+    let t = now();
+    let d = t - st.run_enter;
+    record(
+        &KVM_RUN_HIST,
+        RUN_IN_KVM * USER_SLOTS + user_slot(st.user_reason),
+        d,
+    );
+    add(&KVM_COUNTERS, counter::RUN_NS, d);
+    count(counter::RUN_EXIT);
+    st.run_enter = 0;
+    st.run_exit = t;
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_userspace_exit(ctx: TracePointContext) -> u32 {
+    let Some(id) = followed() else { return 0 };
+    let reason: u32 = field(&ctx, &KVM_OFF_USER_REASON);
+    count(counter::USERSPACE_EXIT);
+    add(&KVM_USER_EXITS, user_slot(reason), 1);
+    if let Some(p) = KVM_THREADS.get_ptr_mut(id) {
+        // SAFETY: a live LRU value of this thread.
+        unsafe { (*p).user_reason = reason };
+    }
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_pio(ctx: TracePointContext) -> u32 {
+    if followed().is_none() {
+        return 0;
+    }
+    let rw: u32 = field(&ctx, &KVM_OFF_PIO_RW);
+    let port: u32 = field(&ctx, &KVM_OFF_PIO_PORT);
+    let out = rw != 0;
+    count(if out {
+        counter::PIO_OUT
+    } else {
+        counter::PIO_IN
+    });
+    let key = pio_key(port, out);
+    match KVM_PIO_PORTS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, this CPU only.
+        Some(p) => unsafe { *p += 1 },
+        None => {
+            let _ = KVM_PIO_PORTS.insert(key, 1, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_mmio(ctx: TracePointContext) -> u32 {
+    if followed().is_none() {
+        return 0;
+    }
+    // KVM_TRACE_MMIO_READ_UNSATISFIED 0, READ 1, WRITE 2.
+    let ty: u32 = field(&ctx, &KVM_OFF_MMIO_TYPE);
+    count(match ty {
+        0 => counter::MMIO_READ_UNSATISFIED,
+        1 => counter::MMIO_READ,
+        _ => counter::MMIO_WRITE,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_msr(ctx: TracePointContext) -> u32 {
+    if followed().is_none() {
+        return 0;
+    }
+    let write: u32 = field(&ctx, &KVM_OFF_MSR_WRITE);
+    count(if write != 0 {
+        counter::MSR_WRITE
+    } else {
+        counter::MSR_READ
+    });
+    0
+}
+
+#[tracepoint]
+pub fn kvm_tp_emulate_insn(ctx: TracePointContext) -> u32 {
+    if followed().is_none() {
+        return 0;
+    }
+    count(counter::EMULATE_INSN);
+    let failed: u8 = field(&ctx, &KVM_OFF_EMUL_FAILED);
+    if failed != 0 {
+        count(counter::EMULATE_FAILED);
+    }
+    0
+}
+
+macro_rules! counting_programs {
+    ($($name:ident => $counter:expr),* $(,)?) => {
+        $(
+            #[tracepoint]
+            pub fn $name(_ctx: TracePointContext) -> u32 {
+                if followed().is_some() {
+                    count($counter);
+                }
+                0
+            }
+        )*
+    };
+}
+
+counting_programs! {
+    kvm_tp_cpuid => counter::CPUID,
+    kvm_tp_hypercall => counter::HYPERCALL,
+}

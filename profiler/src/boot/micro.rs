@@ -1,0 +1,221 @@
+//! `--vm micro`: the stages of bringing up the built-in micro-VM (the guest of
+//! [`crate::kvm::microvm`]: a real-mode loop of port writes, then a write to its done port),
+//! timed around each KVM ioctl. The first port write is the guest's first exit; the done port
+//! is its "ready".
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+
+use super::{Boot, BootReport, Phase, Vm, ns};
+use crate::kvm::microvm::{self, Workload};
+
+pub const PHASES: [(&str, &str); 6] = [
+    ("kvm_create_vm", "open /dev/kvm and KVM_CREATE_VM"),
+    (
+        "memory",
+        "mmap guest RAM, KVM_SET_USER_MEMORY_REGION, copy the guest code",
+    ),
+    (
+        "vcpu_setup",
+        "KVM_CREATE_VCPU and real-mode segment and register setup",
+    ),
+    (
+        "first_exit",
+        "first KVM_RUN to the guest's first exit (its first port write)",
+    ),
+    (
+        "guest_work",
+        "the guest's loop of port writes to its write to the done port (ready)",
+    ),
+    (
+        "teardown",
+        "closing the vCPU and VM descriptors, unmapping guest RAM",
+    ),
+];
+
+/// Port writes the guest makes before it is "ready".
+const GUEST_OUTS: u32 = 16;
+const CODE_ADDR: u64 = 0x1000;
+const MEM_SIZE: usize = 0x4000;
+
+struct GuestRam {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl GuestRam {
+    fn new(len: usize) -> Result<Self> {
+        // SAFETY: a fresh anonymous mapping, checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_SHARED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap of guest memory: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn write(&self, at: usize, bytes: &[u8]) -> Result<()> {
+        if at + bytes.len() > self.len {
+            bail!("micro-VM guest code does not fit its memory");
+        }
+        // SAFETY: in bounds (checked) of a mapping we own.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// One micro-VM; `marks[i]` is when phase i ended.
+fn boot(index: u32, deadline: Instant) -> Boot {
+    let t0 = Instant::now();
+    let mut marks: Vec<Instant> = Vec::new();
+    let result = stages(&mut marks, deadline);
+    let end = Instant::now();
+    let offsets: Vec<Option<Duration>> = (0..PHASES.len() - 1)
+        .map(|i| marks.get(i).map(|t| *t - t0))
+        .collect();
+    let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
+    let ready = result.is_ok();
+    Boot {
+        index,
+        accelerator: "kvm".into(),
+        phases: super::phases(&names, &offsets, end - t0, ready),
+        total_ns: ns(end - t0),
+        ready,
+        error: result.err().map(|e| format!("{e:#}")),
+        ..Default::default()
+    }
+}
+
+fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
+    // Declared before the VM so that, on every path, the VM goes first and the RAM after it.
+    let ram: GuestRam;
+    let kvm = Kvm::new().context("opening /dev/kvm (is KVM available and are you root?)")?;
+    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    marks.push(Instant::now());
+
+    ram = GuestRam::new(MEM_SIZE)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: ram.ptr as u64,
+        flags: 0,
+    };
+    // SAFETY: the mapping outlives the VM (see `ram`) and is MEM_SIZE bytes.
+    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
+    ram.write(
+        CODE_ADDR as usize,
+        &microvm::guest_code(Workload::Pio, GUEST_OUTS),
+    )?;
+    marks.push(Instant::now());
+
+    let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
+    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    let mut regs = vcpu.get_regs().context("KVM_GET_REGS")?;
+    regs.rip = CODE_ADDR;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    marks.push(Instant::now());
+
+    let mut outs = 0u32;
+    loop {
+        let exit = vcpu.run().context("KVM_RUN")?;
+        let now = Instant::now();
+        match exit {
+            VcpuExit::IoOut(microvm::DONE_PORT, _) => {
+                if outs == 0 {
+                    marks.push(now);
+                }
+                marks.push(now);
+                break;
+            }
+            VcpuExit::IoOut(microvm::PIO_PORT, _) => {
+                if outs == 0 {
+                    marks.push(now);
+                }
+                outs += 1;
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                bail!("KVM could not enter the guest (reason {reason:#x} on cpu {cpu})")
+            }
+            VcpuExit::InternalError => bail!("KVM internal error running the micro-VM"),
+            VcpuExit::Shutdown => bail!("the micro-VM shut down (triple fault)"),
+            other => bail!("the micro-VM exited unexpectedly: {other:?}"),
+        }
+        if now >= deadline {
+            bail!("the micro-VM was not ready before the timeout");
+        }
+        if crate::cleanup::stop_requested() {
+            bail!("interrupted (Ctrl-C)");
+        }
+    }
+    if outs != GUEST_OUTS {
+        bail!("the micro-VM made {outs} port writes, expected {GUEST_OUTS}");
+    }
+    drop(vcpu);
+    drop(vm);
+    drop(ram);
+    drop(kvm);
+    Ok(())
+}
+
+pub fn run(count: u32, timeout: Duration) -> Result<BootReport> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..count)
+            .map(|i| s.spawn(move || boot(i, deadline)))
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join().unwrap_or_else(|_| Boot {
+                    index: i as u32,
+                    error: Some("the boot thread panicked".into()),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    });
+    Ok(BootReport {
+        vm: Vm::Micro,
+        count,
+        accelerator: "kvm".into(),
+        accelerator_reason: "the micro-VM always runs on /dev/kvm".into(),
+        kvm_backend: crate::kernel::kvm_backend(),
+        setup: Vec::<Phase>::new(),
+        kvm_probe: None,
+        boots_wall_ns: ns(started.elapsed()),
+        boots,
+        summary: Vec::new(),
+        wall_ns: 0,
+        artefacts: None,
+        ok: false,
+        error: None,
+    })
+}

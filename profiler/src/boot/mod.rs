@@ -1,0 +1,491 @@
+//! `profiler boot`: how long a VM takes to boot, cut into phases.
+//!
+//! `--vm qemu` boots Debian's cloud kernel with a busybox initramfs in qemu-system-x86_64 and
+//! cuts the boot at lines on its serial console (firmware banner, hand-over to the kernel, the
+//! kernel's first printk, `/init`'s markers) plus the spawn and exit of the process, as
+//! Firecracker and qemu-boot-time do with their magic I/O port. `--vm micro` times the stages of
+//! the built-in KVM micro-VM. Phases are consecutive, so they add up to spawn-to-exit.
+
+pub mod artefacts;
+pub mod cpio;
+pub mod micro;
+pub mod qemu;
+pub mod serial;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::hist::fmt_ns;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vm {
+    /// qemu-system-x86_64 with Debian's cloud kernel and a busybox initramfs.
+    Qemu,
+    /// The built-in real-mode micro-VM on /dev/kvm (no QEMU, no kernel).
+    Micro,
+}
+
+/// QEMU's accelerator for `--vm qemu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccelChoice {
+    /// KVM when a stock guest boots on it (tried first, with a short limit), else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootArgs {
+    /// The VM to boot: `qemu` (a Linux guest in qemu-system-x86_64) or `micro` (the built-in
+    /// KVM micro-VM).
+    #[arg(long, value_enum)]
+    pub vm: Option<Vm>,
+    /// Boot N VMs at once and report each phase's distribution.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+    /// Also write the report as JSON to FILE (written even when a boot fails).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// A VM not ready after this many seconds is killed and the run fails.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub timeout: f64,
+    /// QEMU's accelerator (`--vm qemu`).
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+}
+
+impl Default for BootArgs {
+    fn default() -> Self {
+        Self {
+            vm: None,
+            count: 1,
+            json: None,
+            timeout: 60.0,
+            accel: AccelChoice::Auto,
+        }
+    }
+}
+
+/// One phase of one boot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Phase {
+    /// Phase name; merged phases (a marker was never seen) are joined with `+`.
+    pub name: String,
+    pub ns: u64,
+    /// False for the phase a VM was in when it was killed or exited early.
+    pub complete: bool,
+    /// The same span on the guest kernel's own clock (printk timestamps), where both ends have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Boot {
+    pub index: u32,
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    pub phases: Vec<Phase>,
+    /// Spawn to exit (qemu) or KVM open to teardown (micro): the sum of `phases`.
+    pub total_ns: u64,
+    /// The guest reached its ready marker.
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// qemu-system-x86_64's exit code (None when killed by a signal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The guest kernel's clock (s) at its markers: first_printk, init, ready, power_down.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub guest_clock: BTreeMap<String, f64>,
+    /// The last console lines, when the boot failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_tail: Vec<String>,
+}
+
+/// One phase over all boots that completed it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhaseStats {
+    pub name: String,
+    pub what: String,
+    pub count: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BootReport {
+    pub vm: Vm,
+    pub count: u32,
+    /// `kvm` or `tcg` (qemu), `kvm` (micro).
+    pub accelerator: String,
+    /// Why that accelerator (the KVM probe's outcome under `--accel auto`).
+    pub accelerator_reason: String,
+    /// KVM backend of this host (vmx, svm, pvm, ...).
+    pub kvm_backend: crate::kernel::KvmBackend,
+    /// What ran before the boots: building the guest's artefacts, the KVM probe. With the
+    /// boots' phases they account for the whole run.
+    pub setup: Vec<Phase>,
+    /// The KVM attempt, when `--accel auto` fell back to TCG (how far KVM got).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_probe: Option<Boot>,
+    pub boots: Vec<Boot>,
+    /// Per phase over the boots (and `total`).
+    pub summary: Vec<PhaseStats>,
+    /// From the first spawn to the last exit, all boots together.
+    pub boots_wall_ns: u64,
+    /// The whole run: setup and boots.
+    pub wall_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artefacts: Option<artefacts::Artefacts>,
+    /// Every boot reached ready.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BootReport {
+    pub fn phase_sum_ns(&self, boot: usize) -> u64 {
+        self.boots
+            .get(boot)
+            .map_or(0, |b| b.phases.iter().map(|p| p.ns).sum())
+    }
+}
+
+/// Runs the boots, writes `--json` when asked. A failed boot (timeout, Ctrl-C, a guest that
+/// never got ready) is a report with `ok: false`, not an error: its phases so far are in it.
+pub fn run(args: &BootArgs) -> Result<BootReport> {
+    let Some(vm) = args.vm else {
+        bail!("profiler boot needs --vm qemu|micro");
+    };
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    crate::kernel::require_root("profiler boot")?;
+    crate::cleanup::set_interruptible();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let started = Instant::now();
+    let mut report = match vm {
+        Vm::Qemu => qemu::run(args.count, timeout, args.accel, started)?,
+        Vm::Micro => micro::run(args.count, timeout)?,
+    };
+    report.wall_ns = ns(started.elapsed());
+    report.summary = summary(&report.boots, vm);
+    let failed: Vec<String> = report
+        .boots
+        .iter()
+        .filter(|b| !b.ready)
+        .map(|b| {
+            format!(
+                "VM {}: {}",
+                b.index,
+                b.error.as_deref().unwrap_or("not ready")
+            )
+        })
+        .collect();
+    report.ok = failed.is_empty();
+    if !report.ok {
+        report.error = Some(failed.join("; "));
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// run + print, failing (non-zero exit) when a VM did not get ready: what `main` calls.
+pub fn cli(args: &BootArgs) -> Result<()> {
+    let r = run(args)?;
+    print(&r);
+    if let Some(e) = &r.error {
+        bail!("boot failed: {e}");
+    }
+    Ok(())
+}
+
+pub(crate) fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Consecutive phases: `marks[i]` (offset from the start) ends phase `names[i]`; the last
+/// phase ends at `end`. A missing mark merges its phase into the next. When the VM did not
+/// finish (`finished` false), the phase after the last mark is cut at `end` and incomplete.
+/// The durations always add up to `end`.
+pub fn phases(names: &[&str], marks: &[Option<Duration>], end: Duration, finished: bool) -> Vec<Phase> {
+    debug_assert_eq!(names.len(), marks.len() + 1);
+    let mut out = Vec::new();
+    let mut prev = Duration::ZERO;
+    let mut pending: Vec<&str> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        pending.push(name);
+        let at = match marks.get(i) {
+            Some(m) => *m,
+            None if finished => Some(end),
+            None => None,
+        };
+        // Out of order or past the end (a late reader): treat as missing.
+        let Some(at) = at.filter(|&t| t >= prev && t <= end) else {
+            continue;
+        };
+        out.push(Phase {
+            name: pending.join("+"),
+            ns: ns(at - prev),
+            complete: true,
+            guest_ns: None,
+        });
+        pending.clear();
+        prev = at;
+    }
+    if !pending.is_empty() {
+        out.push(Phase {
+            name: pending[0].to_string(),
+            ns: ns(end - prev),
+            complete: false,
+            guest_ns: None,
+        });
+    }
+    out
+}
+
+/// What a phase name stands for, for the table.
+pub fn describe(vm: Vm, name: &str) -> String {
+    let table: &[(&str, &str)] = match vm {
+        Vm::Qemu => &qemu::PHASES,
+        Vm::Micro => &micro::PHASES,
+    };
+    let parts: Vec<&str> = name
+        .split('+')
+        .map(|n| table.iter().find(|(p, _)| *p == n).map_or("", |(_, w)| *w))
+        .collect();
+    if name == "total" {
+        return match vm {
+            Vm::Qemu => "spawn of qemu-system-x86_64 to its exit".into(),
+            Vm::Micro => "opening /dev/kvm to the VM's teardown".into(),
+        };
+    }
+    parts.join("; ")
+}
+
+fn summary(boots: &[Boot], vm: Vm) -> Vec<PhaseStats> {
+    let mut order: Vec<String> = Vec::new();
+    let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for b in boots {
+        for p in b.phases.iter().filter(|p| p.complete) {
+            if !order.contains(&p.name) {
+                order.push(p.name.clone());
+            }
+            samples.entry(p.name.clone()).or_default().push(p.ns);
+        }
+        if b.ready {
+            samples.entry("total".into()).or_default().push(b.total_ns);
+        }
+    }
+    order.push("total".into());
+    order
+        .into_iter()
+        .filter_map(|name| {
+            let v = samples.get(&name)?;
+            let mut h = hdrhistogram::Histogram::<u64>::new(3).ok()?;
+            for &x in v {
+                h.record(x.max(1)).ok()?;
+            }
+            Some(PhaseStats {
+                what: describe(vm, &name),
+                name,
+                count: h.len(),
+                min_ns: *v.iter().min()?,
+                p50_ns: h.value_at_quantile(0.5),
+                p90_ns: h.value_at_quantile(0.9),
+                max_ns: *v.iter().max()?,
+                mean_ns: v.iter().sum::<u64>() / v.len() as u64,
+            })
+        })
+        .collect()
+}
+
+pub fn print(r: &BootReport) {
+    let vm = match r.vm {
+        Vm::Qemu => "qemu",
+        Vm::Micro => "micro",
+    };
+    println!(
+        "boot: {} x {vm}, accelerator {} ({})",
+        r.count, r.accelerator, r.accelerator_reason
+    );
+    if let Some(a) = &r.artefacts {
+        println!(
+            "  guest: {} ({}), initramfs {} (busybox from {})",
+            a.kernel.display(),
+            a.kernel_package,
+            a.initramfs.display(),
+            a.busybox_from
+        );
+    }
+    if let Some(p) = &r.kvm_probe {
+        let got: Vec<String> = p
+            .phases
+            .iter()
+            .map(|ph| format!("{} {}", ph.name, fmt_ns(ph.ns as f64)))
+            .collect();
+        println!("  kvm probe: {}", got.join(", "));
+    }
+    for s in &r.setup {
+        println!("  setup: {:<18} {:>9}", s.name, fmt_ns(s.ns as f64));
+    }
+    if r.count == 1
+        && let Some(b) = r.boots.first()
+    {
+        println!(
+            "  {:<24} {:>9} {:>7} {:>12}  what",
+            "phase", "time", "share", "guest clock"
+        );
+        for p in &b.phases {
+            let share = 100.0 * p.ns as f64 / b.total_ns.max(1) as f64;
+            let guest = p.guest_ns.map_or(String::new(), |g| fmt_ns(g as f64));
+            let name = if p.complete {
+                p.name.clone()
+            } else {
+                format!("{} (cut)", p.name)
+            };
+            println!(
+                "  {:<24} {:>9} {:>6.1}% {:>12}  {}",
+                name,
+                fmt_ns(p.ns as f64),
+                share,
+                guest,
+                describe(r.vm, &p.name)
+            );
+        }
+        println!(
+            "  {:<24} {:>9} {:>6.1}%",
+            "total",
+            fmt_ns(b.total_ns as f64),
+            100.0
+        );
+    } else {
+        println!(
+            "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  what",
+            "phase", "count", "min", "p50", "p90", "max"
+        );
+        for s in &r.summary {
+            println!(
+                "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  {}",
+                s.name,
+                s.count,
+                fmt_ns(s.min_ns as f64),
+                fmt_ns(s.p50_ns as f64),
+                fmt_ns(s.p90_ns as f64),
+                fmt_ns(s.max_ns as f64),
+                s.what
+            );
+        }
+        println!(
+            "  all {} boots together (first spawn to last exit): {}",
+            r.count,
+            fmt_ns(r.boots_wall_ns as f64)
+        );
+    }
+    println!("  whole run (setup + boots): {}", fmt_ns(r.wall_ns as f64));
+    for b in r.boots.iter().filter(|b| !b.ready) {
+        println!(
+            "  VM {} failed: {}",
+            b.index,
+            b.error.as_deref().unwrap_or("not ready")
+        );
+        for l in &b.console_tail {
+            println!("    | {l}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: [&str; 4] = ["a", "b", "c", "d"];
+
+    fn ms(v: u64) -> Option<Duration> {
+        Some(Duration::from_millis(v))
+    }
+
+    fn sum(p: &[Phase]) -> u64 {
+        p.iter().map(|p| p.ns).sum()
+    }
+
+    #[test]
+    fn phases_are_consecutive_and_add_up() {
+        let p = phases(&N, &[ms(10), ms(30), ms(60)], Duration::from_millis(100), true);
+        let got: Vec<(&str, u64)> = p.iter().map(|p| (p.name.as_str(), p.ns / 1_000_000)).collect();
+        assert_eq!(got, [("a", 10), ("b", 20), ("c", 30), ("d", 40)]);
+        assert!(p.iter().all(|p| p.complete));
+        assert_eq!(sum(&p), 100_000_000);
+    }
+
+    #[test]
+    fn a_missing_mark_merges_phases() {
+        let p = phases(&N, &[ms(10), None, ms(60)], Duration::from_millis(100), true);
+        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b+c", "d"]);
+        assert_eq!(p[1].ns, 50_000_000);
+        assert_eq!(sum(&p), 100_000_000);
+    }
+
+    #[test]
+    fn a_killed_boot_ends_in_an_incomplete_phase() {
+        let p = phases(&N, &[ms(10), ms(30), None], Duration::from_millis(5000), false);
+        let last = p.last().unwrap();
+        assert_eq!((last.name.as_str(), last.complete), ("c", false));
+        assert_eq!(last.ns, 4_970_000_000);
+        assert_eq!(sum(&p), 5_000_000_000);
+        // Killed before any mark: one incomplete phase, the first.
+        let p = phases(&N, &[None, None, None], Duration::from_millis(7), false);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].name.as_str(), p[0].ns), ("a", 7_000_000));
+    }
+
+    #[test]
+    fn out_of_order_or_late_marks_are_dropped() {
+        let p = phases(&N, &[ms(30), ms(10), ms(200)], Duration::from_millis(100), true);
+        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b+c+d"]);
+        assert_eq!(sum(&p), 100_000_000);
+    }
+
+    #[test]
+    fn summary_has_percentiles_per_phase_and_total() {
+        let boot = |a: u64, b: u64| Boot {
+            phases: phases(&["x", "y"], &[ms(a)], Duration::from_millis(a + b), true),
+            total_ns: (a + b) * 1_000_000,
+            ready: true,
+            ..Default::default()
+        };
+        let boots = [boot(10, 100), boot(20, 100), boot(30, 100), boot(40, 100)];
+        let s = summary(&boots, Vm::Micro);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["x", "y", "total"]);
+        assert_eq!((s[0].min_ns, s[0].max_ns, s[0].count), (10_000_000, 40_000_000, 4));
+        let close = |v: u64, want: u64| v.abs_diff(want) <= want / 500;
+        assert!(close(s[0].p50_ns, 20_000_000), "{}", s[0].p50_ns);
+        assert!(close(s[0].p90_ns, 40_000_000), "{}", s[0].p90_ns);
+        assert!(close(s[2].p50_ns, 120_000_000));
+    }
+
+    #[test]
+    fn vm_is_required() {
+        let e = run(&BootArgs::default()).unwrap_err().to_string();
+        assert_eq!(e, "profiler boot needs --vm qemu|micro");
+    }
+}

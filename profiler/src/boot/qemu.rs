@@ -1,0 +1,617 @@
+//! `--vm qemu`: qemu-system-x86_64 boots the cached kernel and initramfs; its serial console is
+//! read on a thread that stamps each line as it arrives, and the process's exit is caught with
+//! `waitid(WNOWAIT)` on another, so a kill can never hit a reused pid.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    AccelChoice, Boot, BootReport, Phase, Vm, artefacts, ns, phases,
+    serial::{self, LineSplitter},
+};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Phase names and what ends each; the markers are the serial lines that close them.
+pub const PHASES: [(&str, &str); 7] = [
+    (
+        "vmm_setup",
+        "spawn of qemu-system-x86_64 to the firmware's first serial byte (machine built, vCPU runs SeaBIOS)",
+    ),
+    (
+        "firmware",
+        "SeaBIOS POST to \"Booting from ROM\" (hand-over to QEMU's linuxboot option ROM)",
+    ),
+    (
+        "kernel_load",
+        "the option ROM loads kernel and initramfs over fw_cfg, to the kernel's first output (real-mode setup)",
+    ),
+    (
+        "kernel_decompress",
+        "real-mode setup, decompression and early start_kernel, to the first printk line",
+    ),
+    (
+        "kernel_boot",
+        "kernel initialisation to /init's first marker (PROFILER_MARK init)",
+    ),
+    (
+        "init",
+        "/init mounts devtmpfs, proc and sys (PROFILER_MARK ready)",
+    ),
+    (
+        "shutdown",
+        "poweroff -f to the exit of qemu-system-x86_64",
+    ),
+];
+
+/// Marks closing phases 0..=5 (the last phase ends at the process's exit).
+const FIRST_BYTE: usize = 0;
+const FIRMWARE_DONE: usize = 1;
+const KERNEL_ENTRY: usize = 2;
+const FIRST_PRINTK: usize = 3;
+const INIT: usize = 4;
+const READY: usize = 5;
+
+/// KVM probe: the kernel must print its first printk line this soon after its entry...
+const PROBE_AFTER_ENTRY: Duration = Duration::from_secs(3);
+/// ...and the console must not go silent this long before that.
+const PROBE_SILENCE: Duration = Duration::from_secs(5);
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+
+const APPEND: &str = "console=ttyS0 earlyprintk=serial loglevel=4 panic=-1";
+
+/// Children this process has running: killed (SIGKILL) by [`kill_children`] and by their
+/// guards' drop. PR_SET_PDEATHSIG covers a sudden exit of this process.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Kills every qemu this process started and has not reaped (for a signal handler).
+pub fn kill_children() {
+    for &pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // SAFETY: the pid is ours and unreaped (removed from the list before reaping).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Owns a spawned qemu: registered in [`CHILDREN`] while unreaped, killed and reaped on drop.
+struct ChildGuard {
+    child: Child,
+    pid: i32,
+    reaped: bool,
+}
+
+impl ChildGuard {
+    fn new(child: Child) -> Self {
+        let pid = child.id() as i32;
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
+        Self {
+            child,
+            pid,
+            reaped: false,
+        }
+    }
+
+    fn kill(&self) {
+        if !self.reaped {
+            // SAFETY: not yet reaped, so the pid is still our child (a zombie at worst).
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != self.pid);
+        let status = self.child.wait().ok();
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill();
+            self.reap();
+        }
+    }
+}
+
+enum Event {
+    Line(Instant, String),
+    Stderr(String),
+    Exited(Instant),
+}
+
+/// Blocks until `pid` exits, leaving it unreaped (a zombie) so its pid stays ours.
+fn wait_exit(pid: i32) -> Instant {
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Instant::now();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Marker times of one boot, fed line by line.
+#[derive(Default)]
+pub struct Marks {
+    pub at: [Option<Instant>; 6],
+    pub guest: BTreeMap<String, f64>,
+}
+
+impl Marks {
+    fn set(&mut self, i: usize, t: Instant) {
+        // Only in order: a mark after a later one is noise.
+        if self.at[i].is_none() && self.at[i + 1..].iter().all(Option::is_none) {
+            self.at[i] = Some(t);
+        }
+    }
+
+    /// Classifies one console line.
+    pub fn note(&mut self, t: Instant, line: &str) {
+        let printk = serial::printk_time(line);
+        let mark = serial::marker(line);
+        let firmware_done = serial::is_firmware_done(line);
+        if let (Some((secs, rest)), None) = (printk, mark)
+            && rest.starts_with("reboot: Power down")
+        {
+            self.guest.insert("power_down".into(), secs);
+        }
+        if firmware_done {
+            self.set(FIRMWARE_DONE, t);
+        } else if printk.is_none() && mark.is_none() {
+            if self.at[FIRMWARE_DONE].is_some() {
+                self.set(KERNEL_ENTRY, t);
+            } else {
+                self.set(FIRST_BYTE, t);
+            }
+        }
+        match (mark, printk) {
+            (None, Some((secs, _))) => {
+                if self.at[FIRST_PRINTK].is_none() && self.at[INIT].is_none() {
+                    self.guest.insert("first_printk".into(), secs);
+                }
+                self.set(FIRST_PRINTK, t);
+            }
+            (Some(name @ ("init" | "ready")), p) => {
+                let i = if name == "init" { INIT } else { READY };
+                if self.at[i].is_none() {
+                    if let Some((secs, _)) = p {
+                        self.guest.insert(name.into(), secs);
+                    }
+                }
+                self.set(i, t);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Limits {
+    timeout: Duration,
+    /// A KVM probe: give up early when the guest stops making progress.
+    probe: bool,
+}
+
+/// Boots one VM to its exit (or kill); errors only when qemu cannot be started.
+fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> Result<Boot> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-accel", accel.name()])
+        .args(["-m", "256", "-smp", "1", "-nographic", "-no-reboot"])
+        .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&a.kernel)
+        .arg("-initrd")
+        .arg(&a.initramfs)
+        .args(["-append", APPEND])
+        // Not a tty: qemu leaves the terminal alone. Own group: Ctrl-C reaches us, not it.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; the child dies if the thread that spawned it does.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("{QEMU} not found: install it with `apt-get install qemu-system-x86`")
+        } else {
+            anyhow::anyhow!("spawning {QEMU}: {e}")
+        }
+    })?;
+    let mut guard = ChildGuard::new(child);
+    let (tx, rx) = mpsc::channel();
+    let mut stdout = guard.child.stdout.take().context("qemu stdout")?;
+    let stderr = guard.child.stderr.take().context("qemu stderr")?;
+    let out_tx = tx.clone();
+    let reader = std::thread::spawn(move || {
+        let mut split = LineSplitter::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (t, l) in split.feed(&buf[..n], now) {
+                let _ = out_tx.send(Event::Line(t, l));
+            }
+        }
+        if let Some((t, l)) = split.finish() {
+            let _ = out_tx.send(Event::Line(t, l));
+        }
+    });
+    let err_tx = tx.clone();
+    let err_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(Event::Stderr(line));
+        }
+    });
+    let pid = guard.pid;
+    let exit_tx = tx;
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(Event::Exited(wait_exit(pid)));
+    });
+
+    let mut marks = Marks::default();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut stderr_lines: Vec<String> = Vec::new();
+    let mut last_output = t0;
+    let mut killed: Option<String> = None;
+    let limit = if limits.probe {
+        limits.timeout.min(PROBE_LIMIT)
+    } else {
+        limits.timeout
+    };
+    let on_line = |marks: &mut Marks, tail: &mut VecDeque<String>, t: Instant, l: String| {
+        marks.note(t, &l);
+        if tail.len() == 8 {
+            tail.pop_front();
+        }
+        tail.push_back(l);
+    };
+    let exited = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Line(t, l)) => {
+                last_output = last_output.max(t);
+                on_line(&mut marks, &mut tail, t, l);
+            }
+            Ok(Event::Stderr(l)) => {
+                if killed.is_none() && l.contains("KVM internal error") {
+                    guard.kill();
+                    killed = Some(format!("qemu: {}", l.trim()));
+                }
+                stderr_lines.push(l);
+            }
+            Ok(Event::Exited(t)) => break t,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Instant::now(),
+        }
+        if killed.is_some() {
+            continue;
+        }
+        let now = Instant::now();
+        let why = if crate::cleanup::stop_requested() {
+            Some("interrupted (Ctrl-C)".to_string())
+        } else if now - t0 >= limit {
+            Some(match marks.at[READY] {
+                None => format!("not ready within {:.1} s", limit.as_secs_f64()),
+                Some(_) => format!("ready, but {QEMU} still running after {:.1} s", limit.as_secs_f64()),
+            })
+        } else if limits.probe && marks.at[FIRST_PRINTK].is_none() {
+            match marks.at[KERNEL_ENTRY] {
+                Some(entry) if now - entry >= PROBE_AFTER_ENTRY => Some(format!(
+                    "no kernel log line {:.0} s after the kernel's entry",
+                    PROBE_AFTER_ENTRY.as_secs_f64()
+                )),
+                _ if now - last_output >= PROBE_SILENCE => Some(format!(
+                    "no console output for {:.0} s",
+                    PROBE_SILENCE.as_secs_f64()
+                )),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            guard.kill();
+            killed = Some(why);
+        }
+    };
+    let status = guard.reap();
+    // The console's last bytes may still be in the pipe: read them before closing the books.
+    let _ = reader.join();
+    let _ = err_reader.join();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            Event::Line(t, l) => on_line(&mut marks, &mut tail, t, l),
+            Event::Stderr(l) => stderr_lines.push(l),
+            Event::Exited(_) => {}
+        }
+    }
+
+    let ready = marks.at[READY].is_some() && killed.is_none();
+    let offsets: Vec<Option<Duration>> = marks
+        .at
+        .iter()
+        .map(|m| m.map(|t| t.saturating_duration_since(t0)))
+        .collect();
+    let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
+    let end = exited.saturating_duration_since(t0);
+    let mut phases = phases(&names, &offsets, end, ready);
+    fill_guest_clock(&mut phases, &marks.guest);
+    let error = match (&killed, ready) {
+        (Some(why), _) => Some(why.clone()),
+        (None, true) => None,
+        (None, false) => {
+            let err = stderr_lines
+                .iter()
+                .rev()
+                .find(|l| !l.contains("warning"))
+                .map(|l| format!(": {}", l.trim()))
+                .unwrap_or_default();
+            Some(format!(
+                "{QEMU} exited ({}) before the guest was ready{err}",
+                status.map_or("?".into(), |s| s.to_string())
+            ))
+        }
+    };
+    Ok(Boot {
+        index,
+        accelerator: accel.name().into(),
+        phases,
+        total_ns: ns(end),
+        ready,
+        console_tail: if ready { Vec::new() } else { tail.into() },
+        error,
+        exit_code: status.and_then(|s| s.code()),
+        guest_clock: marks.guest,
+    })
+}
+
+/// Guest-clock spans for phases both of whose ends carry a printk timestamp.
+fn fill_guest_clock(phases: &mut [Phase], guest: &BTreeMap<String, f64>) {
+    let span = |a: &str, b: &str| {
+        let (a, b) = (guest.get(a)?, guest.get(b)?);
+        (b >= a).then(|| ((b - a) * 1e9).round() as u64)
+    };
+    for p in phases.iter_mut().filter(|p| p.complete) {
+        p.guest_ns = match p.name.as_str() {
+            "kernel_boot" => span("first_printk", "init"),
+            "init" => span("init", "ready"),
+            _ => None,
+        };
+    }
+}
+
+/// N boots at once, one thread each (a qemu's PDEATHSIG is tied to its spawning thread).
+fn boot_many(n: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> Result<Vec<Boot>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| s.spawn(move || boot(i, a, accel, limits)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a boot thread panicked")))
+            })
+            .collect()
+    })
+}
+
+pub fn run(count: u32, timeout: Duration, choice: AccelChoice, started: Instant) -> Result<BootReport> {
+    let backend = crate::kernel::kvm_backend();
+    let mut setup = Vec::new();
+    let artefacts = artefacts::prepare()?;
+    let mut mark = started;
+    let mut lap = |name: &str, setup: &mut Vec<Phase>| {
+        let now = Instant::now();
+        setup.push(Phase {
+            name: name.into(),
+            ns: ns(now - mark),
+            complete: true,
+            guest_ns: None,
+        });
+        mark = now;
+    };
+    lap(
+        if artefacts.built {
+            "artefacts (built)"
+        } else {
+            "artefacts (cached)"
+        },
+        &mut setup,
+    );
+    let limits = Limits {
+        timeout,
+        probe: false,
+    };
+    let mut kvm_probe = None;
+    let mut reused = None;
+    let (accel, reason) = match choice {
+        AccelChoice::Kvm => (Accel::Kvm, "--accel kvm".to_string()),
+        AccelChoice::Tcg => (Accel::Tcg, "--accel tcg".to_string()),
+        AccelChoice::Auto if !Path::new("/dev/kvm").exists() => {
+            (Accel::Tcg, "/dev/kvm is absent".to_string())
+        }
+        AccelChoice::Auto => {
+            let probe = boot(0, &artefacts, Accel::Kvm, &Limits { timeout, probe: true })?;
+            lap("kvm probe", &mut setup);
+            if probe.ready {
+                let why = format!("a {backend:?} KVM guest booted in the probe").to_lowercase();
+                // One VM: the probe was the boot; more: they start together, after it.
+                if count == 1 {
+                    reused = Some(probe);
+                } else {
+                    kvm_probe = Some(probe);
+                }
+                (Accel::Kvm, why)
+            } else {
+                let why = format!(
+                    "KVM ({backend:?} backend) failed a stock guest: {}; fell back to TCG",
+                    probe.error.as_deref().unwrap_or("not ready")
+                );
+                kvm_probe = Some(probe);
+                (Accel::Tcg, why)
+            }
+        }
+    };
+    let stopped = crate::cleanup::stop_requested();
+    let boots_start = Instant::now();
+    let reused_one = reused.is_some();
+    let boots = match reused {
+        Some(b) => vec![b],
+        None if stopped => Vec::new(),
+        None => boot_many(count, &artefacts, accel, &limits)?,
+    };
+    let boots_wall_ns = match (reused_one, boots.first()) {
+        (true, Some(b)) => b.total_ns,
+        _ => ns(boots_start.elapsed()),
+    };
+    let mut report = BootReport {
+        vm: Vm::Qemu,
+        count,
+        accelerator: accel.name().into(),
+        accelerator_reason: reason,
+        kvm_backend: backend,
+        setup,
+        kvm_probe,
+        boots,
+        summary: Vec::new(),
+        boots_wall_ns,
+        wall_ns: 0,
+        artefacts: Some(artefacts),
+        ok: false,
+        error: None,
+    };
+    if stopped && report.boots.is_empty() {
+        report.error = Some("interrupted (Ctrl-C) before the boots".into());
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &[&str] = &[
+        "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+        "Booting from ROM...",
+        "PPrroobbiinngg  EEDDDD  ((eedddd==ooffff  ttoo  ddiissaabbllee))......  ook",
+        "[    0.000000] Linux version 6.1.0-56-cloud-amd64",
+        "[    0.000000] Command line: console=ttyS0",
+        "Memory KASLR using RDTSC...",
+        "[    1.834503] PROFILER_MARK init",
+        "[    1.858261] PROFILER_MARK ready",
+        "[    1.866135] reboot: Power down",
+    ];
+
+    #[test]
+    fn console_lines_set_every_mark_in_order() {
+        let t0 = Instant::now();
+        let mut m = Marks::default();
+        let at = |i: usize| t0 + Duration::from_millis(10 * (i as u64 + 1));
+        for (i, l) in CONSOLE.iter().enumerate() {
+            m.note(at(i), l);
+        }
+        assert_eq!(
+            m.at,
+            [
+                Some(at(0)),
+                Some(at(1)),
+                Some(at(2)),
+                Some(at(3)),
+                Some(at(6)),
+                Some(at(7))
+            ]
+        );
+        assert_eq!(m.guest["first_printk"], 0.0);
+        assert_eq!(m.guest["init"], 1.834503);
+        assert_eq!(m.guest["ready"], 1.858261);
+        assert_eq!(m.guest["power_down"], 1.866135);
+    }
+
+    #[test]
+    fn without_firmware_output_the_firmware_phases_merge() {
+        let t0 = Instant::now();
+        let mut m = Marks::default();
+        for (i, l) in CONSOLE[3..].iter().enumerate() {
+            m.note(t0 + Duration::from_millis(i as u64 + 1), l);
+        }
+        assert_eq!(&m.at[..3], &[None, None, None]);
+        assert!(m.at[FIRST_PRINTK].is_some() && m.at[READY].is_some());
+        let offsets: Vec<Option<Duration>> = m.at.iter().map(|t| t.map(|t| t - t0)).collect();
+        let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
+        let p = phases(&names, &offsets, Duration::from_millis(50), true);
+        assert_eq!(p[0].name, "vmm_setup+firmware+kernel_load+kernel_decompress");
+        assert_eq!(p.iter().map(|p| p.ns).sum::<u64>(), 50_000_000);
+    }
+
+    #[test]
+    fn guest_clock_spans() {
+        let mut g = BTreeMap::new();
+        g.insert("first_printk".to_string(), 0.0);
+        g.insert("init".to_string(), 1.5);
+        g.insert("ready".to_string(), 1.75);
+        let mut p = vec![
+            Phase {
+                name: "kernel_boot".into(),
+                ns: 1,
+                complete: true,
+                guest_ns: None,
+            },
+            Phase {
+                name: "init".into(),
+                ns: 1,
+                complete: true,
+                guest_ns: None,
+            },
+        ];
+        fill_guest_clock(&mut p, &g);
+        assert_eq!(p[0].guest_ns, Some(1_500_000_000));
+        assert_eq!(p[1].guest_ns, Some(250_000_000));
+    }
+}

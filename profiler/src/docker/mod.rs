@@ -1,0 +1,445 @@
+//! Docker through its API (bollard): container start-up in phases, with the execs the kernel
+//! saw under them (runc, containerd-shim, iptables, the entrypoint), and the names of
+//! containers' network namespaces for the tracer.
+//!
+//! Everything made here carries the label `profiler=1` and `profiler.owner=<pid>:<start>`, so a
+//! later run removes what a killed one left (`reap_stale`).
+
+pub mod image;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use bollard::{
+    Docker,
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    },
+};
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::{
+    cleanup::Owner,
+    hist::{Summary, fmt_ns},
+    trace::exec::{ExecTracer, monotonic_ns},
+};
+
+pub const SOCKET: &str = "/var/run/docker.sock";
+const LABEL: &str = "profiler";
+const OWNER_LABEL: &str = "profiler.owner";
+const IMAGE: &str = "profiler-payload";
+
+pub async fn connect() -> Result<Docker> {
+    if !std::path::Path::new(SOCKET).exists() {
+        bail!("no Docker daemon: {SOCKET} is missing (start dockerd, or install docker.io)");
+    }
+    let d = Docker::connect_with_socket_defaults()
+        .with_context(|| format!("connecting to Docker at {SOCKET}"))?;
+    d.negotiate_version()
+        .await
+        .with_context(|| format!("Docker at {SOCKET} does not answer"))
+}
+
+fn labels() -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL.to_string(), "1".to_string()),
+        (OWNER_LABEL.to_string(), Owner::me().to_string()),
+    ])
+}
+
+/// Removes containers and images the profiler made whose owner process is gone.
+pub async fn reap_stale(d: &Docker) -> Result<Vec<String>> {
+    let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
+    let list = d
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    let mut removed = vec![];
+    for c in list {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .and_then(|o| o.parse::<Owner>().ok());
+        if owner.is_some_and(|o| o.alive()) {
+            continue;
+        }
+        if let Some(id) = c.id {
+            remove_container(d, &id).await;
+            removed.push(id);
+        }
+    }
+    if !removed.is_empty() {
+        let _ = d
+            .remove_image(
+                IMAGE,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await;
+    }
+    Ok(removed)
+}
+
+async fn remove_container(d: &Docker, id: &str) {
+    let _ = d
+        .remove_container(
+            id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+}
+
+/// Imports the payload image from a root filesystem we assemble (no registry needed).
+async fn build_image(d: &Docker) -> Result<String> {
+    let tar = image::rootfs()?;
+    let tag = format!("{IMAGE}:{}", std::process::id());
+    let opts = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(IMAGE)
+        .tag(&std::process::id().to_string())
+        .changes(vec![
+            format!(
+                "CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"{}\", \"-h\", \"/www\"]",
+                image::PORT
+            ),
+            format!("LABEL {LABEL}=1"),
+        ])
+        .build();
+    let mut s = d.create_image(
+        Some(opts),
+        Some(bollard::body_full(tar.into())),
+        None,
+    );
+    while let Some(r) = s.next().await {
+        r.context("importing the payload image")?;
+    }
+    Ok(tag)
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DockerBootArgs {
+    /// Image to start (default: the profiler builds and later removes its own busybox image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Network: bridge, host, none or a network name.
+    #[arg(long, default_value = "bridge")]
+    pub network: String,
+}
+
+/// One container's start-up, ns from the moment create was sent.
+#[derive(Debug, Serialize, Clone)]
+pub struct DockerBoot {
+    pub name: String,
+    /// (phase, duration ns): create, start, running, ready.
+    pub phases: Vec<(&'static str, u64)>,
+    pub total_ns: u64,
+    pub ready_by: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DockerBootReport {
+    pub image: String,
+    pub network: String,
+    pub boots: Vec<DockerBoot>,
+    /// Execs the kernel saw while the containers started (all of them, in order): offset ns
+    /// from the first create request, and the program (`exe` is dockerd re-executing itself
+    /// to set up namespaces).
+    pub kernel: Vec<(u64, String)>,
+    /// Per phase, across boots.
+    pub distribution: Vec<(&'static str, Summary)>,
+}
+
+/// Starts `count` containers at once and times each start-up.
+pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<DockerBootReport> {
+    crate::kernel::require_root("profiler boot --container docker")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let d = connect().await?;
+        reap_stale(&d).await?;
+        let built = match &args.image {
+            Some(i) => (i.clone(), false),
+            None => (build_image(&d).await?, true),
+        };
+        let key = format!("docker-{}", std::process::id());
+        let (names, image) = (
+            (0..count)
+                .map(|n| format!("profiler-{}-{n}", std::process::id()))
+                .collect::<Vec<_>>(),
+            built.clone(),
+        );
+        crate::cleanup::on_signal(&key, move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(d) = connect().await {
+                    for n in &names {
+                        remove_container(&d, n).await;
+                    }
+                    if image.1 {
+                        let _ = d.remove_image(&image.0, None::<RemoveImageOptionsBuilder>.map(|b| b.build()), None).await;
+                    }
+                }
+            });
+        });
+        let mut execs = ExecTracer::start().ok();
+        let names: Vec<String> = (0..count)
+            .map(|n| format!("profiler-{}-{n}", std::process::id()))
+            .collect();
+        let runs = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| boot_one(&d, name, &built.0, &args.network, timeout)),
+        )
+        .await;
+        for name in &names {
+            remove_container(&d, name).await;
+        }
+        if built.1 {
+            let _ = d
+                .remove_image(
+                    &built.0,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+        }
+        let seen = match execs.as_mut() {
+            Some(t) => t.drain().unwrap_or_default(),
+            None => vec![],
+        };
+        crate::cleanup::forget(&key);
+        let mut boots = vec![];
+        let (mut first, mut last) = (u64::MAX, 0);
+        for r in runs {
+            let (b, t0, t_end) = r?;
+            (first, last) = (first.min(t0), last.max(t_end));
+            boots.push(b);
+        }
+        let kernel = seen
+            .iter()
+            .filter(|e| e.ts >= first && e.ts <= last)
+            .filter(|e| {
+                ["runc", "containerd-shim", "iptables", "busybox", "docker-proxy", "exe"]
+                    .iter()
+                    .any(|c| e.comm.starts_with(c))
+            })
+            .map(|e| (e.ts - first, e.comm.clone()))
+            .collect();
+        let distribution = ["create", "start", "running", "ready"]
+            .iter()
+            .map(|p| {
+                let mut h = crate::hist::empty();
+                for b in &boots {
+                    if let Some((_, ns)) = b.phases.iter().find(|(n, _)| n == p) {
+                        let _ = h.record((*ns).max(1));
+                    }
+                }
+                (*p, Summary::of(&h))
+            })
+            .collect();
+        Ok(DockerBootReport {
+            image: built.0,
+            network: args.network.clone(),
+            boots,
+            kernel,
+            distribution,
+        })
+    })
+}
+
+async fn boot_one(
+    d: &Docker,
+    name: &str,
+    image: &str,
+    network: &str,
+    timeout: Duration,
+) -> Result<(DockerBoot, u64, u64)> {
+    let t0 = monotonic_ns();
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        labels: Some(labels()),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    d.create_container(
+        Some(CreateContainerOptionsBuilder::default().name(name).build()),
+        body,
+    )
+    .await
+    .with_context(|| format!("creating container {name} from {image}"))?;
+    let t_create = monotonic_ns();
+    d.start_container(name, None)
+        .await
+        .with_context(|| format!("starting container {name}"))?;
+    let t_start = monotonic_ns();
+    let deadline = t0 + timeout.as_nanos() as u64;
+    let (pid, ip) = loop {
+        let i = d.inspect_container(name, None).await?;
+        let st = i.state.as_ref();
+        let pid = st.and_then(|s| s.pid).unwrap_or(0);
+        if st.and_then(|s| s.running) == Some(true) && pid > 0 {
+            let ip = i
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|n| n.values().find_map(|e| e.ip_address.clone()))
+                .filter(|ip| !ip.is_empty());
+            break (pid, ip);
+        }
+        if monotonic_ns() > deadline {
+            bail!("container {name} is not running after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let t_running = monotonic_ns();
+    let target = match (network, &ip) {
+        ("host", _) => Some(format!("127.0.0.1:{}", image::PORT)),
+        ("none", _) => None,
+        (_, Some(ip)) => Some(format!("{ip}:{}", image::PORT)),
+        (_, None) => None,
+    };
+    let ready_by = if let Some(target) = &target {
+        let addr: std::net::SocketAddr = target.parse()?;
+        loop {
+            if http_ok(addr).await {
+                break "first HTTP answer from the container's address";
+            }
+            if monotonic_ns() > deadline {
+                bail!("container {name} (pid {pid}) never answered on {target} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    } else {
+        "running (no network to answer on)"
+    };
+    let t_ready = monotonic_ns();
+    Ok((
+        DockerBoot {
+            name: name.to_string(),
+            phases: vec![
+                ("create", t_create - t0),
+                ("start", t_start - t_create),
+                ("running", t_running - t_start),
+                ("ready", t_ready - t_running),
+            ],
+            total_ns: t_ready - t0,
+            ready_by,
+        },
+        t0,
+        t_ready,
+    ))
+}
+
+async fn http_ok(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await,
+        Ok(Ok(n)) if n >= 12 && buf.starts_with(b"HTTP/1.")
+    )
+}
+
+pub fn print(r: &DockerBootReport) {
+    println!(
+        "profiler boot — {} Docker container(s) from {} on network {}",
+        r.boots.len(),
+        r.image,
+        r.network
+    );
+    for b in &r.boots {
+        let phases: Vec<String> = b
+            .phases
+            .iter()
+            .map(|(n, ns)| format!("{n} {}", fmt_ns(*ns as f64)))
+            .collect();
+        println!(
+            "  {:<24} total {:>9}: {}",
+            b.name,
+            fmt_ns(b.total_ns as f64),
+            phases.join(", ")
+        );
+    }
+    if !r.kernel.is_empty() {
+        let k: Vec<String> = r
+            .kernel
+            .iter()
+            .map(|(t, c)| format!("+{} {c}", fmt_ns(*t as f64)))
+            .collect();
+        println!("  kernel saw exec: {}", k.join(", "));
+    }
+    if r.boots.len() > 1 {
+        println!("  {:<10} {:>9} {:>9} {:>9} {:>9}", "phase", "min", "p50", "p90", "max");
+        for (p, s) in &r.distribution {
+            println!(
+                "  {:<10} {:>9} {:>9} {:>9} {:>9}",
+                p,
+                fmt_ns(s.min as f64),
+                fmt_ns(s.p50 as f64),
+                fmt_ns(s.p90 as f64),
+                fmt_ns(s.max as f64)
+            );
+        }
+    }
+    if let Some(b) = r.boots.first() {
+        println!("  ready = {}", b.ready_by);
+    }
+}
+
+/// Network namespace inode -> container name, for naming namespaces in traces.
+pub fn netns_names() -> HashMap<u64, String> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return HashMap::new();
+    };
+    rt.block_on(async {
+        let mut out = HashMap::new();
+        let Ok(d) = connect().await else { return out };
+        let Ok(list) = d.list_containers(None).await else {
+            return out;
+        };
+        for c in list {
+            let (Some(id), Some(names)) = (c.id, c.names) else {
+                continue;
+            };
+            let Ok(i) = d.inspect_container(&id, None).await else {
+                continue;
+            };
+            let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0) else {
+                continue;
+            };
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                use std::os::unix::fs::MetadataExt as _;
+                let name = names.first().cloned().unwrap_or_default();
+                out.insert(m.ino(), format!("{} ({})", name.trim_start_matches('/'), &id[..12]));
+            }
+        }
+        out
+    })
+}

@@ -1,0 +1,345 @@
+//! The KVM exit tracer (user side of profiler-ebpf/src/kvm.rs): reads the tracepoints' field
+//! offsets from their format files, loads the programs with those as globals, attaches the
+//! classic tracepoints that exist, and reads the maps into a [`Raw`].
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{TracePoint, trace_point::TracePointLinkId},
+};
+use profiler_common::{
+    hist::Hist,
+    kvm::{EXIT_SLOTS, RUN_HIST_SLOTS, USER_SLOTS, counter},
+};
+
+use super::{names, report::Raw};
+
+/// Which threads to follow; 0 = any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// ioctl(2)'s number as raw_syscalls reports it.
+#[cfg(target_arch = "x86_64")]
+const IOCTL_NR: u64 = 16;
+#[cfg(target_arch = "aarch64")]
+const IOCTL_NR: u64 = 29;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const IOCTL_NR: u64 = libc::SYS_ioctl as u64;
+
+/// One classic tracepoint: its program and the fields (global <- field) it reads.
+struct Hook {
+    category: &'static str,
+    event: &'static str,
+    program: &'static str,
+    fields: &'static [(&'static str, &'static str)],
+}
+
+const HOOKS: &[Hook] = &[
+    Hook {
+        category: "raw_syscalls",
+        event: "sys_enter",
+        program: "kvm_sys_enter",
+        fields: &[
+            ("KVM_OFF_SYS_ENTER_ID", "id"),
+            ("KVM_OFF_SYS_ENTER_ARGS", "args"),
+        ],
+    },
+    Hook {
+        category: "raw_syscalls",
+        event: "sys_exit",
+        program: "kvm_sys_exit",
+        fields: &[("KVM_OFF_SYS_EXIT_ID", "id")],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_exit",
+        program: "kvm_tp_exit",
+        fields: &[
+            ("KVM_OFF_EXIT_REASON", "exit_reason"),
+            ("KVM_OFF_EXIT_ISA", "isa"),
+        ],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_entry",
+        program: "kvm_tp_entry",
+        fields: &[],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_userspace_exit",
+        program: "kvm_tp_userspace_exit",
+        fields: &[("KVM_OFF_USER_REASON", "reason")],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_pio",
+        program: "kvm_tp_pio",
+        fields: &[("KVM_OFF_PIO_RW", "rw"), ("KVM_OFF_PIO_PORT", "port")],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_mmio",
+        program: "kvm_tp_mmio",
+        fields: &[("KVM_OFF_MMIO_TYPE", "type")],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_msr",
+        program: "kvm_tp_msr",
+        fields: &[("KVM_OFF_MSR_WRITE", "write")],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_cpuid",
+        program: "kvm_tp_cpuid",
+        fields: &[],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_hypercall",
+        program: "kvm_tp_hypercall",
+        fields: &[],
+    },
+    Hook {
+        category: "kvm",
+        event: "kvm_emulate_insn",
+        program: "kvm_tp_emulate_insn",
+        fields: &[("KVM_OFF_EMUL_FAILED", "failed")],
+    },
+];
+
+/// The byte offset of `field` in a tracefs `format` file (`args[6]` is found as `args`).
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    for line in format.lines() {
+        let Some(decl) = line.trim().strip_prefix("field:") else {
+            continue;
+        };
+        let mut parts = decl.split(';');
+        let name = parts.next()?.split_whitespace().last()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            continue;
+        }
+        return parts
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|o| o.trim().parse().ok());
+    }
+    None
+}
+
+/// How one tracepoint was attached, or why it was not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attach {
+    pub event: String,
+    pub how: String,
+}
+
+pub struct KvmTracer {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, TracePointLinkId)>,
+    pub attached: Vec<Attach>,
+}
+
+impl KvmTracer {
+    /// Loads and attaches every program whose tracepoint exists. Fails only when the KVM_RUN
+    /// path (raw_syscalls) cannot attach: without it nothing is measured on any backend.
+    pub fn start(filter: Filter) -> Result<KvmTracer> {
+        let tracefs = crate::kernel::tracefs()?;
+        let mut globals: Vec<(&'static str, u32)> = vec![];
+        let mut usable = vec![];
+        let mut attached = vec![];
+        for h in HOOKS {
+            let event = format!("{}:{}", h.category, h.event);
+            let file = tracefs
+                .join("events")
+                .join(h.category)
+                .join(h.event)
+                .join("format");
+            match resolve(&file, h) {
+                Ok(offs) => {
+                    globals.extend(offs);
+                    usable.push(h);
+                }
+                Err(e) => attached.push(Attach {
+                    event,
+                    how: format!("not attached ({e:#})"),
+                }),
+            }
+        }
+        let mut loader = aya::EbpfLoader::new();
+        for (name, v) in &globals {
+            loader.override_global(name, v, true);
+        }
+        loader
+            .override_global("KVM_TGID", &filter.tgid, true)
+            .override_global("KVM_TID", &filter.tid, true)
+            .override_global("KVM_IOCTL_NR", &IOCTL_NR, true);
+        let mut ebpf = loader
+            .load(crate::ebpf::OBJECT)
+            .context("loading the KVM tracer's eBPF programs")?;
+        {
+            let mut table: Array<_, u8> = Array::try_from(
+                ebpf.map_mut("KVM_EXIT_SLOT")
+                    .context("KVM_EXIT_SLOT missing")?,
+            )?;
+            for (k, &slot) in names::key_table().iter().enumerate() {
+                if slot != 0 {
+                    table.set(k as u32, slot, 0)?;
+                }
+            }
+        }
+        let mut links = vec![];
+        for h in usable {
+            let event = format!("{}:{}", h.category, h.event);
+            let r = (|| -> Result<TracePointLinkId> {
+                let p: &mut TracePoint = ebpf
+                    .program_mut(h.program)
+                    .ok_or_else(|| anyhow!("{} not in the eBPF object", h.program))?
+                    .try_into()?;
+                p.load()?;
+                Ok(p.attach(h.category, h.event)?)
+            })();
+            match r {
+                Ok(id) => {
+                    links.push((h.program, id));
+                    attached.push(Attach {
+                        event,
+                        how: "tracepoint".into(),
+                    });
+                }
+                Err(e) => attached.push(Attach {
+                    event,
+                    how: format!("not attached ({e:#})"),
+                }),
+            }
+        }
+        for must in ["raw_syscalls:sys_enter", "raw_syscalls:sys_exit"] {
+            if let Some(a) = attached
+                .iter()
+                .find(|a| a.event == must && a.how != "tracepoint")
+            {
+                bail!("{must} {}: KVM_RUN cannot be timed without it", a.how);
+            }
+        }
+        attached.sort_by(|a, b| a.event.cmp(&b.event));
+        Ok(KvmTracer {
+            ebpf,
+            links,
+            attached,
+        })
+    }
+
+    /// Whether `event` ("kvm:kvm_exit") is attached.
+    pub fn is_attached(&self, event: &str) -> bool {
+        self.attached
+            .iter()
+            .any(|a| a.event == event && a.how == "tracepoint")
+    }
+
+    /// Detaches every program; the maps stay readable.
+    pub fn detach(&mut self) -> Result<()> {
+        for (name, id) in self.links.drain(..) {
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{name} missing"))?
+                .try_into()?;
+            p.detach(id).with_context(|| format!("detaching {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Everything recorded since the start, summed over CPUs.
+    pub fn read(&self) -> Result<Raw> {
+        let map = |name: &str| {
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))
+        };
+        let hists = |name: &str, n: u32| -> Result<Vec<Box<Hist>>> {
+            let m: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(map(name)?)?;
+            (0..n)
+                .map(|i| Ok(crate::hist::sum(&m.get(&i, 0)?)))
+                .collect()
+        };
+        let counts = |name: &str, n: u32| -> Result<Vec<u64>> {
+            let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(name)?)?;
+            (0..n).map(|i| Ok(m.get(&i, 0)?.iter().sum())).collect()
+        };
+        let ports: PerCpuHashMap<&MapData, u32, u64> =
+            PerCpuHashMap::try_from(map("KVM_PIO_PORTS")?)?;
+        let mut pio_ports = vec![];
+        for entry in ports.iter() {
+            let (k, v) = entry?;
+            pio_ports.push((k, v.iter().sum()));
+        }
+        pio_ports.sort_unstable();
+        Ok(Raw {
+            exit_hist: hists("KVM_EXIT_HIST", EXIT_SLOTS)?,
+            exit_count: counts("KVM_EXIT_COUNT", EXIT_SLOTS)?,
+            run_hist: hists("KVM_RUN_HIST", RUN_HIST_SLOTS)?,
+            user_exits: counts("KVM_USER_EXITS", USER_SLOTS)?,
+            counters: counts("KVM_COUNTERS", counter::COUNT)?,
+            pio_ports,
+        })
+    }
+}
+
+fn resolve(format_file: &Path, h: &Hook) -> Result<Vec<(&'static str, u32)>> {
+    let text = std::fs::read_to_string(format_file)
+        .with_context(|| format!("tracepoint missing: no {}", format_file.display()))?;
+    h.fields
+        .iter()
+        .map(|(global, field)| {
+            field_offset(&text, field)
+                .map(|o| (*global, o))
+                .ok_or_else(|| anyhow!("its format has no field `{field}`"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // As this kernel (6.18) prints them.
+    const KVM_EXIT_FORMAT: &str = "name: kvm_exit
+ID: 1234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:unsigned int exit_reason;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:unsigned long guest_rip;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:u32 isa;\toffset:24;\tsize:4;\tsigned:0;
+";
+    const SYS_ENTER_FORMAT: &str = "format:
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+\tfield:long id;\toffset:8;\tsize:8;\tsigned:1;
+\tfield:unsigned long args[6];\toffset:16;\tsize:48;\tsigned:0;
+";
+
+    #[test]
+    fn format_offsets() {
+        assert_eq!(field_offset(KVM_EXIT_FORMAT, "exit_reason"), Some(8));
+        assert_eq!(field_offset(KVM_EXIT_FORMAT, "isa"), Some(24));
+        assert_eq!(field_offset(KVM_EXIT_FORMAT, "rip"), None);
+        assert_eq!(field_offset(SYS_ENTER_FORMAT, "id"), Some(8));
+        assert_eq!(field_offset(SYS_ENTER_FORMAT, "args"), Some(16));
+    }
+
+    #[test]
+    fn every_hook_has_its_program_named_once() {
+        let mut names: Vec<_> = HOOKS.iter().map(|h| h.program).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), HOOKS.len());
+    }
+}

@@ -1,0 +1,241 @@
+//! `profiler sysbench TEST [COMMAND]`: sysbench 1.0's option names, `--opt=value` syntax,
+//! size suffixes and `[=on|off]` flags.
+
+use std::{ffi::OsStr, marker::PhantomData, path::PathBuf, time::Duration};
+
+use anyhow::{Result, anyhow, bail};
+use clap::{
+    ValueEnum,
+    builder::{PossibleValue, TypedValueParser},
+    error::ErrorKind,
+};
+
+use super::{
+    AccessMode, Command, ExtraFlag, FileTestMode, FsyncMode, MemoryOper, MemoryScope, Spec, Test,
+};
+
+/// Arguments of `profiler sysbench`; defaults are sysbench's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SysbenchArgs {
+    /// The test, sysbench's names.
+    #[arg(value_parser = OneOf::<Test>::new())]
+    pub test: Test,
+    /// prepare and cleanup only mean something to fileio.
+    #[arg(value_parser = OneOf::<Command>::new(), default_value_t = Command::Run)]
+    pub command: Command,
+    /// Number of threads to use.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+    /// Time limit in seconds, 0 for none; fractions work.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub time: Duration,
+    /// Limit for the total number of events, 0 for none.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub events: u64,
+
+    /// cpu: upper limit for the primes generator.
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    pub cpu_max_prime: u64,
+
+    /// memory: size of a block, one event.
+    #[arg(long, default_value = "1K", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_block_size: u64,
+    /// memory: total size of data to transfer.
+    #[arg(long, default_value = "100G", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_total_size: u64,
+    /// memory: one buffer for all threads, or one each.
+    #[arg(long, default_value_t, value_parser = OneOf::<MemoryScope>::new())]
+    pub memory_scope: MemoryScope,
+    /// memory: type of memory operations.
+    #[arg(long, default_value_t, value_parser = OneOf::<MemoryOper>::new())]
+    pub memory_oper: MemoryOper,
+    /// memory: memory access mode.
+    #[arg(long, default_value_t, value_parser = OneOf::<AccessMode>::new())]
+    pub memory_access_mode: AccessMode,
+
+    /// fileio: number of files to create.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub file_num: u32,
+    /// fileio: total size of the files.
+    #[arg(long, default_value = "2G", value_name = "SIZE", value_parser = parse_size)]
+    pub file_total_size: u64,
+    /// fileio: test mode (needed by run).
+    #[arg(long, value_parser = OneOf::<FileTestMode>::new())]
+    pub file_test_mode: Option<FileTestMode>,
+    /// fileio: block size of every I/O operation.
+    #[arg(long, default_value = "16384", value_name = "SIZE", value_parser = parse_size)]
+    pub file_block_size: u64,
+    /// fileio: fsync every file after this many requests (0: never).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub file_fsync_freq: u64,
+    /// fileio: fsync after each write.
+    #[arg(long, value_name = "on|off", default_value = "off", default_missing_value = "on",
+          num_args = 0..=1, require_equals = true, value_parser = parse_on_off)]
+    pub file_fsync_all: bool,
+    /// fileio: fsync every file at the end of the test.
+    #[arg(long, value_name = "on|off", default_value = "on", default_missing_value = "on",
+          num_args = 0..=1, require_equals = true, value_parser = parse_on_off)]
+    pub file_fsync_end: bool,
+    /// fileio: which call synchronizes.
+    #[arg(long, default_value_t, value_parser = OneOf::<FsyncMode>::new())]
+    pub file_fsync_mode: FsyncMode,
+    /// fileio: extra flags to open the files with, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "LIST",
+          value_parser = OneOf::<ExtraFlag>::new())]
+    pub file_extra_flags: Vec<ExtraFlag>,
+    /// fileio: reads/writes ratio of rndrw.
+    #[arg(long, default_value_t = 1.5, value_name = "R")]
+    pub file_rw_ratio: f64,
+    /// fileio: directory of the test files (sysbench uses the current one).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub file_dir: PathBuf,
+
+    /// threads: yields per event.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub thread_yields: u32,
+    /// threads: number of locks shared by the threads.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub thread_locks: u32,
+
+    /// mutex: size of the mutex array.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub mutex_num: u32,
+    /// mutex: mutex locks per thread.
+    #[arg(long, default_value_t = 50000, value_name = "N")]
+    pub mutex_locks: u32,
+    /// mutex: empty loops before each lock.
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    pub mutex_loops: u32,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SysbenchArgs {
+    /// The run's parameters (checked by [`super::execute`]).
+    pub fn spec(&self) -> Spec {
+        let mut s = Spec::new(self.test);
+        s.threads = self.threads;
+        s.time = self.time;
+        s.events = self.events;
+        s.cpu.max_prime = self.cpu_max_prime;
+        s.memory.block_size = self.memory_block_size;
+        s.memory.total_size = self.memory_total_size;
+        s.memory.scope = self.memory_scope;
+        s.memory.oper = self.memory_oper;
+        s.memory.access_mode = self.memory_access_mode;
+        let f = &mut s.fileio;
+        f.num = self.file_num;
+        f.total_size = self.file_total_size;
+        f.test_mode = self.file_test_mode;
+        f.block_size = self.file_block_size;
+        f.fsync_freq = self.file_fsync_freq;
+        f.fsync_all = self.file_fsync_all;
+        f.fsync_end = self.file_fsync_end;
+        f.fsync_mode = self.file_fsync_mode;
+        f.extra_flags = self.file_extra_flags.clone();
+        f.rw_ratio = self.file_rw_ratio;
+        f.dir = self.file_dir.clone();
+        s.thread.yields = self.thread_yields;
+        s.thread.locks = self.thread_locks;
+        s.mutex.num = self.mutex_num;
+        s.mutex.locks = self.mutex_locks;
+        s.mutex.loops = self.mutex_loops;
+        s
+    }
+}
+
+/// sysbench's sizes: bytes with an optional K, M, G, T or P suffix (powers of 1024; a
+/// trailing B or iB is accepted, any case).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || {
+        anyhow!("bad size '{s}': expected bytes with an optional K, M, G, T or P suffix, e.g. 16K")
+    };
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn parse_seconds(s: &str) -> Result<Duration> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("bad time '{s}': expected seconds, e.g. 10 or 0.5"))?;
+    if !(v.is_finite() && (0.0..=1e9).contains(&v)) {
+        bail!("bad time '{s}': expected seconds between 0 and 1e9");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_on_off(s: &str) -> Result<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => bail!("bad flag value '{s}': expected on or off"),
+    }
+}
+
+/// A `ValueEnum` parser whose error is one line naming every valid value (clap's own puts
+/// them on a second line).
+#[derive(Clone)]
+struct OneOf<E>(PhantomData<E>);
+
+impl<E> OneOf<E> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for OneOf<E> {
+    type Value = E;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> std::result::Result<E, clap::Error> {
+        let v = value.to_string_lossy();
+        E::from_str(&v, true).map_err(|_| {
+            let names: Vec<String> = E::value_variants()
+                .iter()
+                .filter_map(|x| x.to_possible_value())
+                .map(|p| p.get_name().to_string())
+                .collect();
+            let arg = arg.map_or_else(|| "value".to_string(), |a| a.to_string());
+            clap::Error::raw(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value '{v}' for '{arg}': expected one of {}\n",
+                    names.join(", ")
+                ),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value()),
+        ))
+    }
+}
