@@ -23,8 +23,8 @@ fn require_tools() {
         "{} is missing: `apt-get install qemu-system-x86` (cargo xtask setup)",
         boot::qemu::QEMU
     );
-    let static_busybox = std::fs::read("/bin/busybox")
-        .is_ok_and(|b| boot::artefacts::is_static_x86_64(&b));
+    let static_busybox =
+        std::fs::read("/bin/busybox").is_ok_and(|b| boot::artefacts::is_static_x86_64(&b));
     assert!(
         static_busybox,
         "/bin/busybox is missing or not static: `apt-get install busybox-static` (cargo xtask setup)"
@@ -56,7 +56,11 @@ fn boot(vm: Vm, count: u32) -> (BootReport, Duration) {
     let wall = t.elapsed();
     boot::print(&r);
     assert!(r.ok, "boot failed: {:?}", r.error);
-    assert!(our_qemus().is_empty(), "qemu left running: {:?}", our_qemus());
+    assert!(
+        our_qemus().is_empty(),
+        "qemu left running: {:?}",
+        our_qemus()
+    );
     (r, wall)
 }
 
@@ -78,7 +82,11 @@ fn qemu_boot_has_every_phase_and_adds_up() {
     let want: Vec<&str> = boot::qemu::PHASES.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, want, "a marker was missed: {b:#?}");
     for p in &b.phases {
-        assert!(p.complete && p.ns > 0, "phase {} not positive: {p:?}", p.name);
+        assert!(
+            p.complete && p.ns > 0,
+            "phase {} not positive: {p:?}",
+            p.name
+        );
     }
     assert_eq!(r.phase_sum_ns(0), b.total_ns);
     // The report accounts for the whole call: setup (cache, KVM probe) + the boot's phases.
@@ -135,12 +143,23 @@ fn qemu_timeout_kills_and_reports_the_phases_so_far() {
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     boot::print(&r);
     assert!(!r.ok);
-    assert!(r.error.as_deref().unwrap_or("").contains("not ready within"), "{:?}", r.error);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not ready within"),
+        "{:?}",
+        r.error
+    );
     let b = &r.boots[0];
     assert!(!b.ready);
     assert!(!b.phases.last().expect("a phase").complete);
     assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
-    assert!(our_qemus().is_empty(), "qemu left running: {:?}", our_qemus());
+    assert!(
+        our_qemus().is_empty(),
+        "qemu left running: {:?}",
+        our_qemus()
+    );
 }
 
 #[test]

@@ -89,6 +89,7 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     setup::clippy_ebpf()?;
+    setup::services()?;
     // Unit tests, then the privileged integration tests (tests/), which need root.
     run(cargo().args([
         "test",

@@ -180,3 +180,34 @@ pub fn clippy_ebpf() -> Result<()> {
         ])
         .env("CARGO_TARGET_DIR", "target/ebpf-clippy"))
 }
+
+/// Daemons the integration tests talk to: started here when installed but not running (this
+/// kind of machine has no systemd), left running afterwards.
+pub fn services() -> Result<()> {
+    let docker_up = || {
+        Command::new("docker")
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if docker_up() {
+        eprintln!("setup: Docker daemon: running");
+        return Ok(());
+    }
+    if Command::new("dockerd").arg("--version").output().is_err() {
+        bail!("Docker is not installed: apt-get install docker.io (the Docker tests need a daemon)");
+    }
+    eprintln!("setup: Docker daemon not running: starting dockerd");
+    let log = std::fs::File::create("/tmp/profiler-dockerd.log")?;
+    Command::new("dockerd")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    for _ in 0..60 {
+        if docker_up() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    bail!("dockerd did not come up in 30 s: see /tmp/profiler-dockerd.log")
+}

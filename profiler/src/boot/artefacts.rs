@@ -157,7 +157,9 @@ fn fetch_kernel(dir: &Path) -> Result<(PathBuf, String)> {
 fn kernel_package() -> Result<String> {
     let out = apt(&["apt-cache", "depends", "--important", KERNEL_META])?;
     parse_depends(&out, "linux-image-").with_context(|| {
-        format!("apt-cache depends {KERNEL_META} names no linux-image package (run `apt-get update`?)")
+        format!(
+            "apt-cache depends {KERNEL_META} names no linux-image package (run `apt-get update`?)"
+        )
     })
 }
 
@@ -177,7 +179,10 @@ fn busybox(dir: &Path, built: &mut bool) -> Result<(PathBuf, String)> {
         }
     }
     let cached = dir.join("busybox");
-    let from = format!("{BUSYBOX_PACKAGE} package, extracted to {}", cached.display());
+    let from = format!(
+        "{BUSYBOX_PACKAGE} package, extracted to {}",
+        cached.display()
+    );
     if fs::read(&cached).is_ok_and(|b| is_static_x86_64(&b)) {
         return Ok((cached, from));
     }
@@ -227,7 +232,11 @@ fn apt(argv: &[&str]) -> Result<String> {
         .with_context(|| format!("running {} (is this Debian or Ubuntu?)", argv[0]))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         bail!("`{}` failed: {}", argv.join(" "), last.trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -250,7 +259,11 @@ fn download(package: &str, dir: &Path) -> Result<PathBuf> {
     }
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         bail!("apt-get download {package} failed: {}", last.trim());
     }
     fs::read_dir(dir)?
@@ -336,7 +349,10 @@ mod tests {
             parse_depends(virt, "linux-image-").as_deref(),
             Some("linux-image-6.1.0-9-cloud-amd64")
         );
-        assert_eq!(parse_depends("x\n  Recommends: foo\n", "linux-image-"), None);
+        assert_eq!(
+            parse_depends("x\n  Recommends: foo\n", "linux-image-"),
+            None
+        );
     }
 
     #[test]

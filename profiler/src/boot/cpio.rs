@@ -152,7 +152,11 @@ mod tests {
             Entry::dir("/bin"),
             Entry::dir("dev"),
             Entry::char_dev("dev/console", 0o600, 5, 1),
-            Entry::file("bin/busybox", 0o755, (0..=255u8).cycle().take(1001).collect()),
+            Entry::file(
+                "bin/busybox",
+                0o755,
+                (0..=255u8).cycle().take(1001).collect(),
+            ),
             Entry::symlink("bin/sh", "busybox"),
             Entry::file("init", 0o755, b"#!/bin/sh\n".to_vec()),
             Entry::file("empty", 0o644, Vec::new()),

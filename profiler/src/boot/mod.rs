@@ -224,7 +224,12 @@ pub(crate) fn ns(d: Duration) -> u64 {
 /// phase ends at `end`. A missing mark merges its phase into the next. When the VM did not
 /// finish (`finished` false), the phase after the last mark is cut at `end` and incomplete.
 /// The durations always add up to `end`.
-pub fn phases(names: &[&str], marks: &[Option<Duration>], end: Duration, finished: bool) -> Vec<Phase> {
+pub fn phases(
+    names: &[&str],
+    marks: &[Option<Duration>],
+    end: Duration,
+    finished: bool,
+) -> Vec<Phase> {
     debug_assert_eq!(names.len(), marks.len() + 1);
     let mut out = Vec::new();
     let mut prev = Duration::ZERO;
@@ -338,7 +343,10 @@ pub fn print(r: &BootReport) {
         let got: Vec<String> = p
             .phases
             .iter()
-            .map(|ph| format!("{} {}", ph.name, fmt_ns(ph.ns as f64)))
+            .map(|ph| {
+                let cut = if ph.complete { "" } else { " (cut)" };
+                format!("{}{cut} {}", ph.name, fmt_ns(ph.ns as f64))
+            })
             .collect();
         println!("  kvm probe: {}", got.join(", "));
     }
@@ -427,8 +435,16 @@ mod tests {
 
     #[test]
     fn phases_are_consecutive_and_add_up() {
-        let p = phases(&N, &[ms(10), ms(30), ms(60)], Duration::from_millis(100), true);
-        let got: Vec<(&str, u64)> = p.iter().map(|p| (p.name.as_str(), p.ns / 1_000_000)).collect();
+        let p = phases(
+            &N,
+            &[ms(10), ms(30), ms(60)],
+            Duration::from_millis(100),
+            true,
+        );
+        let got: Vec<(&str, u64)> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.ns / 1_000_000))
+            .collect();
         assert_eq!(got, [("a", 10), ("b", 20), ("c", 30), ("d", 40)]);
         assert!(p.iter().all(|p| p.complete));
         assert_eq!(sum(&p), 100_000_000);
@@ -436,7 +452,12 @@ mod tests {
 
     #[test]
     fn a_missing_mark_merges_phases() {
-        let p = phases(&N, &[ms(10), None, ms(60)], Duration::from_millis(100), true);
+        let p = phases(
+            &N,
+            &[ms(10), None, ms(60)],
+            Duration::from_millis(100),
+            true,
+        );
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b+c", "d"]);
         assert_eq!(p[1].ns, 50_000_000);
@@ -445,7 +466,12 @@ mod tests {
 
     #[test]
     fn a_killed_boot_ends_in_an_incomplete_phase() {
-        let p = phases(&N, &[ms(10), ms(30), None], Duration::from_millis(5000), false);
+        let p = phases(
+            &N,
+            &[ms(10), ms(30), None],
+            Duration::from_millis(5000),
+            false,
+        );
         let last = p.last().unwrap();
         assert_eq!((last.name.as_str(), last.complete), ("c", false));
         assert_eq!(last.ns, 4_970_000_000);
@@ -458,7 +484,12 @@ mod tests {
 
     #[test]
     fn out_of_order_or_late_marks_are_dropped() {
-        let p = phases(&N, &[ms(30), ms(10), ms(200)], Duration::from_millis(100), true);
+        let p = phases(
+            &N,
+            &[ms(30), ms(10), ms(200)],
+            Duration::from_millis(100),
+            true,
+        );
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b+c+d"]);
         assert_eq!(sum(&p), 100_000_000);
@@ -476,7 +507,10 @@ mod tests {
         let s = summary(&boots, Vm::Micro);
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["x", "y", "total"]);
-        assert_eq!((s[0].min_ns, s[0].max_ns, s[0].count), (10_000_000, 40_000_000, 4));
+        assert_eq!(
+            (s[0].min_ns, s[0].max_ns, s[0].count),
+            (10_000_000, 40_000_000, 4)
+        );
         let close = |v: u64, want: u64| v.abs_diff(want) <= want / 500;
         assert!(close(s[0].p50_ns, 20_000_000), "{}", s[0].p50_ns);
         assert!(close(s[0].p90_ns, 40_000_000), "{}", s[0].p90_ns);

@@ -47,10 +47,7 @@ pub const PHASES: [(&str, &str); 7] = [
         "init",
         "/init mounts devtmpfs, proc and sys (PROFILER_MARK ready)",
     ),
-    (
-        "shutdown",
-        "poweroff -f to the exit of qemu-system-x86_64",
-    ),
+    ("shutdown", "poweroff -f to the exit of qemu-system-x86_64"),
 ];
 
 /// Marks closing phases 0..=5 (the last phase ends at the process's exit).
@@ -91,10 +88,7 @@ struct ChildGuard {
 impl ChildGuard {
     fn new(child: Child) -> Self {
         let pid = child.id() as i32;
-        CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pid);
+        CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
         Self {
             child,
             pid,
@@ -213,10 +207,10 @@ impl Marks {
             }
             (Some(name @ ("init" | "ready")), p) => {
                 let i = if name == "init" { INIT } else { READY };
-                if self.at[i].is_none() {
-                    if let Some((secs, _)) = p {
-                        self.guest.insert(name.into(), secs);
-                    }
+                if self.at[i].is_none()
+                    && let Some((secs, _)) = p
+                {
+                    self.guest.insert(name.into(), secs);
                 }
                 self.set(i, t);
             }
@@ -338,7 +332,10 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         } else if now - t0 >= limit {
             Some(match marks.at[READY] {
                 None => format!("not ready within {:.1} s", limit.as_secs_f64()),
-                Some(_) => format!("ready, but {QEMU} still running after {:.1} s", limit.as_secs_f64()),
+                Some(_) => format!(
+                    "ready, but {QEMU} still running after {:.1} s",
+                    limit.as_secs_f64()
+                ),
             })
         } else if limits.probe && marks.at[FIRST_PRINTK].is_none() {
             match marks.at[KERNEL_ENTRY] {
@@ -442,7 +439,12 @@ fn boot_many(n: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) ->
     })
 }
 
-pub fn run(count: u32, timeout: Duration, choice: AccelChoice, started: Instant) -> Result<BootReport> {
+pub fn run(
+    count: u32,
+    timeout: Duration,
+    choice: AccelChoice,
+    started: Instant,
+) -> Result<BootReport> {
     let backend = crate::kernel::kvm_backend();
     let mut setup = Vec::new();
     let artefacts = artefacts::prepare()?;
@@ -478,10 +480,21 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, started: Instant)
             (Accel::Tcg, "/dev/kvm is absent".to_string())
         }
         AccelChoice::Auto => {
-            let probe = boot(0, &artefacts, Accel::Kvm, &Limits { timeout, probe: true })?;
+            let probe = boot(
+                0,
+                &artefacts,
+                Accel::Kvm,
+                &Limits {
+                    timeout,
+                    probe: true,
+                },
+            )?;
             lap("kvm probe", &mut setup);
             if probe.ready {
-                let why = format!("a {backend:?} KVM guest booted in the probe").to_lowercase();
+                let why = format!(
+                    "a stock guest booted on KVM ({}) in the probe",
+                    backend_name(backend)
+                );
                 // One VM: the probe was the boot; more: they start together, after it.
                 if count == 1 {
                     reused = Some(probe);
@@ -491,7 +504,8 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, started: Instant)
                 (Accel::Kvm, why)
             } else {
                 let why = format!(
-                    "KVM ({backend:?} backend) failed a stock guest: {}; fell back to TCG",
+                    "KVM ({} backend) failed a stock guest: {}; fell back to TCG",
+                    backend_name(backend),
                     probe.error.as_deref().unwrap_or("not ready")
                 );
                 kvm_probe = Some(probe);
@@ -531,6 +545,10 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, started: Instant)
         report.error = Some("interrupted (Ctrl-C) before the boots".into());
     }
     Ok(report)
+}
+
+fn backend_name(b: crate::kernel::KvmBackend) -> String {
+    format!("{b:?}").to_lowercase()
 }
 
 #[cfg(test)]
@@ -586,7 +604,10 @@ mod tests {
         let offsets: Vec<Option<Duration>> = m.at.iter().map(|t| t.map(|t| t - t0)).collect();
         let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
         let p = phases(&names, &offsets, Duration::from_millis(50), true);
-        assert_eq!(p[0].name, "vmm_setup+firmware+kernel_load+kernel_decompress");
+        assert_eq!(
+            p[0].name,
+            "vmm_setup+firmware+kernel_load+kernel_decompress"
+        );
         assert_eq!(p.iter().map(|p| p.ns).sum::<u64>(), 50_000_000);
     }
 

@@ -130,8 +130,14 @@ mod tests {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(5);
         let mut s = LineSplitter::new();
-        let mut lines = s.feed(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r\nBoot", t0);
-        lines.extend(s.feed(b"ing from ROM..\x1bc\x1b[?7l\x1b[2J[    0.000000] Linux", t1));
+        let mut lines = s.feed(
+            b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r\nBoot",
+            t0,
+        );
+        lines.extend(s.feed(
+            b"ing from ROM..\x1bc\x1b[?7l\x1b[2J[    0.000000] Linux",
+            t1,
+        ));
         lines.extend(s.feed(b" version 6.1\r\n", t1));
         let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(

@@ -149,6 +149,10 @@ pub struct DockerBootReport {
     pub image: String,
     pub network: String,
     pub boots: Vec<DockerBoot>,
+    /// Before the first create: connecting, reaping leftovers, importing the payload image.
+    pub setup_ns: u64,
+    /// After the last ready: removing the containers and the image.
+    pub teardown_ns: u64,
     /// Execs the kernel saw while the containers started (all of them, in order): offset ns
     /// from the first create request, and the program (`exe` is dockerd re-executing itself
     /// to set up namespaces).
@@ -164,6 +168,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let t_setup = monotonic_ns();
         let d = connect().await?;
         reap_stale(&d).await?;
         let built = match &args.image {
@@ -196,6 +201,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             });
         });
         let mut execs = ExecTracer::start().ok();
+        let setup_ns = monotonic_ns() - t_setup;
         let names: Vec<String> = (0..count)
             .map(|n| format!("profiler-{}-{n}", std::process::id()))
             .collect();
@@ -205,6 +211,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
                 .map(|name| boot_one(&d, name, &built.0, &args.network, timeout)),
         )
         .await;
+        let t_teardown = monotonic_ns();
         for name in &names {
             remove_container(&d, name).await;
         }
@@ -222,6 +229,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             None => vec![],
         };
         crate::cleanup::forget(&key);
+        let teardown_ns = monotonic_ns() - t_teardown;
         let mut boots = vec![];
         let (mut first, mut last) = (u64::MAX, 0);
         for r in runs {
@@ -255,6 +263,8 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             image: built.0,
             network: args.network.clone(),
             boots,
+            setup_ns,
+            teardown_ns,
             kernel,
             distribution,
         })
@@ -408,6 +418,11 @@ pub fn print(r: &DockerBootReport) {
     if let Some(b) = r.boots.first() {
         println!("  ready = {}", b.ready_by);
     }
+    println!(
+        "  around them: setup (connect, reap, image import) {}, teardown {}",
+        fmt_ns(r.setup_ns as f64),
+        fmt_ns(r.teardown_ns as f64)
+    );
 }
 
 /// Network namespace inode -> container name, for naming namespaces in traces.

@@ -1,0 +1,97 @@
+//! Docker container start-up through the daemon's API: phases present, ordered, adding up to
+//! the wall clock, and nothing the profiler made left behind. Needs a running Docker daemon
+//! (`cargo xtask test` starts one when it is installed but not running).
+
+use std::time::Instant;
+
+use profiler_tests::*;
+use serde_json::Value;
+
+fn leftovers() -> (usize, usize) {
+    let count = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("the docker CLI");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    (
+        count(&["ps", "-aq", "--filter", "label=profiler"]),
+        count(&["images", "-q", "--filter", "label=profiler"]),
+    )
+}
+
+fn boot(args: &[&str]) -> (Value, f64) {
+    let file = format!("/tmp/profiler-test-docker-{}.json", std::process::id());
+    let t = Instant::now();
+    run_ok(profiler().args(["boot", "--container", "docker", "--json", &file]).args(args));
+    let wall = t.elapsed().as_nanos() as f64;
+    let v = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    (v, wall)
+}
+
+#[test]
+fn docker_start_up_in_phases() {
+    require_root();
+    assert!(
+        std::path::Path::new("/var/run/docker.sock").exists(),
+        "no Docker daemon at /var/run/docker.sock: `cargo xtask test` starts it; is docker.io installed?"
+    );
+    let (r, wall) = boot(&[]);
+    let b = &r["boots"][0];
+    let phases: Vec<(&str, f64)> = b["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+    assert_eq!(names, ["create", "start", "running", "ready"]);
+    assert!(phases.iter().all(|p| p.1 > 0.0), "{phases:?}");
+    let sum: f64 = phases.iter().map(|p| p.1).sum();
+    assert_eq!(sum, b["total_ns"].as_f64().unwrap());
+    // The whole run: setup, the start-up, teardown, against the wall clock around the process
+    // (which adds process start and exit).
+    let accounted = r["setup_ns"].as_f64().unwrap() + sum + r["teardown_ns"].as_f64().unwrap();
+    assert!(
+        (wall - accounted).abs() <= 0.05 * wall + 20e6,
+        "accounted {accounted} ns of {wall} ns"
+    );
+    assert!(b["ready_by"].as_str().unwrap().contains("HTTP"));
+    let kernel: Vec<&str> = r["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k[1].as_str().unwrap())
+        .collect();
+    assert!(kernel.iter().any(|c| c.starts_with("runc")), "{kernel:?}");
+    assert!(kernel.contains(&"busybox"), "the entrypoint's exec: {kernel:?}");
+    assert_eq!(leftovers(), (0, 0), "containers or images left behind");
+}
+
+#[test]
+fn eight_at_once_have_distributions() {
+    require_root();
+    let (r, _) = boot(&["--count", "8"]);
+    assert_eq!(r["boots"].as_array().unwrap().len(), 8);
+    for (phase, s) in r["distribution"].as_array().unwrap().iter().map(|d| (&d[0], &d[1])) {
+        assert_eq!(s["count"], 8, "{phase}");
+        assert!(s["min"].as_u64() <= s["max"].as_u64(), "{phase}: {s}");
+    }
+    assert_eq!(leftovers(), (0, 0));
+}
+
+#[test]
+fn a_missing_image_is_one_line_and_leaves_nothing() {
+    require_root();
+    let out = profiler()
+        .args(["boot", "--container", "docker", "--image", "profiler-no-such-image:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("profiler-no-such-image"), "{err}");
+    assert_eq!(leftovers(), (0, 0));
+}
