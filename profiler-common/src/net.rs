@@ -77,7 +77,8 @@ pub const SLOT_UNKNOWN: u32 = 0;
 pub const SLOT_ONE_WAY: u32 = SLOTS_PER_DIR - 1;
 /// `Event::slot` of a packet's first hook (no segment closes there).
 pub const SLOT_BIRTH: u8 = u8::MAX;
-/// Direction 0: from the client's namespace (requests); 1: everything else (responses).
+/// Direction 0: from the client's namespace (requests; with no client namespace, packets to the
+/// followed port); 1: everything else (responses).
 pub const DIR_REQUEST: u8 = 0;
 pub const DIR_RESPONSE: u8 = 1;
 
@@ -91,7 +92,8 @@ pub mod counter {
     pub const DROPPED: u32 = 2;
     /// Followed packets freed as consumed without a delivery hook (e.g. TCP coalescing).
     pub const CONSUMED: u32 = 3;
-    /// State found too old (its skb was freed unseen and the address reused): restarted.
+    /// State found too old, or continued into a transmit queue no path leads to: its skb was
+    /// freed unseen and the address reused by a new packet.
     pub const STALE: u32 = 4;
     /// Sampled events the ring buffer had no room for.
     pub const SAMPLES_LOST: u32 = 5;

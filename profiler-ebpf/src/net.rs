@@ -14,7 +14,7 @@ use profiler_common::{
     hist::Hist,
     net::{
         Event, MAX_DROP_REASONS, SLOT_BIRTH, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR,
-        SlotPos, class, counter, hook, pair, point,
+        SlotPos, class, counter, hook, pair, point, point_hook,
     },
 };
 
@@ -29,7 +29,7 @@ macro_rules! globals {
     };
 }
 globals! {
-    OFF_SKB_DEV: u32, OFF_SKB_LEN: u32, OFF_SKB_HEAD: u32, OFF_SKB_NETWORK_HEADER: u32,
+    OFF_SKB_DEV: u32, OFF_SKB_SK: u32, OFF_SKB_LEN: u32, OFF_SKB_HEAD: u32, OFF_SKB_NETWORK_HEADER: u32,
     OFF_SKB_TRANSPORT_HEADER: u32, OFF_DEV_IFINDEX: u32, OFF_DEV_NAME: u32,
     OFF_DEV_PRIV_FLAGS: u32, OFF_DEV_LINK_OPS: u32, OFF_OPS_KIND: u32, OFF_DEV_ND_NET: u32,
     OFF_NET_INUM: u32, IFF_BRIDGE_PORT: u32,
@@ -193,45 +193,47 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
 }
 
 /// At a packet's first hook: IPv4 TCP/UDP with a port in range, on the chosen netns/device.
-fn matches(skb: u64, dev: &DevInfo) -> bool {
+/// Returns whether the destination port is the one in range (the packet goes to the service).
+fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     let ns = g(&FILTER_NETNS);
     if ns != 0 && ns != dev.netns {
-        return false;
+        return None;
     }
     let ifindex = g(&FILTER_IFINDEX);
     if ifindex != 0 && ifindex != dev.ifindex {
-        return false;
+        return None;
     }
     let Some(head) = read::<u64>(skb + g(&OFF_SKB_HEAD) as u64) else {
-        return false;
+        return None;
     };
     let nh: u16 = read(skb + g(&OFF_SKB_NETWORK_HEADER) as u64).unwrap_or(0xffff);
     let th: u16 = read(skb + g(&OFF_SKB_TRANSPORT_HEADER) as u64).unwrap_or(0xffff);
     if nh == 0xffff || th == 0xffff {
-        return false;
+        return None;
     }
     // version/ihl .. protocol (byte 9) .. saddr (12) daddr (16)
     let Some(ip) = read::<[u8; 20]>(head + nh as u64) else {
-        return false;
+        return None;
     };
     if ip[0] >> 4 != 4 || (ip[9] != 6 && ip[9] != 17) {
-        return false;
+        return None;
     }
     let host = g(&FILTER_HOST);
     if host != 0 {
         let s = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let d = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
         if s != host && d != host {
-            return false;
+            return None;
         }
     }
     let Some(ports) = read::<[u8; 4]>(head + th as u64) else {
-        return false;
+        return None;
     };
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let (lo, hi) = (g(&FILTER_PORT_LO), g(&FILTER_PORT_HI));
-    (sport >= lo && sport <= hi) || (dport >= lo && dport <= hi)
+    let to = dport >= lo && dport <= hi;
+    (to || (sport >= lo && sport <= hi)).then_some(to)
 }
 
 fn emit(skb: u64, now: u64, h: u8, d: &DevInfo, dir: u8, slot: u8) {
@@ -318,18 +320,31 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
     let seg = pair(st.point, cur);
     let slot = match SEG_SLOT.get(seg) {
         Some(&s) if s != 0 => s as u32,
-        _ => {
-            count(counter::UNKNOWN_SEGMENTS);
-            match NET_UNKNOWN.get_ptr_mut(seg) {
-                // SAFETY: racy increments are fine for a diagnostic count.
-                Some(c) => unsafe { *c += 1 },
-                None => {
-                    let _ = NET_UNKNOWN.insert(seg, 1, 0);
-                }
-            }
-            SLOT_UNKNOWN
-        }
+        _ => SLOT_UNKNOWN,
     };
+    // A received packet that reaches a transmit queue owned by a local socket is a new packet:
+    // forwarded ones carry no socket (crossing a namespace orphans them).
+    let local_again = h == hook::QUEUE
+        && matches!(point_hook(st.point), hook::RECV | hook::GRO)
+        && read::<u64>(skb + g(&OFF_SKB_SK) as u64).unwrap_or(0) != 0;
+    if (slot == SLOT_UNKNOWN || local_again) && h == hook::QUEUE {
+        // No path continues into a transmit queue this way: the skb was freed unseen (e.g.
+        // kfree_skb_partial) and its address now carries a new packet.
+        let _ = NET_SKB.remove(skb);
+        count(counter::STALE);
+        birth(skb, dev, now);
+        return;
+    }
+    if slot == SLOT_UNKNOWN {
+        count(counter::UNKNOWN_SEGMENTS);
+        match NET_UNKNOWN.get_ptr_mut(seg) {
+            // SAFETY: racy increments are fine for a diagnostic count.
+            Some(c) => unsafe { *c += 1 },
+            None => {
+                let _ = NET_UNKNOWN.insert(seg, 1, 0);
+            }
+        }
+    }
     let base = st.dir as u32 * SLOTS_PER_DIR;
     record_slot(base + slot, now - st.last_ts, now - st.first_ts);
     if h == hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
@@ -346,13 +361,20 @@ fn birth(skb: u64, dev: u64, now: u64) {
     let Some(d) = dev_info(dev) else {
         return;
     };
-    if !matches(skb, &d) {
+    let Some(to_port) = matches(skb, &d) else {
         return;
-    }
+    };
     let n = count(counter::BIRTHS);
     let every = g(&SAMPLE_EVERY);
     let sampled = every != 0 && n.is_multiple_of(every);
-    let dir = if d.netns == g(&CLIENT_NETNS) { 0 } else { 1 };
+    // Requests come from the client's namespace; without one (attach-only), go to the port.
+    let client = g(&CLIENT_NETNS);
+    let request = if client != 0 {
+        d.netns == client
+    } else {
+        to_port
+    };
+    let dir = if request { 0 } else { 1 };
     let st = SkbState {
         first_ts: now,
         last_ts: now,

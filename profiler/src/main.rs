@@ -144,7 +144,9 @@ fn boot(args: &BootCli) -> Result<()> {
         }
         (Some(ContainerRuntime::Native), _) => anyhow::bail!("--container native: not built yet"),
         (None, Some(_)) => anyhow::bail!("--vm: not built yet"),
-        (None, None) => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|libvirt|micro"),
+        (None, None) => {
+            anyhow::bail!("say what to boot: --container native|docker or --vm qemu|libvirt|micro")
+        }
     };
     if let Some(path) = &args.json {
         std::fs::write(path, json)

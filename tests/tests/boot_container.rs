@@ -9,7 +9,9 @@ use profiler_tests::*;
 /// The payload: the profiler binary's hidden command (main.rs dispatches it to
 /// `profiler::container::payload_main`).
 fn payload() -> Vec<String> {
-    if let Ok(p) = std::env::var("PF_TEST_PAYLOAD") { return p.split(' ').map(String::from).collect(); } // TEMP
+    if let Ok(p) = std::env::var("PF_TEST_PAYLOAD") {
+        return p.split(' ').map(String::from).collect();
+    } // TEMP
     vec![
         profiler().get_program().to_string_lossy().into_owned(),
         container::PAYLOAD_COMMAND.to_string(),
@@ -43,8 +45,17 @@ fn check_phases(s: &Startup, want: &[Phase]) {
     assert_eq!(got, want, "container {}: phases", s.index);
     let mut offset = 0;
     for p in &s.phases {
-        assert!(p.ns > 0, "container {}: {} is not positive", s.index, p.name);
-        assert_eq!(p.offset_ns, offset, "container {}: {} out of order", s.index, p.name);
+        assert!(
+            p.ns > 0,
+            "container {}: {} is not positive",
+            s.index,
+            p.name
+        );
+        assert_eq!(
+            p.offset_ns, offset,
+            "container {}: {} out of order",
+            s.index, p.name
+        );
         offset += p.ns;
     }
     assert_eq!(s.sum_ns(), s.total_ns, "container {}: phases sum", s.index);
@@ -53,7 +64,10 @@ fn check_phases(s: &Startup, want: &[Phase]) {
 /// Within 5% of `wall`, and never more than it.
 fn check_sum(s: &Startup, wall: Duration) {
     let (sum, wall) = (s.sum_ns() as f64, wall.as_nanos() as f64);
-    assert!(sum <= wall, "phases {sum} ns exceed the wall clock {wall} ns");
+    assert!(
+        sum <= wall,
+        "phases {sum} ns exceed the wall clock {wall} ns"
+    );
     assert!(
         sum >= wall * 0.95,
         "phases {sum} ns are under 95% of the wall clock {wall} ns"
@@ -65,11 +79,17 @@ fn running(marker: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(marker).then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
+            cmd.contains(marker)
+                .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
         })
         .collect()
 }
@@ -90,7 +110,11 @@ fn assert_nothing_left(lab: &str, marker: &str) {
     let top = container::cgroup_leftovers(std::path::Path::new("/sys/fs/cgroup"));
     assert!(top.is_empty(), "cgroups left: {top:?}");
     // SIGKILL + waitpid in teardown: gone, not zombies.
-    assert!(running(marker).is_empty(), "payloads left: {:?}", running(marker));
+    assert!(
+        running(marker).is_empty(),
+        "payloads left: {:?}",
+        running(marker)
+    );
 }
 
 /// One container through each network mode, the test's own clock around the start.

@@ -24,7 +24,11 @@ fn leftovers() -> (usize, usize) {
 fn boot(args: &[&str]) -> (Value, f64) {
     let file = format!("/tmp/profiler-test-docker-{}.json", std::process::id());
     let t = Instant::now();
-    run_ok(profiler().args(["boot", "--container", "docker", "--json", &file]).args(args));
+    run_ok(
+        profiler()
+            .args(["boot", "--container", "docker", "--json", &file])
+            .args(args),
+    );
     let wall = t.elapsed().as_nanos() as f64;
     let v = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let _ = std::fs::remove_file(&file);
@@ -66,7 +70,10 @@ fn docker_start_up_in_phases() {
         .map(|k| k[1].as_str().unwrap())
         .collect();
     assert!(kernel.iter().any(|c| c.starts_with("runc")), "{kernel:?}");
-    assert!(kernel.contains(&"busybox"), "the entrypoint's exec: {kernel:?}");
+    assert!(
+        kernel.contains(&"busybox"),
+        "the entrypoint's exec: {kernel:?}"
+    );
     assert_eq!(leftovers(), (0, 0), "containers or images left behind");
 }
 
@@ -75,7 +82,12 @@ fn eight_at_once_have_distributions() {
     require_root();
     let (r, _) = boot(&["--count", "8"]);
     assert_eq!(r["boots"].as_array().unwrap().len(), 8);
-    for (phase, s) in r["distribution"].as_array().unwrap().iter().map(|d| (&d[0], &d[1])) {
+    for (phase, s) in r["distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (&d[0], &d[1]))
+    {
         assert_eq!(s["count"], 8, "{phase}");
         assert!(s["min"].as_u64() <= s["max"].as_u64(), "{phase}: {s}");
     }
@@ -86,7 +98,13 @@ fn eight_at_once_have_distributions() {
 fn a_missing_image_is_one_line_and_leaves_nothing() {
     require_root();
     let out = profiler()
-        .args(["boot", "--container", "docker", "--image", "profiler-no-such-image:0"])
+        .args([
+            "boot",
+            "--container",
+            "docker",
+            "--image",
+            "profiler-no-such-image:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -195,7 +195,9 @@ pub fn services() -> Result<()> {
         return Ok(());
     }
     if Command::new("dockerd").arg("--version").output().is_err() {
-        bail!("Docker is not installed: apt-get install docker.io (the Docker tests need a daemon)");
+        bail!(
+            "Docker is not installed: apt-get install docker.io (the Docker tests need a daemon)"
+        );
     }
     eprintln!("setup: Docker daemon not running: starting dockerd");
     let log = std::fs::File::create("/tmp/profiler-dockerd.log")?;

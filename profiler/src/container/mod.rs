@@ -215,9 +215,12 @@ impl Host {
                 let (tx, barrier) = (tx.clone(), &barrier);
                 s.spawn(move || {
                     let c = self.start_synced(n, Some(barrier));
-                    let _ = tx.send((n, c.as_ref().map(|c| c.startup.clone()).map_err(|e| {
-                        anyhow!("container {n}: {e:#}")
-                    })));
+                    let _ = tx.send((
+                        n,
+                        c.as_ref()
+                            .map(|c| c.startup.clone())
+                            .map_err(|e| anyhow!("container {n}: {e:#}")),
+                    ));
                     // The payload lives while this thread does (PR_SET_PDEATHSIG): hold it until
                     // every container has reported, then tear it down here.
                     let _ = wait.recv();
@@ -229,7 +232,10 @@ impl Host {
             drop(releases);
             results.sort_by_key(|r| r.0);
             if results.len() != count {
-                bail!("{} of {count} container threads ended without a report", count - results.len());
+                bail!(
+                    "{} of {count} container threads ended without a report",
+                    count - results.len()
+                );
             }
             results.into_iter().map(|(_, r)| r).collect()
         })
@@ -274,8 +280,13 @@ impl Host {
         let mut target = None;
         if let Some(ctx) = ctx.net {
             let plan = net::Plan::new(self.net, index, &self.lab.desc, &self.bridge_ns());
-            ctx.rt
-                .block_on(net::attach(&plan, &ctx.bridge_ns, &netns, &mut marks, &mut c.dnat))?;
+            ctx.rt.block_on(net::attach(
+                &plan,
+                &ctx.bridge_ns,
+                &netns,
+                &mut marks,
+                &mut c.dnat,
+            ))?;
             // Closes the netlink sockets, so nothing of ours holds the container's namespace.
             drop(ctx);
             target = Some(plan.probe);
@@ -290,7 +301,10 @@ impl Host {
         let (ready, entered) = match target {
             Some(probe) => {
                 let ready = net::probe(&probe, pid, READY_TIMEOUT)?;
-                (ready, spawn::read_entry(&status, pid, Duration::from_millis(500))?)
+                (
+                    ready,
+                    spawn::read_entry(&status, pid, Duration::from_millis(500))?,
+                )
             }
             None => {
                 let (ready, entered) = spawn::read_ready(&status, pid, READY_TIMEOUT)?;
@@ -468,13 +482,7 @@ impl Marks {
         self.marks.push((p, t));
     }
 
-    fn startup(
-        &self,
-        index: usize,
-        pid: u32,
-        net: NetMode,
-        cgroup: Option<&PathBuf>,
-    ) -> Startup {
+    fn startup(&self, index: usize, pid: u32, net: NetMode, cgroup: Option<&PathBuf>) -> Startup {
         let phases = phases(self.start, &self.marks);
         let total_ns = self
             .marks

@@ -107,7 +107,15 @@ mod tests {
         };
         assert_eq!(parse(&s(&["--fd", "3", "--port", "8080"])).unwrap(), want);
         assert_eq!(
-            parse(&s(&["profiler", "__container-payload", "--fd", "3", "--port", "8080"])).unwrap(),
+            parse(&s(&[
+                "profiler",
+                "__container-payload",
+                "--fd",
+                "3",
+                "--port",
+                "8080"
+            ]))
+            .unwrap(),
             want
         );
         assert!(parse(&s(&["--fd"])).is_err());

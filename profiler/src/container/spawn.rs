@@ -56,7 +56,17 @@ pub fn clone_child(argv: &[String], hostname: &str) -> Result<Child> {
     let cb = Box::new(move || -> isize {
         // SAFETY: async-signal-safe system calls on memory the parent prepared (and that this
         // copy of it owns); the child never returns into Rust code that allocates.
-        unsafe { init(go_r_fd, [go_w_fd, st_r_fd], st_w_fd, host_ptr, host_len, path_ptr, argv_ptr) }
+        unsafe {
+            init(
+                go_r_fd,
+                [go_w_fd, st_r_fd],
+                st_w_fd,
+                host_ptr,
+                host_len,
+                path_ptr,
+                argv_ptr,
+            )
+        }
     });
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -86,7 +96,13 @@ unsafe fn init(
 ) -> isize {
     unsafe {
         // Dies with the thread that cloned it, so a killed profiler leaves no payload running.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         for fd in close {
             libc::close(fd);
         }

@@ -37,10 +37,7 @@ fn phases_are_consecutive_and_sum_to_the_total() {
         ],
     );
     let ns: Vec<u64> = s.phases.iter().map(|p| p.ns).collect();
-    assert_eq!(
-        ns,
-        [2_000_000, 1_000_000, 1_000_000, 5_000_000, 3_000_000]
-    );
+    assert_eq!(ns, [2_000_000, 1_000_000, 1_000_000, 5_000_000, 3_000_000]);
     let offsets: Vec<u64> = s.phases.iter().map(|p| p.offset_ns).collect();
     assert_eq!(offsets, [0, 2_000_000, 3_000_000, 4_000_000, 9_000_000]);
     assert_eq!(s.sum_ns(), s.total_ns);
@@ -97,8 +94,16 @@ fn distributions_per_phase_and_total() {
     assert_eq!(clone.min_ns, 1_000_000);
     assert_eq!(clone.max_ns, 10_000_000);
     // HDR with 3 significant digits: within 0.1%.
-    assert!(clone.p50_ns.abs_diff(5_000_000) <= 5_000, "{}", clone.p50_ns);
-    assert!(clone.p90_ns.abs_diff(9_000_000) <= 9_000, "{}", clone.p90_ns);
+    assert!(
+        clone.p50_ns.abs_diff(5_000_000) <= 5_000,
+        "{}",
+        clone.p50_ns
+    );
+    assert!(
+        clone.p90_ns.abs_diff(9_000_000) <= 9_000,
+        "{}",
+        clone.p90_ns
+    );
     assert_eq!(clone.mean_ns, 5_500_000);
     assert_eq!(total.min_ns, 13_000_000);
     assert_eq!(total.max_ns, 22_000_000);

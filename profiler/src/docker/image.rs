@@ -75,7 +75,10 @@ pub fn rootfs() -> Result<Vec<u8>> {
         format!("reading {BUSYBOX}: install Debian's busybox-static (cargo xtask setup does)")
     })?;
     // A dynamically linked busybox would not run in an image without libc.
-    if busybox.windows(b"/lib64/ld-linux".len()).any(|w| w == b"/lib64/ld-linux") {
+    if busybox
+        .windows(b"/lib64/ld-linux".len())
+        .any(|w| w == b"/lib64/ld-linux")
+    {
         bail!("{BUSYBOX} is dynamically linked: install busybox-static");
     }
     let mut t = Tar::new();
@@ -99,11 +102,9 @@ mod tests {
         let b = t.finish();
         assert_eq!(b.len() % 512, 0);
         for hdr in [&b[0..512], &b[512..1024]] {
-            let stored = u32::from_str_radix(
-                std::str::from_utf8(&hdr[148..154]).unwrap().trim(),
-                8,
-            )
-            .unwrap();
+            let stored =
+                u32::from_str_radix(std::str::from_utf8(&hdr[148..154]).unwrap().trim(), 8)
+                    .unwrap();
             let mut h = hdr.to_vec();
             h[148..156].copy_from_slice(b"        ");
             assert_eq!(stored, h.iter().map(|&x| x as u32).sum::<u32>());
@@ -120,10 +121,21 @@ mod tests {
         t.file("bin/x", 0o755, b"#!/bin/sh\n").unwrap();
         let path = std::env::temp_dir().join(format!("profiler-tar-{}.tar", std::process::id()));
         std::fs::write(&path, t.finish()).unwrap();
-        let out = std::process::Command::new("tar").arg("tvf").arg(&path).output().unwrap();
+        let out = std::process::Command::new("tar")
+            .arg("tvf")
+            .arg(&path)
+            .output()
+            .unwrap();
         let _ = std::fs::remove_file(&path);
         let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(listing.contains("bin/x") && listing.contains("bin/"), "{listing}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            listing.contains("bin/x") && listing.contains("bin/"),
+            "{listing}"
+        );
     }
 }

@@ -113,11 +113,7 @@ async fn build_image(d: &Docker) -> Result<String> {
             format!("LABEL {LABEL}=1"),
         ])
         .build();
-    let mut s = d.create_image(
-        Some(opts),
-        Some(bollard::body_full(tar.into())),
-        None,
-    );
+    let mut s = d.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
     while let Some(r) = s.next().await {
         r.context("importing the payload image")?;
     }
@@ -195,7 +191,13 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
                         remove_container(&d, n).await;
                     }
                     if image.1 {
-                        let _ = d.remove_image(&image.0, None::<RemoveImageOptionsBuilder>.map(|b| b.build()), None).await;
+                        let _ = d
+                            .remove_image(
+                                &image.0,
+                                None::<RemoveImageOptionsBuilder>.map(|b| b.build()),
+                                None,
+                            )
+                            .await;
                     }
                 }
             });
@@ -241,9 +243,16 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             .iter()
             .filter(|e| e.ts >= first && e.ts <= last)
             .filter(|e| {
-                ["runc", "containerd-shim", "iptables", "busybox", "docker-proxy", "exe"]
-                    .iter()
-                    .any(|c| e.comm.starts_with(c))
+                [
+                    "runc",
+                    "containerd-shim",
+                    "iptables",
+                    "busybox",
+                    "docker-proxy",
+                    "exe",
+                ]
+                .iter()
+                .any(|c| e.comm.starts_with(c))
             })
             .map(|e| (e.ts - first, e.comm.clone()))
             .collect();
@@ -359,8 +368,11 @@ async fn boot_one(
 
 async fn http_ok(addr: std::net::SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
     else {
         return false;
     };
@@ -403,7 +415,10 @@ pub fn print(r: &DockerBootReport) {
         println!("  kernel saw exec: {}", k.join(", "));
     }
     if r.boots.len() > 1 {
-        println!("  {:<10} {:>9} {:>9} {:>9} {:>9}", "phase", "min", "p50", "p90", "max");
+        println!(
+            "  {:<10} {:>9} {:>9} {:>9} {:>9}",
+            "phase", "min", "p50", "p90", "max"
+        );
         for (p, s) in &r.distribution {
             println!(
                 "  {:<10} {:>9} {:>9} {:>9} {:>9}",
@@ -452,7 +467,10 @@ pub fn netns_names() -> HashMap<u64, String> {
             if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
                 use std::os::unix::fs::MetadataExt as _;
                 let name = names.first().cloned().unwrap_or_default();
-                out.insert(m.ino(), format!("{} ({})", name.trim_start_matches('/'), &id[..12]));
+                out.insert(
+                    m.ino(),
+                    format!("{} ({})", name.trim_start_matches('/'), &id[..12]),
+                );
             }
         }
         out

@@ -152,5 +152,4 @@ mod tests {
         assert_eq!(id_of("pfx-1-c"), None);
         assert_eq!(id_of("other"), None);
     }
-
 }

@@ -330,7 +330,12 @@ impl Worker for FileWorker<'_> {
                     .read_at(&mut self.buf.get()[..r.size], r.pos)
                     .with_context(|| format!("reading {} at {}", name(), r.pos))?;
                 if n != r.size {
-                    bail!("short read of {} at {}: {n} of {} bytes", name(), r.pos, r.size);
+                    bail!(
+                        "short read of {} at {}: {n} of {} bytes",
+                        name(),
+                        r.pos,
+                        r.size
+                    );
                 }
                 self.c.reads += 1;
                 self.c.bytes_read += n as u64;
@@ -340,7 +345,12 @@ impl Worker for FileWorker<'_> {
                     .write_at(&self.buf.get()[..r.size], r.pos)
                     .with_context(|| format!("writing {} at {}", name(), r.pos))?;
                 if n != r.size {
-                    bail!("short write of {} at {}: {n} of {} bytes", name(), r.pos, r.size);
+                    bail!(
+                        "short write of {} at {}: {n} of {} bytes",
+                        name(),
+                        r.pos,
+                        r.size
+                    );
                 }
                 if s.fsync_all {
                     s.fsync(r.file)?;
@@ -377,7 +387,9 @@ impl Worker for FileWorker<'_> {
 pub(super) fn run(spec: &Spec) -> Result<RunStats> {
     let o = &spec.fileio;
     let Some(mode) = o.test_mode else {
-        bail!("fileio run needs --file-test-mode: one of seqwr, seqrewr, seqrd, rndrd, rndwr, rndrw")
+        bail!(
+            "fileio run needs --file-test-mode: one of seqwr, seqrewr, seqrd, rndrd, rndwr, rndrw"
+        )
     };
     let file_size = file_size(o);
     let shared = Shared {

@@ -485,7 +485,8 @@ where
     let mut counters = Counters::default();
     for r in results {
         let (events, busy, h, c) = r?;
-        hist.add(&h).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+        hist.add(&h)
+            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
         per_thread.push((events, busy));
         counters += c;
     }

@@ -44,7 +44,8 @@ impl Worker for MutexTest<'_> {
             }
             let g = self.locks[i].m.lock().unwrap_or_else(|e| e.into_inner());
             // A plain increment, as sysbench's (its counter is not protected either).
-            self.counter.store(self.counter.load(Relaxed).wrapping_add(1), Relaxed);
+            self.counter
+                .store(self.counter.load(Relaxed).wrapping_add(1), Relaxed);
             drop(g);
         }
         Ok(true)

@@ -126,7 +126,11 @@ pub(super) fn stats(
     let (q, empty) = (|p| ms(h.value_at_quantile(p)), events == 0);
     let latency_ms = Latency {
         min: if empty { 0.0 } else { ms(h.min()) },
-        avg: if empty { 0.0 } else { ms(sum_ns) / events as f64 },
+        avg: if empty {
+            0.0
+        } else {
+            ms(sum_ns) / events as f64
+        },
         max: ms(h.max()),
         p50: q(0.50),
         p95: q(0.95),
@@ -216,10 +220,18 @@ pub fn render(r: &Report) -> String {
                 f.block_size,
                 f.test_mode.map_or("-".into(), |m| m.to_string()),
                 f.fsync_freq,
-                if f.fsync_all { ", after each write" } else { "" },
+                if f.fsync_all {
+                    ", after each write"
+                } else {
+                    ""
+                },
                 if f.fsync_end { ", at the end" } else { "" },
                 f.rw_ratio,
-                if flags.is_empty() { "(none)".into() } else { flags.join(",") }
+                if flags.is_empty() {
+                    "(none)".into()
+                } else {
+                    flags.join(",")
+                }
             )
         }
         Test::Threads => format!(

@@ -77,7 +77,13 @@ fn parse(argv: &[&str]) -> Result<SysbenchArgs, clap::Error> {
 
 #[test]
 fn command_line_takes_sysbench_syntax() {
-    let a = parse(&["fileio", "--file-total-size=256M", "--file-fsync-all", "prepare"]).unwrap();
+    let a = parse(&[
+        "fileio",
+        "--file-total-size=256M",
+        "--file-fsync-all",
+        "prepare",
+    ])
+    .unwrap();
     let s = a.spec();
     assert_eq!((a.test, a.command), (Test::Fileio, Command::Prepare));
     assert_eq!(s.fileio.total_size, 256 << 20);
@@ -105,7 +111,10 @@ fn command_line_takes_sysbench_syntax() {
     let s = parse(&["memory", "--memory-block-size=4K", "--memory-oper=read"])
         .unwrap()
         .spec();
-    assert_eq!((s.memory.block_size, s.memory.oper), (4096, MemoryOper::Read));
+    assert_eq!(
+        (s.memory.block_size, s.memory.oper),
+        (4096, MemoryOper::Read)
+    );
 }
 
 #[test]
@@ -116,14 +125,20 @@ fn bad_input_is_one_line_with_the_valid_values() {
     let e = first_line(parse(&["memory", "--memory-oper=copy"]).unwrap_err());
     assert!(e.contains("read, write, none"), "{e}");
     let e = first_line(parse(&["fileio", "--file-test-mode=rnd"]).unwrap_err());
-    assert!(e.contains("seqwr, seqrewr, seqrd, rndrd, rndwr, rndrw"), "{e}");
+    assert!(
+        e.contains("seqwr, seqrewr, seqrd, rndrd, rndwr, rndrw"),
+        "{e}"
+    );
     let e = first_line(parse(&["memory", "--memory-block-size=1Q"]).unwrap_err());
     assert!(e.contains("K, M, G"), "{e}");
 
     let mut s = Spec::new(Test::Memory);
     s.memory.block_size = 6;
     let e = run_workload(&s).unwrap_err().to_string();
-    assert!(e.contains("--memory-block-size") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("--memory-block-size") && !e.contains('\n'),
+        "{e}"
+    );
     let e = execute(&Spec::new(Test::Cpu), Command::Prepare)
         .unwrap_err()
         .to_string();
@@ -139,7 +154,11 @@ fn cpu_runs() {
     let r = run_workload(&short(Test::Cpu, 2)).unwrap();
     let st = check(&r);
     assert_eq!(st.fairness.events_avg * 2.0, st.total_events as f64);
-    assert!(serde_json::to_string(&r).unwrap().contains("\"events_per_sec\""));
+    assert!(
+        serde_json::to_string(&r)
+            .unwrap()
+            .contains("\"events_per_sec\"")
+    );
     assert!(render(&r).contains("95th percentile"));
 }
 
@@ -207,9 +226,16 @@ fn fileio_prepare_run_cleanup_leaves_nothing() {
     let p = execute(&s, Command::Prepare).unwrap();
     assert_eq!(p.files.unwrap().bytes_written, 4 << 20);
     for i in 0..4 {
-        assert_eq!(dir.join(format!("test_file.{i}")).metadata().unwrap().len(), 1 << 20);
+        assert_eq!(
+            dir.join(format!("test_file.{i}")).metadata().unwrap().len(),
+            1 << 20
+        );
     }
-    for mode in [FileTestMode::Rndrw, FileTestMode::Seqrd, FileTestMode::Seqrewr] {
+    for mode in [
+        FileTestMode::Rndrw,
+        FileTestMode::Seqrd,
+        FileTestMode::Seqrewr,
+    ] {
         s.fileio.test_mode = Some(mode);
         s.time = Duration::from_millis(100);
         let r = run_workload(&s).unwrap();

@@ -42,7 +42,8 @@ impl ExecTracer {
             .try_into()?;
         p.load("sched_process_exec", &btf)
             .context("loading the exec tracer")?;
-        p.attach().context("attaching to sched:sched_process_exec")?;
+        p.attach()
+            .context("attaching to sched:sched_process_exec")?;
         Ok(ExecTracer { ebpf })
     }
 

@@ -66,6 +66,7 @@ pub fn offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
     let mut out = vec![];
     for (global, path) in [
         ("OFF_SKB_DEV", "sk_buff.dev"),
+        ("OFF_SKB_SK", "sk_buff.sk"),
         ("OFF_SKB_LEN", "sk_buff.len"),
         ("OFF_SKB_HEAD", "sk_buff.head"),
         ("OFF_SKB_NETWORK_HEADER", "sk_buff.network_header"),

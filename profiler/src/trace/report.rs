@@ -43,8 +43,8 @@ pub struct Counts {
     pub samples_lost: u64,
     pub unnamed_segments: u64,
     pub hook_events: u64,
-    /// Followed packets that ended neither delivered, consumed nor dropped: state evicted from
-    /// the LRU, or rebuilt under another skb address (lost to the tracer).
+    /// Followed packets that ended neither delivered, consumed, dropped nor freed unseen: state
+    /// evicted from the LRU, or rebuilt under another skb address, or still in flight.
     pub lost: i64,
 }
 
@@ -215,13 +215,13 @@ pub fn print(r: &NetReport) {
     println!();
     println!("  * share: the layer's p50 times its crossings per packet, over the one-way p50");
     println!(
-        "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} lost to the tracer, {} stale restarts; {} hook events",
+        "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} freed where no hook saw it (address reused), {} lost to the tracer or in flight; {} hook events",
         c.followed,
         c.delivered,
         c.consumed_without_delivery,
         c.dropped,
-        c.lost.max(0),
         c.stale_restarts,
+        c.lost.max(0),
         c.hook_events
     );
     if !r.drop_reasons.is_empty() {

@@ -479,13 +479,19 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
 
 /// Waits until `done`, printing interval tables and samples, or until a signal asks to stop.
 fn watch(tracer: &mut NetTracer, args: &TraceArgs, done: impl Fn() -> bool) -> Result<()> {
+    // Namespaces named by the container that owns them, where Docker runs.
+    let names = if args.sample.is_some() && std::path::Path::new(crate::docker::SOCKET).exists() {
+        crate::docker::netns_names()
+    } else {
+        Default::default()
+    };
     let mut last_print = Instant::now();
     let mut last_ts = std::collections::HashMap::new();
     let mut header = true;
     while !done() && !cleanup::stop_requested() {
         std::thread::sleep(Duration::from_millis(50));
         if args.sample.is_some() {
-            print_samples(tracer, &mut last_ts, &mut header)?;
+            print_samples(tracer, &mut last_ts, &mut header, &names)?;
         }
         if let Some(i) = args.interval
             && last_print.elapsed().as_secs_f64() >= i
@@ -496,7 +502,7 @@ fn watch(tracer: &mut NetTracer, args: &TraceArgs, done: impl Fn() -> bool) -> R
         }
     }
     if args.sample.is_some() {
-        print_samples(tracer, &mut last_ts, &mut header)?;
+        print_samples(tracer, &mut last_ts, &mut header, &names)?;
     }
     if cleanup::stop_requested() {
         eprintln!("profiler: interrupted: reporting what was traced so far");
@@ -508,6 +514,7 @@ fn print_samples(
     tracer: &mut NetTracer,
     last: &mut std::collections::HashMap<u64, u64>,
     header: &mut bool,
+    netns_names: &std::collections::HashMap<u64, String>,
 ) -> Result<()> {
     use profiler_common::net::Event;
     let names = tracer.table.names.clone();
@@ -543,7 +550,10 @@ fn print_samples(
             e.cpu,
             if e.dir == 0 { "req" } else { "resp" },
             hook,
-            e.netns,
+            netns_names
+                .get(&(e.netns as u64))
+                .cloned()
+                .unwrap_or_else(|| e.netns.to_string()),
             e.ifindex,
             String::from_utf8_lossy(&e.name[..name_end]),
             e.len,
