@@ -203,3 +203,44 @@ fn bad_trace_input_is_one_line() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn compare_prints_one_row_per_mode_with_host_ratios() {
+    require_root();
+    let rows = trace(&["--compare", "host,overlay", "-l", "1"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["mode"], "host");
+    assert_eq!(rows[0]["throughput_ratio"], 1.0);
+    let overlay = &rows[1];
+    assert!(
+        overlay["latency_ratio"].as_f64().unwrap() > 1.0,
+        "{overlay}"
+    );
+    assert!(
+        overlay["one_way_p50_ns"].as_u64().unwrap() > rows[0]["one_way_p50_ns"].as_u64().unwrap()
+    );
+}
+
+/// Where no function probe reaches conntrack and NAT, the ablation isolates them.
+#[test]
+fn ablation_runs_the_three_variants() {
+    require_root();
+    let before = namespaces();
+    let a = trace(&["--ablation", "-l", "1"]);
+    let v: Vec<&str> = a["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        v,
+        ["nat", "no nat (conntrack on)", "no conntrack (NOTRACK)"]
+    );
+    let fwd = a["forward_p50_ns"].as_array().unwrap();
+    assert_eq!(fwd.len(), 3, "{fwd:?}");
+    assert!(fwd.iter().all(|f| f[1].as_u64().unwrap() > 0));
+    assert!(a["nat_cost_ns"].is_i64() && a["conntrack_cost_ns"].is_i64());
+    assert_eq!(namespaces(), before);
+}

@@ -283,3 +283,28 @@ fn measure_tmp() {
     let r = run(&a).unwrap();
     print(&r);
 }
+
+// THROWAWAY clock
+#[test]
+#[ignore]
+fn clock_tmp() {
+    let n = 20_000_000u64;
+    let t = std::time::Instant::now();
+    let mut x = 0u128;
+    for _ in 0..n {
+        x ^= std::hint::black_box(std::time::Instant::now())
+            .elapsed()
+            .as_nanos();
+    }
+    std::hint::black_box(x);
+    eprintln!(
+        "now+elapsed: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / n as f64
+    );
+    let mut h = new_hist().unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        h.saturating_record(std::hint::black_box(50 + (i & 63)));
+    }
+    eprintln!("record: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+}

@@ -258,7 +258,10 @@ pub struct CompareRow {
     /// Throughput relative to host, and latency relative to host (the research's ratios).
     pub throughput_ratio: Option<f64>,
     pub latency_ratio: Option<f64>,
-    /// The layer with the largest share of the request one-way time.
+    /// Median one-way time of requests, ns.
+    pub one_way_p50_ns: Option<u64>,
+    /// The network layer (socket delivery aside) with the largest share of the request
+    /// one-way time.
     pub top_layer: Option<(String, f64)>,
     pub report: TraceReport,
 }
@@ -278,9 +281,12 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
         let report = trace_in(&desc, desc.connect, args)?;
         let Some(w) = &report.workload else { break };
         let rr = w.test.is_rr();
-        let top_layer = report.net.directions.first().and_then(|d| {
+        let req = report.net.directions.first();
+        let one_way_p50_ns = req.and_then(|d| d.one_way.as_ref().map(|o| o.summary.p50));
+        let top_layer = req.and_then(|d| {
             d.layers
                 .iter()
+                .filter(|l| !l.layer.contains("socket queue"))
                 .max_by(|a, b| a.share.total_cmp(&b.share))
                 .map(|l| (l.layer.to_string(), l.share))
         });
@@ -296,6 +302,7 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
             p99_us: w.latency.p99_us,
             throughput_ratio: None,
             latency_ratio: None,
+            one_way_p50_ns,
             top_layer,
             report,
         });
@@ -315,13 +322,13 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
 
 pub fn print_compare(rows: &[CompareRow]) {
     println!(
-        "  {:<9} {:>12} {:>8} {:>10} {:>10} {:>10} {:>10}  largest layer (requests)",
-        "mode", "throughput", "", "mean", "p99", "vs host", "latency"
+        "  {:<9} {:>20} {:>10} {:>10} {:>9} {:>9} {:>11}  largest network layer (requests)",
+        "mode", "throughput", "mean", "p99", "vs host", "latency", "one-way p50"
     );
     for r in rows {
         println!(
-            "  {:<9} {:>12.0} {:<8} {:>8.1}µs {:>8.1}µs {:>10} {:>10}  {}",
-            r.mode,
+            "  {:<9} {:>12.0} {:<7} {:>8.1}µs {:>8.1}µs {:>9} {:>9} {:>11}  {}",
+            r.mode.name(),
             r.throughput,
             r.unit,
             r.mean_us,
@@ -329,6 +336,8 @@ pub fn print_compare(rows: &[CompareRow]) {
             r.throughput_ratio
                 .map_or("-".into(), |x| format!("{x:.2}x")),
             r.latency_ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            r.one_way_p50_ns
+                .map_or("-".into(), |n| crate::hist::fmt_ns(n as f64)),
             r.top_layer
                 .as_ref()
                 .map_or(String::new(), |(n, s)| format!("{n} ({:.0}%)", s * 100.0))
