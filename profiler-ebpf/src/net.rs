@@ -58,6 +58,8 @@ struct SkbState {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct DevInfo {
+    /// The net_device this describes (the cache slot's tag).
+    dev: u64,
     ifindex: u32,
     netns: u32,
     class: u8,
@@ -68,6 +70,7 @@ struct DevInfo {
 
 impl DevInfo {
     const NONE: DevInfo = DevInfo {
+        dev: 0,
         ifindex: 0,
         netns: 0,
         class: class::OTHER,
@@ -79,8 +82,11 @@ impl DevInfo {
 
 #[map]
 static NET_SKB: LruHashMap<u64, SkbState> = LruHashMap::with_max_entries(65536, 0);
+/// A direct-mapped, per-CPU cache of device facts, indexed by the net_device address: an
+/// array lookup instead of a hash lookup on every hook.
+const DEV_CACHE: u32 = 1024;
 #[map]
-static NET_DEV: LruHashMap<u64, DevInfo> = LruHashMap::with_max_entries(4096, 0);
+static NET_DEV: PerCpuArray<DevInfo> = PerCpuArray::with_max_entries(DEV_CACHE, 0);
 #[map]
 static SEG_SLOT: Array<u8> = Array::with_max_entries(65536, 0);
 #[map]
@@ -142,10 +148,17 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
-    if let Some(d) = unsafe { NET_DEV.get(dev) } {
-        return Some(*d);
-    }
+    // Slot by ifindex, tagged by address: tp_btf types `dev` as a kernel pointer, which the
+    // verifier lets us add to and compare but not shift or mask.
     let ifindex: u32 = read(dev + g(&OFF_DEV_IFINDEX) as u64)?;
+    let cached = NET_DEV.get_ptr_mut(ifindex & (DEV_CACHE - 1));
+    if let Some(c) = cached
+        // SAFETY: per-CPU value, this CPU only.
+        && unsafe { (*c).dev } == dev
+    {
+        // SAFETY: as above.
+        return Some(unsafe { *c });
+    }
     let flags: u32 = read(dev + g(&OFF_DEV_PRIV_FLAGS) as u64).unwrap_or(0);
     let name: [u8; 16] = read(dev + g(&OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
     let net: u64 = read(dev + g(&OFF_DEV_ND_NET) as u64).unwrap_or(0);
@@ -181,6 +194,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         class::OTHER
     };
     let info = DevInfo {
+        dev,
         ifindex,
         netns,
         class,
@@ -188,7 +202,10 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         _pad: [0; 6],
         name,
     };
-    let _ = NET_DEV.insert(dev, info, 0);
+    if let Some(c) = cached {
+        // SAFETY: per-CPU value, this CPU only.
+        unsafe { *c = info };
+    }
     Some(info)
 }
 
