@@ -120,9 +120,11 @@ impl Btf {
             types,
             by_name: HashMap::new(),
         };
+        // Only the kinds looked up by name: indexing every type would cost tens of MB.
         for id in 1..btf.types.len() as u32 {
-            let n = btf.types[id as usize].name;
-            if n != 0 {
+            let t = &btf.types[id as usize];
+            let n = t.name;
+            if n != 0 && matches!(t.kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
                 let name = btf.str(n).to_string();
                 btf.by_name.entry(name).or_default().push(id);
             }
@@ -193,7 +195,7 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    /// Value of an enumerator, e.g. `IFF_BRIDGE_PORT`.
+    /// Value of an enumerator, e.g. `IFF_BRIDGE_PORT` (a scan: enumerators are not indexed).
     pub fn enum_value(&self, enumerator: &str) -> Result<u64> {
         for t in &self.types {
             if matches!(t.kind, KIND_ENUM | KIND_ENUM64) {

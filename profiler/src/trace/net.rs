@@ -91,8 +91,8 @@ pub fn offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
 
 impl NetTracer {
     pub fn start(filter: &Filter) -> Result<NetTracer> {
-        let btf = Btf::vmlinux()?;
-        let offsets = offsets(&btf)?;
+        // Parsed BTF is large: keep only the offsets before aya parses its own copy.
+        let offsets = offsets(&Btf::vmlinux()?)?;
         let (lo, hi) = filter.ports;
         let mut l = aya::EbpfLoader::new();
         for (name, v) in &offsets {

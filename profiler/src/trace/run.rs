@@ -191,8 +191,6 @@ fn trace_in(
         None
     };
     let mut tracer = NetTracer::start(&filter)?;
-    let softirq_hooks = super::softirq::attach(tracer.ebpf_mut());
-    tracer.attached.extend(softirq_hooks);
     let endpoints = Endpoints {
         client_netns: Some(desc.client.netns.clone()),
         server_netns: Some(desc.server.netns.clone()),
@@ -467,8 +465,6 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         sample_every: args.sample.unwrap_or(0),
     };
     let mut tracer = NetTracer::start(&filter)?;
-    let softirq_hooks = super::softirq::attach(tracer.ebpf_mut());
-    tracer.attached.extend(softirq_hooks);
     let deadline = Instant::now() + length;
     watch(&mut tracer, args, || Instant::now() >= deadline)?;
     Ok(TraceReport {

@@ -17,16 +17,10 @@ const HOOKS: &[(&str, &str, &str)] = &[
 ];
 
 /// Attaches the softirq programs; returns how each tracepoint was attached.
-pub fn attach(ebpf: &mut Ebpf) -> Vec<(String, String)> {
-    let btf = AyaBtf::from_sys_fs().ok();
+pub fn attach(ebpf: &mut Ebpf, btf: Option<&AyaBtf>) -> Vec<(String, String)> {
     HOOKS
         .iter()
-        .map(|(tp, b, r)| {
-            (
-                tp.to_string(),
-                super::net::attach_one(ebpf, tp, b, r, btf.as_ref()),
-            )
-        })
+        .map(|(tp, b, r)| (tp.to_string(), super::net::attach_one(ebpf, tp, b, r, btf)))
         .collect()
 }
 
