@@ -129,6 +129,8 @@ impl NetTracer {
                 attach_one(&mut ebpf, tp, btf_prog, raw_prog, aya_btf.as_ref()),
             ));
         }
+        attached.extend(super::softirq::attach(&mut ebpf, aya_btf.as_ref()));
+        drop(aya_btf);
         let must = ["net_dev_queue", "net_dev_start_xmit", "netif_receive_skb"];
         for (tp, how) in &attached {
             if must.contains(&tp.as_str()) && how.starts_with("not attached") {
