@@ -53,18 +53,9 @@ struct BootCli {
     /// Container runtime to start.
     #[arg(long, value_enum, conflicts_with = "vm")]
     container: Option<ContainerRuntime>,
-    /// VM to boot: qemu, libvirt or micro.
-    #[arg(long)]
-    vm: Option<String>,
-    /// How many to start at once.
-    #[arg(long, default_value_t = 1)]
-    count: usize,
-    /// Give up on a start-up after this many seconds.
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
-    /// Write the report as JSON to FILE.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    /// --vm, --count, --json, --timeout, --accel
+    #[command(flatten)]
+    common: profiler::boot::BootArgs,
     #[command(flatten)]
     docker: profiler::docker::DockerBootArgs,
 }
@@ -132,23 +123,22 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn boot(args: &BootCli) -> Result<()> {
-    if args.count == 0 {
+    let c = &args.common;
+    if c.count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
-    let timeout = std::time::Duration::from_secs(args.timeout);
-    let json = match (args.container, &args.vm) {
-        (Some(ContainerRuntime::Docker), _) => {
-            let r = profiler::docker::boot(&args.docker, args.count, timeout)?;
+    let json = match args.container {
+        Some(ContainerRuntime::Docker) => {
+            let timeout = std::time::Duration::from_secs_f64(c.timeout.max(1.0));
+            let r = profiler::docker::boot(&args.docker, c.count as usize, timeout)?;
             profiler::docker::print(&r);
             serde_json::to_vec_pretty(&r)?
         }
-        (Some(ContainerRuntime::Native), _) => anyhow::bail!("--container native: not built yet"),
-        (None, Some(_)) => anyhow::bail!("--vm: not built yet"),
-        (None, None) => {
-            anyhow::bail!("say what to boot: --container native|docker or --vm qemu|libvirt|micro")
-        }
+        Some(ContainerRuntime::Native) => anyhow::bail!("--container native: not built yet"),
+        None if c.vm.is_some() => return profiler::boot::cli(c),
+        None => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|micro"),
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = &c.json {
         std::fs::write(path, json)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }

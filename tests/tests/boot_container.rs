@@ -174,6 +174,7 @@ fn eight_containers_at_once() {
     a.json = Some(json.clone());
     let r = container::run(&a).unwrap_or_else(|e| panic!("{e:#}"));
     let _guard = LabGuard(r.lab.clone());
+    container::print(&r);
     assert_eq!(r.containers.len(), 8);
     for (i, s) in r.containers.iter().enumerate() {
         assert_eq!(s.index, i);

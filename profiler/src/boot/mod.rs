@@ -303,6 +303,7 @@ fn summary(boots: &[Boot], vm: Vm) -> Vec<PhaseStats> {
         .into_iter()
         .filter_map(|name| {
             let v = samples.get(&name)?;
+            let (min, max) = (*v.iter().min()?, *v.iter().max()?);
             let mut h = hdrhistogram::Histogram::<u64>::new(3).ok()?;
             for &x in v {
                 h.record(x.max(1)).ok()?;
@@ -311,10 +312,11 @@ fn summary(boots: &[Boot], vm: Vm) -> Vec<PhaseStats> {
                 what: describe(vm, &name),
                 name,
                 count: h.len(),
-                min_ns: *v.iter().min()?,
-                p50_ns: h.value_at_quantile(0.5),
-                p90_ns: h.value_at_quantile(0.9),
-                max_ns: *v.iter().max()?,
+                // HDR quantiles are bucket edges: keep them within the exact min and max.
+                p50_ns: h.value_at_quantile(0.5).clamp(min, max),
+                p90_ns: h.value_at_quantile(0.9).clamp(min, max),
+                min_ns: min,
+                max_ns: max,
                 mean_ns: v.iter().sum::<u64>() / v.len() as u64,
             })
         })
@@ -332,7 +334,7 @@ pub fn print(r: &BootReport) {
     );
     if let Some(a) = &r.artefacts {
         println!(
-            "  guest: {} ({}), initramfs {} (busybox from {})",
+            "  guest: {} ({}), initramfs {}, busybox: {}",
             a.kernel.display(),
             a.kernel_package,
             a.initramfs.display(),

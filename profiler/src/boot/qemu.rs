@@ -376,7 +376,10 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         .map(|m| m.map(|t| t.saturating_duration_since(t0)))
         .collect();
     let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
-    let end = exited.saturating_duration_since(t0);
+    // qemu wrote every console byte before it exited: a line stamped later than the exit
+    // only means its reader was scheduled late, so the exit is seen no earlier than it.
+    let last_mark = marks.at.iter().flatten().max().copied().unwrap_or(t0);
+    let end = exited.max(last_mark).saturating_duration_since(t0);
     let mut phases = phases(&names, &offsets, end, ready);
     fill_guest_clock(&mut phases, &marks.guest);
     let error = match (&killed, ready) {

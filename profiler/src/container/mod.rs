@@ -221,6 +221,8 @@ impl Host {
                             .map(|c| c.startup.clone())
                             .map_err(|e| anyhow!("container {n}: {e:#}")),
                     ));
+                    // Ends the collection below once every thread has reported.
+                    drop(tx);
                     // The payload lives while this thread does (PR_SET_PDEATHSIG): hold it until
                     // every container has reported, then tear it down here.
                     let _ = wait.recv();
@@ -315,7 +317,7 @@ impl Host {
         match entered {
             Some(t) => {
                 // Clamped: the anchor's mapping is good to well under a microsecond.
-                let t = t.clamp(go_at, ready);
+                let t = t.max(go_at).min(ready);
                 marks.mark_at(Phase::Exec, t);
                 marks.mark_at(Phase::Ready, ready);
             }

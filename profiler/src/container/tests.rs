@@ -126,3 +126,31 @@ fn status_pipe_protocol() {
     assert_eq!(parse_entry(b"42"), None);
     assert_eq!(parse_entry(b"x\n"), None);
 }
+
+#[test]
+fn the_args_parse_as_a_flattened_clap_struct() {
+    use clap::{CommandFactory as _, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: super::ContainerBootArgs,
+    }
+    Cli::command().debug_assert();
+    let c = Cli::try_parse_from(["x"]).unwrap();
+    assert_eq!((c.a.count, c.a.net), (1, super::NetMode::Bridge));
+    assert!(c.a.payload.is_empty() && c.a.json.is_none());
+    let c = Cli::try_parse_from([
+        "x",
+        "--count",
+        "8",
+        "--net",
+        "none",
+        "--payload",
+        "/bin/sh",
+        "-c",
+        "printf x >&3",
+    ])
+    .unwrap();
+    assert_eq!((c.a.count, c.a.net), (8, super::NetMode::None));
+    assert_eq!(c.a.payload, ["/bin/sh", "-c", "printf x >&3"]);
+}

@@ -14,7 +14,8 @@ use super::{
     AccessMode, Command, ExtraFlag, FileTestMode, FsyncMode, MemoryOper, MemoryScope, Spec, Test,
 };
 
-/// Arguments of `profiler sysbench`; defaults are sysbench's.
+/// sysbench-style workloads (cpu, memory, fileio, threads, mutex) with sysbench's options
+/// and defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SysbenchArgs {
     /// The test, sysbench's names.

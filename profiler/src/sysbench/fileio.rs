@@ -216,7 +216,8 @@ impl Shared {
 
     /// The periodic fsync of the next file, if one is due (sysbench's check, both modes).
     fn due_fsync(&self, st: &mut State) -> Option<Req> {
-        if self.fsync_freq == 0 || !st.is_dirty || st.req_performed % self.fsync_freq != 0 {
+        if self.fsync_freq == 0 || !st.is_dirty || !st.req_performed.is_multiple_of(self.fsync_freq)
+        {
             return None;
         }
         let file = st.fsynced_file;

@@ -37,6 +37,7 @@ fn primes_match_a_sieve() {
     for max in [0, 3, 4, 5, 10, 100, 1000, 4999] {
         let want = (3..max as usize).filter(|&c| !composite[c]).count() as u64;
         assert_eq!(count_primes(max), want, "max {max}");
+        assert_eq!(cpu::count_primes_portable(max), want, "max {max}");
     }
     // pi(10^4) = 1229 and pi(2*10^4) = 2262, less the prime 2.
     assert_eq!(count_primes(10000), 1228);
@@ -281,7 +282,11 @@ fn measure_tmp() {
     let argv = std::env::var("SB_ARGS").unwrap();
     let a = parse(&argv.split_whitespace().collect::<Vec<_>>()).unwrap();
     let r = run(&a).unwrap();
-    print(&r);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    } else {
+        print(&r);
+    }
 }
 
 // THROWAWAY clock
@@ -307,4 +312,20 @@ fn clock_tmp() {
         h.saturating_record(std::hint::black_box(50 + (i & 63)));
     }
     eprintln!("record: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+}
+
+// THROWAWAY help
+#[test]
+#[ignore]
+fn help_tmp() {
+    use clap::CommandFactory;
+    println!("{}", Cli::command().render_help());
+    for a in [
+        &["disk"][..],
+        &["memory", "--memory-oper=copy"],
+        &["memory", "--memory-block-size=1Q"],
+        &["fileio", "--file-fsync-all=maybe"],
+    ] {
+        println!("---\n{}", parse(a).unwrap_err());
+    }
 }
