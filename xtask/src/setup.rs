@@ -28,6 +28,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sockperf", "bench-workloads peer for tcp_rr/udp_rr"),
     ("bpftrace", "bench-trace peer"),
     ("bpftool", "inspecting loaded programs"),
+    ("qemu-system-x86", "boot --vm qemu (with seabios)"),
+    ("busybox-static", "the VM initramfs and the Docker payload image"),
+    ("sysbench", "bench-sysbench peer and the sysbench comparison test"),
 ];
 
 pub fn run() -> Result<()> {
