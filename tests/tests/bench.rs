@@ -177,3 +177,24 @@ fn bad_bench_input_is_one_line() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `bench -H` measures against `profiler serve` on another host; here the other host is a
+/// second process on loopback.
+#[test]
+fn bench_against_a_remote_serve() {
+    require_root();
+    let mut server = profiler()
+        .args(["serve", "--bind", "127.0.0.1", "-p", "12977"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    let r = bench_json(&["tcp_rr", "-H", "127.0.0.1", "-p", "12977", "-l", "1"]);
+    let s = bench_json(&["tcp_stream", "-H", "127.0.0.1", "-p", "12977", "-l", "1"]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(r["transactions"].as_u64().unwrap() > 1000, "{r}");
+    assert!(s["throughput_mbps"].as_f64().unwrap() > 100.0, "{s}");
+    assert!(r["server_cpu_secs"].as_f64().unwrap() > 0.0, "server CPU comes back over the wire");
+}
