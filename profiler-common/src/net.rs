@@ -101,7 +101,9 @@ pub mod counter {
     pub const UNKNOWN_SEGMENTS: u32 = 6;
     /// Hooks invoked on any packet (tracked or not): the tracer's event rate.
     pub const EVENTS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Packets that matched the filter at a first hook (followed or not, see --follow-every).
+    pub const MATCHED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Per-slot position on the path: count, and the smallest (segment end - packet birth) in ns.

@@ -34,7 +34,7 @@ globals! {
     OFF_DEV_PRIV_FLAGS: u32, OFF_DEV_LINK_OPS: u32, OFF_OPS_KIND: u32, OFF_DEV_ND_NET: u32,
     OFF_NET_INUM: u32, IFF_BRIDGE_PORT: u32,
     FILTER_PORT_LO: u16, FILTER_PORT_HI: u16, FILTER_HOST: u32, FILTER_NETNS: u32,
-    FILTER_IFINDEX: u32, CLIENT_NETNS: u32, SAMPLE_EVERY: u64, STALE_NS: u64,
+    FILTER_IFINDEX: u32, CLIENT_NETNS: u32, SAMPLE_EVERY: u64, STALE_NS: u64, FOLLOW_EVERY: u64,
 }
 
 #[inline(always)]
@@ -381,6 +381,11 @@ fn birth(skb: u64, dev: u64, now: u64) {
     let Some(to_port) = matches(skb, &d) else {
         return;
     };
+    // Following one packet in N keeps the per-hook cost of the others to one hash miss.
+    let follow = g(&FOLLOW_EVERY);
+    if follow > 1 && !count(counter::MATCHED).is_multiple_of(follow) {
+        return;
+    }
     let n = count(counter::BIRTHS);
     let every = g(&SAMPLE_EVERY);
     let sampled = every != 0 && n.is_multiple_of(every);

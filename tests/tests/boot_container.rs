@@ -23,6 +23,7 @@ fn args(net: NetMode, count: usize, payload: Vec<String>) -> ContainerBootArgs {
         count,
         net,
         json: None,
+        timeout: 15.0,
         payload,
     }
 }

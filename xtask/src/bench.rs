@@ -245,39 +245,34 @@ END { clear(@t); clear(@h); }
 pub fn trace() -> Result<()> {
     let lab = LabUp::new("overlay", "bt")?;
     let mut md = format!(
-        "# bench-trace\n\nMachine: {}\n\nOverlay lab, {SECS} s per run (`cargo xtask bench-trace`). Perturbation: the workload's rate with the tracer attached over its rate without.\n\n| test | untraced | profiler trace | ratio | bpftrace peer | ratio |\n|---|---|---|---|---|---|\n",
+        "# bench-trace\n\nMachine: {}\n\nOverlay lab, {SECS} s per run (`cargo xtask bench-trace`). Perturbation: the workload's rate with the tracer attached over its rate without.\n\n| test | untraced | profiler trace | ratio | trace --follow-every 10 | ratio | bpftrace peer | ratio |\n|---|---|---|---|---|---|---|---|\n",
         machine()
     );
     let mut traced_report = serde_json::Value::Null;
+    let traced = |test: &str, follow: &str| -> Result<serde_json::Value> {
+        let file = "/tmp/profiler-bench-trace.json";
+        let ok = profiler()
+            .args(["trace", "--lab", &lab.id, "-t", test, "-l", SECS, "--follow-every", follow])
+            .args(["--bpf-stats", "--json", file])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("profiler trace failed");
+        }
+        Ok(serde_json::from_slice(&std::fs::read(file)?)?)
+    };
     for (test, key, unit) in [
         ("tcp_rr", "transactions_per_sec", "trans/s"),
         ("tcp_stream", "throughput_mbps", "Mbit/s"),
     ] {
         let base = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let file = "/tmp/profiler-bench-trace.json";
-        let out = profiler()
-            .args([
-                "trace",
-                "--lab",
-                &lab.id,
-                "-t",
-                test,
-                "-l",
-                SECS,
-                "--bpf-stats",
-                "--json",
-                file,
-            ])
-            .stdout(Stdio::null())
-            .status()?;
-        if !out.success() {
-            bail!("profiler trace failed");
-        }
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(file)?)?;
-        let traced = r["workload"][key].as_f64().unwrap_or(0.0);
+        let r = traced(test, "1")?;
+        let all = r["workload"][key].as_f64().unwrap_or(0.0);
         if test == "tcp_rr" {
             traced_report = r;
         }
+        let tenth = traced(test, "10")?["workload"][key].as_f64().unwrap_or(0.0);
         let script = std::env::temp_dir().join("profiler-peer.bt");
         std::fs::write(&script, BPFTRACE_PEER)?;
         let mut bt = spawn_quiet({
@@ -287,13 +282,12 @@ pub fn trace() -> Result<()> {
         })?;
         sleep(Duration::from_secs(3)); // bpftrace compiles and attaches
         let peer = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let _ = Command::new("kill")
-            .args(["-INT", &bt.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
         let _ = bt.wait();
         md += &format!(
-            "| {test} | {base:.0} {unit} | {traced:.0} {unit} | {:.2} | {peer:.0} {unit} | {:.2} |\n",
-            traced / base,
+            "| {test} | {base:.0} {unit} | {all:.0} {unit} | {:.2} | {tenth:.0} {unit} | {:.2} | {peer:.0} {unit} | {:.2} |\n",
+            all / base,
+            tenth / base,
             peer / base
         );
     }

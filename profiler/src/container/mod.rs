@@ -39,8 +39,6 @@ pub const PUBLISHED_BASE: u16 = 21000;
 /// Containers get 10.200.0.(10+n); .1-.3 are the lab's gateway, client and server.
 pub const FIRST_HOST: u8 = 10;
 pub const MAX_COUNT: usize = 200;
-/// How long one container may take to answer before the start counts as failed.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +90,9 @@ pub struct ContainerBootArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A container not ready after this many seconds fails the run.
+    #[arg(long, default_value_t = 15.0)]
+    pub timeout: f64,
     /// The payload's command line (default: this binary's hidden payload command). The runtime
     /// appends `--fd 3` (and `--port P` when networked); give it last.
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
@@ -104,7 +105,34 @@ impl Default for ContainerBootArgs {
             count: 1,
             net: NetMode::Bridge,
             json: None,
+            timeout: 15.0,
             payload: vec![],
+        }
+    }
+}
+
+/// The native runtime's own flags, to flatten next to `boot`'s shared --count, --json and
+/// --timeout (which [`ContainerBootArgs`] would otherwise define a second time).
+#[derive(Clone, Debug, clap::Args)]
+pub struct NativeArgs {
+    /// `--container native`: the containers' network.
+    #[arg(long, value_enum, default_value_t = NetMode::Bridge)]
+    pub net: NetMode,
+    /// `--container native`: the payload's command line (default: this binary's hidden payload
+    /// command); give it last.
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
+    pub payload: Vec<String>,
+}
+
+impl ContainerBootArgs {
+    /// From `boot`'s shared flags and the native ones.
+    pub fn with(count: usize, json: Option<PathBuf>, timeout: f64, native: &NativeArgs) -> Self {
+        Self {
+            count,
+            net: native.net,
+            json,
+            timeout,
+            payload: native.payload.clone(),
         }
     }
 }
@@ -132,6 +160,8 @@ pub struct Host {
     net: NetMode,
     cgroups: PathBuf,
     payload: Vec<String>,
+    /// How long one container may take to answer.
+    timeout: Duration,
     anchor: Anchor,
     // Last: the lab goes after everything above.
     lab: Lab,
@@ -140,6 +170,12 @@ pub struct Host {
 impl Host {
     pub fn prepare(args: &ContainerBootArgs) -> Result<Host> {
         crate::kernel::require_root("starting containers")?;
+        if !(args.timeout > 0.0 && args.timeout < 86_400.0) {
+            bail!(
+                "--timeout must be between 0 and 86400 seconds, not {}",
+                args.timeout
+            );
+        }
         let cgroups = cgroup::root()?;
         let lab = Lab::up(args.net.lab_mode(), None)?;
         let live: Vec<String> = lab::list().into_iter().map(|d| d.id).collect();
@@ -153,6 +189,7 @@ impl Host {
             net: args.net,
             cgroups,
             payload,
+            timeout: Duration::from_secs_f64(args.timeout),
             anchor: Anchor::now(),
             lab,
         })
@@ -302,14 +339,14 @@ impl Host {
         // 8. ready.
         let (ready, entered) = match target {
             Some(probe) => {
-                let ready = net::probe(&probe, pid, READY_TIMEOUT)?;
+                let ready = net::probe(&probe, pid, self.timeout)?;
                 (
                     ready,
                     spawn::read_entry(&status, pid, Duration::from_millis(500))?,
                 )
             }
             None => {
-                let (ready, entered) = spawn::read_ready(&status, pid, READY_TIMEOUT)?;
+                let (ready, entered) = spawn::read_ready(&status, pid, self.timeout)?;
                 (ready, entered)
             }
         };

@@ -154,3 +154,23 @@ fn the_args_parse_as_a_flattened_clap_struct() {
     assert_eq!((c.a.count, c.a.net), (8, super::NetMode::None));
     assert_eq!(c.a.payload, ["/bin/sh", "-c", "printf x >&3"]);
 }
+
+#[test]
+fn native_args_flatten_next_to_boot_shared_flags() {
+    use clap::{CommandFactory as _, Parser};
+    #[derive(Parser)]
+    struct Boot {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        #[command(flatten)]
+        native: super::NativeArgs,
+    }
+    Boot::command().debug_assert();
+    let b = Boot::try_parse_from(["x", "--count", "3", "--net", "nat"]).unwrap();
+    let a = super::ContainerBootArgs::with(b.count as usize, b.json, b.timeout, &b.native);
+    assert_eq!((a.count, a.net, a.timeout), (3, super::NetMode::Nat, 60.0));
+}

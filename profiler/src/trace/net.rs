@@ -33,6 +33,8 @@ pub struct Filter {
     pub client_netns: u32,
     /// Sample one packet in N for the path print (0 = none).
     pub sample_every: u64,
+    /// Follow one matching packet in N (0 or 1 = all): less overhead, fewer samples.
+    pub follow_every: u64,
 }
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
@@ -105,7 +107,8 @@ impl NetTracer {
             .override_global("FILTER_IFINDEX", &filter.ifindex, true)
             .override_global("CLIENT_NETNS", &filter.client_netns, true)
             .override_global("SAMPLE_EVERY", &filter.sample_every, true)
-            .override_global("STALE_NS", &STALE_NS, true);
+            .override_global("STALE_NS", &STALE_NS, true)
+            .override_global("FOLLOW_EVERY", &filter.follow_every, true);
         let mut ebpf = l
             .load(crate::ebpf::OBJECT)
             .context("loading the tracer's eBPF programs")?;

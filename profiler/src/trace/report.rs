@@ -35,6 +35,8 @@ pub struct Direction {
 
 #[derive(Debug, Serialize)]
 pub struct Counts {
+    /// Packets that matched the filter; with --follow-every N one in N of them is followed.
+    pub matched: u64,
     pub followed: u64,
     pub delivered: u64,
     pub consumed_without_delivery: u64,
@@ -137,6 +139,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
     NetReport {
         directions,
         counts: Counts {
+            matched: c[counter::MATCHED as usize],
             followed: c[counter::BIRTHS as usize],
             delivered: c[counter::DELIVERED as usize],
             consumed_without_delivery: c[counter::CONSUMED as usize],
