@@ -8,6 +8,7 @@ pub mod container;
 pub mod docker;
 pub mod doctor;
 pub mod ebpf;
+pub mod envs;
 pub mod hist;
 pub mod inject;
 pub mod kernel;

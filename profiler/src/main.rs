@@ -40,6 +40,36 @@ enum Command {
     Boot(BootCli),
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     Kvm(profiler::kvm::cli::KvmArgs),
+    /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
+    Sysbench(profiler::sysbench::SysbenchArgs),
+    /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
+    Run {
+        #[arg(long, value_enum)]
+        env: profiler::envs::Env,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        workload: Vec<String>,
+    },
+    /// N identical instances at once, per N: each one's result and the slowdown against one
+    /// instance on the host.
+    Density {
+        #[arg(long, value_enum)]
+        env: profiler::envs::Env,
+        /// sysbench test to run: cpu, memory, fileio, threads, mutex.
+        #[arg(long, default_value = "cpu")]
+        workload: String,
+        /// Instance counts, e.g. 1,2,4,8.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        instances: Vec<usize>,
+        /// Seconds each instance runs.
+        #[arg(long, default_value = "3")]
+        time: String,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -119,6 +149,41 @@ fn run(command: Command) -> Result<()> {
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Boot(args) => boot(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
+        Command::Run {
+            env,
+            timeout,
+            workload,
+        } => {
+            let r = profiler::envs::run(env, &workload, std::time::Duration::from_secs(timeout))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        Command::Density {
+            env,
+            workload,
+            instances,
+            time,
+            json,
+        } => {
+            let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
+            let d =
+                profiler::envs::density(env, &w, &instances, std::time::Duration::from_secs(600))?;
+            profiler::envs::print_density(&d);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&d)?)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Sysbench(args) => {
+            let r = profiler::sysbench::run(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                profiler::sysbench::print(&r);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -196,5 +196,8 @@ fn bench_against_a_remote_serve() {
     server.wait().unwrap();
     assert!(r["transactions"].as_u64().unwrap() > 1000, "{r}");
     assert!(s["throughput_mbps"].as_f64().unwrap() > 100.0, "{s}");
-    assert!(r["server_cpu_secs"].as_f64().unwrap() > 0.0, "server CPU comes back over the wire");
+    assert!(
+        r["server_cpu_secs"].as_f64().unwrap() > 0.0,
+        "server CPU comes back over the wire"
+    );
 }

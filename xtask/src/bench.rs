@@ -253,7 +253,17 @@ pub fn trace() -> Result<()> {
     let traced = |test: &str, follow: &str, stats: bool| -> Result<serde_json::Value> {
         let file = "/tmp/profiler-bench-trace.json";
         let mut c = profiler();
-        c.args(["trace", "--lab", &lab.id, "-t", test, "-l", SECS, "--follow-every", follow]);
+        c.args([
+            "trace",
+            "--lab",
+            &lab.id,
+            "-t",
+            test,
+            "-l",
+            SECS,
+            "--follow-every",
+            follow,
+        ]);
         if stats {
             c.arg("--bpf-stats");
         }
@@ -272,11 +282,15 @@ pub fn trace() -> Result<()> {
         ("tcp_stream", "throughput_mbps", "Mbit/s"),
     ] {
         let base = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let all = traced(test, "1", false)?["workload"][key].as_f64().unwrap_or(0.0);
+        let all = traced(test, "1", false)?["workload"][key]
+            .as_f64()
+            .unwrap_or(0.0);
         if test == "tcp_rr" {
             traced_report = traced(test, "1", true)?;
         }
-        let tenth = traced(test, "10", false)?["workload"][key].as_f64().unwrap_or(0.0);
+        let tenth = traced(test, "10", false)?["workload"][key]
+            .as_f64()
+            .unwrap_or(0.0);
         let script = std::env::temp_dir().join("profiler-peer.bt");
         std::fs::write(&script, BPFTRACE_PEER)?;
         let mut bt = spawn_quiet({
@@ -286,7 +300,9 @@ pub fn trace() -> Result<()> {
         })?;
         sleep(Duration::from_secs(3)); // bpftrace compiles and attaches
         let peer = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &bt.id().to_string()])
+            .status();
         let _ = bt.wait();
         md += &format!(
             "| {test} | {base:.0} {unit} | {all:.0} {unit} | {:.2} | {tenth:.0} {unit} | {:.2} | {peer:.0} {unit} | {:.2} |\n",

@@ -29,8 +29,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "bench-trace peer"),
     ("bpftool", "inspecting loaded programs"),
     ("qemu-system-x86", "boot --vm qemu (with seabios)"),
-    ("busybox-static", "the VM initramfs and the Docker payload image"),
-    ("sysbench", "bench-sysbench peer and the sysbench comparison test"),
+    (
+        "busybox-static",
+        "the VM initramfs and the Docker payload image",
+    ),
+    (
+        "sysbench",
+        "bench-sysbench peer and the sysbench comparison test",
+    ),
 ];
 
 pub fn run() -> Result<()> {

@@ -8,7 +8,7 @@
 //! the boundary maps onto the parent's `Instant`s through one (Instant, CLOCK_MONOTONIC) anchor.
 //! Phases are consecutive differences of these boundaries: they sum to spawn → ready exactly.
 
-mod cgroup;
+pub mod cgroup;
 mod net;
 mod payload;
 mod report;

@@ -69,6 +69,57 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The payload listens here; ready = its first HTTP answer.
 pub const PORT: u16 = 8080;
 
+/// The shared libraries a dynamically linked program needs, as `ldd` resolves them.
+fn libraries(exe: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new("ldd")
+        .arg(exe)
+        .output()
+        .context("running ldd (glibc's libc-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Adds `path` (absolute) to the archive with every parent directory.
+fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Result<()> {
+    let rel = path.trim_start_matches('/');
+    let mut parent = String::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for p in &parts[..parts.len() - 1] {
+        parent = if parent.is_empty() {
+            p.to_string()
+        } else {
+            format!("{parent}/{p}")
+        };
+        if !dirs.contains(&parent) {
+            t.dir(&parent)?;
+            dirs.push(parent.clone());
+        }
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    t.file(rel, mode, &data)
+}
+
+/// The payload root filesystem plus this very binary (as /profiler) and the libraries it links,
+/// so a container can run the profiler's own workloads.
+pub fn rootfs_with_self() -> Result<Vec<u8>> {
+    let exe = std::fs::read_link("/proc/self/exe").context("finding this program")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let mut t = Tar::new();
+    let mut dirs = vec![];
+    add_path(&mut t, &mut dirs, BUSYBOX, 0o755)?;
+    for lib in libraries(&exe)? {
+        add_path(&mut t, &mut dirs, &lib, 0o755)?;
+    }
+    let data = std::fs::read(&exe).with_context(|| format!("reading {exe}"))?;
+    t.file("profiler", 0o755, &data)?;
+    t.dir("tmp")?;
+    Ok(t.finish())
+}
+
 /// The root filesystem: /bin/busybox (static), /www/index.html.
 pub fn rootfs() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX).with_context(|| {

@@ -99,12 +99,15 @@ async fn remove_container(d: &Docker, id: &str) {
 
 /// Imports the payload image from a root filesystem we assemble (no registry needed).
 async fn build_image(d: &Docker) -> Result<String> {
-    let tar = image::rootfs()?;
-    let tag = format!("{IMAGE}:{}", std::process::id());
+    import(d, image::rootfs()?, &std::process::id().to_string()).await
+}
+
+async fn import(d: &Docker, tar: Vec<u8>, tag_suffix: &str) -> Result<String> {
+    let tag = format!("{IMAGE}:{tag_suffix}");
     let opts = CreateImageOptionsBuilder::default()
         .from_src("-")
         .repo(IMAGE)
-        .tag(&std::process::id().to_string())
+        .tag(tag_suffix)
         .changes(vec![
             format!(
                 "CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"{}\", \"-h\", \"/www\"]",
@@ -475,4 +478,120 @@ pub fn netns_names() -> HashMap<u64, String> {
         }
         out
     })
+}
+
+/// What a command printed in a container, and how long the container ran.
+pub struct ContainerRun {
+    pub stdout: String,
+    pub wall: Duration,
+}
+
+/// Runs this very binary with `args` in a Docker container (an image of it and its libraries,
+/// built here and removed after), and returns what it printed.
+pub fn run_self(args: &[String], timeout: Duration) -> Result<ContainerRun> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let d = connect().await?;
+        reap_stale(&d).await?;
+        let tag = format!("{}-self", std::process::id());
+        let image = import(&d, image::rootfs_with_self()?, &tag).await?;
+        let name = format!(
+            "profiler-{}-run-{}",
+            std::process::id(),
+            monotonic_ns() % 1_000_000
+        );
+        let key = format!("docker-run-{name}");
+        let (n2, i2) = (name.clone(), image.clone());
+        crate::cleanup::on_signal(&key, move || {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &n2])
+                .output();
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", &i2])
+                .output();
+        });
+        let result = run_container(&d, &name, &image, args, timeout).await;
+        remove_container(&d, &name).await;
+        let _ = d
+            .remove_image(
+                &image,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await;
+        crate::cleanup::forget(&key);
+        result
+    })
+}
+
+async fn run_container(
+    d: &Docker,
+    name: &str,
+    image: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<ContainerRun> {
+    let mut cmd = vec!["/profiler".to_string()];
+    cmd.extend(args.iter().cloned());
+    d.create_container(
+        Some(CreateContainerOptionsBuilder::default().name(name).build()),
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(cmd),
+            labels: Some(labels()),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("creating container {name}"))?;
+    let start = std::time::Instant::now();
+    d.start_container(name, None)
+        .await
+        .with_context(|| format!("starting container {name}"))?;
+    let mut wait = d.wait_container(
+        name,
+        None::<bollard::query_parameters::WaitContainerOptions>,
+    );
+    let code = match tokio::time::timeout(timeout, wait.next()).await {
+        Ok(Some(Ok(r))) => r.status_code,
+        Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+        Ok(Some(Err(e))) => return Err(e).context("waiting for the container"),
+        Ok(None) => 0,
+        Err(_) => bail!("container {name} still running after {timeout:?}"),
+    };
+    let wall = start.elapsed();
+    let mut logs = d.logs(
+        name,
+        Some(
+            bollard::query_parameters::LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .build(),
+        ),
+    );
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    while let Some(l) = logs.next().await {
+        match l? {
+            bollard::container::LogOutput::StdOut { message } => {
+                stdout.push_str(&String::from_utf8_lossy(&message))
+            }
+            bollard::container::LogOutput::StdErr { message } => {
+                stderr.push_str(&String::from_utf8_lossy(&message))
+            }
+            _ => {}
+        }
+    }
+    if code != 0 {
+        bail!(
+            "the workload in container {name} exited with {code}: {}",
+            stderr.trim()
+        );
+    }
+    Ok(ContainerRun { stdout, wall })
 }
