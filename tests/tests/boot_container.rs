@@ -9,9 +9,6 @@ use profiler_tests::*;
 /// The payload: the profiler binary's hidden command (main.rs dispatches it to
 /// `profiler::container::payload_main`).
 fn payload() -> Vec<String> {
-    if let Ok(p) = std::env::var("PF_TEST_PAYLOAD") {
-        return p.split(' ').map(String::from).collect();
-    } // TEMP
     vec![
         profiler().get_program().to_string_lossy().into_owned(),
         container::PAYLOAD_COMMAND.to_string(),

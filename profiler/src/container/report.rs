@@ -52,11 +52,16 @@ impl PhaseStats {
         for &v in values {
             h.saturating_record(v);
         }
+        let (min, max) = (
+            values.iter().copied().min().unwrap_or(0),
+            values.iter().copied().max().unwrap_or(0),
+        );
+        // Kept within the exact extremes, which a bucket's midpoint can overshoot.
         let q = |q: f64| {
             if h.is_empty() {
                 0
             } else {
-                h.median_equivalent(h.value_at_quantile(q))
+                h.median_equivalent(h.value_at_quantile(q)).clamp(min, max)
             }
         };
         let mean = match values.len() {
@@ -68,10 +73,10 @@ impl PhaseStats {
             what: what.to_string(),
             clock,
             count: values.len() as u64,
-            min_ns: values.iter().copied().min().unwrap_or(0),
+            min_ns: min,
             p50_ns: q(0.5),
             p90_ns: q(0.9),
-            max_ns: values.iter().copied().max().unwrap_or(0),
+            max_ns: max,
             mean_ns: mean,
         }
     }
