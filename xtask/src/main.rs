@@ -26,6 +26,8 @@ enum Chore {
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
     BenchTrace,
+    /// The built-in sysbench workloads against Debian's sysbench (root).
+    BenchSysbench,
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Chore::Demo => demo(),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
+        Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
