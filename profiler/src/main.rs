@@ -88,6 +88,8 @@ struct BootCli {
     common: profiler::boot::BootArgs,
     #[command(flatten)]
     docker: profiler::docker::DockerBootArgs,
+    #[command(flatten)]
+    native: profiler::container::NativeArgs,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +119,11 @@ enum LabCommand {
 }
 
 fn main() -> ExitCode {
+    // A native container's payload is this binary: before the signal thread, so it is nothing else.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(profiler::container::PAYLOAD_COMMAND) {
+        profiler::container::payload_main(&argv[2..]);
+    }
     profiler::cleanup::install_signal_teardown();
     let cli = Cli::parse();
     match run(cli.command) {
@@ -199,7 +206,17 @@ fn boot(args: &BootCli) -> Result<()> {
             profiler::docker::print(&r);
             serde_json::to_vec_pretty(&r)?
         }
-        Some(ContainerRuntime::Native) => anyhow::bail!("--container native: not built yet"),
+        Some(ContainerRuntime::Native) => {
+            let a = profiler::container::ContainerBootArgs::with(
+                c.count as usize,
+                None,
+                c.timeout,
+                &args.native,
+            );
+            let r = profiler::container::run(&a)?;
+            profiler::container::print(&r);
+            serde_json::to_vec_pretty(&r)?
+        }
         None if c.vm.is_some() => return profiler::boot::cli(c),
         None => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|micro"),
     };

@@ -348,7 +348,10 @@ pub fn sysbench() -> Result<()> {
         ("cpu", &["--cpu-max-prime=20000"]),
         ("memory", &[]),
         ("memory", &["--memory-oper=read"]),
-        ("fileio", &["--file-total-size=256M", "--file-test-mode=rndrw"]),
+        (
+            "fileio",
+            &["--file-total-size=256M", "--file-test-mode=rndrw"],
+        ),
     ];
     let cwd = |c: &mut Command| {
         c.current_dir(&dir);
@@ -361,11 +364,17 @@ pub fn sysbench() -> Result<()> {
             text(&mut c)?;
         }
         let mut ours = Command::new(std::fs::canonicalize(PROFILER)?);
-        ours.args(["sysbench", test]).args(params).args(["--time", SECS, "--json"]);
+        ours.args(["sysbench", test])
+            .args(params)
+            .args(["--time", SECS, "--json"]);
         cwd(&mut ours);
-        let o = json(&mut ours)?["run"]["events_per_sec"].as_f64().unwrap_or(0.0);
+        let o = json(&mut ours)?["run"]["events_per_sec"]
+            .as_f64()
+            .unwrap_or(0.0);
         let mut peer = Command::new("sysbench");
-        peer.arg(test).args(params).args([&format!("--time={SECS}"), "run"]);
+        peer.arg(test)
+            .args(params)
+            .args([&format!("--time={SECS}"), "run"]);
         cwd(&mut peer);
         let p = sysbench_eps(&text(&mut peer)?)?;
         if test == "fileio" {
@@ -376,7 +385,11 @@ pub fn sysbench() -> Result<()> {
         }
         md += &format!(
             "| {test} | {} | {o:.0} | {p:.0} | {:.2} |\n",
-            if params.is_empty() { "defaults".to_string() } else { params.join(" ") },
+            if params.is_empty() {
+                "defaults".to_string()
+            } else {
+                params.join(" ")
+            },
             o / p
         );
     }
