@@ -24,6 +24,18 @@ pub fn require_root(what: &str) -> Result<()> {
     )
 }
 
+/// CLOCK_MONOTONIC in ns: what `Instant` and bpf_ktime_get_ns read, as a number another
+/// process (or the kernel) can compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn has_btf() -> bool {
     Path::new(BTF_VMLINUX).exists()
 }

@@ -38,52 +38,7 @@ pub const PHASES: [(&str, &str); 6] = [
 
 /// Port writes the guest makes before it is "ready".
 const GUEST_OUTS: u32 = 16;
-const CODE_ADDR: u64 = 0x1000;
-const MEM_SIZE: usize = 0x4000;
-
-struct GuestRam {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl GuestRam {
-    fn new(len: usize) -> Result<Self> {
-        // SAFETY: a fresh anonymous mapping, checked for MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_SHARED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!("mmap of guest memory: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn write(&self, at: usize, bytes: &[u8]) -> Result<()> {
-        if at + bytes.len() > self.len {
-            bail!("micro-VM guest code does not fit its memory");
-        }
-        // SAFETY: in bounds (checked) of a mapping we own.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) };
-        Ok(())
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+use crate::kvm::microvm::{CODE_ADDR, GuestMemory as GuestRam, MEM_SIZE};
 
 /// One micro-VM; `marks[i]` is when phase i ended.
 fn boot(index: u32, deadline: Instant) -> Boot {

@@ -577,16 +577,7 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `Instant` reads, as a number another process can compare.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::kernel::monotonic_ns as mono_ns;
 
 /// A pair of readings of the same clock, one as `Instant`, one as a number.
 #[derive(Clone, Copy, Debug)]

@@ -8,8 +8,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 
 /// Guest code lives here (guest physical); the data segment points at unbacked memory.
-const CODE_ADDR: u64 = 0x1000;
-const MEM_SIZE: usize = 0x4000;
+pub(crate) const CODE_ADDR: u64 = 0x1000;
+pub(crate) const MEM_SIZE: usize = 0x4000;
 /// Unbacked guest-physical address: stores there exit to user space as MMIO.
 const MMIO_ADDR: u64 = 0x10000;
 /// Port of the I/O loop.
@@ -91,7 +91,7 @@ pub fn run(workload: Workload, count: u32) -> Result<RunReport> {
     };
     // SAFETY: the mapping outlives the VM (dropped after it, below) and is MEM_SIZE bytes.
     unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
-    mem.write(CODE_ADDR as usize, &guest_code(workload, count));
+    mem.write(CODE_ADDR as usize, &guest_code(workload, count))?;
 
     let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
     let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
@@ -137,13 +137,13 @@ pub fn run(workload: Workload, count: u32) -> Result<RunReport> {
 }
 
 /// Anonymous memory handed to KVM as guest RAM.
-struct GuestMemory {
-    ptr: *mut u8,
+pub(crate) struct GuestMemory {
+    pub(crate) ptr: *mut u8,
     len: usize,
 }
 
 impl GuestMemory {
-    fn new(len: usize) -> Result<Self> {
+    pub(crate) fn new(len: usize) -> Result<Self> {
         // SAFETY: a fresh anonymous mapping; checked for MAP_FAILED.
         let ptr = unsafe {
             libc::mmap(
@@ -164,13 +164,13 @@ impl GuestMemory {
         })
     }
 
-    fn write(&self, at: usize, bytes: &[u8]) {
-        assert!(
-            at + bytes.len() <= self.len,
-            "guest code exceeds guest memory"
-        );
-        // SAFETY: in bounds (asserted) of a mapping we own.
+    pub(crate) fn write(&self, at: usize, bytes: &[u8]) -> Result<()> {
+        if at + bytes.len() > self.len {
+            bail!("micro-VM guest code does not fit its memory");
+        }
+        // SAFETY: in bounds (checked) of a mapping we own.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) }
+        Ok(())
     }
 }
 

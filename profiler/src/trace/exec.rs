@@ -21,16 +21,7 @@ pub struct ExecTracer {
     ebpf: Ebpf,
 }
 
-/// CLOCK_MONOTONIC now, the clock bpf_ktime_get_ns reads.
-pub fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub use crate::kernel::monotonic_ns;
 
 impl ExecTracer {
     pub fn start() -> Result<ExecTracer> {
