@@ -118,3 +118,12 @@ impl Drop for LabGuard {
         let _ = profiler().args(["lab", "down", &self.0]).output();
     }
 }
+
+/// Bad input: the command fails with a clear error containing `needle`, and no panic.
+pub fn assert_refused(args: &[&str], needle: &str) {
+    let out = profiler().args(args).output().expect("spawning profiler");
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -170,11 +170,7 @@ fn bad_bench_input_is_one_line() {
         ),
         (&["bench", "nope"][..], "invalid value"),
     ] {
-        let out = profiler().args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        assert_refused(args, needle);
     }
 }
 

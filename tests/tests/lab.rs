@@ -172,10 +172,6 @@ fn bad_input_is_one_clear_line() {
         ),
         (&["lab", "down", "nosuchlab"][..], "no lab nosuchlab"),
     ] {
-        let out = profiler().args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        assert_refused(args, needle);
     }
 }
