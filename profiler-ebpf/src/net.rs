@@ -220,18 +220,14 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     if ifindex != 0 && ifindex != dev.ifindex {
         return None;
     }
-    let Some(head) = read::<u64>(skb + g(&OFF_SKB_HEAD) as u64) else {
-        return None;
-    };
+    let head = read::<u64>(skb + g(&OFF_SKB_HEAD) as u64)?;
     let nh: u16 = read(skb + g(&OFF_SKB_NETWORK_HEADER) as u64).unwrap_or(0xffff);
     let th: u16 = read(skb + g(&OFF_SKB_TRANSPORT_HEADER) as u64).unwrap_or(0xffff);
     if nh == 0xffff || th == 0xffff {
         return None;
     }
     // version/ihl .. protocol (byte 9) .. saddr (12) daddr (16)
-    let Some(ip) = read::<[u8; 20]>(head + nh as u64) else {
-        return None;
-    };
+    let ip = read::<[u8; 20]>(head + nh as u64)?;
     if ip[0] >> 4 != 4 || (ip[9] != 6 && ip[9] != 17) {
         return None;
     }
@@ -243,9 +239,7 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
             return None;
         }
     }
-    let Some(ports) = read::<[u8; 4]>(head + th as u64) else {
-        return None;
-    };
+    let ports = read::<[u8; 4]>(head + th as u64)?;
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let (lo, hi) = (g(&FILTER_PORT_LO), g(&FILTER_PORT_HI));
