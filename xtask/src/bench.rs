@@ -328,13 +328,20 @@ pub fn trace() -> Result<()> {
     write_doc("trace", &md)
 }
 
-/// events/s from `sysbench ... run` output: "events per second:  1234.56".
+/// events/s from `sysbench ... run` output: total number of events over total time (memory
+/// and fileio print no "events per second" line).
 fn sysbench_eps(out: &str) -> Result<f64> {
-    out.lines()
-        .find(|l| l.contains("events per second:"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no events per second in sysbench's output:\n{out}"))
+    let field = |key: &str| -> Option<f64> {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().trim_end_matches('s'))
+            .and_then(|v| v.parse().ok())
+    };
+    match (field("total number of events"), field("total time")) {
+        (Some(n), Some(t)) if t > 0.0 => Ok(n / t),
+        _ => Err(anyhow!("no event count or time in sysbench's output:\n{out}")),
+    }
 }
 
 pub fn sysbench() -> Result<()> {
