@@ -148,10 +148,9 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
-    // Slot by ifindex, tagged by address: tp_btf types `dev` as a kernel pointer, which the
-    // verifier lets us add to and compare but not shift or mask.
-    let ifindex: u32 = read(dev + g(&OFF_DEV_IFINDEX) as u64)?;
-    let cached = NET_DEV.get_ptr_mut(ifindex & (DEV_CACHE - 1));
+    // `dev` comes from a probe read (a plain number, which the verifier lets us shift): slot
+    // by address bits above net_device's alignment; ifindex alone collides across namespaces.
+    let cached = NET_DEV.get_ptr_mut(((dev >> 10) as u32) & (DEV_CACHE - 1));
     if let Some(c) = cached
         // SAFETY: per-CPU value, this CPU only.
         && unsafe { (*c).dev } == dev
@@ -159,6 +158,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         // SAFETY: as above.
         return Some(unsafe { *c });
     }
+    let ifindex: u32 = read(dev + g(&OFF_DEV_IFINDEX) as u64)?;
     let flags: u32 = read(dev + g(&OFF_DEV_PRIV_FLAGS) as u64).unwrap_or(0);
     let name: [u8; 16] = read(dev + g(&OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
     let net: u64 = read(dev + g(&OFF_DEV_ND_NET) as u64).unwrap_or(0);
@@ -284,7 +284,7 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
     }
 }
 
-/// A packet seen at hook `h` on device `dev` (0: read it from the skb).
+/// A packet seen at hook `h` on device `dev` (0: read it from the skb, as every hook does).
 fn on_hook(skb: u64, dev: u64, h: u8) {
     count(counter::EVENTS);
     if h == hook::RECV {
@@ -292,7 +292,8 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let dev = if dev != 0 {
+    // At delivery the device no longer matters: skip the read.
+    let dev = if dev != 0 || h == hook::DELIVER {
         dev
     } else {
         read(skb + g(&OFF_SKB_DEV) as u64).unwrap_or(0)
@@ -469,11 +470,12 @@ hook_programs!(
     net_queue_raw,
     |skb, _a, _b| on_hook(skb, 0, hook::QUEUE)
 );
+// The device argument is skb->dev: read from the skb it is a plain number (see dev_info).
 hook_programs!(
     "net_dev_start_xmit",
     net_xmit_btf,
     net_xmit_raw,
-    |skb, dev, _b| on_hook(skb, dev, hook::XMIT)
+    |skb, _dev, _b| on_hook(skb, 0, hook::XMIT)
 );
 hook_programs!("netif_rx", net_rx_btf, net_rx_raw, |skb, _a, _b| on_hook(
     skb,

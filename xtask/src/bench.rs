@@ -340,7 +340,9 @@ fn sysbench_eps(out: &str) -> Result<f64> {
     };
     match (field("total number of events"), field("total time")) {
         (Some(n), Some(t)) if t > 0.0 => Ok(n / t),
-        _ => Err(anyhow!("no event count or time in sysbench's output:\n{out}")),
+        _ => Err(anyhow!(
+            "no event count or time in sysbench's output:\n{out}"
+        )),
     }
 }
 
