@@ -154,6 +154,9 @@ pub struct DensityRow {
     pub slowdown: f64,
     /// Start to report, per instance (start-up plus run), ns.
     pub wall_ns: Vec<u64>,
+    /// Start-up phases of N containers started at once (native: clone .. ready; docker:
+    /// create .. ready), as (phase, p50 ns, max ns); empty on the host.
+    pub startup: Vec<(String, u64, u64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,7 +207,9 @@ pub fn density(
             wall.push(r.wall_ns);
         }
         let mean = eps.iter().sum::<f64>() / eps.len() as f64;
+        let startup = startup_phases(env, n, timeout)?;
         rows.push(DensityRow {
+            startup,
             instances: n,
             slowdown: if mean > 0.0 {
                 baseline / mean
@@ -221,6 +226,37 @@ pub fn density(
         workload: workload.to_vec(),
         baseline_events_per_sec: baseline,
         rows,
+    })
+}
+
+/// Dhar's Tables 5.1-5.2: the start-up of N instances at once, phase by phase.
+fn startup_phases(env: Env, n: usize, timeout: Duration) -> Result<Vec<(String, u64, u64)>> {
+    Ok(match env {
+        Env::Native => {
+            let native = crate::container::NativeArgs {
+                net: crate::container::NetMode::None,
+                payload: vec![],
+            };
+            let a =
+                crate::container::ContainerBootArgs::with(n, None, timeout.as_secs_f64(), &native);
+            crate::container::run(&a)?
+                .phases
+                .iter()
+                .map(|p| (p.name.clone(), p.p50_ns, p.max_ns))
+                .collect()
+        }
+        Env::Docker => {
+            let args = crate::docker::DockerBootArgs {
+                image: None,
+                network: "none".into(),
+            };
+            crate::docker::boot(&args, n, timeout)?
+                .distribution
+                .iter()
+                .map(|(p, s)| (p.to_string(), s.p50, s.max))
+                .collect()
+        }
+        Env::Host | Env::Vm => vec![],
     })
 }
 
@@ -253,5 +289,22 @@ pub fn print_density(d: &Density) {
             r.slowdown,
             crate::hist::fmt_ns(w[w.len() / 2] as f64)
         );
+    }
+    if d.rows.iter().any(|r| !r.startup.is_empty()) {
+        println!("  start-up of N at once, p50 / max per phase:");
+        for r in &d.rows {
+            let phases: Vec<String> = r
+                .startup
+                .iter()
+                .map(|(p, p50, max)| {
+                    format!(
+                        "{p} {}/{}",
+                        crate::hist::fmt_ns(*p50 as f64),
+                        crate::hist::fmt_ns(*max as f64)
+                    )
+                })
+                .collect();
+            println!("  {:>9}  {}", r.instances, phases.join(", "));
+        }
     }
 }
