@@ -8,6 +8,7 @@ mod inject;
 mod kvm;
 mod net;
 mod probe;
+mod sched;
 mod selftest;
 mod softirq;
 

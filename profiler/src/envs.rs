@@ -27,6 +27,11 @@ pub struct EnvRun {
     pub report: serde_json::Value,
     /// From asking the environment to run it to its report: start-up plus the run.
     pub wall_ns: u64,
+    /// What the environment cost the workload's threads: run-queue latency (wakeup or
+    /// preemption to running), from the scheduler's tracepoints.
+    pub sched: Option<crate::trace::sched::SchedReport>,
+    /// The container's cgroup CPU throttling (periods, µs), where it has a cgroup v2.
+    pub throttled: Option<(u64, u64)>,
 }
 
 fn self_exe() -> Result<String> {
@@ -41,14 +46,25 @@ fn self_exe() -> Result<String> {
 pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
     let mut args = workload.to_vec();
     args.push("--json".into());
+    let mut tracer = crate::trace::sched::SchedTracer::start().ok();
+    let mut watch = |pid: u32| {
+        if let Some(t) = tracer.as_mut() {
+            let _ = t.watch(pid);
+        }
+    };
     let start = Instant::now();
+    let mut throttled = None;
     let stdout = match env {
         Env::Host => {
-            let out = Command::new(self_exe()?)
+            let child = Command::new(self_exe()?)
                 .args(&args)
                 .stdin(Stdio::null())
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
                 .context("running the workload on the host")?;
+            watch(child.id());
+            let out = wait_with_timeout(child, timeout)?;
             if !out.status.success() {
                 bail!(
                     "the workload failed on the host: {}",
@@ -57,8 +73,8 @@ pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
             }
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
-        Env::Docker => crate::docker::run_self(&args, timeout)?.stdout,
-        Env::Native => native(&args, timeout)?,
+        Env::Docker => crate::docker::run_self(&args, timeout, &mut watch)?.stdout,
+        Env::Native => native(&args, timeout, &mut watch, &mut throttled)?,
         Env::Vm => bail!(
             "--env vm: not built yet (boot --vm qemu boots the guest, but does not yet carry workloads)"
         ),
@@ -72,12 +88,19 @@ pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
         env,
         report: serde_json::from_str(json).context("reading the workload's report")?,
         wall_ns,
+        sched: tracer.and_then(|t| t.report().ok()),
+        throttled,
     })
 }
 
 /// A native container for a workload: new mount, UTS, IPC, network and PID namespaces and a
 /// cgroup, the way runc sets one up, without a network (workloads here need none).
-fn native(args: &[String], timeout: Duration) -> Result<String> {
+fn native(
+    args: &[String],
+    timeout: Duration,
+    watch: &mut dyn FnMut(u32),
+    throttled: &mut Option<(u64, u64)>,
+) -> Result<String> {
     use std::os::unix::process::CommandExt as _;
     let exe = self_exe()?;
     let mut cmd = Command::new(&exe);
@@ -99,6 +122,7 @@ fn native(args: &[String], timeout: Duration) -> Result<String> {
         .spawn()
         .context("starting the workload in a native container")?;
     let pid = child.id();
+    watch(pid);
     let cg = crate::container::cgroup::root()
         .and_then(|root| {
             crate::container::cgroup::create(
@@ -110,6 +134,7 @@ fn native(args: &[String], timeout: Duration) -> Result<String> {
         .ok();
     let waited = wait_with_timeout(child, timeout);
     if let Some(cg) = &cg {
+        *throttled = crate::trace::sched::throttling(cg);
         let _ = crate::container::cgroup::remove(cg);
     }
     let out = waited?;

@@ -8,7 +8,18 @@ use serde_json::Value;
 fn one_workload_in_each_environment() {
     require_root();
     for env in ["host", "native", "docker"] {
-        let out = run_ok(profiler().args(["run", "--env", env, "sysbench", "cpu", "--time", "1"]));
+        // Four threads on two cores: they must wait in the run queue, and the tracer sees it.
+        let out = run_ok(profiler().args([
+            "run",
+            "--env",
+            env,
+            "sysbench",
+            "cpu",
+            "--time",
+            "1",
+            "--threads",
+            "4",
+        ]));
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(r["env"], env);
         let eps = r["report"]["run"]["events_per_sec"].as_f64().unwrap();

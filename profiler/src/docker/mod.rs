@@ -488,7 +488,11 @@ pub struct ContainerRun {
 
 /// Runs this very binary with `args` in a Docker container (an image of it and its libraries,
 /// built here and removed after), and returns what it printed.
-pub fn run_self(args: &[String], timeout: Duration) -> Result<ContainerRun> {
+pub fn run_self(
+    args: &[String],
+    timeout: Duration,
+    on_start: &mut dyn FnMut(u32),
+) -> Result<ContainerRun> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -512,7 +516,7 @@ pub fn run_self(args: &[String], timeout: Duration) -> Result<ContainerRun> {
                 .args(["rmi", "-f", &i2])
                 .output();
         });
-        let result = run_container(&d, &name, &image, args, timeout).await;
+        let result = run_container(&d, &name, &image, args, timeout, on_start).await;
         remove_container(&d, &name).await;
         let _ = d
             .remove_image(
@@ -532,6 +536,7 @@ async fn run_container(
     image: &str,
     args: &[String],
     timeout: Duration,
+    on_start: &mut dyn FnMut(u32),
 ) -> Result<ContainerRun> {
     let mut cmd = vec!["/profiler".to_string()];
     cmd.extend(args.iter().cloned());
@@ -554,6 +559,15 @@ async fn run_container(
     d.start_container(name, None)
         .await
         .with_context(|| format!("starting container {name}"))?;
+    if let Some(pid) = d
+        .inspect_container(name, None)
+        .await
+        .ok()
+        .and_then(|i| i.state.and_then(|s| s.pid))
+        .filter(|p| *p > 0)
+    {
+        on_start(pid as u32);
+    }
     let mut wait = d.wait_container(
         name,
         None::<bollard::query_parameters::WaitContainerOptions>,

@@ -5,4 +5,5 @@ pub mod layers;
 pub mod net;
 pub mod report;
 pub mod run;
+pub mod sched;
 pub mod softirq;

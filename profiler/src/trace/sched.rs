@@ -1,0 +1,99 @@
+//! Run-queue latency of the processes of a workload (user side of profiler-ebpf/src/sched.rs),
+//! and the cgroup's CPU throttling where the cgroup is known.
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf as AyaBtf, Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::BtfTracePoint,
+};
+use profiler_common::hist::Hist;
+use serde::Serialize;
+
+use crate::hist::Summary;
+
+pub struct SchedTracer {
+    ebpf: Ebpf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SchedReport {
+    /// Wakeup (or preemption) to running again, for the workload's threads.
+    pub runq_latency: Summary,
+    /// Total time the workload's threads waited to run, ns.
+    pub runq_total_ns: u64,
+}
+
+impl SchedTracer {
+    pub fn start() -> Result<SchedTracer> {
+        let btf = crate::btf::Btf::vmlinux()?;
+        let (pid, tgid, state) = (
+            btf.offset("task_struct.pid")?,
+            btf.offset("task_struct.tgid")?,
+            btf.offset("task_struct.__state")?,
+        );
+        drop(btf);
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global("OFF_TASK_PID", &pid, true)
+            .override_global("OFF_TASK_TGID", &tgid, true)
+            .override_global("OFF_TASK_STATE", &state, true)
+            .load(crate::ebpf::OBJECT)
+            .context("loading the scheduler tracer")?;
+        let btf = AyaBtf::from_sys_fs().context("reading vmlinux BTF")?;
+        for (prog, tp) in [
+            ("sched_wakeup", "sched_wakeup"),
+            ("sched_wakeup_new", "sched_wakeup_new"),
+            ("sched_switch", "sched_switch"),
+        ] {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("{prog} missing"))?
+                .try_into()?;
+            p.load(tp, &btf)
+                .with_context(|| format!("loading {prog}"))?;
+            p.attach()
+                .with_context(|| format!("attaching to sched:{tp}"))?;
+        }
+        Ok(SchedTracer { ebpf })
+    }
+
+    /// Adds a process (its threads included) to those watched.
+    pub fn watch(&mut self, tgid: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("SCHED_TGIDS")
+                .ok_or_else(|| anyhow!("SCHED_TGIDS missing"))?,
+        )?;
+        m.insert(tgid, 1, 0)?;
+        Ok(())
+    }
+
+    pub fn report(&self) -> Result<SchedReport> {
+        let m: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(
+            self.ebpf
+                .map("SCHED_HIST")
+                .ok_or_else(|| anyhow!("SCHED_HIST missing"))?,
+        )?;
+        let h = crate::hist::merge(&m.get(&0, 0)?);
+        let total = h
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() * v.count_at_value())
+            .sum();
+        Ok(SchedReport {
+            runq_latency: Summary::of(&h),
+            runq_total_ns: total,
+        })
+    }
+}
+
+/// CPU throttling of a cgroup v2 directory (`cpu.stat`): (periods throttled, time throttled µs).
+pub fn throttling(cgroup: &std::path::Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(cgroup.join("cpu.stat")).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((get("nr_throttled")?, get("throttled_usec")?))
+}
