@@ -269,31 +269,16 @@ fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {
         workload::run_remote(host, args.port, &opts)?
     } else {
         profiler::kernel::require_root("profiler bench across a lab")?;
-        let mut _owned = None;
-        let desc = match &args.lab {
-            Some(id) => lab::find(id)?,
-            None => {
-                let mode = Mode::from_str(&args.mode, true).map_err(|_| {
-                    let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
-                    anyhow::anyhow!(
-                        "unknown mode '{}': expected one of {}",
-                        args.mode,
-                        valid.join(", ")
-                    )
-                })?;
-                let l = Lab::up(mode, None)?;
-                let d = l.desc.clone();
-                _owned = Some(l);
-                d
-            }
-        };
-        let endpoints = Endpoints {
-            client_netns: Some(desc.client.netns.clone()),
-            server_netns: Some(desc.server.netns.clone()),
-            server_bind: desc.server.addr,
-            connect: desc.connect,
-            port: desc.ports.0,
-        };
+        let mode = Mode::from_str(&args.mode, true).map_err(|_| {
+            let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+            anyhow::anyhow!(
+                "unknown mode '{}': expected one of {}",
+                args.mode,
+                valid.join(", ")
+            )
+        })?;
+        let (desc, _owned) = lab::existing_or_new(args.lab.as_deref(), mode)?;
+        let endpoints = Endpoints::in_lab(&desc);
         workload::run(&endpoints, &opts)?
     };
     if args.json {

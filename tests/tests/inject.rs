@@ -11,13 +11,7 @@ use profiler::{
 use profiler_tests::*;
 
 fn tcp_rr(desc: &lab::Description, min_transactions: u64) -> Report {
-    let endpoints = Endpoints {
-        client_netns: Some(desc.client.netns.clone()),
-        server_netns: Some(desc.server.netns.clone()),
-        server_bind: desc.server.addr,
-        connect: desc.connect,
-        port: desc.ports.0,
-    };
+    let endpoints = Endpoints::in_lab(desc);
     let mut opts = Options::new(Test::TcpRr);
     opts.duration = Duration::from_secs(1);
     let r = workload::run(&endpoints, &opts).expect("tcp_rr across the lab");

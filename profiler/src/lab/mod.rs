@@ -189,6 +189,19 @@ pub fn iptables_in(ns: &str, args: &[&str]) -> Result<()> {
     })
 }
 
+/// The lab to work in: an existing one by id (left up), or a new one of `mode`, torn down when
+/// the returned [`Lab`] is dropped.
+pub fn existing_or_new(id: Option<&str>, mode: Mode) -> Result<(Description, Option<Lab>)> {
+    match id {
+        Some(id) => Ok((find(id)?, None)),
+        None => {
+            eprintln!("profiler: building a {mode} lab...");
+            let l = Lab::up(mode, None)?;
+            Ok((l.desc.clone(), Some(l)))
+        }
+    }
+}
+
 /// An existing lab, by id (for `bench --lab`, `trace --lab`).
 pub fn find(id: &str) -> Result<Description> {
     validate_id(id)?;

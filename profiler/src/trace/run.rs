@@ -151,7 +151,7 @@ pub fn run(args: &TraceArgs) -> Result<TraceReport> {
         return attach_only(args, length(args)?);
     }
     let mode = args.mode.unwrap_or(Mode::Overlay);
-    let (desc, _owned) = acquire(args.lab.as_deref(), mode)?;
+    let (desc, _owned) = lab::existing_or_new(args.lab.as_deref(), mode)?;
     trace_in(&desc, desc.connect, args)
 }
 
@@ -160,18 +160,6 @@ fn length(args: &TraceArgs) -> Result<Duration> {
         bail!("-l must be a positive number of seconds, e.g. -l 5");
     }
     Ok(Duration::from_secs_f64(args.length))
-}
-
-/// The lab to trace in: an existing one (left up), or a new one torn down when dropped.
-fn acquire(id: Option<&str>, mode: Mode) -> Result<(lab::Description, Option<Lab>)> {
-    match id {
-        Some(id) => Ok((lab::find(id)?, None)),
-        None => {
-            eprintln!("profiler: building a {mode} lab...");
-            let l = Lab::up(mode, None)?;
-            Ok((l.desc.clone(), Some(l)))
-        }
-    }
 }
 
 /// Attaches, runs the workload from the client to `connect`, reports.
@@ -197,11 +185,8 @@ fn trace_in(
     };
     let mut tracer = NetTracer::start(&filter)?;
     let endpoints = Endpoints {
-        client_netns: Some(desc.client.netns.clone()),
-        server_netns: Some(desc.server.netns.clone()),
-        server_bind: desc.server.addr,
         connect,
-        port: desc.ports.0,
+        ..Endpoints::in_lab(desc)
     };
     let mut opts = Options::new(test);
     opts.duration = length(args)?;
@@ -280,7 +265,7 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
         if cleanup::stop_requested() {
             break;
         }
-        let (desc, _owned) = acquire(None, mode)?;
+        let (desc, _owned) = lab::existing_or_new(None, mode)?;
         let report = trace_in(&desc, desc.connect, args)?;
         let Some(w) = &report.workload else { break };
         let rr = w.test.is_rr();
@@ -365,7 +350,7 @@ pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
     validate(args)?;
     lab::reap_stale();
     cleanup::set_interruptible();
-    let (desc, _owned) = acquire(args.lab.as_deref(), Mode::Nat)?;
+    let (desc, _owned) = lab::existing_or_new(args.lab.as_deref(), Mode::Nat)?;
     if desc.mode != Mode::Nat {
         bail!(
             "--ablation needs a nat lab (lab {} is {})",
@@ -717,7 +702,7 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
     let mut labs: Vec<SelfCheckLab> = vec![];
     for (mode, role, name, ns_suffix, expected) in plan {
         if !labs.iter().any(|(m, ..)| *m == mode) {
-            let (desc, owned) = acquire(None, mode)?;
+            let (desc, owned) = lab::existing_or_new(None, mode)?;
             let base = request_p50s(&trace_in(&desc, desc.connect, args)?);
             labs.push((mode, desc, owned, base));
         }

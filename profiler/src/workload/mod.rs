@@ -147,6 +147,17 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// Client and server in a lab's client and server namespaces, on the lab's first port.
+    pub fn in_lab(desc: &crate::lab::Description) -> Endpoints {
+        Endpoints {
+            client_netns: Some(desc.client.netns.clone()),
+            server_netns: Some(desc.server.netns.clone()),
+            server_bind: desc.server.addr,
+            connect: desc.connect,
+            port: desc.ports.0,
+        }
+    }
+
     /// Both sides in the current namespace, over 127.0.0.1.
     pub fn loopback(port: u16) -> Endpoints {
         Endpoints {
