@@ -15,7 +15,6 @@ const KIND_ENUM64: u32 = 19;
 struct Type {
     name: u32,
     kind: u32,
-    kind_flag: bool,
     /// size, or the referenced type for typedef/pointer/modifiers
     size_or_type: u32,
     /// struct/union members (name, type, bit offset, bitfield size) or enum values (name, value)
@@ -64,7 +63,6 @@ impl Btf {
         let mut types = vec![Type {
             name: 0,
             kind: 0,
-            kind_flag: false,
             size_or_type: 0,
             members: vec![],
         }];
@@ -110,7 +108,6 @@ impl Btf {
             types.push(Type {
                 name,
                 kind,
-                kind_flag,
                 size_or_type,
                 members,
             });
@@ -222,18 +219,5 @@ impl Btf {
                 .find(|m| m.2 as u64 == value)
                 .map(|m| self.str(m.0).to_string())
         })
-    }
-
-    /// Whether a struct member is a bitfield (for reading it with the right width).
-    pub fn is_bitfield(&self, path: &str) -> bool {
-        let Some((root, rest)) = path.split_once('.') else {
-            return false;
-        };
-        let Ok(id) = self.struct_id(root) else {
-            return false;
-        };
-        let leaf = rest.rsplit('.').next().unwrap_or(rest);
-        let _ = self.types[id as usize].kind_flag;
-        self.find(id, leaf).is_some_and(|(_, bits, _)| bits != 0)
     }
 }

@@ -220,20 +220,8 @@ impl NetTracer {
         )?)
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
-    }
-
-    /// Ids of the loaded programs, for BPF run-time statistics.
-    pub fn program_ids(&self) -> Vec<(String, u32)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id())))
-            .collect()
     }
 }
 
