@@ -285,7 +285,8 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
 }
 
 /// A packet seen at hook `h` on device `dev` (0: read it from the skb, as every hook does).
-fn on_hook(skb: u64, dev: u64, h: u8) {
+/// Returns (first hook's time, direction, now) when it closed a segment of a followed packet.
+fn on_hook(skb: u64, dev: u64, h: u8) -> Option<(u64, u8, u64)> {
     count(counter::EVENTS);
     if h == hook::RECV {
         crate::softirq::packet_received();
@@ -302,7 +303,7 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
         if h == hook::QUEUE {
             birth(skb, dev, now);
         }
-        return;
+        return None;
     };
     // SAFETY: a live LRU map value; only this packet's hooks touch it, one at a time.
     let st = unsafe { &mut *st };
@@ -313,16 +314,13 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
         if h == hook::QUEUE {
             birth(skb, dev, now);
         }
-        return;
+        return None;
     }
     // At delivery the skb's device no longer matters (and may be gone).
     let d = if h == hook::DELIVER {
         DevInfo::NONE
     } else {
-        match dev_info(dev) {
-            Some(d) => d,
-            None => return,
-        }
+        dev_info(dev)?
     };
     // Decapsulated: the inner packet re-enters on the tunnel device (netif_rx, GRO or receive).
     if h != hook::QUEUE && h != hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
@@ -345,7 +343,7 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
         let _ = NET_SKB.remove(skb);
         count(counter::STALE);
         birth(skb, dev, now);
-        return;
+        return None;
     }
     if slot == SLOT_UNKNOWN {
         count(counter::UNKNOWN_SEGMENTS);
@@ -367,6 +365,7 @@ fn on_hook(skb: u64, dev: u64, h: u8) {
     if st.sampled != 0 {
         emit(skb, now, h, &d, st.dir, slot as u8);
     }
+    Some((st.first_ts, st.dir, now))
 }
 
 fn birth(skb: u64, dev: u64, now: u64) {
@@ -409,14 +408,10 @@ fn birth(skb: u64, dev: u64, now: u64) {
 
 /// Copied to the application: the last segment, and the one-way time.
 fn on_deliver(skb: u64) {
-    let Some(st) = NET_SKB.get_ptr(skb) else {
+    // One state lookup: the last segment's hook hands back what the one-way time needs.
+    let Some((first, dir, now)) = on_hook(skb, 0, hook::DELIVER) else {
         return;
     };
-    // SAFETY: a live LRU map value.
-    let (first, dir) = unsafe { ((*st).first_ts, (*st).dir) };
-    on_hook(skb, 0, hook::DELIVER);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let slot = dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
     record_slot(slot, now - first, now - first);
     count(counter::DELIVERED);

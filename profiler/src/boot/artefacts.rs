@@ -225,19 +225,25 @@ pub fn is_static_x86_64(elf: &[u8]) -> bool {
     })
 }
 
+/// The last non-empty line a tool printed: apt's error is there.
+fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 fn apt(argv: &[&str]) -> Result<String> {
     let out = Command::new(argv[0])
         .args(&argv[1..])
         .output()
         .with_context(|| format!("running {} (is this Debian or Ubuntu?)", argv[0]))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        bail!("`{}` failed: {}", argv.join(" "), last.trim());
+        let last = last_line(&out.stderr);
+        bail!("`{}` failed: {}", argv.join(" "), last);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -258,13 +264,8 @@ fn download(package: &str, dir: &Path) -> Result<PathBuf> {
         out = fetch()?;
     }
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        bail!("apt-get download {package} failed: {}", last.trim());
+        let last = last_line(&out.stderr);
+        bail!("apt-get download {package} failed: {}", last);
     }
     fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
