@@ -32,6 +32,34 @@ pub struct EnvRun {
     pub sched: Option<crate::trace::sched::SchedReport>,
     /// The container's cgroup CPU throttling (periods, µs), where it has a cgroup v2.
     pub throttled: Option<(u64, u64)>,
+    /// `kvm` or `tcg` (vm only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator_reason: Option<String>,
+    /// The VM's boot phases and exits (vm only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRun>,
+}
+
+/// How a workload's VM went: what ran before it, its phases from qemu's spawn to its exit
+/// (start-up up to `init`, the run in `workload`), and its KVM exits.
+#[derive(Debug, Serialize)]
+pub struct VmRun {
+    /// Before the VM: the cached guest, this workload's initramfs, the KVM probe.
+    pub setup: Vec<crate::boot::Phase>,
+    /// `shutdown` includes printing the result on the console.
+    pub phases: Vec<crate::boot::Phase>,
+    /// qemu's spawn to its exit: the sum of `phases`.
+    pub total_ns: u64,
+    /// The guest kernel's clock (s) at its markers.
+    pub guest_clock: std::collections::BTreeMap<String, f64>,
+    pub memory_mb: u64,
+    pub smp: u32,
+    pub initramfs_bytes: u64,
+    /// KVM exits of qemu's threads while it ran; null under TCG.
+    pub vm_exits: Option<crate::kvm::report::KvmReport>,
+    pub notes: Vec<String>,
 }
 
 fn self_exe() -> Result<String> {
@@ -43,7 +71,13 @@ fn self_exe() -> Result<String> {
 
 /// Runs `workload` (this binary's arguments, e.g. ["sysbench", "cpu", "--time", "2"]) in `env`
 /// and returns its JSON report.
-pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
+/// `accel` is QEMU's accelerator for `Env::Vm` (ignored elsewhere).
+pub fn run(
+    env: Env,
+    workload: &[String],
+    timeout: Duration,
+    accel: crate::boot::AccelChoice,
+) -> Result<EnvRun> {
     let mut args = workload.to_vec();
     args.push("--json".into());
     let mut tracer = crate::trace::sched::SchedTracer::start().ok();
@@ -54,6 +88,7 @@ pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
     };
     let start = Instant::now();
     let mut throttled = None;
+    let mut vm_run = None;
     let stdout = match env {
         Env::Host => {
             let child = Command::new(self_exe()?)
@@ -75,9 +110,11 @@ pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
         }
         Env::Docker => crate::docker::run_self(&args, timeout, &mut watch)?.stdout,
         Env::Native => native(&args, timeout, &mut watch, &mut throttled)?,
-        Env::Vm => bail!(
-            "--env vm: not built yet (boot --vm qemu boots the guest, but does not yet carry workloads)"
-        ),
+        Env::Vm => {
+            let (stdout, r) = vm(&args, timeout, start, &mut watch, accel)?;
+            vm_run = Some(r);
+            stdout
+        }
     };
     let wall_ns = start.elapsed().as_nanos() as u64;
     let json = stdout
@@ -90,7 +127,181 @@ pub fn run(env: Env, workload: &[String], timeout: Duration) -> Result<EnvRun> {
         wall_ns,
         sched: tracer.and_then(|t| t.report().ok()),
         throttled,
+        accelerator: vm_run.as_ref().map(|v| v.0.name().to_string()),
+        accelerator_reason: vm_run.as_ref().map(|v| v.1.clone()),
+        vm: vm_run.map(|v| v.2),
     })
+}
+
+/// The accelerator for workload VMs, chosen once per process (density starts many); auto
+/// probes KVM with the stock guest.
+fn vm_accelerator(
+    a: &crate::boot::artefacts::Artefacts,
+    timeout: Duration,
+    choice: crate::boot::AccelChoice,
+) -> Result<(crate::boot::qemu::Accel, String, bool)> {
+    use crate::boot::AccelChoice;
+    static CHOSEN: std::sync::Mutex<Option<(crate::boot::qemu::Accel, String)>> =
+        std::sync::Mutex::new(None);
+    let mut chosen = CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((accel, why)) = chosen.as_ref() {
+        return Ok((*accel, why.clone(), false));
+    }
+    let (accel, mut why, probe) = crate::boot::qemu::choose(choice, a, timeout)?;
+    if choice != AccelChoice::Auto {
+        why = format!("--accel {}", accel.name());
+    }
+    if !crate::cleanup::stop_requested() {
+        *chosen = Some((accel, why.clone()));
+    }
+    Ok((accel, why, probe.is_some()))
+}
+
+/// `--threads N` of the workload: the guest's vCPUs (1 without it), at most the host's CPUs.
+pub fn vm_smp(args: &[String]) -> u32 {
+    let threads = args.iter().enumerate().find_map(|(i, a)| match a.as_str() {
+        "--threads" => args.get(i + 1).and_then(|v| v.parse::<u32>().ok()),
+        _ => a.strip_prefix("--threads=").and_then(|v| v.parse().ok()),
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    threads.unwrap_or(1).clamp(1, cpus.max(1))
+}
+
+/// Guest memory: the kernel and user space, plus the initramfs twice (the image qemu loads and
+/// the files it unpacks to).
+pub fn vm_memory_mb(initramfs_bytes: u64) -> u64 {
+    (256 + 2 * initramfs_bytes.div_ceil(1 << 20)).max(512)
+}
+
+/// The workload in a qemu guest that carries this binary: boots it, reads the result off the
+/// serial console, and returns the workload's stdout with how the VM went.
+fn vm(
+    args: &[String],
+    timeout: Duration,
+    start: Instant,
+    watch: &mut dyn FnMut(u32),
+    accel: crate::boot::AccelChoice,
+) -> Result<(String, (crate::boot::qemu::Accel, String, VmRun))> {
+    use crate::boot::{Phase, artefacts, qemu};
+    crate::kernel::require_root("profiler run --env vm")?;
+    // Ctrl-C: the boot loop sees it, kills qemu, and the temp initramfs goes with this frame.
+    crate::cleanup::set_interruptible();
+    let mut setup = Vec::new();
+    let mut mark = start;
+    let mut lap = |name: &str, setup: &mut Vec<Phase>| {
+        let now = Instant::now();
+        setup.push(Phase {
+            name: name.into(),
+            ns: crate::boot::ns(now - mark),
+            complete: true,
+            guest_ns: None,
+        });
+        mark = now;
+    };
+    let a = artefacts::prepare()?;
+    lap("artefacts", &mut setup);
+    let image = artefacts::workload_initramfs(&a, args)?;
+    lap("workload initramfs", &mut setup);
+    let (accel, reason, probed) = vm_accelerator(&a, timeout, accel)?;
+    if probed {
+        lap("kvm probe", &mut setup);
+    }
+    if crate::cleanup::stop_requested() {
+        bail!("interrupted (Ctrl-C) before the VM started");
+    }
+    let guest = qemu::Guest {
+        kernel: &a.kernel,
+        initramfs: &image.path,
+        memory_mb: vm_memory_mb(image.bytes),
+        smp: vm_smp(args),
+        append: "",
+        workload: true,
+    };
+    let mut notes = Vec::new();
+    if image.stripped {
+        notes.push("this program went into the guest without its debug sections (objcopy)".into());
+    }
+    let mut kvm: Option<(crate::kvm::exits::KvmTracer, u32, Instant)> = None;
+    let mut kvm_error = None;
+    let run = qemu::run_guest(&guest, accel, timeout, &mut |pid| {
+        watch(pid);
+        if accel == qemu::Accel::Kvm {
+            let filter = crate::kvm::exits::Filter { tgid: pid, tid: 0 };
+            match crate::kvm::exits::KvmTracer::start(filter) {
+                Ok(t) => kvm = Some((t, pid, Instant::now())),
+                Err(e) => kvm_error = Some(format!("{e:#}")),
+            }
+        }
+    })?;
+    let vm_exits = match kvm {
+        Some((mut t, pid, since)) => {
+            let seconds = since.elapsed().as_secs_f64();
+            t.detach()?;
+            let ctx = crate::kvm::report::Context {
+                backend: crate::kernel::kvm_backend(),
+                pid: Some(pid),
+                seconds,
+                attached: t.attached.clone(),
+            };
+            notes.push(
+                "KVM exits from the tracer's attach (after qemu's spawn) to qemu's exit".into(),
+            );
+            Some(crate::kvm::report::build(&t.read()?, &ctx))
+        }
+        None => {
+            notes.push(match (accel, kvm_error) {
+                (qemu::Accel::Tcg, _) => "TCG: no KVM exits".to_string(),
+                (qemu::Accel::Kvm, Some(e)) => format!("KVM exit tracer: {e}"),
+                (qemu::Accel::Kvm, None) => "KVM exit tracer not started".to_string(),
+            });
+            None
+        }
+    };
+    let b = &run.boot;
+    if !b.ready || b.error.is_some() {
+        let why = b.error.as_deref().unwrap_or("not ready");
+        let last = b
+            .console_tail
+            .last()
+            .map(|l| format!(" (console: {l})"))
+            .unwrap_or_default();
+        if run.timed_out || crate::cleanup::stop_requested() {
+            bail!("the workload's VM ({}) was killed: {why}", accel.name());
+        }
+        bail!("the workload's VM ({}) failed: {why}{last}", accel.name());
+    }
+    let out = artefacts::parse_guest_output(&run.console);
+    match out.exit {
+        Some(0) => {}
+        Some(code) => {
+            let err = out
+                .stderr
+                .as_deref()
+                .and_then(|e| e.lines().map(str::trim).find(|l| !l.is_empty()))
+                .unwrap_or("no stderr");
+            bail!("the workload failed in the VM (exit status {code}): {err}");
+        }
+        None => bail!(
+            "the workload's VM printed no exit status (console: {})",
+            run.console.last().map_or("empty", String::as_str)
+        ),
+    }
+    let stdout = out
+        .stdout
+        .ok_or_else(|| anyhow!("the workload's VM printed no result block"))?;
+    let vm = VmRun {
+        setup,
+        phases: b.phases.clone(),
+        total_ns: b.total_ns,
+        guest_clock: b.guest_clock.clone(),
+        memory_mb: guest.memory_mb,
+        smp: guest.smp,
+        initramfs_bytes: image.bytes,
+        vm_exits,
+        notes,
+    };
+    drop(image);
+    Ok((stdout, (accel, reason, vm)))
 }
 
 /// A native container for a workload: new mount, UTS, IPC, network and PID namespaces and a
@@ -156,16 +367,28 @@ fn wait_with_timeout(
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(timeout) {
-        Ok(r) => Ok(r?),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            bail!("the workload did not finish within {timeout:?}; killed")
+    let deadline = Instant::now() + timeout;
+    // Polled so a Ctrl-C (when a vm run made the process interruptible) ends it too.
+    let why = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => return Ok(r?),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the workload's waiter went away")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-    }
+        if crate::cleanup::stop_requested() {
+            break "interrupted (Ctrl-C)".to_string();
+        }
+        if Instant::now() >= deadline {
+            break format!("the workload did not finish within {timeout:?}");
+        }
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    bail!("{why}; killed")
 }
 
 /// `profiler density`: N identical instances at once, per N in the list.
@@ -180,7 +403,8 @@ pub struct DensityRow {
     /// Start to report, per instance (start-up plus run), ns.
     pub wall_ns: Vec<u64>,
     /// Start-up phases of N containers started at once (native: clone .. ready; docker:
-    /// create .. ready), as (phase, p50 ns, max ns); empty on the host.
+    /// create .. ready; vm: the N VMs' phases, spawn .. exit, the run being `workload`), as
+    /// (phase, p50 ns, max ns); empty on the host.
     pub startup: Vec<(String, u64, u64)>,
 }
 
@@ -204,17 +428,23 @@ pub fn density(
     workload: &[String],
     instances: &[usize],
     timeout: Duration,
+    accel: crate::boot::AccelChoice,
 ) -> Result<Density> {
     crate::kernel::require_root("profiler density")?;
+    if env == Env::Vm {
+        crate::cleanup::set_interruptible();
+        // The accelerator (auto: a KVM probe) once, before the rows: no row's time carries it.
+        vm_accelerator(&crate::boot::artefacts::prepare()?, timeout, accel)?;
+    }
     if instances.is_empty() || instances.contains(&0) {
         bail!("--instances wants counts of at least 1, e.g. --instances 1,2,4");
     }
-    let baseline = events_per_sec(&run(Env::Host, workload, timeout)?.report)?;
+    let baseline = events_per_sec(&run(Env::Host, workload, timeout, accel)?.report)?;
     let mut rows = vec![];
     for &n in instances {
         let runs: Vec<Result<EnvRun>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
-                .map(|_| s.spawn(|| run(env, workload, timeout)))
+                .map(|_| s.spawn(|| run(env, workload, timeout, accel)))
                 .collect();
             handles
                 .into_iter()
@@ -226,13 +456,21 @@ pub fn density(
         });
         let mut eps = vec![];
         let mut wall = vec![];
+        let mut vm_phases = vec![];
         for r in runs {
             let r = r?;
             eps.push(events_per_sec(&r.report)?);
             wall.push(r.wall_ns);
+            if let Some(v) = r.vm {
+                vm_phases.push(v.phases);
+            }
         }
         let mean = eps.iter().sum::<f64>() / eps.len() as f64;
-        let startup = startup_phases(env, n, timeout)?;
+        let startup = match env {
+            // Each VM's boot was measured in its run: no extra boots.
+            Env::Vm => phase_distribution(&vm_phases),
+            _ => startup_phases(env, n, timeout)?,
+        };
         rows.push(DensityRow {
             startup,
             instances: n,
@@ -252,6 +490,25 @@ pub fn density(
         baseline_events_per_sec: baseline,
         rows,
     })
+}
+
+/// Per phase name (in first-seen order), the p50 (lower median) and max over the runs'
+/// complete phases.
+pub fn phase_distribution(runs: &[Vec<crate::boot::Phase>]) -> Vec<(String, u64, u64)> {
+    let mut order: Vec<(String, Vec<u64>)> = Vec::new();
+    for p in runs.iter().flatten().filter(|p| p.complete) {
+        match order.iter_mut().find(|(n, _)| *n == p.name) {
+            Some((_, v)) => v.push(p.ns),
+            None => order.push((p.name.clone(), vec![p.ns])),
+        }
+    }
+    order
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_unstable();
+            (name, v[(v.len() - 1) / 2], v[v.len() - 1])
+        })
+        .collect()
 }
 
 /// Dhar's Tables 5.1-5.2: the start-up of N instances at once, phase by phase.
@@ -281,6 +538,7 @@ fn startup_phases(env: Env, n: usize, timeout: Duration) -> Result<Vec<(String, 
                 .map(|(p, s)| (p.to_string(), s.p50, s.max))
                 .collect()
         }
+        // Vm: from the runs themselves (density).
         Env::Host | Env::Vm => vec![],
     })
 }
@@ -331,5 +589,64 @@ pub fn print_density(d: &Density) {
                 .collect();
             println!("  {:>9}  {}", r.instances, phases.join(", "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::Phase;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn smp_follows_threads_capped_at_the_host() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(vm_smp(&args(&["sysbench", "cpu", "--time", "1"])), 1);
+        assert_eq!(vm_smp(&args(&["sysbench", "cpu", "--threads", "1"])), 1);
+        assert_eq!(
+            vm_smp(&args(&["sysbench", "cpu", "--threads=2"])),
+            2.min(cpus)
+        );
+        assert_eq!(
+            vm_smp(&args(&["sysbench", "cpu", "--threads", "999"])),
+            cpus
+        );
+        assert_eq!(vm_smp(&args(&["sysbench", "cpu", "--threads", "0"])), 1);
+        assert_eq!(vm_smp(&args(&["sysbench", "cpu", "--threads", "x"])), 1);
+        assert_eq!(vm_smp(&args(&["sysbench", "cpu", "--threads"])), 1);
+    }
+
+    #[test]
+    fn memory_grows_with_the_initramfs() {
+        assert_eq!(vm_memory_mb(0), 512);
+        assert_eq!(vm_memory_mb(35 << 20), 512);
+        assert_eq!(vm_memory_mb(135 << 20), 526);
+        assert_eq!(vm_memory_mb((135 << 20) + 1), 528);
+    }
+
+    #[test]
+    fn phase_distribution_over_vms() {
+        let p = |name: &str, ms: u64, complete: bool| Phase {
+            name: name.into(),
+            ns: ms * 1_000_000,
+            complete,
+            guest_ns: None,
+        };
+        let runs = vec![
+            vec![p("vmm_setup", 10, true), p("kernel_boot", 300, true)],
+            vec![p("vmm_setup", 30, true), p("kernel_boot", 500, false)],
+            vec![p("vmm_setup", 20, true), p("kernel_boot", 400, true)],
+        ];
+        assert_eq!(
+            phase_distribution(&runs),
+            [
+                ("vmm_setup".to_string(), 20_000_000, 30_000_000),
+                ("kernel_boot".to_string(), 300_000_000, 400_000_000)
+            ]
+        );
+        assert!(phase_distribution(&[]).is_empty());
     }
 }

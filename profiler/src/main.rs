@@ -49,6 +49,9 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
+        #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
+        accel: profiler::boot::AccelChoice,
         /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         workload: Vec<String>,
@@ -69,6 +72,9 @@ enum Command {
         time: String,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
+        #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
+        accel: profiler::boot::AccelChoice,
     },
 }
 
@@ -159,9 +165,15 @@ fn run(command: Command) -> Result<()> {
         Command::Run {
             env,
             timeout,
+            accel,
             workload,
         } => {
-            let r = profiler::envs::run(env, &workload, std::time::Duration::from_secs(timeout))?;
+            let r = profiler::envs::run(
+                env,
+                &workload,
+                std::time::Duration::from_secs(timeout),
+                accel,
+            )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
@@ -171,10 +183,16 @@ fn run(command: Command) -> Result<()> {
             instances,
             time,
             json,
+            accel,
         } => {
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
-            let d =
-                profiler::envs::density(env, &w, &instances, std::time::Duration::from_secs(600))?;
+            let d = profiler::envs::density(
+                env,
+                &w,
+                &instances,
+                std::time::Duration::from_secs(600),
+                accel,
+            )?;
             profiler::envs::print_density(&d);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&d)?)

@@ -61,7 +61,46 @@ fn boot(vm: Vm, count: u32) -> (BootReport, Duration) {
         "qemu left running: {:?}",
         our_qemus()
     );
+    assert!(
+        our_domains().is_empty(),
+        "libvirt domains left: {:?}",
+        our_domains()
+    );
     (r, wall)
+}
+
+/// libvirtd must be running (`cargo xtask test` starts it); without it the libvirt tests fail.
+fn require_libvirtd() {
+    require_tools();
+    assert!(
+        std::path::Path::new("/run/libvirt/libvirt-sock").exists(),
+        "libvirtd is not running: `cargo xtask test` starts it (virtlogd -d && libvirtd -d)"
+    );
+}
+
+/// Running libvirt domains this tool names as its own.
+fn our_domains() -> Vec<String> {
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--name"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("profiler-"))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn console_files() -> Vec<String> {
+    std::fs::read_dir("/run/profiler/libvirt")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn sum(r: &BootReport) -> u64 {
@@ -114,14 +153,14 @@ fn qemu_boot_has_every_phase_and_adds_up() {
 }
 
 #[test]
-fn qemu_count_two_reports_two_boots() {
+fn qemu_count_four_reports_four_boots() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_tools();
-    let (r, _) = boot(Vm::Qemu, 2);
-    assert_eq!(r.boots.len(), 2);
+    let (r, _) = boot(Vm::Qemu, 4);
+    assert_eq!(r.boots.len(), 4);
     assert!(r.boots.iter().all(|b| b.ready));
     let total = r.summary.iter().find(|s| s.name == "total").expect("total");
-    assert_eq!(total.count, 2);
+    assert_eq!(total.count, 4);
     assert!(total.min_ns <= total.p50_ns && total.p50_ns <= total.max_ns);
     for b in &r.boots {
         assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
@@ -163,6 +202,76 @@ fn qemu_timeout_kills_and_reports_the_phases_so_far() {
 }
 
 #[test]
+fn libvirt_boot_has_every_phase_and_adds_up() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_libvirtd();
+    let _ = boot(Vm::Libvirt, 1);
+    let (r, wall) = boot(Vm::Libvirt, 1);
+    let b = &r.boots[0];
+    let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, boot::libvirt::names(), "a phase was missed: {b:#?}");
+    for p in &b.phases {
+        assert!(
+            p.complete && p.ns > 0,
+            "phase {} not positive: {p:?}",
+            p.name
+        );
+    }
+    assert_eq!(r.phase_sum_ns(0), b.total_ns);
+    let wall_ns = wall.as_nanos() as f64;
+    let off = (sum(&r) as f64 - wall_ns).abs() / wall_ns;
+    assert!(
+        off < 0.05,
+        "phases add up to {} ns, the test measured {} ns ({:.1}% apart)",
+        sum(&r),
+        wall_ns,
+        off * 100.0
+    );
+    assert!(console_files().is_empty(), "{:?}", console_files());
+}
+
+#[test]
+fn libvirt_domain_left_by_kill_9_is_destroyed_by_the_next_run() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_libvirtd();
+    let mut child = profiler_tests::profiler()
+        .args(["boot", "--vm", "libvirt", "--timeout", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning profiler");
+    // Killed while libvirtd is still starting the domain, the start is aborted with us; so
+    // wait until the guest runs (its console has output).
+    let t = Instant::now();
+    while !console_files()
+        .iter()
+        .any(|f| std::fs::metadata(format!("/run/profiler/libvirt/{f}")).is_ok_and(|m| m.len() > 0))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no guest console output"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaping");
+    // QEMU is libvirtd's child, so the domain outlives us; the next run reaps it (well
+    // before the guest's own power-off, seconds away under TCG).
+    let left = our_domains();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let out = profiler_tests::run_ok(profiler_tests::profiler().args(["boot", "--vm", "libvirt"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("destroyed libvirt domain {}", left[0])),
+        "{stderr}"
+    );
+    assert!(our_domains().is_empty(), "{:?}", our_domains());
+    assert!(console_files().is_empty(), "{:?}", console_files());
+    let log = format!("/var/log/libvirt/qemu/{}.log", left[0]);
+    assert!(!std::path::Path::new(&log).exists(), "{log} left");
+}
+
+#[test]
 fn micro_vm_boots_in_phases() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
@@ -181,5 +290,5 @@ fn micro_vm_boots_in_phases() {
 #[test]
 fn vm_is_required() {
     let e = boot::run(&BootArgs::default()).unwrap_err();
-    assert_eq!(e.to_string(), "profiler boot needs --vm qemu|micro");
+    assert_eq!(e.to_string(), "profiler boot needs --vm qemu|libvirt|micro");
 }

@@ -1,5 +1,5 @@
-//! The same workload on the host, in a native container and in a Docker container; and the
-//! density curve, which on this 2-core machine must bend after 2 instances.
+//! The same workload on the host, in a native container, in a Docker container and in a qemu
+//! VM; and the density curve, which on this 2-core machine must bend after 2 instances.
 
 use profiler_tests::*;
 use serde_json::Value;
@@ -70,4 +70,194 @@ fn density_bends_after_the_core_count() {
         slow[2] > 1.6 * slow[1],
         "four instances on two cores must bend: {slow:?}"
     );
+}
+
+/// Our workload VMs still alive: qemu with a workload initramfs on its command line (other
+/// qemus on this machine, e.g. libvirt's, are not ours).
+fn workload_qemus() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains("-workload.cpio"))
+        .collect()
+}
+
+/// Temp files of workload VMs left in the cache dir.
+fn workload_temps() -> Vec<String> {
+    std::fs::read_dir(profiler::boot::artefacts::cache_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_nothing_left(what: &str) {
+    assert!(
+        workload_qemus().is_empty(),
+        "{what}: qemu left: {:?}",
+        workload_qemus()
+    );
+    assert!(
+        workload_temps().is_empty(),
+        "{what}: temp files left: {:?}",
+        workload_temps()
+    );
+}
+
+/// Where a stock guest cannot boot on KVM (no /dev/kvm, or the PVM backend), auto means TCG.
+fn expect_tcg() -> bool {
+    !std::path::Path::new("/dev/kvm").exists()
+        || std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+#[test]
+fn a_workload_in_a_vm_reports_its_boot() {
+    require_root();
+    // --accel auto's choice: the KVM probe, then (here) TCG.
+    let t = std::time::Instant::now();
+    let out = run_ok(profiler().args([
+        "run",
+        "--env",
+        "vm",
+        "sysbench",
+        "cpu",
+        "--cpu-max-prime",
+        "2000",
+        "--time",
+        "1",
+    ]));
+    eprintln!("run --env vm: {:?}", t.elapsed());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["env"], "vm");
+    assert!(r["report"]["run"]["total_events"].as_u64().unwrap() > 0);
+    assert!(r["report"]["run"]["events_per_sec"].as_f64().unwrap() > 0.0);
+    let accel = r["accelerator"].as_str().unwrap();
+    assert!(!r["accelerator_reason"].as_str().unwrap().is_empty());
+    let vm = &r["vm"];
+    if expect_tcg() {
+        assert_eq!(accel, "tcg", "{}", r["accelerator_reason"]);
+    }
+    if accel == "tcg" {
+        assert!(vm["vm_exits"].is_null());
+        assert!(
+            vm["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "TCG: no KVM exits"),
+            "{}",
+            vm["notes"]
+        );
+    } else {
+        assert!(vm["vm_exits"].is_object(), "{}", vm["vm_exits"]);
+    }
+    let phases = vm["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in ["kernel_boot", "init", "workload", "shutdown"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let mut sum = 0;
+    for p in phases {
+        assert_eq!(p["complete"], true, "{p}");
+        let ns = p["ns"].as_u64().unwrap();
+        assert!(ns > 0, "{p}");
+        sum += ns;
+    }
+    let total = vm["total_ns"].as_u64().unwrap();
+    assert_eq!(sum, total);
+    // The run (1 s) is inside the workload phase; the whole run inside the wall time.
+    let workload = phases.iter().find(|p| p["name"] == "workload").unwrap();
+    assert!(workload["ns"].as_u64().unwrap() >= 1_000_000_000);
+    assert!(r["wall_ns"].as_u64().unwrap() >= total);
+    eprintln!(
+        "phases: {:?}",
+        phases
+            .iter()
+            .map(|p| format!("{} {} ms", p["name"], p["ns"].as_u64().unwrap() / 1_000_000))
+            .collect::<Vec<_>>()
+    );
+    assert_nothing_left("after a run");
+}
+
+#[test]
+fn a_workload_failing_in_the_vm_is_one_line_and_leaves_nothing() {
+    require_root();
+    // The host passes the workload's arguments through: the guest's own parser rejects this.
+    let out = profiler()
+        .args([
+            "run",
+            "--env",
+            "vm",
+            "--accel",
+            "tcg",
+            "sysbench",
+            "cpu",
+            "--no-such-option",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("failed in the VM (exit status 2)") && err.contains("--no-such-option"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_nothing_left("after a failing workload");
+
+    // Killed at the time limit: the same, and nothing left either.
+    let out = profiler()
+        .args(["run", "--env", "vm", "--accel", "tcg", "--timeout", "2"])
+        .args(["sysbench", "cpu", "--time", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("killed: not ready within 2.0 s"), "{err}");
+    assert_nothing_left("after a timeout");
+}
+
+#[test]
+fn density_of_vms_has_their_boot_phases() {
+    require_root();
+    let file = "/tmp/profiler-test-density-vm.json";
+    run_ok(profiler().args([
+        "density",
+        "--env",
+        "vm",
+        "--accel",
+        "tcg",
+        "--workload",
+        "cpu",
+        "--instances",
+        "1,2",
+        "--time",
+        "1",
+        "--json",
+        file,
+    ]));
+    let d: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let rows = d["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, n) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["instances"], n);
+        assert_eq!(row["events_per_sec"].as_array().unwrap().len(), n);
+        let startup = row["startup"].as_array().unwrap();
+        let names: Vec<&str> = startup.iter().map(|p| p[0].as_str().unwrap()).collect();
+        for want in ["vmm_setup", "kernel_boot", "init", "workload"] {
+            assert!(names.contains(&want), "{n}: {want} missing from {names:?}");
+        }
+        for p in startup {
+            let (p50, max) = (p[1].as_u64().unwrap(), p[2].as_u64().unwrap());
+            assert!(0 < p50 && p50 <= max, "{n}: {p}");
+        }
+    }
+    assert_nothing_left("after density");
 }

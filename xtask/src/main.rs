@@ -92,8 +92,14 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     setup::clippy_ebpf()?;
-    setup::services()?;
-    // Unit tests, then the privileged integration tests (tests/), which need root.
+    let started = setup::services()?;
+    let result = tests();
+    setup::stop(&started);
+    result
+}
+
+/// Unit tests, then the privileged integration tests (tests/), which need root.
+fn tests() -> Result<()> {
     run(cargo().args([
         "test",
         "--workspace",

@@ -34,6 +34,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "the VM initramfs and the Docker payload image",
     ),
     (
+        "libvirt-dev",
+        "building the libvirt bindings (boot --vm libvirt)",
+    ),
+    ("libvirt-daemon", "libvirtd for boot --vm libvirt"),
+    (
+        "libvirt-daemon-driver-qemu",
+        "libvirt's QEMU driver (boot --vm libvirt)",
+    ),
+    ("libvirt-clients", "virsh, inspecting domains by hand"),
+    (
         "sysbench",
         "bench-sysbench peer and the sysbench comparison test",
     ),
@@ -45,6 +55,7 @@ pub fn run() -> Result<()> {
     acted |= packages()?;
     acted |= nightly()?;
     acted |= bpf_linker()?;
+    acted |= libvirt_user()?;
     if acted {
         eprintln!("setup: done in {:.1?}", started.elapsed());
     } else {
@@ -190,9 +201,40 @@ pub fn clippy_ebpf() -> Result<()> {
         .env("CARGO_TARGET_DIR", "target/ebpf-clippy"))
 }
 
+/// libvirtd's QEMU driver will not start without the user it runs QEMU as; Debian's
+/// libvirt-daemon-system creates it, but that package also defines a default NAT network that
+/// would touch the host's network, so setup creates just the user.
+fn libvirt_user() -> Result<bool> {
+    let exists = |u: &str| {
+        Command::new("getent")
+            .args(["passwd", u])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if exists("libvirt-qemu") {
+        return Ok(false);
+    }
+    eprintln!("setup: creating the system user libvirt-qemu (libvirtd runs QEMU as it)");
+    sh(Command::new("useradd").args([
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--user-group",
+        "libvirt-qemu",
+    ]))?;
+    Ok(true)
+}
+
 /// Daemons the integration tests talk to: started here when installed but not running (this
-/// kind of machine has no systemd), left running afterwards.
-pub fn services() -> Result<()> {
+/// kind of machine has no systemd). Docker is left running; the libvirt daemons this started
+/// are returned, for [`stop`] after the tests.
+pub fn services() -> Result<Vec<&'static str>> {
+    docker()?;
+    libvirt()
+}
+
+fn docker() -> Result<()> {
     let docker_up = || {
         Command::new("docker")
             .arg("info")
@@ -221,4 +263,40 @@ pub fn services() -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     bail!("dockerd did not come up in 30 s: see /tmp/profiler-dockerd.log")
+}
+
+const LIBVIRT_SOCK: &str = "/run/libvirt/libvirt-sock";
+
+/// virtlogd and libvirtd, each started with `-d` when its socket is missing.
+fn libvirt() -> Result<Vec<&'static str>> {
+    let mut started = Vec::new();
+    std::fs::create_dir_all("/var/log/libvirt")?;
+    for (daemon, sock) in [
+        ("virtlogd", "/run/libvirt/virtlogd-sock"),
+        ("libvirtd", LIBVIRT_SOCK),
+    ] {
+        if std::path::Path::new(sock).exists() {
+            eprintln!("setup: {daemon}: running");
+            continue;
+        }
+        eprintln!("setup: {daemon} not running: starting `{daemon} -d`");
+        sh(Command::new(daemon).arg("-d"))?;
+        started.push(daemon);
+        let t = std::time::Instant::now();
+        while !std::path::Path::new(sock).exists() {
+            if t.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("{daemon} did not create {sock} in 30 s: see /var/log/libvirt/{daemon}.log");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(started)
+}
+
+/// Stops daemons [`services`] started (SIGTERM, by name).
+pub fn stop(daemons: &[&str]) {
+    for d in daemons.iter().rev() {
+        eprintln!("setup: stopping {d}");
+        let _ = Command::new("pkill").args(["-TERM", "-x", d]).status();
+    }
 }

@@ -109,6 +109,315 @@ pub fn initramfs_entries(busybox: Vec<u8>) -> Vec<Entry> {
     ]
 }
 
+/// Console markers of a workload guest's result (`run --env vm`).
+pub const RESULT_BEGIN: &str = "PROFILER_RESULT_BEGIN";
+pub const RESULT_END: &str = "PROFILER_RESULT_END";
+pub const STDERR_BEGIN: &str = "PROFILER_STDERR_BEGIN";
+pub const STDERR_END: &str = "PROFILER_STDERR_END";
+pub const EXIT: &str = "PROFILER_EXIT";
+/// Where the workload's binary and arguments go in its initramfs.
+pub const WORKLOAD_BIN: &str = "bin/profiler";
+pub const WORKLOAD_ARGS: &str = "args";
+
+/// A workload guest's init: the stock markers, then the workload (arguments from /args, one a
+/// line) with its output kept in files, a `done` mark, and the output on the console between
+/// markers. The console log level drops to emergencies first so no printk lands inside it.
+pub fn workload_init(lib_dirs: &[String]) -> String {
+    format!(
+        r#"#!/bin/sh
+bb=/bin/busybox
+$bb mount -t devtmpfs dev /dev
+mark() {{ echo "<2>PROFILER_MARK $1" > /dev/kmsg || echo "PROFILER_MARK $1" > /dev/console; }}
+mark init
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sys /sys
+mark ready
+set --
+while IFS= read -r a; do set -- "$@" "$a"; done < /{WORKLOAD_ARGS}
+cd /tmp
+LD_LIBRARY_PATH={libs} /{WORKLOAD_BIN} "$@" > /tmp/.out 2> /tmp/.err < /dev/null
+rc=$?
+mark done
+echo 1 > /proc/sys/kernel/printk
+echo {RESULT_BEGIN}
+$bb cat /tmp/.out
+echo
+echo {RESULT_END}
+if [ $rc -ne 0 ]; then
+  echo {STDERR_BEGIN}
+  $bb tail -c 4000 /tmp/.err
+  echo
+  echo {STDERR_END}
+fi
+echo "{EXIT} $rc"
+$bb poweroff -f
+"#,
+        libs = lib_dirs.join(":")
+    )
+}
+
+/// The workload's arguments for `/args`: one a line, so the shell rebuilds argv exactly
+/// (quotes, spaces and globs stay literal). A newline or NUL cannot be carried.
+pub fn encode_args(args: &[String]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.contains(['\n', '\0']) {
+            bail!("--env vm: the workload argument {a:?} contains a newline or NUL");
+        }
+        out.extend_from_slice(a.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// The files `ldd` resolved (libraries and the loader), in its order; an unresolved library
+/// is an error, a static executable has none.
+pub fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.contains("not a dynamic executable") || line.contains("statically linked") {
+            continue;
+        }
+        let target = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    bail!("ldd: {} not found", name.trim());
+                }
+                rest
+            }
+            None => line,
+        };
+        // "/lib/x/libc.so.6 (0x7f...)"; the vDSO has no path.
+        let path = target.split(" (").next().unwrap_or("").trim();
+        if path.starts_with('/') && !out.iter().any(|p| p == Path::new(path)) {
+            out.push(PathBuf::from(path));
+        }
+    }
+    Ok(out)
+}
+
+/// PT_INTERP of a 64-bit little-endian ELF: the dynamic loader it names.
+pub fn elf_interp(elf: &[u8]) -> Option<String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum as usize).find_map(|i| {
+        let at = usize::try_from(phoff).ok()? + i * phentsize as usize;
+        if elf.get(at..at + 4)? != 3u32.to_le_bytes() {
+            return None;
+        }
+        let (off, size) = (u64_at(at + 8)? as usize, u64_at(at + 32)? as usize);
+        let raw = elf.get(off..off.checked_add(size)?)?;
+        let s = raw.split(|&b| b == 0).next()?;
+        Some(String::from_utf8_lossy(s).into_owned())
+    })
+}
+
+/// What a workload guest printed between its markers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GuestOutput {
+    /// The workload's stdout (None: no complete result block).
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub exit: Option<i32>,
+}
+
+/// Finds the result blocks in a workload guest's console lines. Kernel lines (a printk
+/// timestamp) inside a block are dropped; text before an end marker on its line is kept (the
+/// output may not end with a newline).
+pub fn parse_guest_output(console: &[String]) -> GuestOutput {
+    let mut out = GuestOutput::default();
+    let mut block: Option<(&str, Vec<&str>)> = None;
+    for line in console {
+        if let Some((end, lines)) = block.as_mut() {
+            if let Some(at) = line.find(*end) {
+                let before = line[..at].trim_end();
+                if !before.is_empty() {
+                    lines.push(before);
+                }
+                let text = lines.join("\n");
+                if *end == RESULT_END {
+                    out.stdout = Some(text);
+                } else {
+                    out.stderr = Some(text);
+                }
+                block = None;
+            } else if super::serial::printk_time(line).is_none() {
+                lines.push(line);
+            }
+            continue;
+        }
+        if line.contains(RESULT_BEGIN) {
+            block = Some((RESULT_END, Vec::new()));
+        } else if line.contains(STDERR_BEGIN) {
+            block = Some((STDERR_END, Vec::new()));
+        } else if let Some(at) = line.find(EXIT) {
+            out.exit = line[at + EXIT.len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok());
+        }
+    }
+    out
+}
+
+/// This program's shared libraries and loader, from `ldd` on its file.
+fn self_libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(exe)
+        .output()
+        .context("running ldd (libc-bin) on this program")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = parse_ldd(&text).with_context(|| format!("ldd {}", exe.display()))?;
+    if !out.status.success() && libs.is_empty() && elf_interp(elf).is_some() {
+        bail!("ldd {} failed: {}", exe.display(), last_line(&out.stderr));
+    }
+    if let Some(interp) = elf_interp(elf)
+        && !libs.iter().any(|l| l == Path::new(&interp))
+    {
+        libs.push(PathBuf::from(interp));
+    }
+    Ok(libs)
+}
+
+/// Every directory above `path` (relative, parents first), for the cpio: the kernel does not
+/// create them.
+fn parents(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    (1..parts.len()).map(|n| parts[..n].join("/")).collect()
+}
+
+/// The stock guest's files plus this program, its libraries, the workload's arguments and
+/// [`workload_init`] as `/init`.
+pub fn workload_entries(
+    busybox: Vec<u8>,
+    exe: Vec<u8>,
+    libs: &[(PathBuf, Vec<u8>)],
+    args: &[String],
+) -> Result<Vec<Entry>> {
+    let mut entries: Vec<Entry> = initramfs_entries(busybox)
+        .into_iter()
+        .filter(|e| e.name != "init")
+        .collect();
+    entries.push(Entry::dir("tmp"));
+    let mut dirs: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    let mut lib_dirs: Vec<String> = Vec::new();
+    for (path, bytes) in libs {
+        let name = path.to_string_lossy().trim_start_matches('/').to_string();
+        for d in parents(&name) {
+            if !dirs.contains(&d) {
+                entries.push(Entry::dir(&d));
+                dirs.push(d);
+            }
+        }
+        if let Some(d) = path.parent().map(|d| d.to_string_lossy().into_owned())
+            && !lib_dirs.contains(&d)
+        {
+            lib_dirs.push(d);
+        }
+        entries.push(Entry::file(&name, 0o755, bytes.clone()));
+    }
+    entries.push(Entry::file(WORKLOAD_BIN, 0o755, exe));
+    entries.push(Entry::file(WORKLOAD_ARGS, 0o644, encode_args(args)?));
+    entries.push(Entry::file(
+        "init",
+        0o755,
+        workload_init(&lib_dirs).into_bytes(),
+    ));
+    Ok(entries)
+}
+
+/// A workload's initramfs in the cache dir, removed on drop, on a signal's teardown, and (after
+/// a kill -9) by the next [`prepare`] (its name is a `tmp-<pid>-` temp).
+pub struct WorkloadImage {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The program's debug sections were left out (objcopy), so the guest unpacks less.
+    pub stripped: bool,
+}
+
+impl WorkloadImage {
+    fn key(&self) -> String {
+        format!("vm-initramfs {}", self.path.display())
+    }
+}
+
+impl Drop for WorkloadImage {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        crate::cleanup::forget(&self.key());
+    }
+}
+
+/// This program without its debug sections (a debug build is mostly DWARF), when binutils'
+/// objcopy is there; None otherwise (the whole file is used).
+fn strip_debug(tmp: &Path) -> Option<Vec<u8>> {
+    let ok = Command::new("objcopy")
+        .arg("--strip-debug")
+        // Not /proc/self/exe: in objcopy's process that is objcopy.
+        .arg(format!("/proc/{}/exe", std::process::id()))
+        .arg(tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let bytes = if ok { fs::read(tmp).ok() } else { None };
+    let _ = fs::remove_file(tmp);
+    bytes.filter(|b| elf_interp(b).is_some() || is_static_x86_64(b))
+}
+
+/// Builds the initramfs that runs `args` (this program's own subcommand) in the guest.
+pub fn workload_initramfs(a: &Artefacts, args: &[String]) -> Result<WorkloadImage> {
+    let mut built = false;
+    let (busybox, _) = busybox(&a.dir, &mut built)?;
+    let busybox = fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let tmp = |what: &str| {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        a.dir.join(format!("tmp-{}-{n}-{what}", std::process::id()))
+    };
+    let stripped = strip_debug(&tmp("exe"));
+    let exe = match &stripped {
+        Some(b) => b.clone(),
+        None => fs::read("/proc/self/exe").context("reading this program (/proc/self/exe)")?,
+    };
+    let exe_path = fs::read_link("/proc/self/exe").context("finding this program")?;
+    // A rebuilt binary shows as "<path> (deleted)": ldd then reads the new file, same libraries.
+    let exe_path = PathBuf::from(
+        exe_path
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string(),
+    );
+    let libs = self_libraries(&exe_path, &exe)?
+        .into_iter()
+        .map(|p| {
+            let bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok((p, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let image = cpio::write(&workload_entries(busybox, exe, &libs, args)?)?;
+    let out = WorkloadImage {
+        path: tmp("workload.cpio"),
+        bytes: image.len() as u64,
+        stripped: stripped.is_some(),
+    };
+    let path = out.path.clone();
+    crate::cleanup::on_signal(&out.key(), move || {
+        let _ = fs::remove_file(&path);
+    });
+    fs::write(&out.path, &image).with_context(|| format!("writing {}", out.path.display()))?;
+    Ok(out)
+}
+
 fn cached_kernel(dir: &Path) -> Option<(PathBuf, String)> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
@@ -391,6 +700,177 @@ mod tests {
         assert_eq!(get("dev/console").rdev, (5, 1));
         assert_eq!(get("bin/sh").data, b"busybox");
         assert_eq!(get("bin/busybox").data, b"\x7fELF");
+    }
+
+    #[test]
+    fn guest_output_survives_kernel_lines_and_carriage_returns() {
+        // The console as the serial reader splits it: \r\n line ends, a printk line inside
+        // the result, output without a final newline (END on its last line).
+        let raw = b"[    4.1] PROFILER_MARK done\r\nPROFILER_RESULT_BEGIN\r\n{\r\n  \"a\": 1,\r\n\
+[    4.2] random: crng init done\r\n  \"b\": \"x y\"\r\n}PROFILER_RESULT_END\r\nPROFILER_EXIT 0\r\n\
+[    4.3] reboot: Power down\r\n";
+        let mut split = super::super::serial::LineSplitter::new();
+        let lines: Vec<String> = split
+            .feed(raw, std::time::Instant::now())
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        let out = parse_guest_output(&lines);
+        assert_eq!(out.exit, Some(0));
+        assert_eq!(out.stderr, None);
+        let json: serde_json::Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"a": 1, "b": "x y"}));
+    }
+
+    #[test]
+    fn guest_output_of_a_failure() {
+        let lines: Vec<String> = [
+            "PROFILER_RESULT_BEGIN",
+            "PROFILER_RESULT_END",
+            "PROFILER_STDERR_BEGIN",
+            "error: unexpected argument '--bogus' found",
+            "[    5.0] some printk",
+            "Usage: profiler sysbench",
+            "PROFILER_STDERR_END",
+            "PROFILER_EXIT 2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = parse_guest_output(&lines);
+        assert_eq!(out.exit, Some(2));
+        assert_eq!(out.stdout.as_deref(), Some(""));
+        assert_eq!(
+            out.stderr.as_deref(),
+            Some("error: unexpected argument '--bogus' found\nUsage: profiler sysbench")
+        );
+        // A guest that died mid-way: no block, no status.
+        let cut = parse_guest_output(&["PROFILER_RESULT_BEGIN".into(), "{".into()]);
+        assert_eq!(cut, GuestOutput::default());
+    }
+
+    #[test]
+    fn args_are_one_a_line_and_newlines_refused() {
+        let args: Vec<String> = ["sysbench", "cpu", "--file-dir", "a b*'\"$x", "", "--json"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            encode_args(&args).unwrap(),
+            b"sysbench\ncpu\n--file-dir\na b*'\"$x\n\n--json\n"
+        );
+        assert!(encode_args(&["a\nb".to_string()]).is_err());
+        assert!(encode_args(&["a\0b".to_string()]).is_err());
+    }
+
+    #[test]
+    fn ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd5b1f2000)\n\
+            \tlibvirt.so.0 => /lib/x86_64-linux-gnu/libvirt.so.0 (0x00007f0b1c000000)\n\
+            \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f0bfc5e0000)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0bfc31e000)\n\
+            \tlibxml2.so.2 => /lib/x86_64-linux-gnu/libxml2.so.2 (0x00007f0b1b000000)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0bfc31e000)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f0bfdacd000)\n";
+        let got = parse_ldd(text).unwrap();
+        let got: Vec<&str> = got.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                "/lib/x86_64-linux-gnu/libvirt.so.0",
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib/x86_64-linux-gnu/libxml2.so.2",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        let e = parse_ldd("\tlibvirt.so.0 => not found\n").unwrap_err();
+        assert_eq!(e.to_string(), "ldd: libvirt.so.0 not found");
+        assert!(
+            parse_ldd("\tnot a dynamic executable\n")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse_ldd("\tstatically linked\n").unwrap().is_empty());
+    }
+
+    /// A real libvirt client's closure (when virsh is installed): libvirt, what it needs, the
+    /// loader; every one a file.
+    #[test]
+    fn closure_of_a_libvirt_client() {
+        let virsh = Path::new("/usr/bin/virsh");
+        let Ok(elf) = fs::read(virsh) else {
+            return;
+        };
+        let libs = self_libraries(virsh, &elf).unwrap();
+        let has = |n: &str| libs.iter().any(|l| l.to_string_lossy().ends_with(n));
+        assert!(
+            has("/libvirt.so.0") && has("/libc.so.6") && has("/libxml2.so.2"),
+            "{libs:?}"
+        );
+        assert!(has("ld-linux-x86-64.so.2"), "{libs:?}");
+        assert!(libs.iter().all(|l| l.is_file()), "{libs:?}");
+    }
+
+    #[test]
+    fn interp_of_an_elf() {
+        // ELF header, one PT_INTERP program header pointing at the string after it.
+        let interp = b"/lib64/ld-linux-x86-64.so.2\0";
+        let mut b = vec![0u8; 64 + 56];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&3u32.to_le_bytes());
+        b[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes());
+        b[64 + 32..64 + 40].copy_from_slice(&(interp.len() as u64).to_le_bytes());
+        b.extend_from_slice(interp);
+        assert_eq!(
+            elf_interp(&b).as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        b[64..68].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(elf_interp(&b), None);
+        assert_eq!(elf_interp(b"#!/bin/sh"), None);
+        if let Ok(ls) = fs::read("/bin/ls") {
+            assert!(elf_interp(&ls).is_some_and(|i| i.contains("ld-linux")));
+        }
+    }
+
+    #[test]
+    fn workload_initramfs_layout() {
+        let libs = vec![
+            (
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                b"libc".to_vec(),
+            ),
+            (PathBuf::from("/lib64/ld-linux-x86-64.so.2"), b"ld".to_vec()),
+        ];
+        let args = vec!["sysbench".to_string(), "cpu".to_string()];
+        let entries = workload_entries(b"bb".to_vec(), b"exe".to_vec(), &libs, &args).unwrap();
+        let image = cpio::write(&entries).unwrap();
+        let parsed = cpio::parse(&image).unwrap();
+        let at = |n: &str| {
+            parsed
+                .iter()
+                .position(|e| e.name == n)
+                .unwrap_or_else(|| panic!("{n} missing"))
+        };
+        // The kernel creates no directories: each comes before what is in it.
+        assert!(at("lib") < at("lib/x86_64-linux-gnu"));
+        assert!(at("lib/x86_64-linux-gnu") < at("lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(at("lib64") < at("lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(parsed[at(WORKLOAD_BIN)].data, b"exe");
+        assert_eq!(parsed[at(WORKLOAD_ARGS)].data, b"sysbench\ncpu\n");
+        assert_eq!(parsed.iter().filter(|e| e.name == "init").count(), 1);
+        let init = String::from_utf8(parsed[at("init")].data.clone()).unwrap();
+        assert!(init.contains("LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/lib64 /bin/profiler"));
+        let pos = |s: &str| init.find(s).unwrap_or_else(|| panic!("{s} missing"));
+        assert!(pos("mark ready") < pos("/bin/profiler"));
+        assert!(pos("/bin/profiler") < pos("mark done"));
+        assert!(pos("mark done") < pos("/proc/sys/kernel/printk"));
+        assert!(pos("/proc/sys/kernel/printk") < pos(RESULT_BEGIN));
+        assert!(pos(RESULT_END) < pos(STDERR_BEGIN));
+        assert!(pos(EXIT) < pos("poweroff -f"));
+        assert_eq!(parents("a/b/c"), ["a", "a/b"]);
     }
 
     #[test]

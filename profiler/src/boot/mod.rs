@@ -8,6 +8,8 @@
 
 pub mod artefacts;
 pub mod cpio;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod micro;
 pub mod qemu;
 pub mod serial;
@@ -27,6 +29,8 @@ use crate::hist::fmt_ns;
 pub enum Vm {
     /// qemu-system-x86_64 with Debian's cloud kernel and a busybox initramfs.
     Qemu,
+    /// The same guest as a transient libvirt domain (libvirtd must be running).
+    Libvirt,
     /// The built-in real-mode micro-VM on /dev/kvm (no QEMU, no kernel).
     Micro,
 }
@@ -165,7 +169,7 @@ impl BootReport {
 /// never got ready) is a report with `ok: false`, not an error: its phases so far are in it.
 pub fn run(args: &BootArgs) -> Result<BootReport> {
     let Some(vm) = args.vm else {
-        bail!("profiler boot needs --vm qemu|micro");
+        bail!("profiler boot needs --vm qemu|libvirt|micro");
     };
     if args.count == 0 {
         bail!("--count must be at least 1");
@@ -179,6 +183,10 @@ pub fn run(args: &BootArgs) -> Result<BootReport> {
     let started = Instant::now();
     let mut report = match vm {
         Vm::Qemu => qemu::run(args.count, timeout, args.accel, started)?,
+        #[cfg(feature = "libvirt")]
+        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, started)?,
+        #[cfg(not(feature = "libvirt"))]
+        Vm::Libvirt => bail!("this profiler was built without libvirt (the `libvirt` feature)"),
         Vm::Micro => micro::run(args.count, timeout)?,
     };
     report.wall_ns = ns(started.elapsed());
@@ -267,20 +275,27 @@ pub fn phases(
 
 /// What a phase name stands for, for the table.
 pub fn describe(vm: Vm, name: &str) -> String {
-    let table: &[(&str, &str)] = match vm {
-        Vm::Qemu => &qemu::PHASES,
-        Vm::Micro => &micro::PHASES,
+    let find = |table: &[(&str, &'static str)], n: &str| {
+        table.iter().find(|(p, _)| *p == n).map_or("", |(_, w)| *w)
     };
-    let parts: Vec<&str> = name
-        .split('+')
-        .map(|n| table.iter().find(|(p, _)| *p == n).map_or("", |(_, w)| *w))
-        .collect();
     if name == "total" {
         return match vm {
             Vm::Qemu => "spawn of qemu-system-x86_64 to its exit".into(),
+            Vm::Libvirt => "connecting to libvirtd to QEMU's exit".into(),
             Vm::Micro => "opening /dev/kvm to the VM's teardown".into(),
         };
     }
+    let parts: Vec<&str> = name
+        .split('+')
+        .map(|n| match vm {
+            Vm::Qemu => find(&qemu::PHASES, n).max(find(&[qemu::WORKLOAD_PHASE], n)),
+            #[cfg(feature = "libvirt")]
+            Vm::Libvirt => libvirt::describe(n),
+            #[cfg(not(feature = "libvirt"))]
+            Vm::Libvirt => "",
+            Vm::Micro => find(&micro::PHASES, n),
+        })
+        .collect();
     parts.join("; ")
 }
 
@@ -326,6 +341,7 @@ fn summary(boots: &[Boot], vm: Vm) -> Vec<PhaseStats> {
 pub fn print(r: &BootReport) {
     let vm = match r.vm {
         Vm::Qemu => "qemu",
+        Vm::Libvirt => "libvirt",
         Vm::Micro => "micro",
     };
     println!(
@@ -522,6 +538,6 @@ mod tests {
     #[test]
     fn vm_is_required() {
         let e = run(&BootArgs::default()).unwrap_err().to_string();
-        assert_eq!(e, "profiler boot needs --vm qemu|micro");
+        assert_eq!(e, "profiler boot needs --vm qemu|libvirt|micro");
     }
 }

@@ -50,13 +50,21 @@ pub const PHASES: [(&str, &str); 7] = [
     ("shutdown", "poweroff -f to the exit of qemu-system-x86_64"),
 ];
 
-/// Marks closing phases 0..=5 (the last phase ends at the process's exit).
+/// A workload guest's phase between `init` and `shutdown` (whose end is then qemu's exit).
+pub const WORKLOAD_PHASE: (&str, &str) = (
+    "workload",
+    "/init runs the workload to its exit (PROFILER_MARK done)",
+);
+
+/// Marks closing phases 0..=6 (the last phase ends at the process's exit); DONE only in a
+/// workload guest.
 const FIRST_BYTE: usize = 0;
 const FIRMWARE_DONE: usize = 1;
 const KERNEL_ENTRY: usize = 2;
 const FIRST_PRINTK: usize = 3;
 const INIT: usize = 4;
 const READY: usize = 5;
+const DONE: usize = 6;
 
 /// KVM probe: the kernel must print its first printk line this soon after its entry...
 const PROBE_AFTER_ENTRY: Duration = Duration::from_secs(3);
@@ -64,7 +72,7 @@ const PROBE_AFTER_ENTRY: Duration = Duration::from_secs(3);
 const PROBE_SILENCE: Duration = Duration::from_secs(5);
 const PROBE_LIMIT: Duration = Duration::from_secs(30);
 
-const APPEND: &str = "console=ttyS0 earlyprintk=serial loglevel=4 panic=-1";
+pub const APPEND: &str = "console=ttyS0 earlyprintk=serial loglevel=4 panic=-1";
 
 /// Children this process has running: killed (SIGKILL) by [`kill_children`] and by their
 /// guards' drop. PR_SET_PDEATHSIG covers a sudden exit of this process.
@@ -167,7 +175,7 @@ impl Accel {
 /// Marker times of one boot, fed line by line.
 #[derive(Default)]
 pub struct Marks {
-    pub at: [Option<Instant>; 6],
+    pub at: [Option<Instant>; 7],
     pub guest: BTreeMap<String, f64>,
 }
 
@@ -205,8 +213,12 @@ impl Marks {
                 }
                 self.set(FIRST_PRINTK, t);
             }
-            (Some(name @ ("init" | "ready")), p) => {
-                let i = if name == "init" { INIT } else { READY };
+            (Some(name @ ("init" | "ready" | "done")), p) => {
+                let i = match name {
+                    "init" => INIT,
+                    "ready" => READY,
+                    _ => DONE,
+                };
                 if self.at[i].is_none()
                     && let Some((secs, _)) = p
                 {
@@ -225,17 +237,78 @@ struct Limits {
     probe: bool,
 }
 
+/// What to boot: the stock guest of `boot --vm qemu`, or a workload's initramfs.
+pub struct Guest<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub memory_mb: u64,
+    pub smp: u32,
+    /// Appended to the kernel command line.
+    pub append: &'a str,
+    /// A workload guest: its `done` mark closes a `workload` phase, and every console line
+    /// is kept (the result is printed there).
+    pub workload: bool,
+}
+
+impl<'a> Guest<'a> {
+    pub fn stock(a: &'a artefacts::Artefacts) -> Self {
+        Self {
+            kernel: &a.kernel,
+            initramfs: &a.initramfs,
+            memory_mb: 256,
+            smp: 1,
+            append: "",
+            workload: false,
+        }
+    }
+}
+
+/// One boot and, for a workload guest, its whole console.
+pub struct GuestRun {
+    pub boot: Boot,
+    pub console: Vec<String>,
+    /// Killed at the time limit (not by Ctrl-C or an error).
+    pub timed_out: bool,
+}
+
+/// Boots a workload guest to its exit with a known accelerator; `on_spawn` gets qemu's pid
+/// (to trace it) before the guest has run far.
+pub fn run_guest(
+    guest: &Guest,
+    accel: Accel,
+    timeout: Duration,
+    on_spawn: &mut dyn FnMut(u32),
+) -> Result<GuestRun> {
+    let limits = Limits {
+        timeout,
+        probe: false,
+    };
+    boot(0, guest, accel, &limits, on_spawn)
+}
+
 /// Boots one VM to its exit (or kill); errors only when qemu cannot be started.
-fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> Result<Boot> {
+fn boot(
+    index: u32,
+    guest: &Guest,
+    accel: Accel,
+    limits: &Limits,
+    on_spawn: &mut dyn FnMut(u32),
+) -> Result<GuestRun> {
+    let append = format!("{APPEND} {}", guest.append);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.name()])
-        .args(["-m", "256", "-smp", "1", "-nographic", "-no-reboot"])
+        .arg("-m")
+        .arg(guest.memory_mb.to_string())
+        .arg("-smp")
+        .arg(guest.smp.max(1).to_string())
+        .args(["-nographic", "-no-reboot"])
         .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
-        .arg(&a.kernel)
+        .arg(guest.kernel)
         .arg("-initrd")
-        .arg(&a.initramfs)
-        .args(["-append", APPEND])
+        .arg(guest.initramfs)
+        .arg("-append")
+        .arg(append.trim_end())
         // Not a tty: qemu leaves the terminal alone. Own group: Ctrl-C reaches us, not it.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -257,6 +330,7 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         }
     })?;
     let mut guard = ChildGuard::new(child);
+    on_spawn(guard.pid as u32);
     let (tx, rx) = mpsc::channel();
     let mut stdout = guard.child.stdout.take().context("qemu stdout")?;
     let stderr = guard.child.stderr.take().context("qemu stderr")?;
@@ -292,15 +366,25 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
     let mut marks = Marks::default();
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut stderr_lines: Vec<String> = Vec::new();
+    let mut console: Vec<String> = Vec::new();
     let mut last_output = t0;
     let mut killed: Option<String> = None;
+    let mut timed_out = false;
     let limit = if limits.probe {
         limits.timeout.min(PROBE_LIMIT)
     } else {
         limits.timeout
     };
-    let on_line = |marks: &mut Marks, tail: &mut VecDeque<String>, t: Instant, l: String| {
+    let keep = guest.workload;
+    let on_line = |marks: &mut Marks,
+                   tail: &mut VecDeque<String>,
+                   console: &mut Vec<String>,
+                   t: Instant,
+                   l: String| {
         marks.note(t, &l);
+        if keep {
+            console.push(l.clone());
+        }
         if tail.len() == 8 {
             tail.pop_front();
         }
@@ -310,7 +394,7 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Event::Line(t, l)) => {
                 last_output = last_output.max(t);
-                on_line(&mut marks, &mut tail, t, l);
+                on_line(&mut marks, &mut tail, &mut console, t, l);
             }
             Ok(Event::Stderr(l)) => {
                 if killed.is_none() && l.contains("KVM internal error") {
@@ -330,8 +414,13 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         let why = if crate::cleanup::stop_requested() {
             Some("interrupted (Ctrl-C)".to_string())
         } else if now - t0 >= limit {
+            timed_out = true;
             Some(match marks.at[READY] {
                 None => format!("not ready within {:.1} s", limit.as_secs_f64()),
+                Some(_) if guest.workload && marks.at[DONE].is_none() => format!(
+                    "the workload did not finish within {:.1} s",
+                    limit.as_secs_f64()
+                ),
                 Some(_) => format!(
                     "ready, but {QEMU} still running after {:.1} s",
                     limit.as_secs_f64()
@@ -363,19 +452,24 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
     let _ = err_reader.join();
     while let Ok(ev) = rx.try_recv() {
         match ev {
-            Event::Line(t, l) => on_line(&mut marks, &mut tail, t, l),
+            Event::Line(t, l) => on_line(&mut marks, &mut tail, &mut console, t, l),
             Event::Stderr(l) => stderr_lines.push(l),
             Event::Exited(_) => {}
         }
     }
 
     let ready = marks.at[READY].is_some() && killed.is_none();
-    let offsets: Vec<Option<Duration>> = marks
-        .at
+    let mut names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
+    let marked = if guest.workload {
+        names.insert(DONE, WORKLOAD_PHASE.0);
+        DONE + 1
+    } else {
+        DONE
+    };
+    let offsets: Vec<Option<Duration>> = marks.at[..marked]
         .iter()
         .map(|m| m.map(|t| t.saturating_duration_since(t0)))
         .collect();
-    let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
     // qemu wrote every console byte before it exited: a line stamped later than the exit
     // only means its reader was scheduled late, so the exit is seen no earlier than it.
     let last_mark = marks.at.iter().flatten().max().copied().unwrap_or(t0);
@@ -398,7 +492,7 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
             ))
         }
     };
-    Ok(Boot {
+    let boot = Boot {
         index,
         accelerator: accel.name().into(),
         phases,
@@ -408,6 +502,11 @@ fn boot(index: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> 
         error,
         exit_code: status.and_then(|s| s.code()),
         guest_clock: marks.guest,
+    };
+    Ok(GuestRun {
+        boot,
+        console,
+        timed_out,
     })
 }
 
@@ -421,6 +520,7 @@ fn fill_guest_clock(phases: &mut [Phase], guest: &BTreeMap<String, f64>) {
         p.guest_ns = match p.name.as_str() {
             "kernel_boot" => span("first_printk", "init"),
             "init" => span("init", "ready"),
+            "workload" => span("ready", "done"),
             _ => None,
         };
     }
@@ -430,7 +530,11 @@ fn fill_guest_clock(phases: &mut [Phase], guest: &BTreeMap<String, f64>) {
 fn boot_many(n: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> Result<Vec<Boot>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
-            .map(|i| s.spawn(move || boot(i, a, accel, limits)))
+            .map(|i| {
+                s.spawn(move || {
+                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}).map(|r| r.boot)
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -474,47 +578,14 @@ pub fn run(
         timeout,
         probe: false,
     };
-    let mut kvm_probe = None;
-    let mut reused = None;
-    let (accel, reason) = match choice {
-        AccelChoice::Kvm => (Accel::Kvm, "--accel kvm".to_string()),
-        AccelChoice::Tcg => (Accel::Tcg, "--accel tcg".to_string()),
-        AccelChoice::Auto if !Path::new("/dev/kvm").exists() => {
-            (Accel::Tcg, "/dev/kvm is absent".to_string())
-        }
-        AccelChoice::Auto => {
-            let probe = boot(
-                0,
-                &artefacts,
-                Accel::Kvm,
-                &Limits {
-                    timeout,
-                    probe: true,
-                },
-            )?;
-            lap("kvm probe", &mut setup);
-            if probe.ready {
-                let why = format!(
-                    "a stock guest booted on KVM ({}) in the probe",
-                    backend_name(backend)
-                );
-                // One VM: the probe was the boot; more: they start together, after it.
-                if count == 1 {
-                    reused = Some(probe);
-                } else {
-                    kvm_probe = Some(probe);
-                }
-                (Accel::Kvm, why)
-            } else {
-                let why = format!(
-                    "KVM ({} backend) failed a stock guest: {}; fell back to TCG",
-                    backend_name(backend),
-                    probe.error.as_deref().unwrap_or("not ready")
-                );
-                kvm_probe = Some(probe);
-                (Accel::Tcg, why)
-            }
-        }
+    let (accel, reason, probe) = choose(choice, &artefacts, timeout)?;
+    if probe.is_some() {
+        lap("kvm probe", &mut setup);
+    }
+    // One VM on KVM: the probe was the boot; more: they start together, after it.
+    let (kvm_probe, reused) = match probe {
+        Some(p) if p.ready && count == 1 => (None, Some(p)),
+        p => (p, None),
     };
     let stopped = crate::cleanup::stop_requested();
     let boots_start = Instant::now();
@@ -548,6 +619,44 @@ pub fn run(
         report.error = Some("interrupted (Ctrl-C) before the boots".into());
     }
     Ok(report)
+}
+
+/// The accelerator `choice` asks for; under `auto`, KVM when a stock guest boots on it in a
+/// probe (returned, with why), else TCG.
+pub fn choose(
+    choice: AccelChoice,
+    a: &artefacts::Artefacts,
+    timeout: Duration,
+) -> Result<(Accel, String, Option<Boot>)> {
+    let backend = crate::kernel::kvm_backend();
+    Ok(match choice {
+        AccelChoice::Kvm => (Accel::Kvm, "--accel kvm".to_string(), None),
+        AccelChoice::Tcg => (Accel::Tcg, "--accel tcg".to_string(), None),
+        AccelChoice::Auto if !Path::new("/dev/kvm").exists() => {
+            (Accel::Tcg, "/dev/kvm is absent".to_string(), None)
+        }
+        AccelChoice::Auto => {
+            let limits = Limits {
+                timeout,
+                probe: true,
+            };
+            let probe = boot(0, &Guest::stock(a), Accel::Kvm, &limits, &mut |_| {})?.boot;
+            if probe.ready {
+                let why = format!(
+                    "a stock guest booted on KVM ({}) in the probe",
+                    backend_name(backend)
+                );
+                (Accel::Kvm, why, Some(probe))
+            } else {
+                let why = format!(
+                    "KVM ({} backend) failed a stock guest: {}; fell back to TCG",
+                    backend_name(backend),
+                    probe.error.as_deref().unwrap_or("not ready")
+                );
+                (Accel::Tcg, why, Some(probe))
+            }
+        }
+    })
 }
 
 fn backend_name(b: crate::kernel::KvmBackend) -> String {
@@ -586,7 +695,8 @@ mod tests {
                 Some(at(2)),
                 Some(at(3)),
                 Some(at(6)),
-                Some(at(7))
+                Some(at(7)),
+                None
             ]
         );
         assert_eq!(m.guest["first_printk"], 0.0);
@@ -604,7 +714,8 @@ mod tests {
         }
         assert_eq!(&m.at[..3], &[None, None, None]);
         assert!(m.at[FIRST_PRINTK].is_some() && m.at[READY].is_some());
-        let offsets: Vec<Option<Duration>> = m.at.iter().map(|t| t.map(|t| t - t0)).collect();
+        let offsets: Vec<Option<Duration>> =
+            m.at[..DONE].iter().map(|t| t.map(|t| t - t0)).collect();
         let names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
         let p = phases(&names, &offsets, Duration::from_millis(50), true);
         assert_eq!(
@@ -612,6 +723,33 @@ mod tests {
             "vmm_setup+firmware+kernel_load+kernel_decompress"
         );
         assert_eq!(p.iter().map(|p| p.ns).sum::<u64>(), 50_000_000);
+    }
+
+    #[test]
+    fn a_workload_guest_marks_done() {
+        let t0 = Instant::now();
+        let mut m = Marks::default();
+        let lines = [
+            "[    4.70] PROFILER_MARK init",
+            "[    4.75] PROFILER_MARK ready",
+            "[    6.45] PROFILER_MARK done",
+            "PROFILER_RESULT_BEGIN",
+            "{",
+            "PROFILER_RESULT_END",
+        ];
+        for (i, l) in lines.iter().enumerate() {
+            m.note(t0 + Duration::from_millis(i as u64 + 1), l);
+        }
+        assert_eq!(m.at[DONE], Some(t0 + Duration::from_millis(3)));
+        assert_eq!(m.guest["done"], 6.45);
+        let mut p = vec![Phase {
+            name: WORKLOAD_PHASE.0.into(),
+            ns: 1,
+            complete: true,
+            guest_ns: None,
+        }];
+        fill_guest_clock(&mut p, &m.guest);
+        assert_eq!(p[0].guest_ns, Some(1_700_000_000));
     }
 
     #[test]

@@ -1,0 +1,559 @@
+//! `--vm libvirt`: the `--vm qemu` guest as a transient libvirt domain, so the boot shows what
+//! libvirt itself adds: connecting to libvirtd, preparing the domain and spawning QEMU (the
+//! exec is stamped in the kernel by the exec tracer), QEMU's start under libvirt's control, then
+//! the same console-marked guest phases as `--vm qemu`, and QEMU's exit (a pidfd).
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use virt::{connect::Connect, domain::Domain};
+
+use super::{
+    AccelChoice, Boot, BootReport, Phase, Vm, artefacts, ns, phases,
+    qemu::{self, Accel, Marks},
+    serial::LineSplitter,
+};
+use crate::cleanup::Owner;
+
+pub const URI: &str = "qemu:///system";
+const SOCKET: &str = "/run/libvirt/libvirt-sock";
+/// Serial console files of running domains.
+const RUN_DIR: &str = "/run/profiler/libvirt";
+/// libvirtd's per-domain QEMU log, which it keeps after the domain is gone.
+const LOG_DIR: &str = "/var/log/libvirt/qemu";
+/// Every domain this tool creates is named `profiler-<pid>-<starttime>-<index>`.
+const PREFIX: &str = "profiler-";
+
+/// The libvirt-side phases; the guest's follow from [`qemu::PHASES`] (firmware on).
+pub const PHASES: [(&str, &str); 4] = [
+    (
+        "connect",
+        "virConnectOpen to libvirtd (the first connection after libvirtd starts also waits for its QEMU capability probe)",
+    ),
+    (
+        "libvirt_prepare",
+        "virDomainCreateXML to the exec of qemu-system-x86_64 (libvirtd parses the XML, sets up cgroups, labels and logs, forks QEMU)",
+    ),
+    (
+        "qemu_start",
+        "QEMU's exec to virDomainCreateXML's return (QEMU builds the machine paused; libvirtd configures it over QMP and starts the vCPU)",
+    ),
+    (
+        "firmware_start",
+        "the vCPU's start to the firmware's first serial byte",
+    ),
+];
+
+/// After QEMU's exit.
+pub const CLEANUP: (&str, &str) = (
+    "libvirt_cleanup",
+    "QEMU's exit to libvirtd reporting the domain gone (it reaps QEMU, tears down its cgroup, labels and monitor)",
+);
+
+/// Phase names in order: libvirt's, the guest's from `qemu::PHASES[1..]`, libvirt's cleanup.
+pub fn names() -> Vec<&'static str> {
+    PHASES
+        .iter()
+        .chain(qemu::PHASES[1..].iter())
+        .chain(std::iter::once(&CLEANUP))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+pub fn describe(name: &str) -> &'static str {
+    if name == "shutdown" {
+        return "poweroff -f to QEMU's exit (the domain is destroyed on power-off)";
+    }
+    PHASES
+        .iter()
+        .chain(qemu::PHASES.iter())
+        .chain(std::iter::once(&CLEANUP))
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, w)| *w)
+}
+
+fn domain_name(owner: &Owner, index: u32) -> String {
+    format!("{PREFIX}{}-{}-{index}", owner.pid, owner.start)
+}
+
+/// The owner a domain name carries, if it is one of ours.
+pub fn owner_of(name: &str) -> Option<Owner> {
+    let mut it = name.strip_prefix(PREFIX)?.split('-');
+    let pid = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    it.next()?.parse::<u32>().ok()?;
+    it.next().is_none().then_some(Owner { pid, start })
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// A transient domain: direct kernel boot, the console on a file, no network, no disks. ACPI
+/// is on, or the guest's `poweroff -f` only halts it and the domain never ends; SeaBIOS
+/// writes to the serial port, as under `--vm qemu`'s -nographic, so the firmware is marked.
+pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &Path) -> String {
+    let kind = match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "qemu",
+    };
+    let e = |p: &Path| xml_escape(&p.to_string_lossy());
+    format!(
+        "<domain type='{kind}'>
+  <name>{name}</name>
+  <description>profiler boot --vm libvirt</description>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+    <bios useserial='yes'/>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/{emulator}</emulator>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+  </devices>
+</domain>
+",
+        kernel = e(&a.kernel),
+        initrd = e(&a.initramfs),
+        cmdline = xml_escape(qemu::APPEND),
+        emulator = qemu::QEMU,
+        console = e(console),
+    )
+}
+
+fn connect() -> Result<Connect> {
+    if !Path::new(SOCKET).exists() {
+        bail!(
+            "libvirtd is not running (no {SOCKET}): start it with `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)"
+        );
+    }
+    Connect::open(Some(URI)).map_err(|e| anyhow::anyhow!("connecting to {URI}: {}", e.message()))
+}
+
+/// Destroys running domains whose owner is gone (a `kill -9` of an earlier run).
+pub fn reap_stale(conn: &Connect) {
+    let Ok(domains) = conn.list_all_domains(0) else {
+        return;
+    };
+    for d in domains {
+        let Ok(name) = d.get_name() else { continue };
+        if let Some(o) = owner_of(&name).filter(|o| !o.alive())
+            && d.is_active().unwrap_or(false)
+            && d.destroy().is_ok()
+        {
+            eprintln!(
+                "profiler: destroyed libvirt domain {name}, left running by pid {}",
+                o.pid
+            );
+        }
+    }
+    for (dir, suffix) in [(RUN_DIR, ".console"), (LOG_DIR, ".log")] {
+        let Ok(dir) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(suffix) else {
+                continue;
+            };
+            if owner_of(stem).is_some_and(|o| !o.alive()) {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+}
+
+/// Owns one running domain and its console file: destroyed and removed on drop and on a
+/// signal (through `cleanup::on_signal`).
+struct DomainGuard {
+    name: String,
+    console: PathBuf,
+    domain: Option<Domain>,
+}
+
+impl DomainGuard {
+    fn new(name: String, console: PathBuf) -> Self {
+        let (n, c) = (name.clone(), console.clone());
+        crate::cleanup::on_signal(&format!("libvirt:{name}"), move || {
+            if let Ok(conn) = Connect::open(Some(URI))
+                && let Ok(d) = Domain::lookup_by_name(&conn, &n)
+            {
+                let _ = d.destroy();
+            }
+            let _ = std::fs::remove_file(&c);
+            let _ = std::fs::remove_file(log_path(&n));
+        });
+        Self {
+            name,
+            console,
+            domain: None,
+        }
+    }
+}
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        if let Some(d) = &self.domain
+            && d.is_active().unwrap_or(false)
+        {
+            let _ = d.destroy();
+        }
+        let _ = std::fs::remove_file(&self.console);
+        let _ = std::fs::remove_file(log_path(&self.name));
+        crate::cleanup::forget(&format!("libvirt:{}", self.name));
+    }
+}
+
+fn log_path(name: &str) -> PathBuf {
+    Path::new(LOG_DIR).join(format!("{name}.log"))
+}
+
+/// QEMU's pid from libvirt's pid file.
+fn qemu_pid(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A pidfd for `pid`, or None when it is already gone.
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscall; a non-negative return is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: see above.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn exited(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// Where the exec tracer saw QEMU start, as an offset from `t0` (an `Instant` taken at the
+/// monotonic time `t0_mono`).
+fn exec_offset(execs: &[crate::trace::exec::Exec], pid: u32, t0_mono: u64) -> Option<Duration> {
+    execs
+        .iter()
+        .find(|e| e.pid == pid && e.comm.starts_with("qemu-system"))
+        .and_then(|e| e.ts.checked_sub(t0_mono))
+        .map(Duration::from_nanos)
+}
+
+/// One exec tracer for all boots, and the execs it has seen so far (a boot that drains the
+/// ring keeps the others' execs here for them).
+type Execs = std::sync::Mutex<(
+    Option<crate::trace::exec::ExecTracer>,
+    Vec<crate::trace::exec::Exec>,
+)>;
+
+fn boot(
+    index: u32,
+    a: &artefacts::Artefacts,
+    accel: Accel,
+    timeout: Duration,
+    execs: &Execs,
+) -> Result<Boot> {
+    let name = domain_name(&Owner::me(), index);
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let console = Path::new(RUN_DIR).join(format!("{name}.console"));
+    let mut guard = DomainGuard::new(name.clone(), console.clone());
+    std::fs::File::create(&console).with_context(|| format!("creating {}", console.display()))?;
+    let xml = domain_xml(&name, accel, a, &console);
+
+    let t0 = Instant::now();
+    let t0_mono = crate::kernel::monotonic_ns();
+    // Marks: connect, qemu exec, create returned, then the console's six up to ready.
+    let mut early: [Option<Duration>; 3] = [None; 3];
+    let mut error = None;
+    let conn = match connect() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            error = Some(format!("{e:#}"));
+            None
+        }
+    };
+    early[0] = Some(t0.elapsed());
+    let mut marks = Marks::default();
+    let mut tail: Vec<String> = Vec::new();
+    let mut end = t0.elapsed();
+    let mut qemu_exit = None;
+    let mut ready = false;
+    if let Some(conn) = &conn {
+        match Domain::create_xml(conn, &xml, 0) {
+            Ok(d) => {
+                early[2] = Some(t0.elapsed());
+                guard.domain = Some(d);
+            }
+            Err(e) => error = Some(format!("virDomainCreateXML: {}", e.message())),
+        }
+    }
+    if guard.domain.is_some() {
+        let pid = qemu_pid(&name);
+        let fd = pid.and_then(pidfd);
+        let mut file = std::fs::File::open(&console)
+            .with_context(|| format!("opening {}", console.display()))?;
+        let mut split = LineSplitter::new();
+        let mut buf = [0u8; 8192];
+        let mut killed: Option<String> = None;
+        let mut on_line = |marks: &mut Marks, t: Instant, l: String| {
+            marks.note(t, &l);
+            if tail.len() == 8 {
+                tail.remove(0);
+            }
+            tail.push(l);
+        };
+        loop {
+            let now = Instant::now();
+            let gone = match (&fd, &guard.domain) {
+                (Some(fd), _) => exited(fd),
+                (None, Some(d)) => !d.is_active().unwrap_or(false),
+                (None, None) => true,
+            };
+            // Drain the console first: QEMU wrote all of it before it exited.
+            loop {
+                let n = file.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                for (t, l) in split.feed(&buf[..n], now) {
+                    on_line(&mut marks, t, l);
+                }
+            }
+            if gone {
+                if let Some((t, l)) = split.finish() {
+                    on_line(&mut marks, t, l);
+                }
+                qemu_exit = Some(now.saturating_duration_since(t0));
+                break;
+            }
+            let why = if crate::cleanup::stop_requested() {
+                Some("interrupted (Ctrl-C)".to_string())
+            } else if now - t0 >= timeout {
+                Some(format!("not ready within {:.1} s", timeout.as_secs_f64()))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if let Some(d) = &guard.domain {
+                    let _ = d.destroy();
+                }
+                killed = Some(why);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if let Some(pid) = pid
+            && let Ok(mut guard) = execs.lock()
+        {
+            let (tracer, seen) = &mut *guard;
+            if let Some(new) = tracer.as_mut().and_then(|t| t.drain().ok()) {
+                seen.extend(new);
+            }
+            early[1] = exec_offset(seen, pid, t0_mono);
+        }
+        // libvirtd's side of the exit: until it reports the domain inactive (or gone).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(d) = &guard.domain
+            && d.is_active().unwrap_or(false)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        end = t0.elapsed();
+        ready = marks.at[5].is_some() && killed.is_none();
+        error = killed
+            .or_else(|| (!ready).then(|| "QEMU exited before the guest was ready".to_string()));
+    }
+    let offsets: Vec<Option<Duration>> = early
+        .iter()
+        .copied()
+        .chain(
+            marks.at[..6]
+                .iter()
+                .map(|m| m.map(|t| t.saturating_duration_since(t0))),
+        )
+        .chain(std::iter::once(qemu_exit))
+        .collect();
+    if let Some(mut c) = conn {
+        let _ = c.close();
+    }
+    let last = offsets.iter().flatten().max().copied().unwrap_or_default();
+    let end = end.max(last);
+    Ok(Boot {
+        index,
+        accelerator: accel.name().into(),
+        phases: phases(&names(), &offsets, end, ready),
+        total_ns: ns(end),
+        ready,
+        error,
+        exit_code: None,
+        guest_clock: marks.guest,
+        console_tail: if ready { Vec::new() } else { tail },
+    })
+}
+
+pub fn run(
+    count: u32,
+    timeout: Duration,
+    choice: AccelChoice,
+    started: Instant,
+) -> Result<BootReport> {
+    let backend = crate::kernel::kvm_backend();
+    virt::error::clear_error_callback();
+    let artefacts = artefacts::prepare()?;
+    let mut setup = vec![lap(
+        if artefacts.built {
+            "artefacts (built)"
+        } else {
+            "artefacts (cached)"
+        },
+        started,
+    )];
+    {
+        let conn = connect()?;
+        reap_stale(&conn);
+    }
+    let (accel, reason) = match choice {
+        AccelChoice::Kvm => (Accel::Kvm, "--accel kvm".to_string()),
+        AccelChoice::Tcg => (Accel::Tcg, "--accel tcg".to_string()),
+        AccelChoice::Auto => match backend {
+            crate::kernel::KvmBackend::Vmx | crate::kernel::KvmBackend::Svm => (
+                Accel::Kvm,
+                format!("KVM on {backend:?}: domain type 'kvm'").to_lowercase(),
+            ),
+            other => (
+                Accel::Tcg,
+                format!(
+                    "KVM backend {other:?} does not run stock guests (see --vm qemu's probe): domain type 'qemu' (TCG)"
+                )
+                .to_lowercase(),
+            ),
+        },
+    };
+    let mark = Instant::now();
+    // One exec tracer for all boots: QEMU's exec, stamped in the kernel.
+    let execs: Execs =
+        std::sync::Mutex::new((crate::trace::exec::ExecTracer::start().ok(), Vec::new()));
+    setup.push(lap("connect, reap, exec tracer", mark));
+    let boots_start = Instant::now();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..count)
+            .map(|i| {
+                let (a, e) = (&artefacts, &execs);
+                s.spawn(move || boot(i, a, accel, timeout, e))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a boot thread panicked")))
+            })
+            .collect::<Result<_>>()
+    })?;
+    Ok(BootReport {
+        vm: Vm::Libvirt,
+        count,
+        accelerator: accel.name().into(),
+        accelerator_reason: reason,
+        kvm_backend: backend,
+        setup,
+        kvm_probe: None,
+        boots,
+        summary: Vec::new(),
+        boots_wall_ns: ns(boots_start.elapsed()),
+        wall_ns: 0,
+        artefacts: Some(artefacts),
+        ok: false,
+        error: None,
+    })
+}
+
+fn lap(name: &str, since: Instant) -> Phase {
+    Phase {
+        name: name.into(),
+        ns: ns(since.elapsed()),
+        complete: true,
+        guest_ns: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names_carry_their_owner() {
+        let o = Owner { pid: 42, start: 7 };
+        let n = domain_name(&o, 3);
+        assert_eq!(n, "profiler-42-7-3");
+        assert_eq!(owner_of(&n), Some(o));
+        assert_eq!(owner_of("profiler-42-7"), None);
+        assert_eq!(owner_of("profiler-42-7-3-x"), None);
+        assert_eq!(owner_of("debian12"), None);
+    }
+
+    #[test]
+    fn phase_names_follow_libvirt_then_the_guest() {
+        let n = names();
+        assert_eq!(
+            n,
+            [
+                "connect",
+                "libvirt_prepare",
+                "qemu_start",
+                "firmware_start",
+                "firmware",
+                "kernel_load",
+                "kernel_decompress",
+                "kernel_boot",
+                "init",
+                "shutdown",
+                "libvirt_cleanup"
+            ]
+        );
+        assert!(n.iter().all(|p| !describe(p).is_empty()));
+    }
+
+    #[test]
+    fn the_domain_powers_off_and_escapes_paths() {
+        let a = artefacts::Artefacts {
+            dir: "/c".into(),
+            kernel: "/c/vmlinuz".into(),
+            kernel_package: "k".into(),
+            initramfs: "/c/a&b.cpio".into(),
+            busybox_from: String::new(),
+            built: false,
+        };
+        let x = domain_xml("profiler-1-2-0", Accel::Tcg, &a, Path::new("/r/c"));
+        assert!(x.starts_with("<domain type='qemu'>"));
+        assert!(x.contains("<acpi/>") && x.contains("<on_poweroff>destroy</on_poweroff>"));
+        assert!(x.contains("<initrd>/c/a&amp;b.cpio</initrd>"));
+        assert!(
+            domain_xml("n", Accel::Kvm, &a, Path::new("/r/c")).starts_with("<domain type='kvm'>")
+        );
+    }
+}
