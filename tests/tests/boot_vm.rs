@@ -150,6 +150,18 @@ fn qemu_boot_has_every_phase_and_adds_up() {
         b.guest_clock
     );
     assert!(r.setup.iter().any(|p| p.name == "artefacts (cached)"));
+    // Where KVM ran the guest (the probe, or the boot itself when the probe was it): its
+    // exits per phase; SeaBIOS's banner alone is port writes to the serial port.
+    if std::path::Path::new("/dev/kvm").exists() {
+        let on_kvm = r.kvm_probe.as_ref().unwrap_or(b);
+        let e = &on_kvm.exits_by_phase;
+        assert_eq!(e.len(), on_kvm.phases.len(), "{e:#?}");
+        let firmware = e.iter().find(|p| p.phase == "firmware").expect("firmware");
+        assert!(
+            firmware.exits.get("kvm_pio out").is_some_and(|&n| n > 0),
+            "{firmware:?}"
+        );
+    }
 }
 
 #[test]

@@ -412,6 +412,7 @@ fn boot(
         exit_code: None,
         guest_clock: marks.guest,
         console_tail: if ready { Vec::new() } else { tail },
+        exits_by_phase: Vec::new(),
     })
 }
 

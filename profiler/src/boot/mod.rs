@@ -108,9 +108,19 @@ pub struct Boot {
     /// The guest kernel's clock (s) at its markers: first_printk, init, ready, power_down.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub guest_clock: BTreeMap<String, f64>,
+    /// KVM's exits in each phase (by VMX/SVM reason where kvm_exit fires, and the kvm: events
+    /// by kind), when one VM booted on KVM; every VM on the host counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exits_by_phase: Vec<PhaseExits>,
     /// The last console lines, when the boot failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_tail: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseExits {
+    pub phase: String,
+    pub exits: BTreeMap<String, u64>,
 }
 
 /// One phase over all boots that completed it.
@@ -212,6 +222,27 @@ pub fn run(args: &BootArgs) -> Result<BootReport> {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
+}
+
+fn print_exits(phases: &[PhaseExits]) {
+    if phases.is_empty() {
+        return;
+    }
+    println!("  KVM exits per phase (kvm: tracepoints, every VM on the host):");
+    for p in phases {
+        let mut e: Vec<(&String, &u64)> = p.exits.iter().collect();
+        e.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = e.iter().take(6).map(|(k, n)| format!("{k} {n}")).collect();
+        println!(
+            "    {:<22} {}",
+            p.phase,
+            if top.is_empty() {
+                "none".into()
+            } else {
+                top.join(", ")
+            }
+        );
+    }
 }
 
 /// run + print, failing (non-zero exit) when a VM did not get ready: what `main` calls.
@@ -367,6 +398,7 @@ pub fn print(r: &BootReport) {
             })
             .collect();
         println!("  kvm probe: {}", got.join(", "));
+        print_exits(&p.exits_by_phase);
     }
     for s in &r.setup {
         println!("  setup: {:<18} {:>9}", s.name, fmt_ns(s.ns as f64));
@@ -401,6 +433,7 @@ pub fn print(r: &BootReport) {
             fmt_ns(b.total_ns as f64),
             100.0
         );
+        print_exits(&b.exits_by_phase);
     } else {
         println!(
             "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  what",

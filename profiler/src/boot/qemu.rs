@@ -14,8 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use crate::kvm::exits::KvmTracer;
+
 use super::{
-    AccelChoice, Boot, BootReport, Phase, Vm, artefacts, ns, phases,
+    AccelChoice, Boot, BootReport, Phase, PhaseExits, Vm, artefacts, ns, phases,
     serial::{self, LineSplitter},
 };
 
@@ -283,17 +285,58 @@ pub fn run_guest(
         timeout,
         probe: false,
     };
-    boot(0, guest, accel, &limits, on_spawn)
+    boot(0, guest, accel, &limits, on_spawn, None)
+}
+
+/// KVM's exit counters by name, now (see `kvm::report::exit_counts`).
+fn exit_snapshot(t: Option<&KvmTracer>) -> Option<BTreeMap<String, u64>> {
+    t.and_then(|t| t.read().ok())
+        .map(|r| crate::kvm::report::exit_counts(&r))
+}
+
+/// Per phase, the exits between its start and end snapshots. A phase ends at the mark of the
+/// last name it merges, or at the exit (`last`) when it is the final or a cut phase.
+fn exits_by_phase(
+    phases: &[Phase],
+    names: &[&str],
+    first: &BTreeMap<String, u64>,
+    at_mark: &[Option<BTreeMap<String, u64>>],
+    last: &BTreeMap<String, u64>,
+) -> Vec<PhaseExits> {
+    let mut prev = first;
+    phases
+        .iter()
+        .map(|p| {
+            let end_name = p.name.rsplit('+').next().unwrap_or(&p.name);
+            let end = names
+                .iter()
+                .position(|n| *n == end_name)
+                .filter(|_| p.complete)
+                .and_then(|i| at_mark.get(i))
+                .and_then(Option::as_ref)
+                .unwrap_or(last);
+            let exits = crate::kvm::report::counts_between(prev, end);
+            prev = end;
+            PhaseExits {
+                phase: p.name.clone(),
+                exits,
+            }
+        })
+        .collect()
 }
 
 /// Boots one VM to its exit (or kill); errors only when qemu cannot be started.
+/// `exits`: a KVM exit tracer to snapshot at every mark (one boot at a time: it sees all VMs).
 fn boot(
     index: u32,
     guest: &Guest,
     accel: Accel,
     limits: &Limits,
     on_spawn: &mut dyn FnMut(u32),
+    exits: Option<&KvmTracer>,
 ) -> Result<GuestRun> {
+    let first_exits = exit_snapshot(exits);
+    let mut mark_exits: Vec<Option<BTreeMap<String, u64>>> = vec![None; Marks::default().at.len()];
     let append = format!("{APPEND} {}", guest.append);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.name()])
@@ -395,6 +438,13 @@ fn boot(
             Ok(Event::Line(t, l)) => {
                 last_output = last_output.max(t);
                 on_line(&mut marks, &mut tail, &mut console, t, l);
+                if first_exits.is_some() {
+                    for (i, m) in marks.at.iter().enumerate() {
+                        if m.is_some() && mark_exits[i].is_none() {
+                            mark_exits[i] = exit_snapshot(exits);
+                        }
+                    }
+                }
             }
             Ok(Event::Stderr(l)) => {
                 if killed.is_none() && l.contains("KVM internal error") {
@@ -447,6 +497,7 @@ fn boot(
         }
     };
     let status = guard.reap();
+    let last_exits = exit_snapshot(exits);
     // The console's last bytes may still be in the pipe: read them before closing the books.
     let _ = reader.join();
     let _ = err_reader.join();
@@ -476,6 +527,10 @@ fn boot(
     let end = exited.max(last_mark).saturating_duration_since(t0);
     let mut phases = phases(&names, &offsets, end, ready);
     fill_guest_clock(&mut phases, &marks.guest);
+    let exits_by_phase = match (&first_exits, &last_exits) {
+        (Some(first), Some(last)) => exits_by_phase(&phases, &names, first, &mark_exits, last),
+        _ => Vec::new(),
+    };
     let error = match (&killed, ready) {
         (Some(why), _) => Some(why.clone()),
         (None, true) => None,
@@ -502,6 +557,7 @@ fn boot(
         error,
         exit_code: status.and_then(|s| s.code()),
         guest_clock: marks.guest,
+        exits_by_phase,
     };
     Ok(GuestRun {
         boot,
@@ -532,7 +588,7 @@ fn boot_many(n: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) ->
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 s.spawn(move || {
-                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}).map(|r| r.boot)
+                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None).map(|r| r.boot)
                 })
             })
             .collect();
@@ -593,6 +649,19 @@ pub fn run(
     let boots = match reused {
         Some(b) => vec![b],
         None if stopped => Vec::new(),
+        // One VM on KVM: its exits per phase (the tracer is loaded before the boot's clock).
+        None if count == 1 && accel == Accel::Kvm => {
+            let tracer = exit_tracer();
+            let b = boot(
+                0,
+                &Guest::stock(&artefacts),
+                accel,
+                &limits,
+                &mut |_| {},
+                tracer.as_ref(),
+            )?;
+            vec![b.boot]
+        }
         None => boot_many(count, &artefacts, accel, &limits)?,
     };
     let boots_wall_ns = match (reused_one, boots.first()) {
@@ -640,7 +709,16 @@ pub fn choose(
                 timeout,
                 probe: true,
             };
-            let probe = boot(0, &Guest::stock(a), Accel::Kvm, &limits, &mut |_| {})?.boot;
+            let tracer = exit_tracer();
+            let probe = boot(
+                0,
+                &Guest::stock(a),
+                Accel::Kvm,
+                &limits,
+                &mut |_| {},
+                tracer.as_ref(),
+            )?
+            .boot;
             if probe.ready {
                 let why = format!(
                     "a stock guest booted on KVM ({}) in the probe",
@@ -657,6 +735,12 @@ pub fn choose(
             }
         }
     })
+}
+
+/// The KVM exit tracer on every VM (a boot's qemu has no pid before its spawn), or None when
+/// it cannot load: the boot goes on without exits per phase.
+fn exit_tracer() -> Option<KvmTracer> {
+    KvmTracer::start(crate::kvm::exits::Filter::default()).ok()
 }
 
 fn backend_name(b: crate::kernel::KvmBackend) -> String {
@@ -750,6 +834,39 @@ mod tests {
         }];
         fill_guest_clock(&mut p, &m.guest);
         assert_eq!(p[0].guest_ns, Some(1_700_000_000));
+    }
+
+    #[test]
+    fn exits_split_at_each_phase_end_mark() {
+        let c = |n: u64| BTreeMap::from([("kvm_pio out".to_string(), n)]);
+        let names = ["a", "b", "c", "d"];
+        // "b" merged into "c" (its mark was missed): the merged phase ends at c's snapshot.
+        let marks = [Some(c(10)), None, Some(c(70))];
+        let p = |name: &str, complete: bool| Phase {
+            name: name.into(),
+            ns: 1,
+            complete,
+            guest_ns: None,
+        };
+        let phases = [p("a", true), p("b+c", true), p("d", false)];
+        let e = exits_by_phase(&phases, &names, &c(0), &marks, &c(100));
+        let got: Vec<(String, u64)> = e
+            .iter()
+            .map(|p| {
+                (
+                    p.phase.clone(),
+                    p.exits.get("kvm_pio out").copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("a".into(), 10), ("b+c".into(), 60), ("d".into(), 30)]
+        );
+        assert_eq!(
+            e.iter().map(|p| p.exits.values().sum::<u64>()).sum::<u64>(),
+            100
+        );
     }
 
     #[test]

@@ -192,6 +192,56 @@ fn add_into(total: &mut Hist, h: &Hist) {
 }
 
 /// The report from the maps' contents.
+/// Exits by name: per VMX/SVM reason where `kvm_exit` fired, and the `kvm:` events by kind
+/// (which fire on every backend). Zero counts are left out.
+pub fn exit_counts(raw: &Raw) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let (vmx, svm) = (
+        raw.counter(counter::EXIT_VMX),
+        raw.counter(counter::EXIT_SVM),
+    );
+    if vmx + svm > 0 {
+        let isa = if vmx >= svm { ISA_VMX } else { ISA_SVM };
+        for (slot, &n) in raw.exit_count.iter().enumerate() {
+            if n > 0 {
+                out.insert(format!("exit {}", names::slot_name(isa, slot as u32)), n);
+            }
+        }
+    }
+    for (c, name) in [
+        (counter::PIO_IN, "kvm_pio in"),
+        (counter::PIO_OUT, "kvm_pio out"),
+        (counter::MMIO_READ, "kvm_mmio read"),
+        (counter::MMIO_WRITE, "kvm_mmio write"),
+        (counter::MSR_READ, "kvm_msr read"),
+        (counter::MSR_WRITE, "kvm_msr write"),
+        (counter::CPUID, "kvm_cpuid"),
+        (counter::HYPERCALL, "kvm_hypercall"),
+        (counter::EMULATE_INSN, "kvm_emulate_insn"),
+        (counter::USERSPACE_EXIT, "kvm_userspace_exit"),
+    ] {
+        let n = raw.counter(c);
+        if n > 0 {
+            out.insert(name.to_string(), n);
+        }
+    }
+    out
+}
+
+/// `later - earlier`, per name (counters only grow).
+pub fn counts_between(
+    earlier: &std::collections::BTreeMap<String, u64>,
+    later: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    later
+        .iter()
+        .filter_map(|(k, &v)| {
+            let d = v.saturating_sub(earlier.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
 pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
     let (vmx, svm) = (
         raw.counter(counter::EXIT_VMX),
@@ -747,6 +797,30 @@ mod tests {
         assert_eq!(r.run.in_vmm_ns, vmm);
         assert!(r.run.vmm_share > 0.0 && r.run.vmm_share < 1.0);
         assert!(r.notes.is_empty(), "{:?}", r.notes);
+    }
+
+    #[test]
+    fn exit_counts_name_reasons_and_events_and_subtract() {
+        let raw = replay(&recorded_vmx_trace());
+        let c = exit_counts(&raw);
+        assert_eq!(c["exit IO_INSTRUCTION"], 4);
+        assert_eq!(c["exit EPT_MISCONFIG"], 3);
+        assert_eq!(c["exit CPUID"], 5);
+        assert_eq!(c["exit EXTERNAL_INTERRUPT"], 1);
+        assert!(c.values().all(|&n| n > 0));
+        let mut earlier = c.clone();
+        earlier.insert("exit CPUID".into(), 2);
+        earlier.remove("exit HLT");
+        let d = counts_between(&earlier, &c);
+        assert_eq!(d.get("exit CPUID"), Some(&3));
+        assert_eq!(d.get("exit HLT"), c.get("exit HLT"));
+        assert_eq!(d.get("exit IO_INSTRUCTION"), None);
+        let mut pio = Raw::empty();
+        pio.counters[counter::PIO_OUT as usize] = 7;
+        assert_eq!(
+            exit_counts(&pio).into_iter().collect::<Vec<_>>(),
+            [("kvm_pio out".to_string(), 7)]
+        );
     }
 
     #[test]
