@@ -118,8 +118,12 @@ fn qemu_boot_has_every_phase_and_adds_up() {
     assert_eq!(r.boots.len(), 1);
     let b = &r.boots[0];
     let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
-    let want: Vec<&str> = boot::qemu::PHASES.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, want, "a marker was missed: {b:#?}");
+    // QEMU's exec and vCPU thread from the exec tracer, then the console's marks.
+    assert_eq!(
+        names,
+        boot::qemu::names(true, false),
+        "a marker was missed: {b:#?}"
+    );
     for p in &b.phases {
         assert!(
             p.complete && p.ns > 0,
@@ -239,6 +243,35 @@ fn libvirt_boot_has_every_phase_and_adds_up() {
         wall_ns,
         off * 100.0
     );
+    assert!(console_files().is_empty(), "{:?}", console_files());
+}
+
+#[test]
+fn libvirt_timeout_destroys_the_domain_and_reports_the_phases_so_far() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_libvirtd();
+    let args = BootArgs {
+        vm: Some(Vm::Libvirt),
+        timeout: 1.5,
+        ..Default::default()
+    };
+    let r = boot::run(&args).expect("a timed-out boot is a report");
+    boot::print(&r);
+    assert!(!r.ok);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not ready within"),
+        "{:?}",
+        r.error
+    );
+    let b = &r.boots[0];
+    assert!(!b.ready);
+    assert_eq!(b.phases[0].name, "connect");
+    assert!(b.phases.iter().any(|p| !p.complete), "{:#?}", b.phases);
+    assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
+    assert!(our_domains().is_empty(), "{:?}", our_domains());
     assert!(console_files().is_empty(), "{:?}", console_files());
 }
 

@@ -17,7 +17,7 @@ use super::{
     qemu::{self, Accel, Marks},
     serial::LineSplitter,
 };
-use crate::cleanup::Owner;
+use crate::{cleanup::Owner, trace::exec::SharedExecs};
 
 pub const URI: &str = "qemu:///system";
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -29,7 +29,7 @@ const LOG_DIR: &str = "/var/log/libvirt/qemu";
 const PREFIX: &str = "profiler-";
 
 /// The libvirt-side phases; the guest's follow from [`qemu::PHASES`] (firmware on).
-pub const PHASES: [(&str, &str); 4] = [
+pub const PHASES: [(&str, &str); 5] = [
     (
         "connect",
         "virConnectOpen to libvirtd (the first connection after libvirtd starts also waits for its QEMU capability probe)",
@@ -39,12 +39,16 @@ pub const PHASES: [(&str, &str); 4] = [
         "virDomainCreateXML to the exec of qemu-system-x86_64 (libvirtd parses the XML, sets up cgroups, labels and logs, forks QEMU)",
     ),
     (
-        "qemu_start",
-        "QEMU's exec to virDomainCreateXML's return (QEMU builds the machine paused; libvirtd configures it over QMP and starts the vCPU)",
+        "qemu_init",
+        "QEMU's exec to its first vCPU thread (`CPU 0/KVM|TCG`, task_rename): QEMU builds the machine, paused",
+    ),
+    (
+        "qemu_qmp",
+        "the vCPU thread to virDomainCreateXML's return (libvirtd configures the paused QEMU over QMP and resumes it)",
     ),
     (
         "firmware_start",
-        "the vCPU's start to the firmware's first serial byte",
+        "virDomainCreateXML's return (the vCPU resumed) to the firmware's first serial byte",
     ),
 ];
 
@@ -253,29 +257,12 @@ fn exited(fd: &std::os::fd::OwnedFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
-/// Where the exec tracer saw QEMU start, as an offset from `t0` (an `Instant` taken at the
-/// monotonic time `t0_mono`).
-fn exec_offset(execs: &[crate::trace::exec::Exec], pid: u32, t0_mono: u64) -> Option<Duration> {
-    execs
-        .iter()
-        .find(|e| e.pid == pid && e.comm.starts_with("qemu-system"))
-        .and_then(|e| e.ts.checked_sub(t0_mono))
-        .map(Duration::from_nanos)
-}
-
-/// One exec tracer for all boots, and the execs it has seen so far (a boot that drains the
-/// ring keeps the others' execs here for them).
-type Execs = std::sync::Mutex<(
-    Option<crate::trace::exec::ExecTracer>,
-    Vec<crate::trace::exec::Exec>,
-)>;
-
 fn boot(
     index: u32,
     a: &artefacts::Artefacts,
     accel: Accel,
     timeout: Duration,
-    execs: &Execs,
+    execs: Option<&SharedExecs>,
 ) -> Result<Boot> {
     let name = domain_name(&Owner::me(), index);
     std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
@@ -286,8 +273,9 @@ fn boot(
 
     let t0 = Instant::now();
     let t0_mono = crate::kernel::monotonic_ns();
-    // Marks: connect, qemu exec, create returned, then the console's six up to ready.
-    let mut early: [Option<Duration>; 3] = [None; 3];
+    // Marks: connect, QEMU's exec, its vCPU thread, create returned, then the console's six
+    // up to ready.
+    let mut early: [Option<Duration>; 4] = [None; 4];
     let mut error = None;
     let conn = match connect() {
         Ok(c) => Some(c),
@@ -305,7 +293,7 @@ fn boot(
     if let Some(conn) = &conn {
         match Domain::create_xml(conn, &xml, 0) {
             Ok(d) => {
-                early[2] = Some(t0.elapsed());
+                early[3] = Some(t0.elapsed());
                 guard.domain = Some(d);
             }
             Err(e) => error = Some(format!("virDomainCreateXML: {}", e.message())),
@@ -365,14 +353,9 @@ fn boot(
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        if let Some(pid) = pid
-            && let Ok(mut guard) = execs.lock()
-        {
-            let (tracer, seen) = &mut *guard;
-            if let Some(new) = tracer.as_mut().and_then(|t| t.drain().ok()) {
-                seen.extend(new);
-            }
-            early[1] = exec_offset(seen, pid, t0_mono);
+        if let (Some(pid), Some(execs)) = (pid, execs) {
+            let [exec, vcpu] = qemu::vmm_marks(&execs.seen(), pid, t0_mono);
+            (early[1], early[2]) = (exec, vcpu);
         }
         // libvirtd's side of the exit: until it reports the domain inactive (or gone).
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -456,15 +439,14 @@ pub fn run(
     };
     let mark = Instant::now();
     // One exec tracer for all boots: QEMU's exec, stamped in the kernel.
-    let execs: Execs =
-        std::sync::Mutex::new((crate::trace::exec::ExecTracer::start().ok(), Vec::new()));
+    let execs = SharedExecs::start().ok();
     setup.push(lap("connect, reap, exec tracer", mark));
     let boots_start = Instant::now();
     let boots: Vec<Boot> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..count)
             .map(|i| {
                 let (a, e) = (&artefacts, &execs);
-                s.spawn(move || boot(i, a, accel, timeout, e))
+                s.spawn(move || boot(i, a, accel, timeout, e.as_ref()))
             })
             .collect();
         handles
@@ -525,7 +507,8 @@ mod tests {
             [
                 "connect",
                 "libvirt_prepare",
-                "qemu_start",
+                "qemu_init",
+                "qemu_qmp",
                 "firmware_start",
                 "firmware",
                 "kernel_load",

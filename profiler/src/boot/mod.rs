@@ -319,7 +319,11 @@ pub fn describe(vm: Vm, name: &str) -> String {
     let parts: Vec<&str> = name
         .split('+')
         .map(|n| match vm {
-            Vm::Qemu => find(&qemu::PHASES, n).max(find(&[qemu::WORKLOAD_PHASE], n)),
+            Vm::Qemu => [find(&qemu::PHASES, n), find(&qemu::VMM_PHASES, n)]
+                .into_iter()
+                .chain([find(&[qemu::WORKLOAD_PHASE], n)])
+                .find(|w| !w.is_empty())
+                .unwrap_or(""),
             #[cfg(feature = "libvirt")]
             Vm::Libvirt => libvirt::describe(n),
             #[cfg(not(feature = "libvirt"))]

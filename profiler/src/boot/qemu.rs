@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::kvm::exits::KvmTracer;
+use crate::{kvm::exits::KvmTracer, trace::exec::SharedExecs};
 
 use super::{
     AccelChoice, Boot, BootReport, Phase, PhaseExits, Vm, artefacts, ns, phases,
@@ -51,6 +51,60 @@ pub const PHASES: [(&str, &str); 7] = [
     ),
     ("shutdown", "poweroff -f to the exit of qemu-system-x86_64"),
 ];
+
+/// `vmm_setup` cut at QEMU's exec and at its first vCPU thread naming itself, both stamped in
+/// the kernel (sched_process_exec, task_rename), when the exec tracer runs.
+pub const VMM_PHASES: [(&str, &str); 3] = [
+    (
+        "spawn",
+        "fork and exec of qemu-system-x86_64 (sched_process_exec)",
+    ),
+    (
+        "vmm_init",
+        "QEMU's exec to its first vCPU thread (`CPU 0/KVM|TCG`, task_rename): accelerator, machine, memory and devices",
+    ),
+    (
+        "vcpu_start",
+        "the vCPU thread's start to the firmware's first serial byte",
+    ),
+];
+
+/// The phase names of one boot: VMM phases split when the exec tracer saw them, and the
+/// `workload` phase in a workload guest.
+pub fn names(split_vmm: bool, workload: bool) -> Vec<&'static str> {
+    let mut names: Vec<&str> = Vec::new();
+    if split_vmm {
+        names.extend(VMM_PHASES.iter().map(|(n, _)| *n));
+    } else {
+        names.push(PHASES[0].0);
+    }
+    names.extend(PHASES[1..PHASES.len() - 1].iter().map(|(n, _)| *n));
+    if workload {
+        names.push(WORKLOAD_PHASE.0);
+    }
+    names.push(PHASES[PHASES.len() - 1].0);
+    names
+}
+
+/// QEMU's exec and its first vCPU thread, as offsets from `t0_mono` (CLOCK_MONOTONIC ns).
+pub fn vmm_marks(
+    events: &[crate::trace::exec::Exec],
+    pid: u32,
+    t0_mono: u64,
+) -> [Option<Duration>; 2] {
+    let at = |f: &dyn Fn(&crate::trace::exec::Exec) -> bool| {
+        events
+            .iter()
+            // After the spawn only: an earlier event is a former holder of the pid.
+            .filter(|e| e.pid == pid && e.ts >= t0_mono && f(e))
+            .map(|e| Duration::from_nanos(e.ts - t0_mono))
+            .min()
+    };
+    [
+        at(&|e| !e.renamed && e.comm.starts_with("qemu-system")),
+        at(&|e| e.renamed && e.comm.starts_with("CPU ")),
+    ]
+}
 
 /// A workload guest's phase between `init` and `shutdown` (whose end is then qemu's exit).
 pub const WORKLOAD_PHASE: (&str, &str) = (
@@ -285,7 +339,7 @@ pub fn run_guest(
         timeout,
         probe: false,
     };
-    boot(0, guest, accel, &limits, on_spawn, None)
+    boot(0, guest, accel, &limits, on_spawn, None, None)
 }
 
 /// KVM's exit counters by name, now (see `kvm::report::exit_counts`).
@@ -334,6 +388,7 @@ fn boot(
     limits: &Limits,
     on_spawn: &mut dyn FnMut(u32),
     exits: Option<&KvmTracer>,
+    execs: Option<&SharedExecs>,
 ) -> Result<GuestRun> {
     let first_exits = exit_snapshot(exits);
     let mut mark_exits: Vec<Option<BTreeMap<String, u64>>> = vec![None; Marks::default().at.len()];
@@ -345,6 +400,8 @@ fn boot(
         .arg("-smp")
         .arg(guest.smp.max(1).to_string())
         .args(["-nographic", "-no-reboot"])
+        // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark.
+        .args(["-name", "profiler,debug-threads=on"])
         .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(guest.kernel)
@@ -365,6 +422,7 @@ fn boot(
         });
     }
     let t0 = Instant::now();
+    let t0_mono = crate::kernel::monotonic_ns();
     let child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::anyhow!("{QEMU} not found: install it with `apt-get install qemu-system-x86`")
@@ -510,16 +568,18 @@ fn boot(
     }
 
     let ready = marks.at[READY].is_some() && killed.is_none();
-    let mut names: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
-    let marked = if guest.workload {
-        names.insert(DONE, WORKLOAD_PHASE.0);
-        DONE + 1
-    } else {
-        DONE
-    };
-    let offsets: Vec<Option<Duration>> = marks.at[..marked]
+    let vmm = execs.map(|x| vmm_marks(&x.seen(), guard.pid as u32, t0_mono));
+    let names = names(vmm.is_some(), guest.workload);
+    let marked = if guest.workload { DONE + 1 } else { DONE };
+    let offsets: Vec<Option<Duration>> = vmm
         .iter()
-        .map(|m| m.map(|t| t.saturating_duration_since(t0)))
+        .flatten()
+        .copied()
+        .chain(
+            marks.at[..marked]
+                .iter()
+                .map(|m| m.map(|t| t.saturating_duration_since(t0))),
+        )
         .collect();
     // qemu wrote every console byte before it exited: a line stamped later than the exit
     // only means its reader was scheduled late, so the exit is seen no earlier than it.
@@ -583,12 +643,19 @@ fn fill_guest_clock(phases: &mut [Phase], guest: &BTreeMap<String, f64>) {
 }
 
 /// N boots at once, one thread each (a qemu's PDEATHSIG is tied to its spawning thread).
-fn boot_many(n: u32, a: &artefacts::Artefacts, accel: Accel, limits: &Limits) -> Result<Vec<Boot>> {
+fn boot_many(
+    n: u32,
+    a: &artefacts::Artefacts,
+    accel: Accel,
+    limits: &Limits,
+    execs: Option<&SharedExecs>,
+) -> Result<Vec<Boot>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 s.spawn(move || {
-                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None).map(|r| r.boot)
+                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None, execs)
+                        .map(|r| r.boot)
                 })
             })
             .collect();
@@ -643,6 +710,15 @@ pub fn run(
         Some(p) if p.ready && count == 1 => (None, Some(p)),
         p => (p, None),
     };
+    // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
+    // BPF), vmm_setup stays whole.
+    let execs = match reused {
+        Some(_) => None,
+        None => SharedExecs::start().ok(),
+    };
+    if execs.is_some() {
+        lap("exec tracer", &mut setup);
+    }
     let stopped = crate::cleanup::stop_requested();
     let boots_start = Instant::now();
     let reused_one = reused.is_some();
@@ -659,10 +735,11 @@ pub fn run(
                 &limits,
                 &mut |_| {},
                 tracer.as_ref(),
+                execs.as_ref(),
             )?;
             vec![b.boot]
         }
-        None => boot_many(count, &artefacts, accel, &limits)?,
+        None => boot_many(count, &artefacts, accel, &limits, execs.as_ref())?,
     };
     let boots_wall_ns = match (reused_one, boots.first()) {
         (true, Some(b)) => b.total_ns,
@@ -717,6 +794,7 @@ pub fn choose(
                 &limits,
                 &mut |_| {},
                 tracer.as_ref(),
+                None,
             )?
             .boot;
             if probe.ready {
@@ -834,6 +912,39 @@ mod tests {
         }];
         fill_guest_clock(&mut p, &m.guest);
         assert_eq!(p[0].guest_ns, Some(1_700_000_000));
+    }
+
+    #[test]
+    fn vmm_marks_take_qemus_own_exec_and_first_vcpu_thread() {
+        use crate::trace::exec::Exec;
+        let ev = |ts: u64, pid: u32, comm: &str, renamed: bool| Exec {
+            ts,
+            pid,
+            comm: comm.into(),
+            renamed,
+        };
+        let events = [
+            ev(900, 7, "qemu-system-x86", false),   // before t0: not ours
+            ev(1_500, 8, "qemu-system-x86", false), // another VM
+            ev(2_000, 7, "qemu-system-x86", false),
+            ev(3_000, 7, "call_rcu", true),
+            ev(9_000, 7, "CPU 1/TCG", true),
+            ev(5_000, 7, "CPU 0/TCG", true),
+        ];
+        assert_eq!(
+            vmm_marks(&events, 7, 1_000),
+            [
+                Some(Duration::from_nanos(1_000)),
+                Some(Duration::from_nanos(4_000))
+            ]
+        );
+        assert_eq!(vmm_marks(&events, 9, 1_000), [None, None]);
+        assert_eq!(
+            names(true, false)[..4],
+            ["spawn", "vmm_init", "vcpu_start", "firmware"]
+        );
+        assert_eq!(names(false, true)[0], "vmm_setup");
+        assert_eq!(names(false, true)[names(false, true).len() - 2], "workload");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Process execs with their kernel timestamps (user side of profiler-ebpf/src/exec.rs).
+//! Process execs (and, when asked, thread renames) with their kernel timestamps (user side of
+//! profiler-ebpf/src/exec.rs).
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -6,7 +7,7 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::BtfTracePoint,
 };
-use profiler_common::exec::ExecEvent;
+use profiler_common::exec::{ExecEvent, KIND_RENAME};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -15,6 +16,9 @@ pub struct Exec {
     pub ts: u64,
     pub pid: u32,
     pub comm: String,
+    /// A thread of `pid` took the name `comm` (not an exec).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renamed: bool,
 }
 
 pub struct ExecTracer {
@@ -24,17 +28,37 @@ pub struct ExecTracer {
 pub use crate::kernel::monotonic_ns;
 
 impl ExecTracer {
+    /// Execs only.
     pub fn start() -> Result<ExecTracer> {
+        Self::start_with(false)
+    }
+
+    /// Execs and thread renames (task:task_rename).
+    pub fn start_with_renames() -> Result<ExecTracer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(renames: bool) -> Result<ExecTracer> {
         let mut ebpf = crate::ebpf::load()?;
         let btf = Btf::from_sys_fs().context("reading vmlinux BTF")?;
-        let p: &mut BtfTracePoint = ebpf
-            .program_mut("exec_event")
-            .ok_or_else(|| anyhow!("exec_event missing"))?
-            .try_into()?;
-        p.load("sched_process_exec", &btf)
-            .context("loading the exec tracer")?;
-        p.attach()
-            .context("attaching to sched:sched_process_exec")?;
+        let hooks: &[(&str, &str)] = if renames {
+            &[
+                ("exec_event", "sched_process_exec"),
+                ("rename_event", "task_rename"),
+            ]
+        } else {
+            &[("exec_event", "sched_process_exec")]
+        };
+        for (program, event) in hooks {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("{program} missing"))?
+                .try_into()?;
+            p.load(event, &btf)
+                .with_context(|| format!("loading the {event} tracer"))?;
+            p.attach()
+                .with_context(|| format!("attaching to {event}"))?;
+        }
         Ok(ExecTracer { ebpf })
     }
 
@@ -57,8 +81,33 @@ impl ExecTracer {
                 ts: e.ts,
                 pid: e.pid,
                 comm: String::from_utf8_lossy(&e.comm[..end]).into_owned(),
+                renamed: e.kind == KIND_RENAME,
             });
         }
         Ok(out)
+    }
+}
+
+/// One tracer for concurrent users (N boots at once): whoever drains the ring keeps every
+/// event here, so each finds its own.
+pub struct SharedExecs(std::sync::Mutex<(ExecTracer, Vec<Exec>)>);
+
+impl SharedExecs {
+    /// Execs and thread renames.
+    pub fn start() -> Result<SharedExecs> {
+        Ok(SharedExecs(std::sync::Mutex::new((
+            ExecTracer::start_with_renames()?,
+            Vec::new(),
+        ))))
+    }
+
+    /// Every event since the start.
+    pub fn seen(&self) -> Vec<Exec> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (tracer, seen) = &mut *g;
+        if let Ok(new) = tracer.drain() {
+            seen.extend(new);
+        }
+        seen.clone()
     }
 }
