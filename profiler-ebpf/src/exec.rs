@@ -1,6 +1,6 @@
 //! Every exec on the host, with its time: runc, containerd-shim, iptables and the container's
-//! entrypoint show when each start-up phase happened, as the kernel saw it. Thread renames, when
-//! asked for, mark a VMM's vCPU threads coming up.
+//! entrypoint show when each start-up phase happened, as the kernel saw it. Renames to `CPU n/...`,
+//! when asked for, mark a VMM's vCPU threads coming up.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -42,6 +42,10 @@ pub fn rename_event(ctx: BtfTracePointContext) -> i32 {
     let mut comm = [0u8; 16];
     // SAFETY: a kernel string the tracepoint hands over; the helper bounds the read.
     if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut comm) }.is_err() {
+        return 0;
+    }
+    // Only vCPU threads (`CPU 0/KVM`): every exec renames too, and the ring is drained late.
+    if comm[..4] != *b"CPU " {
         return 0;
     }
     let Some(mut e) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {

@@ -141,18 +141,20 @@ fn vm_accelerator(
     choice: crate::boot::AccelChoice,
 ) -> Result<(crate::boot::qemu::Accel, String, bool)> {
     use crate::boot::AccelChoice;
-    static CHOSEN: std::sync::Mutex<Option<(crate::boot::qemu::Accel, String)>> =
-        std::sync::Mutex::new(None);
+    type Chosen = (AccelChoice, crate::boot::qemu::Accel, String);
+    static CHOSEN: std::sync::Mutex<Option<Chosen>> = std::sync::Mutex::new(None);
     let mut chosen = CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((accel, why)) = chosen.as_ref() {
+    if let Some((asked, accel, why)) = chosen.as_ref()
+        && *asked == choice
+    {
         return Ok((*accel, why.clone(), false));
     }
-    let (accel, mut why, probe) = crate::boot::qemu::choose(choice, a, timeout)?;
+    let (accel, mut why, probe) = crate::boot::qemu::choose(choice, a, timeout, None)?;
     if choice != AccelChoice::Auto {
         why = format!("--accel {}", accel.name());
     }
     if !crate::cleanup::stop_requested() {
-        *chosen = Some((accel, why.clone()));
+        *chosen = Some((choice, accel, why.clone()));
     }
     Ok((accel, why, probe.is_some()))
 }
@@ -431,13 +433,13 @@ pub fn density(
     accel: crate::boot::AccelChoice,
 ) -> Result<Density> {
     crate::kernel::require_root("profiler density")?;
+    if instances.is_empty() || instances.contains(&0) {
+        bail!("--instances wants counts of at least 1, e.g. --instances 1,2,4");
+    }
     if env == Env::Vm {
         crate::cleanup::set_interruptible();
         // The accelerator (auto: a KVM probe) once, before the rows: no row's time carries it.
         vm_accelerator(&crate::boot::artefacts::prepare()?, timeout, accel)?;
-    }
-    if instances.is_empty() || instances.contains(&0) {
-        bail!("--instances wants counts of at least 1, e.g. --instances 1,2,4");
     }
     let baseline = events_per_sec(&run(Env::Host, workload, timeout, accel)?.report)?;
     let mut rows = vec![];

@@ -252,7 +252,8 @@ fn libvirt_timeout_destroys_the_domain_and_reports_the_phases_so_far() {
     require_libvirtd();
     let args = BootArgs {
         vm: Some(Vm::Libvirt),
-        timeout: 1.5,
+        // Before any guest could be ready, even on KVM (and before the KVM probe's end).
+        timeout: 0.3,
         ..Default::default()
     };
     let r = boot::run(&args).expect("a timed-out boot is a report");
@@ -280,7 +281,15 @@ fn libvirt_domain_left_by_kill_9_is_destroyed_by_the_next_run() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_libvirtd();
     let mut child = profiler_tests::profiler()
-        .args(["boot", "--vm", "libvirt", "--timeout", "120"])
+        .args([
+            "boot",
+            "--vm",
+            "libvirt",
+            "--accel",
+            "tcg",
+            "--timeout",
+            "120",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -298,13 +307,21 @@ fn libvirt_domain_left_by_kill_9_is_destroyed_by_the_next_run() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Paused, the guest cannot power off (and its domain go) before the next run looks.
+    let name = our_domains().pop().expect("the domain");
+    let paused = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "suspend", &name])
+        .output()
+        .expect("virsh");
+    assert!(paused.status.success(), "{paused:?}");
     child.kill().expect("kill -9");
     child.wait().expect("reaping");
-    // QEMU is libvirtd's child, so the domain outlives us; the next run reaps it (well
-    // before the guest's own power-off, seconds away under TCG).
+    // QEMU is libvirtd's child, so the domain outlives us; the next run reaps it.
     let left = our_domains();
     assert_eq!(left.len(), 1, "{left:?}");
-    let out = profiler_tests::run_ok(profiler_tests::profiler().args(["boot", "--vm", "libvirt"]));
+    let out = profiler_tests::run_ok(
+        profiler_tests::profiler().args(["boot", "--vm", "libvirt", "--accel", "tcg"]),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("destroyed libvirt domain {}", left[0])),

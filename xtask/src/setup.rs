@@ -270,22 +270,30 @@ const LIBVIRT_SOCK: &str = "/run/libvirt/libvirt-sock";
 /// virtlogd and libvirtd, each started with `-d` when its socket is missing.
 fn libvirt() -> Result<Vec<&'static str>> {
     let mut started = Vec::new();
-    std::fs::create_dir_all("/var/log/libvirt")?;
+    std::fs::create_dir_all("/var/log/libvirt")
+        .map_err(|e| anyhow::anyhow!("creating /var/log/libvirt: {e}"))?;
     for (daemon, sock) in [
         ("virtlogd", "/run/libvirt/virtlogd-sock"),
         ("libvirtd", LIBVIRT_SOCK),
     ] {
-        if std::path::Path::new(sock).exists() {
+        // A socket file outlives a killed daemon: ask whether it answers.
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
             eprintln!("setup: {daemon}: running");
             continue;
         }
         eprintln!("setup: {daemon} not running: starting `{daemon} -d`");
-        sh(Command::new(daemon).arg("-d"))?;
+        if let Err(e) = sh(Command::new(daemon).arg("-d")) {
+            stop(&started);
+            return Err(e);
+        }
         started.push(daemon);
         let t = std::time::Instant::now();
-        while !std::path::Path::new(sock).exists() {
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
             if t.elapsed() > std::time::Duration::from_secs(30) {
-                bail!("{daemon} did not create {sock} in 30 s: see /var/log/libvirt/{daemon}.log");
+                stop(&started);
+                bail!(
+                    "{daemon} did not answer on {sock} in 30 s: see /var/log/libvirt/{daemon}.log"
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -293,10 +301,25 @@ fn libvirt() -> Result<Vec<&'static str>> {
     Ok(started)
 }
 
-/// Stops daemons [`services`] started (SIGTERM, by name).
+/// Stops daemons [`services`] started: SIGTERM to the pid in its pid file (`-d` writes
+/// /run/<daemon>.pid), then waits for it to go.
 pub fn stop(daemons: &[&str]) {
     for d in daemons.iter().rev() {
-        eprintln!("setup: stopping {d}");
-        let _ = Command::new("pkill").args(["-TERM", "-x", d]).status();
+        let pid = std::fs::read_to_string(format!("/run/{d}.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let Some(pid) = pid else {
+            eprintln!("setup: {d}: no /run/{d}.pid, left running");
+            continue;
+        };
+        eprintln!("setup: stopping {d} (pid {pid})");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let t = std::time::Instant::now();
+        while !gone() && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }

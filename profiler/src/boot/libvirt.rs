@@ -25,6 +25,8 @@ const SOCKET: &str = "/run/libvirt/libvirt-sock";
 const RUN_DIR: &str = "/run/profiler/libvirt";
 /// libvirtd's per-domain QEMU log, which it keeps after the domain is gone.
 const LOG_DIR: &str = "/var/log/libvirt/qemu";
+/// How long a destroyed domain's QEMU may take to go.
+const DESTROY_GRACE: Duration = Duration::from_secs(30);
 /// Every domain this tool creates is named `profiler-<pid>-<starttime>-<index>`.
 const PREFIX: &str = "profiler-";
 
@@ -142,9 +144,10 @@ pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &
 }
 
 fn connect() -> Result<Connect> {
-    if !Path::new(SOCKET).exists() {
+    // The file outlives a killed libvirtd: ask whether anyone answers.
+    if std::os::unix::net::UnixStream::connect(SOCKET).is_err() {
         bail!(
-            "libvirtd is not running (no {SOCKET}): start it with `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)"
+            "libvirtd is not running (nothing answers on {SOCKET}): start it with `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)"
         );
     }
     Connect::open(Some(URI)).map_err(|e| anyhow::anyhow!("connecting to {URI}: {}", e.message()))
@@ -228,6 +231,15 @@ fn log_path(name: &str) -> PathBuf {
     Path::new(LOG_DIR).join(format!("{name}.log"))
 }
 
+/// QEMU's last words in libvirtd's log of the domain (read before the guard removes it).
+fn last_log_line(name: &str) -> Option<String> {
+    let log = std::fs::read_to_string(log_path(name)).ok()?;
+    log.lines()
+        .rev()
+        .find(|l| l.contains("qemu-system") || l.contains("error"))
+        .map(|l| l.trim().to_string())
+}
+
 /// QEMU's pid from libvirt's pid file.
 fn qemu_pid(name: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
@@ -296,7 +308,13 @@ fn boot(
                 early[3] = Some(t0.elapsed());
                 guard.domain = Some(d);
             }
-            Err(e) => error = Some(format!("virDomainCreateXML: {}", e.message())),
+            Err(e) => {
+                error = Some(format!(
+                    "creating domain {name}: {}{}",
+                    e.message(),
+                    last_log_line(&name).map_or(String::new(), |l| format!(" (QEMU: {l})"))
+                ))
+            }
         }
     }
     if guard.domain.is_some() {
@@ -307,6 +325,7 @@ fn boot(
         let mut split = LineSplitter::new();
         let mut buf = [0u8; 8192];
         let mut killed: Option<String> = None;
+        let mut killed_at: Option<Instant> = None;
         let mut on_line = |marks: &mut Marks, t: Instant, l: String| {
             marks.note(t, &l);
             if tail.len() == 8 {
@@ -346,10 +365,26 @@ fn boot(
                 None
             };
             if let Some(why) = why {
-                if let Some(d) = &guard.domain {
-                    let _ = d.destroy();
+                match killed_at {
+                    None => {
+                        if let Some(d) = &guard.domain {
+                            let _ = d.destroy();
+                        }
+                        killed = Some(why);
+                        killed_at = Some(now);
+                    }
+                    // QEMU did not go: stop waiting, and name the domain for the user.
+                    Some(at) if now - at >= DESTROY_GRACE => {
+                        killed = Some(format!(
+                            "{}; the domain did not stop within {} s of virDomainDestroy: `virsh destroy {name}`",
+                            killed.take().unwrap_or(why),
+                            DESTROY_GRACE.as_secs()
+                        ));
+                        qemu_exit = Some(now.saturating_duration_since(t0));
+                        break;
+                    }
+                    Some(_) => {}
                 }
-                killed = Some(why);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -367,8 +402,14 @@ fn boot(
         }
         end = t0.elapsed();
         ready = marks.at[5].is_some() && killed.is_none();
-        error = killed
-            .or_else(|| (!ready).then(|| "QEMU exited before the guest was ready".to_string()));
+        error = killed.or_else(|| {
+            (!ready).then(|| {
+                format!(
+                    "QEMU exited before the guest was ready{}",
+                    last_log_line(&name).map_or(String::new(), |l| format!(": {l}"))
+                )
+            })
+        });
     }
     let offsets: Vec<Option<Duration>> = early
         .iter()
@@ -416,31 +457,21 @@ pub fn run(
         },
         started,
     )];
-    {
-        let conn = connect()?;
-        reap_stale(&conn);
-    }
-    let (accel, reason) = match choice {
-        AccelChoice::Kvm => (Accel::Kvm, "--accel kvm".to_string()),
-        AccelChoice::Tcg => (Accel::Tcg, "--accel tcg".to_string()),
-        AccelChoice::Auto => match backend {
-            crate::kernel::KvmBackend::Vmx | crate::kernel::KvmBackend::Svm => (
-                Accel::Kvm,
-                format!("KVM on {backend:?}: domain type 'kvm'").to_lowercase(),
-            ),
-            other => (
-                Accel::Tcg,
-                format!(
-                    "KVM backend {other:?} does not run stock guests (see --vm qemu's probe): domain type 'qemu' (TCG)"
-                )
-                .to_lowercase(),
-            ),
-        },
-    };
     let mark = Instant::now();
-    // One exec tracer for all boots: QEMU's exec, stamped in the kernel.
+    {
+        let mut conn = connect()?;
+        reap_stale(&conn);
+        let _ = conn.close();
+    }
+    // One exec tracer for all boots: QEMU's exec and vCPU thread, stamped in the kernel.
     let execs = SharedExecs::start().ok();
     setup.push(lap("connect, reap, exec tracer", mark));
+    // The same choice as `--vm qemu` (a KVM probe under auto): domain type 'kvm' or 'qemu'.
+    let mark = Instant::now();
+    let (accel, reason, kvm_probe) = qemu::choose(choice, &artefacts, timeout, None)?;
+    if kvm_probe.is_some() {
+        setup.push(lap("kvm probe (plain qemu)", mark));
+    }
     let boots_start = Instant::now();
     let boots: Vec<Boot> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..count)
@@ -464,7 +495,7 @@ pub fn run(
         accelerator_reason: reason,
         kvm_backend: backend,
         setup,
-        kvm_probe: None,
+        kvm_probe,
         boots,
         summary: Vec::new(),
         boots_wall_ns: ns(boots_start.elapsed()),

@@ -348,13 +348,15 @@ fn exit_snapshot(t: Option<&KvmTracer>) -> Option<BTreeMap<String, u64>> {
         .map(|r| crate::kvm::report::exit_counts(&r))
 }
 
-/// Per phase, the exits between its start and end snapshots. A phase ends at the mark of the
-/// last name it merges, or at the exit (`last`) when it is the final or a cut phase.
+/// Per phase, the exits between its start and end snapshots. `at_end[i]` was taken when
+/// `names[i]` ended (None: no snapshot there, e.g. the kernel-stamped VMM marks); a phase
+/// ends at the snapshot of the last name it merges, or at the exit (`last`) when it is the
+/// final or a cut phase. A phase with no snapshot at its end folds its exits into the next.
 fn exits_by_phase(
     phases: &[Phase],
     names: &[&str],
     first: &BTreeMap<String, u64>,
-    at_mark: &[Option<BTreeMap<String, u64>>],
+    at_end: &[Option<BTreeMap<String, u64>>],
     last: &BTreeMap<String, u64>,
 ) -> Vec<PhaseExits> {
     let mut prev = first;
@@ -362,15 +364,20 @@ fn exits_by_phase(
         .iter()
         .map(|p| {
             let end_name = p.name.rsplit('+').next().unwrap_or(&p.name);
-            let end = names
-                .iter()
-                .position(|n| *n == end_name)
-                .filter(|_| p.complete)
-                .and_then(|i| at_mark.get(i))
-                .and_then(Option::as_ref)
-                .unwrap_or(last);
-            let exits = crate::kvm::report::counts_between(prev, end);
-            prev = end;
+            let end = match names.iter().position(|n| *n == end_name) {
+                Some(i) if p.complete && i + 1 < names.len() => {
+                    at_end.get(i).and_then(Option::as_ref)
+                }
+                _ => Some(last),
+            };
+            let exits = match end {
+                Some(end) => {
+                    let e = crate::kvm::report::counts_between(prev, end);
+                    prev = end;
+                    e
+                }
+                None => BTreeMap::new(),
+            };
             PhaseExits {
                 phase: p.name.clone(),
                 exits,
@@ -431,7 +438,6 @@ fn boot(
         }
     })?;
     let mut guard = ChildGuard::new(child);
-    on_spawn(guard.pid as u32);
     let (tx, rx) = mpsc::channel();
     let mut stdout = guard.child.stdout.take().context("qemu stdout")?;
     let stderr = guard.child.stderr.take().context("qemu stderr")?;
@@ -464,6 +470,9 @@ fn boot(
         let _ = exit_tx.send(Event::Exited(wait_exit(pid)));
     });
 
+    // After the readers run: what the caller does here (load a tracer) must not delay the
+    // console's time stamps.
+    on_spawn(guard.pid as u32);
     let mut marks = Marks::default();
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut stderr_lines: Vec<String> = Vec::new();
@@ -588,7 +597,14 @@ fn boot(
     let mut phases = phases(&names, &offsets, end, ready);
     fill_guest_clock(&mut phases, &marks.guest);
     let exits_by_phase = match (&first_exits, &last_exits) {
-        (Some(first), Some(last)) => exits_by_phase(&phases, &names, first, &mark_exits, last),
+        (Some(first), Some(last)) => {
+            // Snapshots are taken at console marks; the VMM's marks come first in `names`.
+            let vmm = names.len() - (marked + 1);
+            let at_end: Vec<_> = std::iter::repeat_n(None, vmm)
+                .chain(mark_exits.iter().take(marked).cloned())
+                .collect();
+            exits_by_phase(&phases, &names, first, &at_end, last)
+        }
         _ => Vec::new(),
     };
     let error = match (&killed, ready) {
@@ -701,7 +717,18 @@ pub fn run(
         timeout,
         probe: false,
     };
-    let (accel, reason, probe) = choose(choice, &artefacts, timeout)?;
+    // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
+    // BPF), vmm_setup stays whole.
+    let execs = SharedExecs::start().ok();
+    lap(
+        if execs.is_some() {
+            "exec tracer"
+        } else {
+            "exec tracer (failed)"
+        },
+        &mut setup,
+    );
+    let (accel, reason, probe) = choose(choice, &artefacts, timeout, execs.as_ref())?;
     if probe.is_some() {
         lap("kvm probe", &mut setup);
     }
@@ -710,15 +737,6 @@ pub fn run(
         Some(p) if p.ready && count == 1 => (None, Some(p)),
         p => (p, None),
     };
-    // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
-    // BPF), vmm_setup stays whole.
-    let execs = match reused {
-        Some(_) => None,
-        None => SharedExecs::start().ok(),
-    };
-    if execs.is_some() {
-        lap("exec tracer", &mut setup);
-    }
     let stopped = crate::cleanup::stop_requested();
     let boots_start = Instant::now();
     let reused_one = reused.is_some();
@@ -769,10 +787,12 @@ pub fn run(
 
 /// The accelerator `choice` asks for; under `auto`, KVM when a stock guest boots on it in a
 /// probe (returned, with why), else TCG.
+/// `execs` splits the probe's VMM phases (it may become the reported boot).
 pub fn choose(
     choice: AccelChoice,
     a: &artefacts::Artefacts,
     timeout: Duration,
+    execs: Option<&SharedExecs>,
 ) -> Result<(Accel, String, Option<Boot>)> {
     let backend = crate::kernel::kvm_backend();
     Ok(match choice {
@@ -794,7 +814,7 @@ pub fn choose(
                 &limits,
                 &mut |_| {},
                 tracer.as_ref(),
-                None,
+                execs,
             )?
             .boot;
             if probe.ready {
@@ -978,6 +998,18 @@ mod tests {
             e.iter().map(|p| p.exits.values().sum::<u64>()).sum::<u64>(),
             100
         );
+
+        // Split VMM phases have no snapshot: their exits fold into the next phase.
+        let names = super::names(true, false);
+        let mut at_end = vec![None; names.len()];
+        at_end[2] = Some(c(5)); // vcpu_start ends at the first console byte
+        at_end[3] = Some(c(8)); // firmware
+        let phases: Vec<Phase> = names.iter().map(|n| p(n, true)).collect();
+        let e = exits_by_phase(&phases, &names, &c(0), &at_end, &c(20));
+        let n = |i: usize| e[i].exits.get("kvm_pio out").copied().unwrap_or(0);
+        assert_eq!((n(0), n(1), n(2), n(3)), (0, 0, 5, 3));
+        // kernel_load..init have no snapshot either: all of it lands in shutdown.
+        assert_eq!(n(names.len() - 1), 12);
     }
 
     #[test]
