@@ -184,29 +184,18 @@ fn vm(
     watch: &mut dyn FnMut(u32),
     accel: crate::boot::AccelChoice,
 ) -> Result<(String, (crate::boot::qemu::Accel, String, VmRun))> {
-    use crate::boot::{Phase, artefacts, qemu};
+    use crate::boot::{Laps, artefacts, qemu};
     crate::kernel::require_root("profiler run --env vm")?;
     // Ctrl-C: the boot loop sees it, kills qemu, and the temp initramfs goes with this frame.
     crate::cleanup::set_interruptible();
-    let mut setup = Vec::new();
-    let mut mark = start;
-    let mut lap = |name: &str, setup: &mut Vec<Phase>| {
-        let now = Instant::now();
-        setup.push(Phase {
-            name: name.into(),
-            ns: crate::boot::ns(now - mark),
-            complete: true,
-            guest_ns: None,
-        });
-        mark = now;
-    };
+    let mut setup = Laps::new(start);
     let a = artefacts::prepare()?;
-    lap("artefacts", &mut setup);
+    setup.lap("artefacts");
     let image = artefacts::workload_initramfs(&a, args)?;
-    lap("workload initramfs", &mut setup);
+    setup.lap("workload initramfs");
     let (accel, reason, probed) = vm_accelerator(&a, timeout, accel)?;
     if probed {
-        lap("kvm probe", &mut setup);
+        setup.lap("kvm probe");
     }
     if crate::cleanup::stop_requested() {
         bail!("interrupted (Ctrl-C) before the VM started");
@@ -292,7 +281,7 @@ fn vm(
         .stdout
         .ok_or_else(|| anyhow!("the workload's VM printed no result block"))?;
     let vm = VmRun {
-        setup,
+        setup: setup.phases,
         phases: b.phases.clone(),
         total_ns: b.total_ns,
         guest_clock: b.guest_clock.clone(),

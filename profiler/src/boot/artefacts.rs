@@ -336,7 +336,7 @@ pub fn workload_entries(
 }
 
 /// A workload's initramfs in the cache dir, removed on drop, on a signal's teardown, and (after
-/// a kill -9) by the next [`prepare`] (its name is a `tmp-<pid>-` temp).
+/// a kill -9) by the next [`prepare`] (its name is a `tmp-<pid>-<start>-` temp).
 pub struct WorkloadImage {
     pub path: PathBuf,
     pub bytes: u64,
@@ -382,7 +382,7 @@ pub fn workload_initramfs(a: &Artefacts, args: &[String]) -> Result<WorkloadImag
     static N: AtomicU32 = AtomicU32::new(0);
     let tmp = |what: &str| {
         let n = N.fetch_add(1, Ordering::Relaxed);
-        a.dir.join(format!("tmp-{}-{n}-{what}", std::process::id()))
+        a.dir.join(format!("tmp-{}-{n}-{what}", owner_tag()))
     };
     let stripped = strip_debug(&tmp("exe"));
     let exe = match &stripped {
@@ -594,12 +594,28 @@ fn deb_field(deb: &Path, field: &str) -> Result<String> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp-{}", owner_tag()));
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-/// A scratch directory `<cache>/tmp-<pid>-<n>`, removed on drop; a dead owner's is removed at
+/// `<pid>-<start time>`: names temporary files so a later run knows their owner is gone even
+/// when its pid has been reused.
+fn owner_tag() -> String {
+    let o = crate::cleanup::Owner::me();
+    format!("{}-{}", o.pid, o.start)
+}
+
+/// The owner in a temp name's `<pid>-<start>-...` part.
+fn tagged_owner(tag: &str) -> Option<crate::cleanup::Owner> {
+    let mut it = tag.split('-');
+    Some(crate::cleanup::Owner {
+        pid: it.next()?.parse().ok()?,
+        start: it.next()?.parse().ok()?,
+    })
+}
+
+/// A scratch directory `<cache>/tmp-<pid>-<start>-<n>`, removed on drop; a dead owner's is removed at
 /// the next run ([`reap_stale_temps`]).
 struct TempDir(PathBuf);
 
@@ -607,7 +623,7 @@ impl TempDir {
     fn new(cache: &Path) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = cache.join(format!("tmp-{}-{n}", std::process::id()));
+        let p = cache.join(format!("tmp-{}-{n}", owner_tag()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Self(p))
@@ -628,15 +644,14 @@ fn reap_stale_temps(cache: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         let owner = name
             .strip_prefix("tmp-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(tagged_owner)
             .or_else(|| {
-                // write_atomic's `<file>.tmp-<pid>`.
+                // write_atomic's `<file>.tmp-<pid>-<start>`.
                 name.rsplit_once(".tmp-")
-                    .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                    .and_then(|(_, tag)| tagged_owner(tag))
             });
-        if let Some(pid) = owner
-            && !Path::new(&format!("/proc/{pid}")).exists()
+        if let Some(owner) = owner
+            && !owner.alive()
         {
             let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
         }
@@ -646,6 +661,21 @@ fn reap_stale_temps(cache: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_carry_a_live_owner() {
+        let tag = owner_tag();
+        let me = tagged_owner(&format!("{tag}-3-exe")).expect("parsed");
+        assert_eq!(me, crate::cleanup::Owner::me());
+        assert!(me.alive());
+        // The same pid with another start time is a former holder of the pid: gone.
+        let former = crate::cleanup::Owner {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!former.alive());
+        assert_eq!(tagged_owner("x-1"), None);
+    }
 
     #[test]
     fn depends_names_the_versioned_kernel() {

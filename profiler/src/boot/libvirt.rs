@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use virt::{connect::Connect, domain::Domain};
 
 use super::{
-    AccelChoice, Boot, BootReport, Phase, Vm, artefacts, ns, phases,
+    AccelChoice, Boot, BootReport, Laps, Vm, artefacts, ns, phases,
     qemu::{self, Accel, Marks},
     serial::LineSplitter,
 };
@@ -360,7 +360,10 @@ fn boot(
             let why = if crate::cleanup::stop_requested() {
                 Some("interrupted (Ctrl-C)".to_string())
             } else if now - t0 >= timeout {
-                Some(format!("not ready within {:.1} s", timeout.as_secs_f64()))
+                Some(format!(
+                    "not ready within {:.1} s (raise --timeout)",
+                    timeout.as_secs_f64()
+                ))
             } else {
                 None
             };
@@ -449,15 +452,8 @@ pub fn run(
     let backend = crate::kernel::kvm_backend();
     virt::error::clear_error_callback();
     let artefacts = artefacts::prepare()?;
-    let mut setup = vec![lap(
-        if artefacts.built {
-            "artefacts (built)"
-        } else {
-            "artefacts (cached)"
-        },
-        started,
-    )];
-    let mark = Instant::now();
+    let mut setup = Laps::new(started);
+    setup.artefacts(&artefacts);
     {
         let mut conn = connect()?;
         reap_stale(&conn);
@@ -465,12 +461,11 @@ pub fn run(
     }
     // One exec tracer for all boots: QEMU's exec and vCPU thread, stamped in the kernel.
     let execs = SharedExecs::start().ok();
-    setup.push(lap("connect, reap, exec tracer", mark));
+    setup.lap("connect, reap, exec tracer");
     // The same choice as `--vm qemu` (a KVM probe under auto): domain type 'kvm' or 'qemu'.
-    let mark = Instant::now();
     let (accel, reason, kvm_probe) = qemu::choose(choice, &artefacts, timeout, None)?;
     if kvm_probe.is_some() {
-        setup.push(lap("kvm probe (plain qemu)", mark));
+        setup.lap("kvm probe (plain qemu)");
     }
     let boots_start = Instant::now();
     let boots: Vec<Boot> = std::thread::scope(|s| {
@@ -494,7 +489,7 @@ pub fn run(
         accelerator: accel.name().into(),
         accelerator_reason: reason,
         kvm_backend: backend,
-        setup,
+        setup: setup.phases,
         kvm_probe,
         boots,
         summary: Vec::new(),
@@ -504,15 +499,6 @@ pub fn run(
         ok: false,
         error: None,
     })
-}
-
-fn lap(name: &str, since: Instant) -> Phase {
-    Phase {
-        name: name.into(),
-        ns: ns(since.elapsed()),
-        complete: true,
-        guest_ns: None,
-    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,42 @@ impl Default for BootArgs {
     }
 }
 
+/// Consecutive laps of what runs around the boots (artefacts, tracers, the KVM probe): each
+/// lap runs from the previous one's end, so they add up to the time since `start`.
+pub struct Laps {
+    mark: Instant,
+    pub phases: Vec<Phase>,
+}
+
+impl Laps {
+    pub fn new(start: Instant) -> Self {
+        Self {
+            mark: start,
+            phases: Vec::new(),
+        }
+    }
+
+    pub fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(Phase {
+            name: name.into(),
+            ns: ns(now - self.mark),
+            complete: true,
+            guest_ns: None,
+        });
+        self.mark = now;
+    }
+
+    /// "artefacts (built)" or "(cached)".
+    pub fn artefacts(&mut self, a: &artefacts::Artefacts) {
+        self.lap(if a.built {
+            "artefacts (built)"
+        } else {
+            "artefacts (cached)"
+        });
+    }
+}
+
 /// One phase of one boot.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Phase {
@@ -312,7 +348,7 @@ pub fn describe(vm: Vm, name: &str) -> String {
     if name == "total" {
         return match vm {
             Vm::Qemu => "spawn of qemu-system-x86_64 to its exit".into(),
-            Vm::Libvirt => "connecting to libvirtd to QEMU's exit".into(),
+            Vm::Libvirt => "connecting to libvirtd to its report that the domain is gone".into(),
             Vm::Micro => "opening /dev/kvm to the VM's teardown".into(),
         };
     }

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use crate::{kvm::exits::KvmTracer, trace::exec::SharedExecs};
 
 use super::{
-    AccelChoice, Boot, BootReport, Phase, PhaseExits, Vm, artefacts, ns, phases,
+    AccelChoice, Boot, BootReport, Laps, Phase, PhaseExits, Vm, artefacts, ns, phases,
     serial::{self, LineSplitter},
 };
 
@@ -533,7 +533,10 @@ fn boot(
         } else if now - t0 >= limit {
             timed_out = true;
             Some(match marks.at[READY] {
-                None => format!("not ready within {:.1} s", limit.as_secs_f64()),
+                None => format!(
+                    "not ready within {:.1} s (raise --timeout)",
+                    limit.as_secs_f64()
+                ),
                 Some(_) if guest.workload && marks.at[DONE].is_none() => format!(
                     "the workload did not finish within {:.1} s",
                     limit.as_secs_f64()
@@ -692,27 +695,9 @@ pub fn run(
     started: Instant,
 ) -> Result<BootReport> {
     let backend = crate::kernel::kvm_backend();
-    let mut setup = Vec::new();
+    let mut setup = Laps::new(started);
     let artefacts = artefacts::prepare()?;
-    let mut mark = started;
-    let mut lap = |name: &str, setup: &mut Vec<Phase>| {
-        let now = Instant::now();
-        setup.push(Phase {
-            name: name.into(),
-            ns: ns(now - mark),
-            complete: true,
-            guest_ns: None,
-        });
-        mark = now;
-    };
-    lap(
-        if artefacts.built {
-            "artefacts (built)"
-        } else {
-            "artefacts (cached)"
-        },
-        &mut setup,
-    );
+    setup.artefacts(&artefacts);
     let limits = Limits {
         timeout,
         probe: false,
@@ -720,17 +705,14 @@ pub fn run(
     // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
     // BPF), vmm_setup stays whole.
     let execs = SharedExecs::start().ok();
-    lap(
-        if execs.is_some() {
-            "exec tracer"
-        } else {
-            "exec tracer (failed)"
-        },
-        &mut setup,
-    );
+    setup.lap(if execs.is_some() {
+        "exec tracer"
+    } else {
+        "exec tracer (failed)"
+    });
     let (accel, reason, probe) = choose(choice, &artefacts, timeout, execs.as_ref())?;
     if probe.is_some() {
-        lap("kvm probe", &mut setup);
+        setup.lap("kvm probe");
     }
     // One VM on KVM: the probe was the boot; more: they start together, after it.
     let (kvm_probe, reused) = match probe {
@@ -769,7 +751,7 @@ pub fn run(
         accelerator: accel.name().into(),
         accelerator_reason: reason,
         kvm_backend: backend,
-        setup,
+        setup: setup.phases,
         kvm_probe,
         boots,
         summary: Vec::new(),
