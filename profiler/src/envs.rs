@@ -191,7 +191,7 @@ fn vm(
     let mut setup = Laps::new(start);
     let a = artefacts::prepare()?;
     setup.lap("artefacts");
-    let image = artefacts::workload_initramfs(&a, args)?;
+    let image = shared_image(&a, args)?;
     setup.lap("workload initramfs");
     let (accel, reason, probed) = vm_accelerator(&a, timeout, accel)?;
     if probed {
@@ -295,6 +295,28 @@ fn vm(
     Ok((stdout, (accel, reason, vm)))
 }
 
+/// The workload's initramfs, shared by the instances that run the same arguments at once
+/// (density): built once, removed when the last of them lets go of it.
+fn shared_image(
+    a: &crate::boot::artefacts::Artefacts,
+    args: &[String],
+) -> Result<std::sync::Arc<crate::boot::artefacts::WorkloadImage>> {
+    use std::sync::{Arc, Mutex, Weak};
+    type Last = Option<(Vec<String>, Weak<crate::boot::artefacts::WorkloadImage>)>;
+    static LAST: Mutex<Last> = Mutex::new(None);
+    // Held while building: the other instances wait for this one image.
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((built_for, image)) = last.as_ref()
+        && built_for == args
+        && let Some(image) = image.upgrade()
+    {
+        return Ok(image);
+    }
+    let image = Arc::new(crate::boot::artefacts::workload_initramfs(a, args)?);
+    *last = Some((args.to_vec(), Arc::downgrade(&image)));
+    Ok(image)
+}
+
 /// A native container for a workload: new mount, UTS, IPC, network and PID namespaces and a
 /// cgroup, the way runc sets one up, without a network (workloads here need none).
 fn native(
@@ -353,7 +375,14 @@ fn wait_with_timeout(
     child: std::process::Child,
     timeout: Duration,
 ) -> Result<std::process::Output> {
-    let pid = child.id();
+    // A pidfd signals this process or none: the waiter may reap it at the deadline, and its
+    // pid could then be someone else's.
+    // SAFETY: plain syscall; a non-negative return is a descriptor we own.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: see above.
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) }
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -375,10 +404,19 @@ fn wait_with_timeout(
             break format!("the workload did not finish within {timeout:?}");
         }
     };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    if let Some(fd) = &pidfd {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a pidfd we own; no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
     bail!("{why}; killed")
 }
 

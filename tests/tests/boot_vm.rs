@@ -108,6 +108,31 @@ fn sum(r: &BootReport) -> u64 {
     setup + r.phase_sum_ns(0)
 }
 
+/// One boot: every phase in `want` seen, complete and positive, adding up to the boot's total;
+/// setup and phases account for the wall clock the test measured around the call within 5%.
+fn assert_every_phase_adds_up(r: &BootReport, wall: Duration, want: &[&str]) {
+    let b = &r.boots[0];
+    let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, want, "a marker was missed: {b:#?}");
+    for p in &b.phases {
+        assert!(
+            p.complete && p.ns > 0,
+            "phase {} not positive: {p:?}",
+            p.name
+        );
+    }
+    assert_eq!(r.phase_sum_ns(0), b.total_ns);
+    let wall_ns = wall.as_nanos() as f64;
+    let off = (sum(r) as f64 - wall_ns).abs() / wall_ns;
+    assert!(
+        off < 0.05,
+        "phases add up to {} ns, the test measured {} ns ({:.1}% apart)",
+        sum(r),
+        wall_ns,
+        off * 100.0
+    );
+}
+
 #[test]
 fn qemu_boot_has_every_phase_and_adds_up() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,31 +142,8 @@ fn qemu_boot_has_every_phase_and_adds_up() {
     let (r, wall) = boot(Vm::Qemu, 1);
     assert_eq!(r.boots.len(), 1);
     let b = &r.boots[0];
-    let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
     // QEMU's exec and vCPU thread from the exec tracer, then the console's marks.
-    assert_eq!(
-        names,
-        boot::qemu::names(true, false),
-        "a marker was missed: {b:#?}"
-    );
-    for p in &b.phases {
-        assert!(
-            p.complete && p.ns > 0,
-            "phase {} not positive: {p:?}",
-            p.name
-        );
-    }
-    assert_eq!(r.phase_sum_ns(0), b.total_ns);
-    // The report accounts for the whole call: setup (cache, KVM probe) + the boot's phases.
-    let wall_ns = wall.as_nanos() as f64;
-    let off = (sum(&r) as f64 - wall_ns).abs() / wall_ns;
-    assert!(
-        off < 0.05,
-        "phases add up to {} ns, the test measured {} ns ({:.1}% apart)",
-        sum(&r),
-        wall_ns,
-        off * 100.0
-    );
+    assert_every_phase_adds_up(&r, wall, &boot::qemu::names(true, false));
     assert!(
         ["kvm", "tcg"].contains(&r.accelerator.as_str()),
         "{}",
@@ -223,26 +225,7 @@ fn libvirt_boot_has_every_phase_and_adds_up() {
     require_libvirtd();
     let _ = boot(Vm::Libvirt, 1);
     let (r, wall) = boot(Vm::Libvirt, 1);
-    let b = &r.boots[0];
-    let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, boot::libvirt::names(), "a phase was missed: {b:#?}");
-    for p in &b.phases {
-        assert!(
-            p.complete && p.ns > 0,
-            "phase {} not positive: {p:?}",
-            p.name
-        );
-    }
-    assert_eq!(r.phase_sum_ns(0), b.total_ns);
-    let wall_ns = wall.as_nanos() as f64;
-    let off = (sum(&r) as f64 - wall_ns).abs() / wall_ns;
-    assert!(
-        off < 0.05,
-        "phases add up to {} ns, the test measured {} ns ({:.1}% apart)",
-        sum(&r),
-        wall_ns,
-        off * 100.0
-    );
+    assert_every_phase_adds_up(&r, wall, &boot::libvirt::names());
     assert!(console_files().is_empty(), "{:?}", console_files());
 }
 

@@ -468,20 +468,8 @@ pub fn run(
         setup.lap("kvm probe (plain qemu)");
     }
     let boots_start = Instant::now();
-    let boots: Vec<Boot> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..count)
-            .map(|i| {
-                let (a, e) = (&artefacts, &execs);
-                s.spawn(move || boot(i, a, accel, timeout, e.as_ref()))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a boot thread panicked")))
-            })
-            .collect::<Result<_>>()
+    let boots = super::all_at_once(count, |i| {
+        boot(i, &artefacts, accel, timeout, execs.as_ref())
     })?;
     Ok(BootReport {
         vm: Vm::Libvirt,

@@ -141,22 +141,7 @@ fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
 pub fn run(count: u32, timeout: Duration) -> Result<BootReport> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let boots: Vec<Boot> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..count)
-            .map(|i| s.spawn(move || boot(i, deadline)))
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| {
-                h.join().unwrap_or_else(|_| Boot {
-                    index: i as u32,
-                    error: Some("the boot thread panicked".into()),
-                    ..Default::default()
-                })
-            })
-            .collect()
-    });
+    let boots = super::all_at_once(count, |i| Ok(boot(i, deadline)))?;
     Ok(BootReport {
         vm: Vm::Micro,
         count,

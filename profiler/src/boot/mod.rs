@@ -113,6 +113,24 @@ impl Laps {
     }
 }
 
+/// Runs `boot(i)` for i in 0..n, each on its own thread, all at once (a qemu's PDEATHSIG is
+/// tied to the thread that spawned it, so each boot keeps its thread to the end). A panicked
+/// boot is an error naming its VM.
+pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<Vec<Boot>> {
+    std::thread::scope(|s| {
+        let boot = &boot;
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || boot(i))).collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of VM {i} panicked")))
+            })
+            .collect()
+    })
+}
+
 /// One phase of one boot.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Phase {

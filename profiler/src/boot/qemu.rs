@@ -669,22 +669,8 @@ fn boot_many(
     limits: &Limits,
     execs: Option<&SharedExecs>,
 ) -> Result<Vec<Boot>> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                s.spawn(move || {
-                    boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None, execs)
-                        .map(|r| r.boot)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a boot thread panicked")))
-            })
-            .collect()
+    super::all_at_once(n, |i| {
+        boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None, execs).map(|r| r.boot)
     })
 }
 
