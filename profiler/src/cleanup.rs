@@ -14,6 +14,8 @@ static OWNED_LABS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 type Hook = Box<dyn FnOnce() + Send>;
 /// Other things to undo on a signal (containers, VMs), by a key the owner removes them with.
 static HOOKS: Mutex<Vec<(String, Hook)>> = Mutex::new(Vec::new());
+/// How long one undo hook may take on a signal.
+const HOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `undo` if a signal ends the process before [`forget`] is called with `key`.
 pub fn on_signal(key: &str, undo: impl FnOnce() + Send + 'static) {
@@ -80,8 +82,20 @@ pub fn disown_lab(id: &str) {
 
 fn teardown_owned() {
     let hooks = std::mem::take(&mut *HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
-    for (_, undo) in hooks {
-        undo();
+    for (key, undo) in hooks {
+        // A hook talks to daemons (libvirtd, dockerd) that may hang: bounded, so the signal
+        // still ends the process and the labs below still go.
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            undo();
+            let _ = done.send(());
+        });
+        if wait.recv_timeout(HOOK_LIMIT).is_err() {
+            eprintln!(
+                "profiler: undoing {key} took over {} s: left for the next run to reap",
+                HOOK_LIMIT.as_secs()
+            );
+        }
     }
     let ids = std::mem::take(&mut *OWNED_LABS.lock().unwrap_or_else(|e| e.into_inner()));
     for id in ids {

@@ -20,6 +20,10 @@ unsafe extern "C" {
 
 /// The profiler binary of this build profile (`cargo xtask test` builds it first).
 pub fn profiler() -> Command {
+    Command::new(profiler_path())
+}
+
+pub fn profiler_path() -> std::path::PathBuf {
     // Test binaries live in target/<profile>/deps/; the profiler in target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe
@@ -32,7 +36,7 @@ pub fn profiler() -> Command {
         "{} is missing: build it first (`cargo build -p profiler`, as `cargo xtask test` does)",
         bin.display()
     );
-    Command::new(bin)
+    bin
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {

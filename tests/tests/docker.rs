@@ -2,7 +2,7 @@
 //! the wall clock, and nothing the profiler made left behind. Needs a running Docker daemon
 //! (`cargo xtask test` starts one when it is installed but not running).
 
-use std::time::Instant;
+use std::{io::Write as _, process::Stdio, time::Instant};
 
 use profiler_tests::*;
 use serde_json::Value;
@@ -112,4 +112,118 @@ fn a_missing_image_is_one_line_and_leaves_nothing() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("profiler-no-such-image"), "{err}");
     assert_eq!(leftovers(), (0, 0));
+}
+
+/// A container of ours on Docker's default bridge, serving `profiler serve`; removed on drop.
+struct Server {
+    name: String,
+    image: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI")
+}
+
+#[test]
+fn attach_only_on_a_docker_bridge_names_layers_and_the_container() {
+    require_root();
+    let id = std::process::id();
+    let server = Server {
+        name: format!("profiler-test-serve-{id}"),
+        image: format!("profiler-test-serve:{id}"),
+    };
+    // This binary and its libraries as the image (the same rootfs `run --env docker` uses),
+    // labelled so a later run reaps it if this test dies.
+    let rootfs = profiler::docker::image::rootfs_with(&profiler_path().to_string_lossy())
+        .expect("the image's rootfs");
+    let mut import = std::process::Command::new("docker")
+        .args(["import", "--change", "LABEL profiler=1", "-", &server.image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("docker import");
+    import.stdin.take().unwrap().write_all(&rootfs).unwrap();
+    assert!(import.wait().unwrap().success(), "docker import failed");
+    let run = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "profiler=1",
+        "--name",
+        &server.name,
+        &server.image,
+        "/profiler",
+        "serve",
+    ]);
+    assert!(run.status.success(), "{run:?}");
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}}",
+        &server.name,
+    ]);
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "the container has no address on the bridge");
+
+    // `serve` listens on its control port (12865) once it is up.
+    let t = Instant::now();
+    while std::net::TcpStream::connect((ip.as_str(), 12865)).is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the container's `profiler serve` never answered: {:?}",
+            docker(&["logs", &server.name])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Traffic from the host's namespace to the container on serve's one port, traced by port only.
+    let mut bench = profiler()
+        .args(["bench", "tcp_rr", "-H", &ip, "-l", "5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let file = format!("/tmp/profiler-test-docker-trace-{id}.json");
+    let out = run_ok(profiler().args([
+        "trace",
+        "--attach-only",
+        "--port",
+        "12865",
+        "-l",
+        "2",
+        "--sample",
+        "200",
+        "--json",
+        &file,
+    ]));
+    assert!(bench.wait().unwrap().success(), "bench against {ip} failed");
+    let r: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        r["net"]["counts"]["delivered"].as_u64().unwrap_or(0) > 50,
+        "{}",
+        r["net"]["counts"]
+    );
+    let layers: Vec<String> = r["net"]["directions"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["crossings"].as_u64().unwrap_or(0) >= 1)
+        .map(|l| l["layer"].as_str().unwrap().to_string())
+        .collect();
+    // docker0 is a Linux bridge and the container hangs off it by a veth pair.
+    assert!(layers.iter().any(|l| l.starts_with("bridge")), "{layers:?}");
+    assert!(layers.iter().any(|l| l.contains("veth")), "{layers:?}");
+    // The samples name the container's namespace by the container (name and id from the API).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&server.name), "{stdout}");
 }

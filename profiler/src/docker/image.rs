@@ -107,14 +107,18 @@ fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Resul
 /// so a container can run the profiler's own workloads.
 pub fn rootfs_with_self() -> Result<Vec<u8>> {
     let exe = std::fs::read_link("/proc/self/exe").context("finding this program")?;
-    let exe = exe.to_string_lossy().into_owned();
+    rootfs_with(&exe.to_string_lossy())
+}
+
+/// The same for another program `exe` (as `/profiler`): its libraries, busybox, /tmp.
+pub fn rootfs_with(exe: &str) -> Result<Vec<u8>> {
     let mut t = Tar::new();
     let mut dirs = vec![];
     add_path(&mut t, &mut dirs, BUSYBOX, 0o755)?;
-    for lib in libraries(&exe)? {
+    for lib in libraries(exe)? {
         add_path(&mut t, &mut dirs, &lib, 0o755)?;
     }
-    let data = std::fs::read(&exe).with_context(|| format!("reading {exe}"))?;
+    let data = std::fs::read(exe).with_context(|| format!("reading {exe}"))?;
     t.file("profiler", 0o755, &data)?;
     t.dir("tmp")?;
     Ok(t.finish())
