@@ -201,29 +201,54 @@ pub fn clippy_ebpf() -> Result<()> {
         .env("CARGO_TARGET_DIR", "target/ebpf-clippy"))
 }
 
-/// libvirtd's QEMU driver will not start without the user it runs QEMU as; Debian's
-/// libvirt-daemon-system creates it, but that package also defines a default NAT network that
-/// would touch the host's network, so setup creates just the user.
+/// libvirtd's QEMU driver will not start without the user it runs QEMU as, and that user needs
+/// /dev/kvm. Debian's libvirt-daemon-system and udev set this up (user libvirt-qemu in group
+/// kvm, /dev/kvm root:kvm 0660), but that package also defines a default NAT network that would
+/// touch the host's network, so setup does just these steps. Without /dev/kvm access libvirtd's
+/// capability probe never matches its cache, and it re-probes QEMU (seconds) on every create.
 fn libvirt_user() -> Result<bool> {
-    let exists = |u: &str| {
-        Command::new("getent")
-            .args(["passwd", u])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if exists("libvirt-qemu") {
-        return Ok(false);
+    let ok = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    let mut acted = false;
+    if !ok(Command::new("getent").args(["group", "kvm"])) {
+        eprintln!("setup: creating the system group kvm (owner of /dev/kvm)");
+        sh(Command::new("groupadd").args(["--system", "kvm"]))?;
+        acted = true;
     }
-    eprintln!("setup: creating the system user libvirt-qemu (libvirtd runs QEMU as it)");
-    sh(Command::new("useradd").args([
-        "--system",
-        "--no-create-home",
-        "--shell",
-        "/usr/sbin/nologin",
-        "--user-group",
-        "libvirt-qemu",
-    ]))?;
-    Ok(true)
+    if !ok(Command::new("getent").args(["passwd", "libvirt-qemu"])) {
+        eprintln!("setup: creating the system user libvirt-qemu (libvirtd runs QEMU as it)");
+        sh(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            "--groups",
+            "kvm",
+            "libvirt-qemu",
+        ]))?;
+        acted = true;
+    }
+    let groups = Command::new("id")
+        .args(["-nG", "libvirt-qemu"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !groups.split_whitespace().any(|g| g == "kvm") {
+        eprintln!("setup: adding libvirt-qemu to the group kvm");
+        sh(Command::new("usermod").args(["-aG", "kvm", "libvirt-qemu"]))?;
+        acted = true;
+    }
+    // What udev's rule does on a stock host; devtmpfs forgets it at reboot, setup redoes it.
+    if let Ok(meta) = std::fs::metadata("/dev/kvm") {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        if meta.permissions().mode() & 0o060 != 0o060 || meta.gid() == 0 {
+            eprintln!("setup: /dev/kvm to root:kvm 0660 (as udev sets it on a stock host)");
+            sh(Command::new("chgrp").args(["kvm", "/dev/kvm"]))?;
+            sh(Command::new("chmod").args(["0660", "/dev/kvm"]))?;
+            acted = true;
+        }
+    }
+    Ok(acted)
 }
 
 /// Daemons the integration tests talk to: started here when installed but not running (this

@@ -249,6 +249,27 @@ fn qemu_pid(name: &str) -> Option<u32> {
         .ok()
 }
 
+/// QEMU execs other than the domain's own (`pid`) between `from` and `to` (offsets from
+/// `t0_mono`): libvirtd probing QEMU's capabilities.
+fn capability_probes(
+    events: &[crate::trace::exec::Exec],
+    pid: u32,
+    t0_mono: u64,
+    from: Duration,
+    to: Duration,
+) -> usize {
+    let (from, to) = (t0_mono + ns(from), t0_mono + ns(to));
+    events
+        .iter()
+        .filter(|e| {
+            !e.renamed
+                && e.pid != pid
+                && e.comm.starts_with("qemu-system")
+                && (from..to).contains(&e.ts)
+        })
+        .count()
+}
+
 /// A pidfd for `pid`, or None when it is already gone.
 fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
@@ -301,6 +322,7 @@ fn boot(
     let mut tail: Vec<String> = Vec::new();
     let mut end = t0.elapsed();
     let mut qemu_exit = None;
+    let mut notes = Vec::new();
     let mut ready = false;
     if let Some(conn) = &conn {
         match Domain::create_xml(conn, &xml, 0) {
@@ -392,8 +414,18 @@ fn boot(
             std::thread::sleep(Duration::from_millis(2));
         }
         if let (Some(pid), Some(execs)) = (pid, execs) {
-            let [exec, vcpu] = qemu::vmm_marks(&execs.seen(), pid, t0_mono);
+            let seen = execs.seen();
+            let [exec, vcpu] = qemu::vmm_marks(&seen, pid, t0_mono);
             (early[1], early[2]) = (exec, vcpu);
+            if let (Some(from), Some(to)) = (early[0], exec) {
+                let probes = capability_probes(&seen, pid, t0_mono, from, to);
+                if probes > 0 {
+                    notes.push(format!(
+                        "libvirtd ran QEMU {probes} more times while preparing this domain: capability probes, \
+                         because its cache did not match (commonly: the QEMU user, libvirt-qemu, cannot open /dev/kvm)"
+                    ));
+                }
+            }
         }
         // libvirtd's side of the exit: until it reports the domain inactive (or gone).
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -440,6 +472,7 @@ fn boot(
         guest_clock: marks.guest,
         console_tail: if ready { Vec::new() } else { tail },
         exits_by_phase: Vec::new(),
+        notes,
     })
 }
 
@@ -492,6 +525,27 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_probes_are_other_qemus_before_the_domains() {
+        use crate::trace::exec::Exec;
+        let ev = |ts: u64, pid: u32, comm: &str| Exec {
+            ts,
+            pid,
+            comm: comm.into(),
+            renamed: false,
+        };
+        let events = [
+            ev(1_500, 11, "qemu-system-x86"),
+            ev(2_500, 12, "qemu-system-x86"),
+            ev(2_600, 13, "dmidecode"),
+            ev(3_000, 7, "qemu-system-x86"),  // the domain's own
+            ev(9_000, 14, "qemu-system-x86"), // after: another boot's
+        ];
+        let d = Duration::from_nanos;
+        assert_eq!(capability_probes(&events, 7, 1_000, d(0), d(2_000)), 2);
+        assert_eq!(capability_probes(&events, 7, 1_000, d(1_000), d(2_000)), 1);
+    }
 
     #[test]
     fn domain_names_carry_their_owner() {

@@ -166,6 +166,9 @@ pub struct Boot {
     /// by kind), when one VM booted on KVM; every VM on the host counts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exits_by_phase: Vec<PhaseExits>,
+    /// What the tracers saw that explains a phase (e.g. libvirtd re-probing QEMU).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The last console lines, when the boot failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_tail: Vec<String>,
@@ -492,6 +495,9 @@ pub fn print(r: &BootReport) {
             100.0
         );
         print_exits(&b.exits_by_phase);
+        for n in &b.notes {
+            println!("  note: {n}");
+        }
     } else {
         println!(
             "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  what",

@@ -637,6 +637,7 @@ fn boot(
         exit_code: status.and_then(|s| s.code()),
         guest_clock: marks.guest,
         exits_by_phase,
+        notes: Vec::new(),
     };
     Ok(GuestRun {
         boot,
