@@ -69,6 +69,20 @@ fn boot(vm: Vm, count: u32) -> (BootReport, Duration) {
     (r, wall)
 }
 
+/// A boot killed at its time limit: a failed report (not an error), its phases so far adding
+/// up to its total.
+fn timed_out(args: &BootArgs) -> BootReport {
+    let r = boot::run(args).expect("a timed-out boot is a report");
+    boot::print(&r);
+    assert!(!r.ok);
+    let error = r.error.as_deref().unwrap_or("");
+    assert!(error.contains("not ready within"), "{error}");
+    let b = &r.boots[0];
+    assert!(!b.ready);
+    assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
+    r
+}
+
 /// libvirtd must be running (`cargo xtask test` starts it); without it the libvirt tests fail.
 fn require_libvirtd() {
     require_tools();
@@ -196,22 +210,10 @@ fn qemu_timeout_kills_and_reports_the_phases_so_far() {
         ..Default::default()
     };
     let t = Instant::now();
-    let r = boot::run(&args).expect("a timed-out boot is a report");
+    let r = timed_out(&args);
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
-    boot::print(&r);
-    assert!(!r.ok);
-    assert!(
-        r.error
-            .as_deref()
-            .unwrap_or("")
-            .contains("not ready within"),
-        "{:?}",
-        r.error
-    );
     let b = &r.boots[0];
-    assert!(!b.ready);
     assert!(!b.phases.last().expect("a phase").complete);
-    assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
     assert!(
         our_qemus().is_empty(),
         "qemu left running: {:?}",
@@ -269,19 +271,8 @@ fn libvirt_timeout_destroys_the_domain_and_reports_the_phases_so_far() {
         timeout: 0.3,
         ..Default::default()
     };
-    let r = boot::run(&args).expect("a timed-out boot is a report");
-    boot::print(&r);
-    assert!(!r.ok);
-    assert!(
-        r.error
-            .as_deref()
-            .unwrap_or("")
-            .contains("not ready within"),
-        "{:?}",
-        r.error
-    );
+    let r = timed_out(&args);
     let b = &r.boots[0];
-    assert!(!b.ready);
     assert_eq!(b.phases[0].name, "connect");
     assert!(b.phases.iter().any(|p| !p.complete), "{:#?}", b.phases);
     assert_eq!(b.phases.iter().map(|p| p.ns).sum::<u64>(), b.total_ns);
