@@ -82,7 +82,8 @@ pub const SLOT_BIRTH: u8 = u8::MAX;
 pub const DIR_REQUEST: u8 = 0;
 pub const DIR_RESPONSE: u8 = 1;
 
-/// Indexes of the `NET_COUNTERS` per-CPU array.
+/// Indexes of the `NET_COUNTERS` per-CPU array. Only followed packets (and packets drawn at
+/// birth) touch them: a hook on a packet that isn't followed counts nothing.
 pub mod counter {
     /// Packets that matched the filter at their first hook and are now followed.
     pub const BIRTHS: u32 = 0;
@@ -92,18 +93,86 @@ pub mod counter {
     pub const DROPPED: u32 = 2;
     /// Followed packets freed as consumed without a delivery hook (e.g. TCP coalescing).
     pub const CONSUMED: u32 = 3;
-    /// State found too old, or continued into a transmit queue no path leads to: its skb was
-    /// freed unseen and the address reused by a new packet.
+    /// State found too old (or from an earlier window), or continued into a transmit queue no
+    /// path leads to: its skb was freed unseen and the address reused by a new packet.
     pub const STALE: u32 = 4;
     /// Sampled events the ring buffer had no room for.
     pub const SAMPLES_LOST: u32 = 5;
     /// Segments whose pair the layer model does not name.
     pub const UNKNOWN_SEGMENTS: u32 = 6;
-    /// Hooks invoked on any packet (tracked or not): the tracer's event rate.
-    pub const EVENTS: u32 = 7;
-    /// Packets that matched the filter at a first hook (followed or not, see --follow-every).
-    pub const MATCHED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Hooks run on followed packets (each closes a segment or starts one).
+    pub const FOLLOWED_HOOKS: u32 = 7;
+    /// Packets drawn at a transmit queue by the one-in-N decision, before the filter.
+    pub const DRAWN: u32 = 8;
+    /// Drawn packets whose state slot held another live packet: not followed (lost), never
+    /// silently overwritten.
+    pub const COLLISIONS: u32 = 9;
+    pub const COUNT: u32 = 10;
+}
+
+/// Per-skb state slots (`NET_SKB`, a direct-mapped array tagged by the skb address): a power
+/// of two, so the slot is the top bits of a multiplicative hash.
+pub const STATE_BITS: u32 = 16;
+pub const STATE_SLOTS: u32 = 1 << STATE_BITS;
+
+/// The state slot of an skb address (Fibonacci hashing: sk_buffs are 256-byte slab objects, so
+/// the low bits alone would crowd a few slots).
+#[inline(always)]
+pub const fn state_slot(skb: u64) -> u32 {
+    (skb.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STATE_BITS)) as u32
+}
+
+/// Load-time configuration of the packet tracer (`NET_CONFIG`, one `Global`): struct offsets
+/// from the running kernel's BTF and the packet filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetConfig {
+    pub off_skb_dev: u32,
+    pub off_skb_sk: u32,
+    pub off_skb_len: u32,
+    pub off_skb_head: u32,
+    pub off_skb_network_header: u32,
+    pub off_skb_transport_header: u32,
+    pub off_dev_ifindex: u32,
+    pub off_dev_name: u32,
+    pub off_dev_priv_flags: u32,
+    pub off_dev_link_ops: u32,
+    pub off_ops_kind: u32,
+    pub off_dev_nd_net: u32,
+    pub off_net_inum: u32,
+    pub iff_bridge_port: u32,
+    /// Ports (source or destination) of followed packets, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// IPv4 address, network byte order; 0 = any.
+    pub host: u32,
+    /// Netns inode of the first hook's device; 0 = any.
+    pub netns: u32,
+    pub ifindex: u32,
+    /// Packets born in this netns are requests.
+    pub client_netns: u32,
+    pub _pad: u32,
+    /// Print one followed packet in N (0 = none).
+    pub print_every: u64,
+    /// State older than this was left by an skb freed unseen.
+    pub stale_ns: u64,
+}
+
+/// Run-time control of the packet tracer (`NET_CONTROL[0]`, written by user space between
+/// and during windows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Control {
+    /// A packet at a transmit queue is followed when `bpf_get_prandom_u32() < follow_below`:
+    /// `2^32 / N` follows one in N; 0 follows none (a window draining); `2^32` all.
+    pub follow_below: u64,
+    /// Start of the current window (ktime ns): state from before it is stale.
+    pub epoch_ns: u64,
+}
+
+/// `Control::follow_below` for one packet in `n`.
+pub const fn follow_below(n: u64) -> u64 {
+    if n <= 1 { 1 << 32 } else { (1 << 32) / n }
 }
 
 /// Per-slot position on the path: count, and the smallest (segment end - packet birth) in ns.
@@ -141,4 +210,6 @@ pub const MAX_DROP_REASONS: u32 = 256;
 mod pod {
     unsafe impl aya::Pod for super::SlotPos {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::NetConfig {}
+    unsafe impl aya::Pod for super::Control {}
 }

@@ -21,7 +21,7 @@ use profiler_common::{
     },
 };
 
-use crate::hist::record;
+use crate::hist::record_shared;
 
 macro_rules! globals {
     ($($name:ident: $ty:ty),* $(,)?) => {
@@ -51,11 +51,11 @@ static KVM_THREADS: LruHashMap<u64, VcpuThread> = LruHashMap::with_max_entries(1
 #[map]
 static KVM_EXIT_SLOT: Array<u8> = Array::with_max_entries(EXIT_KEYS, 0);
 #[map]
-static KVM_EXIT_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(EXIT_SLOTS, 0);
+static KVM_EXIT_HIST: Array<Hist> = Array::with_max_entries(EXIT_SLOTS, 0);
 #[map]
 static KVM_EXIT_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXIT_SLOTS, 0);
 #[map]
-static KVM_RUN_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(RUN_HIST_SLOTS, 0);
+static KVM_RUN_HIST: Array<Hist> = Array::with_max_entries(RUN_HIST_SLOTS, 0);
 #[map]
 static KVM_USER_EXITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(USER_SLOTS, 0);
 #[map]
@@ -146,7 +146,7 @@ pub fn kvm_tp_entry(_ctx: TracePointContext) -> u32 {
     // SAFETY: a live LRU value of this thread.
     let st = unsafe { &mut *p };
     if st.exit_ts != 0 {
-        record(&KVM_EXIT_HIST, st.exit_slot, now() - st.exit_ts);
+        record_shared(&KVM_EXIT_HIST, st.exit_slot, now() - st.exit_ts);
         count(counter::ENTRY_PAIRED);
         st.exit_ts = 0;
     }
@@ -172,7 +172,7 @@ pub fn kvm_sys_enter(ctx: TracePointContext) -> u32 {
     let Some(st) = thread(id) else { return 0 };
     if st.run_exit != 0 {
         let d = t - st.run_exit;
-        record(
+        record_shared(
             &KVM_RUN_HIST,
             RUN_IN_VMM * USER_SLOTS + user_slot(st.user_reason),
             d,
@@ -202,7 +202,7 @@ pub fn kvm_sys_exit(ctx: TracePointContext) -> u32 {
     }
     let t = now();
     let d = t - st.run_enter;
-    record(
+    record_shared(
         &KVM_RUN_HIST,
         RUN_IN_KVM * USER_SLOTS + user_slot(st.user_reason),
         d,

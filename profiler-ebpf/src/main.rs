@@ -1,6 +1,8 @@
 //! All eBPF programs of the profiler, one module per subject; user space loads this one object.
 #![no_std]
 #![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod exec;
 mod hist;

@@ -5,53 +5,69 @@
 //! User space reads the per-CPU histograms on an interval; see profiler/src/trace/net.rs.
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    Global,
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    programs::RawTracePointContext,
 };
 use profiler_common::{
     hist::Hist,
     net::{
-        Event, MAX_DROP_REASONS, SLOT_BIRTH, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR,
-        SlotPos, class, counter, hook, pair, point, point_hook,
+        Control, Event, MAX_DROP_REASONS, NetConfig, SLOT_BIRTH, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS,
+        SLOTS_PER_DIR, STATE_SLOTS, SlotPos, class, counter, hook, pair, point, point_hook,
+        state_slot,
     },
 };
 
-use crate::hist::record;
+use crate::hist::record_shared;
 
-/// Load-time constants: struct offsets from the running kernel's BTF and the packet filter.
-/// Read through `read_volatile` so the compiler keeps them as loads of .rodata, which the
-/// loader fills (`EbpfLoader::set_global`).
-macro_rules! globals {
-    ($($name:ident: $ty:ty),* $(,)?) => {
-        $(#[unsafe(no_mangle)] static $name: $ty = 0;)*
-    };
-}
-globals! {
-    OFF_SKB_DEV: u32, OFF_SKB_SK: u32, OFF_SKB_LEN: u32, OFF_SKB_HEAD: u32, OFF_SKB_NETWORK_HEADER: u32,
-    OFF_SKB_TRANSPORT_HEADER: u32, OFF_DEV_IFINDEX: u32, OFF_DEV_NAME: u32,
-    OFF_DEV_PRIV_FLAGS: u32, OFF_DEV_LINK_OPS: u32, OFF_OPS_KIND: u32, OFF_DEV_ND_NET: u32,
-    OFF_NET_INUM: u32, IFF_BRIDGE_PORT: u32,
-    FILTER_PORT_LO: u16, FILTER_PORT_HI: u16, FILTER_HOST: u32, FILTER_NETNS: u32,
-    FILTER_IFINDEX: u32, CLIENT_NETNS: u32, SAMPLE_EVERY: u64, STALE_NS: u64, FOLLOW_EVERY: u64,
-}
+/// Offsets and filter, set by the loader (profiler/src/trace/net.rs).
+#[unsafe(no_mangle)]
+static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
+    off_skb_dev: 0,
+    off_skb_sk: 0,
+    off_skb_len: 0,
+    off_skb_head: 0,
+    off_skb_network_header: 0,
+    off_skb_transport_header: 0,
+    off_dev_ifindex: 0,
+    off_dev_name: 0,
+    off_dev_priv_flags: 0,
+    off_dev_link_ops: 0,
+    off_ops_kind: 0,
+    off_dev_nd_net: 0,
+    off_net_inum: 0,
+    iff_bridge_port: 0,
+    port_lo: 0,
+    port_hi: 0,
+    host: 0,
+    netns: 0,
+    ifindex: 0,
+    client_netns: 0,
+    _pad: 0,
+    print_every: 0,
+    stale_ns: 0,
+});
 
 #[inline(always)]
-fn g<T: Copy>(v: &'static T) -> T {
-    // SAFETY: reading a static.
-    unsafe { core::ptr::read_volatile(v) }
+fn cfg() -> NetConfig {
+    NET_CONFIG.load()
 }
 
+/// A followed packet. `skb` is the slot's tag: 0 = free.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SkbState {
+    skb: u64,
     first_ts: u64,
     last_ts: u64,
     point: u8,
     dir: u8,
     encap: u8,
-    sampled: u8,
+    print: u8,
     _pad: u32,
 }
 
@@ -80,17 +96,21 @@ impl DevInfo {
     };
 }
 
+/// Direct-mapped per-skb state, shared by all CPUs (a packet crosses CPUs): one inlined array
+/// lookup and a tag compare per hook, where a hash map would take a lock.
 #[map]
-static NET_SKB: LruHashMap<u64, SkbState> = LruHashMap::with_max_entries(65536, 0);
+static NET_SKB: Array<SkbState> = Array::with_max_entries(STATE_SLOTS, 0);
+#[map]
+static NET_CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 /// A direct-mapped, per-CPU cache of device facts, indexed by the net_device address: an
 /// array lookup instead of a hash lookup on every hook.
-const DEV_CACHE: u32 = 1024;
+const DEV_CACHE: u32 = 256;
 #[map]
 static NET_DEV: PerCpuArray<DevInfo> = PerCpuArray::with_max_entries(DEV_CACHE, 0);
 #[map]
 static SEG_SLOT: Array<u8> = Array::with_max_entries(65536, 0);
 #[map]
-static NET_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(SLOTS, 0);
+static NET_HIST: Array<Hist> = Array::with_max_entries(SLOTS, 0);
 #[map]
 static NET_POS: PerCpuArray<SlotPos> = PerCpuArray::with_max_entries(SLOTS, 0);
 #[map]
@@ -148,6 +168,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
+    let c = cfg();
     // `dev` comes from a probe read (a plain number, which the verifier lets us shift): slot
     // by address bits above net_device's alignment; ifindex alone collides across namespaces.
     let cached = NET_DEV.get_ptr_mut(((dev >> 10) as u32) & (DEV_CACHE - 1));
@@ -158,20 +179,20 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         // SAFETY: as above.
         return Some(unsafe { *c });
     }
-    let ifindex: u32 = read(dev + g(&OFF_DEV_IFINDEX) as u64)?;
-    let flags: u32 = read(dev + g(&OFF_DEV_PRIV_FLAGS) as u64).unwrap_or(0);
-    let name: [u8; 16] = read(dev + g(&OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
-    let net: u64 = read(dev + g(&OFF_DEV_ND_NET) as u64).unwrap_or(0);
+    let ifindex: u32 = read(dev + c.off_dev_ifindex as u64)?;
+    let flags: u32 = read(dev + c.off_dev_priv_flags as u64).unwrap_or(0);
+    let name: [u8; 16] = read(dev + c.off_dev_name as u64).unwrap_or([0; 16]);
+    let net: u64 = read(dev + c.off_dev_nd_net as u64).unwrap_or(0);
     let netns: u32 = if net == 0 {
         0
     } else {
-        read(net + g(&OFF_NET_INUM) as u64).unwrap_or(0)
+        read(net + c.off_net_inum as u64).unwrap_or(0)
     };
-    let ops: u64 = read(dev + g(&OFF_DEV_LINK_OPS) as u64).unwrap_or(0);
+    let ops: u64 = read(dev + c.off_dev_link_ops as u64).unwrap_or(0);
     let kind: u64 = if ops == 0 {
         0
     } else {
-        match read::<u64>(ops + g(&OFF_OPS_KIND) as u64) {
+        match read::<u64>(ops + c.off_ops_kind as u64) {
             Some(p) if p != 0 => read(p).unwrap_or(0),
             _ => 0,
         }
@@ -198,7 +219,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         ifindex,
         netns,
         class,
-        port: (flags & g(&IFF_BRIDGE_PORT) != 0) as u8,
+        port: (flags & c.iff_bridge_port != 0) as u8,
         _pad: [0; 6],
         name,
     };
@@ -212,17 +233,18 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
 /// At a packet's first hook: IPv4 TCP/UDP with a port in range, on the chosen netns/device.
 /// Returns whether the destination port is the one in range (the packet goes to the service).
 fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
-    let ns = g(&FILTER_NETNS);
+    let c = cfg();
+    let ns = c.netns;
     if ns != 0 && ns != dev.netns {
         return None;
     }
-    let ifindex = g(&FILTER_IFINDEX);
+    let ifindex = c.ifindex;
     if ifindex != 0 && ifindex != dev.ifindex {
         return None;
     }
-    let head = read::<u64>(skb + g(&OFF_SKB_HEAD) as u64)?;
-    let nh: u16 = read(skb + g(&OFF_SKB_NETWORK_HEADER) as u64).unwrap_or(0xffff);
-    let th: u16 = read(skb + g(&OFF_SKB_TRANSPORT_HEADER) as u64).unwrap_or(0xffff);
+    let head = read::<u64>(skb + c.off_skb_head as u64)?;
+    let nh: u16 = read(skb + c.off_skb_network_header as u64).unwrap_or(0xffff);
+    let th: u16 = read(skb + c.off_skb_transport_header as u64).unwrap_or(0xffff);
     if nh == 0xffff || th == 0xffff {
         return None;
     }
@@ -231,7 +253,7 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     if ip[0] >> 4 != 4 || (ip[9] != 6 && ip[9] != 17) {
         return None;
     }
-    let host = g(&FILTER_HOST);
+    let host = c.host;
     if host != 0 {
         let s = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let d = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
@@ -242,17 +264,18 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     let ports = read::<[u8; 4]>(head + th as u64)?;
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let (lo, hi) = (g(&FILTER_PORT_LO), g(&FILTER_PORT_HI));
+    let (lo, hi) = (c.port_lo, c.port_hi);
     let to = dport >= lo && dport <= hi;
     (to || (sport >= lo && sport <= hi)).then_some(to)
 }
 
 fn emit(skb: u64, now: u64, h: u8, d: &DevInfo, dir: u8, slot: u8) {
+    let c = cfg();
     let Some(mut e) = NET_EVENTS.reserve::<Event>(0) else {
         count(counter::SAMPLES_LOST);
         return;
     };
-    let len: u32 = read(skb + g(&OFF_SKB_LEN) as u64).unwrap_or(0);
+    let len: u32 = read(skb + c.off_skb_len as u64).unwrap_or(0);
     e.write(Event {
         skb,
         ts: now,
@@ -272,7 +295,7 @@ fn emit(skb: u64, now: u64, h: u8, d: &DevInfo, dir: u8, slot: u8) {
 }
 
 fn record_slot(slot: u32, delta: u64, offset: u64) {
-    record(&NET_HIST, slot, delta);
+    record_shared(&NET_HIST, slot, delta);
     if let Some(p) = NET_POS.get_ptr_mut(slot) {
         // SAFETY: per-CPU value, this CPU only.
         unsafe {
@@ -284,43 +307,56 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
     }
 }
 
-/// A packet seen at hook `h` on device `dev` (0: read it from the skb, as every hook does).
-/// Returns (first hook's time, direction, now) when it closed a segment of a followed packet.
-fn on_hook(skb: u64, dev: u64, h: u8) -> Option<(u64, u8, u64)> {
-    count(counter::EVENTS);
-    if h == hook::RECV {
-        crate::softirq::packet_received();
+#[inline(always)]
+fn state(skb: u64) -> Option<&'static mut SkbState> {
+    // SAFETY: an array value; only this packet's hooks touch a slot whose tag is its address.
+    NET_SKB
+        .get_ptr_mut(state_slot(skb))
+        .map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn control() -> Control {
+    match NET_CONTROL.get(0) {
+        Some(c) => *c,
+        None => Control::default(),
     }
+}
+
+/// A packet seen at hook `h`. A packet that isn't followed costs one array lookup and a tag
+/// compare here (plus one random draw at a transmit queue): no clock, no counter, no read.
+/// Returns (first hook's time, direction, now) when it closed a segment of a followed packet.
+#[inline(always)]
+fn on_hook(skb: u64, h: u8) -> Option<(u64, u8, u64)> {
+    let st = state(skb)?;
+    if st.skb != skb {
+        if h == hook::QUEUE {
+            draw(skb, st);
+        }
+        return None;
+    }
+    followed(skb, h, st)
+}
+
+fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
+    let c = cfg();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // At delivery the device no longer matters: skip the read.
-    let dev = if dev != 0 || h == hook::DELIVER {
-        dev
-    } else {
-        read(skb + g(&OFF_SKB_DEV) as u64).unwrap_or(0)
-    };
-    let Some(st) = NET_SKB.get_ptr_mut(skb) else {
-        if h == hook::QUEUE {
-            birth(skb, dev, now);
-        }
-        return None;
-    };
-    // SAFETY: a live LRU map value; only this packet's hooks touch it, one at a time.
-    let st = unsafe { &mut *st };
-    if now.wrapping_sub(st.last_ts) > g(&STALE_NS) {
-        // Its skb was freed unseen and the address reused: this is another packet.
-        let _ = NET_SKB.remove(skb);
+    if now.wrapping_sub(st.last_ts) > c.stale_ns || st.first_ts < control().epoch_ns {
+        // Its skb was freed unseen (or the window it was born in ended) and the address reused.
+        st.skb = 0;
         count(counter::STALE);
         if h == hook::QUEUE {
-            birth(skb, dev, now);
+            draw(skb, st);
         }
         return None;
     }
-    // At delivery the skb's device no longer matters (and may be gone).
+    count(counter::FOLLOWED_HOOKS);
+    // At delivery the skb's device no longer matters (and may be gone): no read.
     let d = if h == hook::DELIVER {
         DevInfo::NONE
     } else {
-        dev_info(dev)?
+        dev_info(read(skb + c.off_skb_dev as u64).unwrap_or(0))?
     };
     // Decapsulated: the inner packet re-enters on the tunnel device (netif_rx, GRO or receive).
     if h != hook::QUEUE && h != hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
@@ -336,13 +372,13 @@ fn on_hook(skb: u64, dev: u64, h: u8) -> Option<(u64, u8, u64)> {
     // forwarded ones carry no socket (crossing a namespace orphans them).
     let local_again = h == hook::QUEUE
         && matches!(point_hook(st.point), hook::RECV | hook::GRO)
-        && read::<u64>(skb + g(&OFF_SKB_SK) as u64).unwrap_or(0) != 0;
+        && read::<u64>(skb + c.off_skb_sk as u64).unwrap_or(0) != 0;
     if (slot == SLOT_UNKNOWN || local_again) && h == hook::QUEUE {
         // No path continues into a transmit queue this way: the skb was freed unseen (e.g.
         // kfree_skb_partial) and its address now carries a new packet.
-        let _ = NET_SKB.remove(skb);
+        st.skb = 0;
         count(counter::STALE);
-        birth(skb, dev, now);
+        draw(skb, st);
         return None;
     }
     if slot == SLOT_UNKNOWN {
@@ -362,67 +398,88 @@ fn on_hook(skb: u64, dev: u64, h: u8) -> Option<(u64, u8, u64)> {
     }
     st.point = cur;
     st.last_ts = now;
-    if st.sampled != 0 {
+    if st.print != 0 {
         emit(skb, now, h, &d, st.dir, slot as u8);
     }
     Some((st.first_ts, st.dir, now))
 }
 
-fn birth(skb: u64, dev: u64, now: u64) {
-    let Some(d) = dev_info(dev) else {
+/// A packet at a transmit queue with no state: the one-in-N draw comes first, so the packets
+/// not drawn never pay for the filter's reads.
+#[inline(always)]
+fn draw(skb: u64, st: &mut SkbState) {
+    // SAFETY: helper without preconditions.
+    if (unsafe { bpf_get_prandom_u32() } as u64) >= control().follow_below {
+        return;
+    }
+    birth(skb, st);
+}
+
+fn birth(skb: u64, st: &mut SkbState) {
+    count(counter::DRAWN);
+    let c = cfg();
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if st.skb != 0
+        && now.wrapping_sub(st.last_ts) <= c.stale_ns
+        && st.first_ts >= control().epoch_ns
+    {
+        // The slot holds another live packet: this one is lost, the other kept.
+        count(counter::COLLISIONS);
+        return;
+    }
+    let Some(d) = dev_info(read(skb + c.off_skb_dev as u64).unwrap_or(0)) else {
         return;
     };
     let Some(to_port) = matches(skb, &d) else {
         return;
     };
-    // Following one packet in N keeps the per-hook cost of the others to one hash miss.
-    let follow = g(&FOLLOW_EVERY);
-    if follow > 1 && !count(counter::MATCHED).is_multiple_of(follow) {
-        return;
-    }
     let n = count(counter::BIRTHS);
-    let every = g(&SAMPLE_EVERY);
-    let sampled = every != 0 && n.is_multiple_of(every);
+    let print = c.print_every != 0 && n.is_multiple_of(c.print_every);
     // Requests come from the client's namespace; without one (attach-only), go to the port.
-    let client = g(&CLIENT_NETNS);
-    let request = if client != 0 {
-        d.netns == client
+    let request = if c.client_netns != 0 {
+        d.netns == c.client_netns
     } else {
         to_port
     };
     let dir = if request { 0 } else { 1 };
-    let st = SkbState {
+    *st = SkbState {
+        skb,
         first_ts: now,
         last_ts: now,
         point: point(hook::QUEUE, d.class, d.port != 0, false),
         dir,
         encap: 0,
-        sampled: sampled as u8,
+        print: print as u8,
         _pad: 0,
     };
-    let _ = NET_SKB.insert(skb, st, 0);
-    if sampled {
+    if print {
         emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
     }
 }
 
 /// Copied to the application: the last segment, and the one-way time.
+#[inline(always)]
 fn on_deliver(skb: u64) {
     // One state lookup: the last segment's hook hands back what the one-way time needs.
-    let Some((first, dir, now)) = on_hook(skb, 0, hook::DELIVER) else {
+    let Some((first, dir, now)) = on_hook(skb, hook::DELIVER) else {
         return;
     };
     let slot = dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
     record_slot(slot, now - first, now - first);
     count(counter::DELIVERED);
-    let _ = NET_SKB.remove(skb);
+    if let Some(st) = state(skb) {
+        st.skb = 0;
+    }
 }
 
+#[inline(always)]
 fn on_free(skb: u64, reason: Option<u32>) {
-    if NET_SKB.get_ptr(skb).is_none() {
+    let Some(st) = state(skb) else { return };
+    if st.skb != skb {
         return;
     }
-    let _ = NET_SKB.remove(skb);
+    st.skb = 0;
     match reason {
         Some(r) => {
             count(counter::DROPPED);
@@ -437,73 +494,52 @@ fn on_free(skb: u64, reason: Option<u32>) {
     }
 }
 
-/// Each hook twice: tp_btf where BTF tracepoints attach, raw tracepoint elsewhere; the attach
-/// plan picks one. Both receive the tracepoint's raw arguments.
-macro_rules! hook_programs {
-    ($tp:literal, $btf:ident, $raw:ident, |$a0:ident, $a1:ident, $a2:ident| $body:expr) => {
-        #[btf_tracepoint(function = $tp)]
-        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
-            let ($a0, $a1, $a2): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-            let _ = ($a1, $a2);
-            $body;
-            0
-        }
-
+/// Raw tracepoints only: the skb argument is a plain number there, so it can be hashed without
+/// a probe read (tp_btf would need one to turn the BTF pointer into a scalar: 112 against 75 ns
+/// per miss, measured on this project's VM). See docs/benchmarks/trace.md.
+macro_rules! hook_program {
+    ($tp:literal, $raw:ident, |$a0:ident, $a2:ident| $body:expr) => {
         #[raw_tracepoint(tracepoint = $tp)]
         pub fn $raw(ctx: RawTracePointContext) -> i32 {
-            let ($a0, $a1, $a2): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-            let _ = ($a1, $a2);
+            let ($a0, $a2): (u64, u64) = (ctx.arg(0), ctx.arg(2));
+            let _ = $a2;
             $body;
             0
         }
     };
 }
 
-hook_programs!(
-    "net_dev_queue",
-    net_queue_btf,
-    net_queue_raw,
-    |skb, _a, _b| on_hook(skb, 0, hook::QUEUE)
-);
-// The device argument is skb->dev: read from the skb it is a plain number (see dev_info).
-hook_programs!(
-    "net_dev_start_xmit",
-    net_xmit_btf,
-    net_xmit_raw,
-    |skb, _dev, _b| on_hook(skb, 0, hook::XMIT)
-);
-hook_programs!("netif_rx", net_rx_btf, net_rx_raw, |skb, _a, _b| on_hook(
+hook_program!("net_dev_queue", net_queue, |skb, _b| on_hook(
     skb,
-    0,
-    hook::RX
+    hook::QUEUE
 ));
-hook_programs!(
-    "netif_receive_skb",
-    net_recv_btf,
-    net_recv_raw,
-    |skb, _a, _b| on_hook(skb, 0, hook::RECV)
-);
-hook_programs!(
-    "napi_gro_receive_entry",
-    net_gro_btf,
-    net_gro_raw,
-    |skb, _a, _b| on_hook(skb, 0, hook::GRO)
-);
-hook_programs!(
+hook_program!("net_dev_start_xmit", net_xmit, |skb, _b| on_hook(
+    skb,
+    hook::XMIT
+));
+hook_program!("netif_rx", net_rx, |skb, _b| on_hook(skb, hook::RX));
+hook_program!("netif_receive_skb", net_recv, |skb, _b| on_hook(
+    skb,
+    hook::RECV
+));
+hook_program!("napi_gro_receive_entry", net_gro, |skb, _b| on_hook(
+    skb,
+    hook::GRO
+));
+hook_program!(
     "skb_copy_datagram_iovec",
-    net_deliver_btf,
-    net_deliver_raw,
-    |skb, _a, _b| { on_deliver(skb) }
+    net_deliver,
+    |skb, _b| on_deliver(skb)
 );
-hook_programs!(
-    "kfree_skb",
-    net_drop_btf,
-    net_drop_raw,
-    |skb, _loc, reason| on_free(skb, Some(reason as u32))
-);
-hook_programs!(
-    "consume_skb",
-    net_consume_btf,
-    net_consume_raw,
-    |skb, _a, _b| on_free(skb, None)
-);
+hook_program!("kfree_skb", net_drop, |skb, reason| on_free(
+    skb,
+    Some(reason as u32)
+));
+hook_program!("consume_skb", net_consume, |skb, _b| on_free(skb, None));
+
+/// The floor: an empty program of the same type, attached beside the tracer's on the same
+/// tracepoint, so its cost can be stated against what merely running a program costs here.
+#[raw_tracepoint]
+pub fn net_floor(_ctx: RawTracePointContext) -> i32 {
+    0
+}

@@ -5,12 +5,12 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap},
     programs::BtfTracePointContext,
 };
 use profiler_common::hist::Hist;
 
-use crate::hist::record;
+use crate::hist::record_shared;
 
 #[unsafe(no_mangle)]
 static OFF_TASK_PID: u32 = 0;
@@ -26,7 +26,7 @@ static SCHED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static SCHED_READY: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 #[map]
-static SCHED_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+static SCHED_HIST: Array<Hist> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn field<T>(task: u64, off: &'static u32) -> Option<T> {
@@ -78,7 +78,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: helper without preconditions; the value is copied out at once.
         let now = unsafe { bpf_ktime_get_ns() };
         if let Some(&t) = unsafe { SCHED_READY.get(pid) } {
-            record(&SCHED_HIST, 0, now.saturating_sub(t));
+            record_shared(&SCHED_HIST, 0, now.saturating_sub(t));
             let _ = SCHED_READY.remove(pid);
         }
     }

@@ -1,11 +1,12 @@
 //! NET_RX / NET_TX softirq timing, per CPU: raise-to-entry delay, run time, and packets taken
-//! per NET_RX run. A flow whose softirq work all lands on one CPU is serialised there.
+//! per NET_RX run (the sum of napi_poll's work, counted per poll rather than per packet). A flow
+//! whose softirq work all lands on one CPU is serialised there.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    macros::{map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, RawTracePointContext},
+    programs::RawTracePointContext,
 };
 use profiler_common::{
     hist::Hist,
@@ -43,13 +44,12 @@ fn state() -> Option<&'static mut CpuState> {
     SOFTIRQ_STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Called by the net tracer for every netif_receive_skb: counts packets of this NET_RX run.
-#[inline(always)]
-pub fn packet_received() {
+/// napi:napi_poll, once per poll: the packets it took count towards this NET_RX run.
+fn on_poll(work: u64) {
     if let Some(s) = state()
         && s.entered[1] != 0
     {
-        s.packets += 1;
+        s.packets += work & 0xffff_ffff;
     }
 }
 
@@ -95,32 +95,18 @@ fn on_exit(vec: u64) {
     }
 }
 
-macro_rules! softirq_programs {
-    ($tp:literal, $btf:ident, $raw:ident, $f:ident) => {
-        #[btf_tracepoint(function = $tp)]
-        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
-            $f(ctx.arg::<u64>(0) & 0xffff_ffff);
-            0
-        }
-
+// Raw tracepoints: the cheapest program type on the measured VM (69 against 84 ns empty).
+macro_rules! softirq_program {
+    ($tp:literal, $raw:ident, $f:ident, $arg:literal) => {
         #[raw_tracepoint(tracepoint = $tp)]
         pub fn $raw(ctx: RawTracePointContext) -> i32 {
-            $f(ctx.arg::<u64>(0) & 0xffff_ffff);
+            $f(ctx.arg::<u64>($arg) & 0xffff_ffff);
             0
         }
     };
 }
 
-softirq_programs!(
-    "softirq_raise",
-    softirq_raise_btf,
-    softirq_raise_raw,
-    on_raise
-);
-softirq_programs!(
-    "softirq_entry",
-    softirq_entry_btf,
-    softirq_entry_raw,
-    on_entry
-);
-softirq_programs!("softirq_exit", softirq_exit_btf, softirq_exit_raw, on_exit);
+softirq_program!("softirq_raise", softirq_raise, on_raise, 0);
+softirq_program!("softirq_entry", softirq_entry, on_entry, 0);
+softirq_program!("softirq_exit", softirq_exit, on_exit, 0);
+softirq_program!("napi_poll", softirq_napi_poll, on_poll, 1);

@@ -1,10 +1,158 @@
-//! The eBPF object built from `profiler-ebpf` by build.rs, embedded in the binary.
+//! The eBPF object built from `profiler-ebpf` by build.rs, embedded in the binary, and its
+//! loader. Every command loads the one object, but only its own subject's maps at full size:
+//! the others shrink to one entry, so a command's kernel memory is what it traces.
 
 use anyhow::{Context as _, Result};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
+/// The BPF subjects, one per file of profiler-ebpf/src.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// net.rs and softirq.rs: the packet-path tracer.
+    Net,
+    Kvm,
+    Sched,
+    Exec,
+    Inject,
+    Probe,
+    Selftest,
+}
+
+/// Every map of the object with more than a few bytes, by subject; a ring buffer's smallest
+/// size is one page.
+const MAPS: &[(&str, Subject)] = &[
+    ("NET_SKB", Subject::Net),
+    ("NET_DEV", Subject::Net),
+    ("SEG_SLOT", Subject::Net),
+    ("NET_HIST", Subject::Net),
+    ("NET_POS", Subject::Net),
+    ("NET_DROPS", Subject::Net),
+    ("NET_UNKNOWN", Subject::Net),
+    ("NET_EVENTS", Subject::Net),
+    ("SOFTIRQ_HIST", Subject::Net),
+    ("KVM_THREADS", Subject::Kvm),
+    ("KVM_EXIT_SLOT", Subject::Kvm),
+    ("KVM_EXIT_HIST", Subject::Kvm),
+    ("KVM_EXIT_COUNT", Subject::Kvm),
+    ("KVM_RUN_HIST", Subject::Kvm),
+    ("KVM_USER_EXITS", Subject::Kvm),
+    ("KVM_PIO_PORTS", Subject::Kvm),
+    ("SCHED_TGIDS", Subject::Sched),
+    ("SCHED_READY", Subject::Sched),
+    ("SCHED_HIST", Subject::Sched),
+    ("EXEC_EVENTS", Subject::Exec),
+    ("PROBE_HITS", Subject::Probe),
+    ("SELFTEST_HIST", Subject::Selftest),
+];
+
+const RING_BUFFERS: &[&str] = &["NET_EVENTS", "EXEC_EVENTS"];
+
+/// A loader for `subject`: the other subjects' maps at their smallest.
+pub fn loader(subject: Subject) -> EbpfLoader<'static> {
+    let mut l = EbpfLoader::new();
+    for (name, s) in MAPS {
+        if *s != subject {
+            let smallest = if RING_BUFFERS.contains(name) { 4096 } else { 1 };
+            l.map_max_entries(name, smallest);
+        }
+    }
+    l
+}
+
+/// The whole object with every map at full size (the doctor's probes and map census).
 pub fn load() -> Result<Ebpf> {
     Ebpf::load(OBJECT).context("loading the profiler's eBPF object")
+}
+
+/// Kernel memory of one subject's load, computed for a CPU count.
+#[derive(Debug, serde::Serialize)]
+pub struct AtCpus {
+    pub cpus: u32,
+    pub bytes: u64,
+    /// Bytes copied out of the subject's array maps for one interval's reading.
+    pub read_bytes: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct MemoryModel {
+    pub subject: String,
+    pub by_cpus: Vec<AtCpus>,
+}
+
+/// Bytes the kernel allocates for a map: values rounded to 8 bytes, per-CPU values once per
+/// CPU, hash elements with their ~48-byte header (struct htab_elem), ring buffers by size.
+fn map_bytes(map_type: u32, key: u32, value: u32, entries: u32, cpus: u32) -> (u64, u64) {
+    use aya_obj::generated::bpf_map_type as t;
+    let (k, v, n, c) = (
+        (key as u64).next_multiple_of(8),
+        (value as u64).next_multiple_of(8),
+        entries as u64,
+        cpus as u64,
+    );
+    match map_type {
+        x if x == t::BPF_MAP_TYPE_ARRAY as u32 => (n * v, n * v),
+        x if x == t::BPF_MAP_TYPE_PERCPU_ARRAY as u32 => (n * v * c + n * 8, n * v * c),
+        x if x == t::BPF_MAP_TYPE_HASH as u32 || x == t::BPF_MAP_TYPE_LRU_HASH as u32 => {
+            (n * (48 + k + v), 0)
+        }
+        x if x == t::BPF_MAP_TYPE_PERCPU_HASH as u32
+            || x == t::BPF_MAP_TYPE_LRU_PERCPU_HASH as u32 =>
+        {
+            (n * (48 + k + 8) + n * v * c, 0)
+        }
+        x if x == t::BPF_MAP_TYPE_RINGBUF as u32 => (n, 0),
+        _ => (0, 0),
+    }
+}
+
+/// Each subject's maps as its loader creates them (the others' shrunk), from 2 to 256 CPUs.
+pub fn memory_model() -> Result<Vec<MemoryModel>> {
+    let obj = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
+    let subjects = [
+        Subject::Net,
+        Subject::Kvm,
+        Subject::Sched,
+        Subject::Exec,
+        Subject::Inject,
+        Subject::Probe,
+        Subject::Selftest,
+    ];
+    Ok(subjects
+        .iter()
+        .map(|&subject| MemoryModel {
+            subject: format!("{subject:?}").to_lowercase(),
+            by_cpus: [2, 16, 64, 128, 256]
+                .into_iter()
+                .map(|cpus| {
+                    let (mut bytes, mut read_bytes) = (0, 0);
+                    for (name, m) in &obj.maps {
+                        let own = MAPS.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+                        let entries = match own {
+                            Some(s) if s != subject => {
+                                if RING_BUFFERS.contains(&name.as_str()) {
+                                    4096
+                                } else {
+                                    1
+                                }
+                            }
+                            _ => m.max_entries(),
+                        };
+                        let (b, r) =
+                            map_bytes(m.map_type(), m.key_size(), m.value_size(), entries, cpus);
+                        bytes += b;
+                        if own == Some(subject) {
+                            read_bytes += r;
+                        }
+                    }
+                    AtCpus {
+                        cpus,
+                        bytes,
+                        read_bytes,
+                    }
+                })
+                .collect(),
+        })
+        .collect())
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::PerCpuArray,
     programs::{SchedClassifier, TcAttachType},
 };
@@ -50,7 +50,7 @@ impl Injector {
         let what = format!("attaching the injector to {hook} of {dev} in {ns}");
         // The interface name resolves in the calling thread's namespace: attach from inside it.
         let ebpf = lab::netns::run_in(netns, move || -> Result<Ebpf> {
-            let mut ebpf = EbpfLoader::new()
+            let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Inject)
                 .override_global("DELAY_NS", &delay_ns, true)
                 .override_global("INJECT_PORT", &port, true)
                 .load(crate::ebpf::OBJECT)

@@ -200,7 +200,7 @@ fn attach_only_on_a_docker_bridge_names_layers_and_the_container() {
         "12865",
         "-l",
         "2",
-        "--sample",
+        "--print-every",
         "200",
         "--json",
         &file,

@@ -1,6 +1,6 @@
 //! The kernel-side histogram bucket code passes the verifier and records real samples.
 
-use profiler::hist::{Summary, read, selftest_attach};
+use profiler::hist::{Summary, read_shared as read, selftest_attach};
 use profiler_tests::require_root;
 
 #[test]

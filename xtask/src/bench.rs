@@ -111,8 +111,12 @@ impl Drop for LabUp {
 
 /// rr tests use sockperf's default message size (14 bytes) both ways, to compare like with like.
 fn builtin(lab: &str, test: &str) -> Result<serde_json::Value> {
+    builtin_secs(lab, test, SECS)
+}
+
+fn builtin_secs(lab: &str, test: &str, secs: &str) -> Result<serde_json::Value> {
     let mut c = profiler();
-    c.args(["bench", test, "--lab", lab, "-l", SECS, "--json"]);
+    c.args(["bench", test, "--lab", lab, "-l", secs, "--json"]);
     if test.ends_with("rr") {
         c.args(["-r", "14,14"]);
     }
@@ -242,90 +246,260 @@ tracepoint:skb:consume_skb { delete(@t[args->skbaddr]); delete(@h[args->skbaddr]
 END { clear(@t); clear(@h); }
 "#;
 
+/// Interleaved (untraced, traced) pairs per configuration and test, each run this long.
+const PAIRS: usize = 10;
+const PAIR_SECS: &str = "2";
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// "median (min-max)".
+fn spread(v: &[f64], digits: usize) -> String {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    let m = median(&mut v);
+    format!(
+        "{m:.digits$} ({:.digits$}-{:.digits$})",
+        v[0],
+        v[v.len() - 1]
+    )
+}
+
+/// One configuration's runs of one test.
+#[derive(Default)]
+struct Pairs {
+    ratio: Vec<f64>,
+    p50_ratio: Vec<f64>,
+    share: Vec<f64>,
+    every: Vec<f64>,
+    duty: Vec<f64>,
+    ns_per_txn: Vec<f64>,
+    followed_ns: Vec<f64>,
+    unfollowed_ns: Vec<f64>,
+    floor_ns: Vec<f64>,
+    rss_kib: Vec<f64>,
+}
+
 pub fn trace() -> Result<()> {
     let lab = LabUp::new("overlay", "bt")?;
-    let mut md = format!(
-        "# bench-trace\n\nMachine: {}\n\nOverlay lab, {SECS} s per run (`cargo xtask bench-trace`). Perturbation: the workload's rate with the tracer attached over its rate without.\n\n| test | untraced | profiler trace | ratio | trace --follow-every 10 | ratio | bpftrace peer | ratio |\n|---|---|---|---|---|---|---|---|\n",
-        machine()
-    );
-    let mut traced_report = serde_json::Value::Null;
-    // Statistics cost time of their own: the perturbation runs go without them.
-    let traced = |test: &str, follow: &str, stats: bool| -> Result<serde_json::Value> {
+    let script = std::env::temp_dir().join("profiler-peer.bt");
+    std::fs::write(&script, BPFTRACE_PEER)?;
+    let traced = |test: &str, extra: &[&str]| -> Result<serde_json::Value> {
         let file = "/tmp/profiler-bench-trace.json";
         let mut c = profiler();
-        c.args([
-            "trace",
-            "--lab",
-            &lab.id,
-            "-t",
-            test,
-            "-l",
-            SECS,
-            "--follow-every",
-            follow,
-        ]);
-        if stats {
-            c.arg("--bpf-stats");
+        c.args(["trace", "--lab", &lab.id, "-t", test, "-l", PAIR_SECS]);
+        if test.ends_with("rr") {
+            c.args(["-r", "14,14"]);
         }
         let ok = c
+            .args(extra)
             .args(["--json", file])
             .stdout(Stdio::null())
             .status()?
             .success();
         if !ok {
-            bail!("profiler trace failed");
+            bail!("profiler trace {extra:?} failed");
         }
-        Ok(serde_json::from_slice(&std::fs::read(file)?)?)
+        let v = serde_json::from_slice(&std::fs::read(file)?)?;
+        let _ = std::fs::remove_file(file);
+        Ok(v)
     };
-    for (test, key, unit) in [
-        ("tcp_rr", "transactions_per_sec", "trans/s"),
-        ("tcp_stream", "throughput_mbps", "Mbit/s"),
-    ] {
-        let base = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
-        let all = traced(test, "1", false)?["workload"][key]
-            .as_f64()
-            .unwrap_or(0.0);
-        if test == "tcp_rr" {
-            traced_report = traced(test, "1", true)?;
-        }
-        let tenth = traced(test, "10", false)?["workload"][key]
-            .as_f64()
-            .unwrap_or(0.0);
-        let script = std::env::temp_dir().join("profiler-peer.bt");
-        std::fs::write(&script, BPFTRACE_PEER)?;
+    let peer = |test: &str| -> Result<serde_json::Value> {
         let mut bt = spawn_quiet({
             let mut c = Command::new("bpftrace");
             c.arg(&script);
             c
         })?;
         sleep(Duration::from_secs(3)); // bpftrace compiles and attaches
-        let peer = builtin(&lab.id, test)?[key].as_f64().unwrap_or(0.0);
+        let r = builtin_secs(&lab.id, test, PAIR_SECS);
         let _ = Command::new("kill")
             .args(["-INT", &bt.id().to_string()])
             .status();
         let _ = bt.wait();
+        Ok(serde_json::json!({ "workload": r? }))
+    };
+    let configs: [(&str, &[&str]); 4] = [
+        ("defaults (--overhead 1)", &[]),
+        ("--follow-every 1", &["--follow-every", "1"]),
+        (
+            "empty programs on every hook (the floor)",
+            &["--empty-programs"],
+        ),
+        ("bpftrace peer", &[]),
+    ];
+    let tests = [
+        ("tcp_rr", "transactions_per_sec", true),
+        ("tcp_stream", "throughput_mbps", false),
+        ("udp_rr", "transactions_per_sec", true),
+    ];
+    let mut results: Vec<(&str, &str, Pairs)> = vec![];
+    for (test, key, rr) in tests {
+        for (ci, (config, extra)) in configs.iter().enumerate() {
+            let mut p = Pairs::default();
+            for i in 0..PAIRS {
+                let run_traced = || -> Result<serde_json::Value> {
+                    if ci == 3 {
+                        peer(test)
+                    } else {
+                        traced(test, extra)
+                    }
+                };
+                // Alternate the order so a drift favours neither side.
+                let (u, t) = if i % 2 == 0 {
+                    let u = builtin_secs(&lab.id, test, PAIR_SECS)?;
+                    (u, run_traced()?)
+                } else {
+                    let t = run_traced()?;
+                    (builtin_secs(&lab.id, test, PAIR_SECS)?, t)
+                };
+                let w = &t["workload"];
+                let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                p.ratio.push(f(w, key) / f(&u, key));
+                if rr {
+                    p.p50_ratio
+                        .push(f(&w["latency"], "p50_us") / f(&u["latency"], "p50_us"));
+                }
+                let c = &t["tracer"];
+                p.share.push(f(c, "measured_share"));
+                p.every.push(f(c, "follow_every"));
+                p.duty.push(f(c, "duty_cycle"));
+                if rr {
+                    p.ns_per_txn
+                        .push(f(c, "bpf_ns_per_sec") / f(w, "transactions_per_sec"));
+                }
+                p.followed_ns.push(f(c, "followed_ns_per_run"));
+                p.unfollowed_ns.push(f(c, "unfollowed_ns_per_run"));
+                p.floor_ns.push(f(c, "floor_ns_per_run"));
+                p.rss_kib.push(f(&t, "peak_rss_kib"));
+                eprintln!(
+                    "bench-trace: {test} {config} pair {}: ratio {:.3}",
+                    i + 1,
+                    p.ratio.last().unwrap()
+                );
+            }
+            results.push((test, config, p));
+        }
+    }
+    // Per-program cost: one extra run of every packet with statistics on.
+    let stats = traced("tcp_rr", &["--follow-every", "1", "--bpf-stats"])?;
+    let mut md = format!(
+        "# bench-trace\n\nMachine: {}\n\n`cargo xtask bench-trace`: one overlay lab; for each test and configuration {PAIRS} interleaved pairs (untraced `profiler bench`, traced), {PAIR_SECS} s per run, the order alternating. Each cell is the median of the pairs and, in brackets, their range. The ratio is the traced run's rate over its untraced partner's; the RTT ratio is the traced workload's round-trip p50 over the untraced one's.\n\n",
+        machine()
+    );
+    md += "| test | configuration | rate ratio | RTT p50 ratio | tracer's measured share of one CPU | one in N | attached | BPF ns per transaction |\n|---|---|---|---|---|---|---|---|\n";
+    for (test, config, p) in &results {
+        let traced_cfg = !config.starts_with("bpftrace") && !config.starts_with("empty");
         md += &format!(
-            "| {test} | {base:.0} {unit} | {all:.0} {unit} | {:.2} | {tenth:.0} {unit} | {:.2} | {peer:.0} {unit} | {:.2} |\n",
-            all / base,
-            tenth / base,
-            peer / base
+            "| {test} | {config} | {} | {} | {} | {} | {} | {} |\n",
+            spread(&p.ratio, 3),
+            if p.p50_ratio.is_empty() {
+                "-".into()
+            } else {
+                spread(&p.p50_ratio, 3)
+            },
+            if traced_cfg {
+                spread(&p.share.iter().map(|x| x * 100.0).collect::<Vec<_>>(), 2) + " %"
+            } else {
+                "-".into()
+            },
+            if traced_cfg {
+                spread(&p.every, 0)
+            } else {
+                "-".into()
+            },
+            if traced_cfg {
+                spread(&p.duty.iter().map(|x| x * 100.0).collect::<Vec<_>>(), 1) + " %"
+            } else {
+                "-".into()
+            },
+            spread(&p.ns_per_txn, 0),
         );
     }
-    md += "\nBPF run time per invocation (`--bpf-stats`, program body only; trampoline and tracepoint entry are not counted, so this undercounts: the perturbation above is the honest figure):\n\n| program | runs | ns per run |\n|---|---|---|\n";
-    for p in traced_report["programs"].as_array().into_iter().flatten() {
+    md += "\nPer-invocation cost under the default budget (bpf_stats while attached; the floor is an empty raw tracepoint program on net_dev_queue in the same window), ns per run, median (range) over the pairs:\n\n| test | followed hook | hook on a packet not followed | floor | followed - floor | not followed - floor |\n|---|---|---|---|---|---|\n";
+    for (test, config, p) in &results {
+        if !config.starts_with("defaults") {
+            continue;
+        }
+        let minus =
+            |a: &[f64]| -> Vec<f64> { a.iter().zip(&p.floor_ns).map(|(x, f)| x - f).collect() };
+        md += &format!(
+            "| {test} | {} | {} | {} | {} | {} |\n",
+            spread(&p.followed_ns, 0),
+            spread(&p.unfollowed_ns, 0),
+            spread(&p.floor_ns, 0),
+            spread(&minus(&p.followed_ns), 0),
+            spread(&minus(&p.unfollowed_ns), 0)
+        );
+    }
+    md += "\nEvery program with `--follow-every 1 --bpf-stats` (tcp_rr, one run; statistics on for the whole run):\n\n| program | runs | ns per run |\n|---|---|---|\n";
+    for p in stats["tracer"]["programs"].as_array().into_iter().flatten() {
         md += &format!(
             "| {} | {} | {:.0} |\n",
-            p[0].as_str().unwrap_or(""),
-            p[1],
-            p[2].as_f64().unwrap_or(0.0)
+            p["program"].as_str().unwrap_or(""),
+            p["runs"],
+            p["ns_per_run"].as_f64().unwrap_or(0.0)
         );
     }
-    md += &format!(
-        "\nPeak RSS of `profiler trace`: {} MiB.\n",
-        traced_report["peak_rss_kib"].as_u64().unwrap_or(0) / 1024
-    );
+    let rss: Vec<f64> = results
+        .iter()
+        .flat_map(|(_, _, p)| p.rss_kib.iter().map(|k| k / 1024.0))
+        .filter(|x| x.is_finite())
+        .collect();
+    md += &format!("\nPeak RSS of `profiler trace`: {} MiB.\n", spread(&rss, 0));
+    md += &map_memory()?;
     println!("{md}");
     write_doc("trace", &md)
+}
+
+/// BPF map memory computed from the object's map definitions for 2 to 256 CPUs, per command
+/// (its own subject at full size, the rest shrunk), and one interval's read.
+fn map_memory() -> Result<String> {
+    let v = json(profiler().args(["doctor", "--json"]).stdout(Stdio::piped()))?;
+    let mut md = String::from(
+        "\nBPF map memory computed from the map definitions (`profiler doctor --json`, `map_memory_model`), MiB, and the bytes user space copies for one interval's reading:\n\n| subject | 2 CPUs | 16 | 64 | 128 | 256 CPUs | bytes read per interval at 256 CPUs |\n|---|---|---|---|---|---|---|\n",
+    );
+    for m in v["map_memory_model"].as_array().into_iter().flatten() {
+        let at = |n: u64| {
+            m["by_cpus"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["cpus"].as_u64() == Some(n))
+                .map_or("-".into(), |x| {
+                    format!("{:.1}", x["bytes"].as_f64().unwrap_or(0.0) / 1048576.0)
+                })
+        };
+        let read = m["by_cpus"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["cpus"].as_u64() == Some(256))
+            .and_then(|x| x["read_bytes"].as_u64())
+            .unwrap_or(0);
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            m["subject"].as_str().unwrap_or("?"),
+            at(2),
+            at(16),
+            at(64),
+            at(128),
+            at(256),
+            read
+        );
+    }
+    Ok(md)
 }
 
 /// events/s from `sysbench ... run` output: total number of events over total time (memory

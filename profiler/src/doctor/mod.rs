@@ -12,7 +12,10 @@
 //! - `lab_modes`: { mode: { buildable: bool, why_not: string|null } }, found by creating each
 //!   mode's device kinds in a throwaway namespace
 //! - `bpf_map_memory`: { total_bytes, maps: [[name, bytes]] } of the tracer's object on this
-//!   machine (per-CPU maps scale with the CPU count)
+//!   machine with every map at full size (per-CPU maps scale with the CPU count)
+//! - `map_memory_model`: [ { subject, by_cpus: [ { cpus, bytes, read_bytes } ] } ]: what each
+//!   command's load allocates (its own maps at full size, the rest shrunk to one entry),
+//!   computed from the object's map definitions for 2 to 256 CPUs
 //! - `hooks`: [ { hook, label, mechanism, target, precision, fallback, passed_over: [{mechanism, target, why}] } ]
 
 pub mod probes;
@@ -87,6 +90,7 @@ pub struct Report {
     pub libvirt_socket: SocketReport,
     pub lab_modes: BTreeMap<&'static str, ModeReport>,
     pub bpf_map_memory: MapMemory,
+    pub map_memory_model: Vec<crate::ebpf::MemoryModel>,
     pub hooks: Vec<HookReport>,
 }
 
@@ -219,6 +223,7 @@ pub fn run() -> Result<Report> {
                 maps,
             }
         },
+        map_memory_model: crate::ebpf::memory_model().unwrap_or_default(),
         hooks,
     })
 }
@@ -340,6 +345,22 @@ pub fn print(r: &Report) {
         "  BPF map memory (tracer object)  {:.1} MiB: {}",
         m.total_bytes as f64 / 1048576.0,
         top.join(", ")
+    );
+    let at256: Vec<String> = r
+        .map_memory_model
+        .iter()
+        .filter_map(|m| {
+            let a = m.by_cpus.iter().find(|a| a.cpus == 256)?;
+            Some(format!(
+                "{} {:.1} MiB",
+                m.subject,
+                a.bytes as f64 / 1048576.0
+            ))
+        })
+        .collect();
+    println!(
+        "  per command at 256 CPUs        {} (computed from the map definitions)",
+        at256.join(", ")
     );
     let buildable: Vec<&str> = r
         .lab_modes

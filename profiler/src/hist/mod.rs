@@ -7,7 +7,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::TracePoint,
 };
 use hdrhistogram::Histogram;
@@ -111,7 +111,7 @@ impl Delta {
 /// Loads and attaches `selftest_hist` (profiler-ebpf/src/selftest.rs) to
 /// `syscalls:sys_enter_getpid` and hands back its map: proof that the bucket code passes
 /// this kernel's verifier. The program stays attached while `ebpf` lives.
-pub fn selftest_attach(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, Hist>> {
+pub fn selftest_attach(ebpf: &mut Ebpf) -> Result<Array<MapData, Hist>> {
     crate::kernel::tracefs()?;
     anyhow::ensure!(
         crate::kernel::tracepoint_exists("syscalls", "sys_enter_getpid"),
@@ -127,7 +127,14 @@ pub fn selftest_attach(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, Hist>> {
     let map = ebpf
         .take_map("SELFTEST_HIST")
         .context("SELFTEST_HIST not in the eBPF object")?;
-    Ok(PerCpuArray::try_from(map)?)
+    Ok(Array::try_from(map)?)
+}
+
+/// The histogram at `index` of a map shared by all CPUs (atomic adds), since its creation.
+pub fn read_shared(map: &Array<MapData, Hist>, index: u32) -> Result<Histogram<u64>> {
+    Ok(to_histogram(&map.get(&index, 0).with_context(|| {
+        format!("reading histogram {index} from its map")
+    })?))
 }
 
 /// Percentiles of one histogram, in ns. Each value is a bucket's representative,

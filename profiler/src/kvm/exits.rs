@@ -173,7 +173,7 @@ impl KvmTracer {
                 }),
             }
         }
-        let mut loader = aya::EbpfLoader::new();
+        let mut loader = crate::ebpf::loader(crate::ebpf::Subject::Kvm);
         for (name, v) in &globals {
             loader.override_global(name, v, true);
         }
@@ -264,10 +264,8 @@ impl KvmTracer {
                 .ok_or_else(|| anyhow!("map {name} missing"))
         };
         let hists = |name: &str, n: u32| -> Result<Vec<Box<Hist>>> {
-            let m: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(map(name)?)?;
-            (0..n)
-                .map(|i| Ok(crate::hist::sum(&m.get(&i, 0)?)))
-                .collect()
+            let m: Array<&MapData, Hist> = Array::try_from(map(name)?)?;
+            (0..n).map(|i| Ok(Box::new(m.get(&i, 0)?))).collect()
         };
         let counts = |name: &str, n: u32| -> Result<Vec<u64>> {
             let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(name)?)?;

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Btf as AyaBtf, Ebpf,
+    Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, RawTracePoint},
+    programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
-    net::{MAX_DROP_REASONS, SLOTS, SlotPos, counter},
+    net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, SlotPos, counter},
 };
 
 use super::layers;
@@ -31,84 +31,91 @@ pub struct Filter {
     pub host: u32,
     /// Packets born in this netns are requests (direction 0); others responses.
     pub client_netns: u32,
-    /// Sample one packet in N for the path print (0 = none).
-    pub sample_every: u64,
-    /// Follow one matching packet in N (0 or 1 = all): less overhead, fewer samples.
-    pub follow_every: u64,
+    /// Print the path of one followed packet in N (0 = none).
+    pub print_every: u64,
+    /// Attach only the empty program, on every hook (the floor, for the benchmark).
+    pub empty_programs: bool,
 }
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
 const STALE_NS: u64 = 1_000_000_000;
 
-/// The tracepoints, with the program for each mechanism.
-const HOOKS: &[(&str, &str, &str)] = &[
-    ("net_dev_queue", "net_queue_btf", "net_queue_raw"),
-    ("net_dev_start_xmit", "net_xmit_btf", "net_xmit_raw"),
-    ("netif_rx", "net_rx_btf", "net_rx_raw"),
-    ("netif_receive_skb", "net_recv_btf", "net_recv_raw"),
-    ("napi_gro_receive_entry", "net_gro_btf", "net_gro_raw"),
-    (
-        "skb_copy_datagram_iovec",
-        "net_deliver_btf",
-        "net_deliver_raw",
-    ),
-    ("kfree_skb", "net_drop_btf", "net_drop_raw"),
-    ("consume_skb", "net_consume_btf", "net_consume_raw"),
+/// The tracepoints and their programs (raw tracepoints: see profiler-ebpf/src/net.rs). Without
+/// the first three there is nothing to trace.
+pub const HOOKS: &[(&str, &str)] = &[
+    ("net_dev_queue", "net_queue"),
+    ("net_dev_start_xmit", "net_xmit"),
+    ("netif_receive_skb", "net_recv"),
+    ("netif_rx", "net_rx"),
+    ("napi_gro_receive_entry", "net_gro"),
+    ("skb_copy_datagram_iovec", "net_deliver"),
+    ("kfree_skb", "net_drop"),
+    ("consume_skb", "net_consume"),
+    ("softirq_raise", "softirq_raise"),
+    ("softirq_entry", "softirq_entry"),
+    ("softirq_exit", "softirq_exit"),
+    ("napi_poll", "softirq_napi_poll"),
 ];
+const MUST: usize = 3;
+/// The empty program of the same type (the floor), attached on the first hook's tracepoint.
+pub const FLOOR: &str = "net_floor";
+
+/// Run count and run time of one program from the kernel's BPF statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgStats {
+    pub runs: u64,
+    pub ns: u64,
+}
 
 pub struct NetTracer {
     ebpf: Ebpf,
     pub table: layers::Table,
     /// How each tracepoint was attached, or why it was not.
     pub attached: Vec<(String, String)>,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
+    floor_link: Option<RawTracePointLinkId>,
 }
 
-/// The offsets the kernel side needs, from this kernel's BTF.
-pub fn offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
-    let mut out = vec![];
-    for (global, path) in [
-        ("OFF_SKB_DEV", "sk_buff.dev"),
-        ("OFF_SKB_SK", "sk_buff.sk"),
-        ("OFF_SKB_LEN", "sk_buff.len"),
-        ("OFF_SKB_HEAD", "sk_buff.head"),
-        ("OFF_SKB_NETWORK_HEADER", "sk_buff.network_header"),
-        ("OFF_SKB_TRANSPORT_HEADER", "sk_buff.transport_header"),
-        ("OFF_DEV_IFINDEX", "net_device.ifindex"),
-        ("OFF_DEV_NAME", "net_device.name"),
-        ("OFF_DEV_PRIV_FLAGS", "net_device.priv_flags"),
-        ("OFF_DEV_LINK_OPS", "net_device.rtnl_link_ops"),
-        ("OFF_OPS_KIND", "rtnl_link_ops.kind"),
-        ("OFF_DEV_ND_NET", "net_device.nd_net"),
-        ("OFF_NET_INUM", "net.ns.inum"),
-    ] {
-        out.push((
-            global,
-            btf.offset(path)
-                .with_context(|| format!("offset of {path}"))?,
-        ));
-    }
-    out.push(("IFF_BRIDGE_PORT", btf.enum_value("IFF_BRIDGE_PORT")? as u32));
-    Ok(out)
+/// The offsets the kernel side needs, from this kernel's BTF; the filter left empty.
+pub fn config(btf: &Btf) -> Result<NetConfig> {
+    let off = |path: &str| {
+        btf.offset(path)
+            .with_context(|| format!("offset of {path}"))
+    };
+    Ok(NetConfig {
+        off_skb_dev: off("sk_buff.dev")?,
+        off_skb_sk: off("sk_buff.sk")?,
+        off_skb_len: off("sk_buff.len")?,
+        off_skb_head: off("sk_buff.head")?,
+        off_skb_network_header: off("sk_buff.network_header")?,
+        off_skb_transport_header: off("sk_buff.transport_header")?,
+        off_dev_ifindex: off("net_device.ifindex")?,
+        off_dev_name: off("net_device.name")?,
+        off_dev_priv_flags: off("net_device.priv_flags")?,
+        off_dev_link_ops: off("net_device.rtnl_link_ops")?,
+        off_ops_kind: off("rtnl_link_ops.kind")?,
+        off_dev_nd_net: off("net_device.nd_net")?,
+        off_net_inum: off("net.ns.inum")?,
+        iff_bridge_port: btf.enum_value("IFF_BRIDGE_PORT")? as u32,
+        ..NetConfig::default()
+    })
 }
 
 impl NetTracer {
+    /// Loads the programs and attaches them, following nothing until `set_follow`.
     pub fn start(filter: &Filter) -> Result<NetTracer> {
         // Parsed BTF is large: keep only the offsets before aya parses its own copy.
-        let offsets = offsets(&Btf::vmlinux()?)?;
-        let (lo, hi) = filter.ports;
-        let mut l = aya::EbpfLoader::new();
-        for (name, v) in &offsets {
-            l.override_global(name, v, true);
-        }
-        l.override_global("FILTER_PORT_LO", &lo, true)
-            .override_global("FILTER_PORT_HI", &hi, true)
-            .override_global("FILTER_HOST", &filter.host, true)
-            .override_global("FILTER_NETNS", &filter.netns, true)
-            .override_global("FILTER_IFINDEX", &filter.ifindex, true)
-            .override_global("CLIENT_NETNS", &filter.client_netns, true)
-            .override_global("SAMPLE_EVERY", &filter.sample_every, true)
-            .override_global("STALE_NS", &STALE_NS, true)
-            .override_global("FOLLOW_EVERY", &filter.follow_every, true);
+        let mut config = config(&Btf::vmlinux()?)?;
+        config.port_lo = filter.ports.0;
+        config.port_hi = filter.ports.1;
+        config.host = filter.host;
+        config.netns = filter.netns;
+        config.ifindex = filter.ifindex;
+        config.client_netns = filter.client_netns;
+        config.print_every = filter.print_every;
+        config.stale_ns = STALE_NS;
+        let mut l = crate::ebpf::loader(crate::ebpf::Subject::Net);
+        l.override_global("NET_CONFIG", &config, true);
         let mut ebpf = l
             .load(crate::ebpf::OBJECT)
             .context("loading the tracer's eBPF programs")?;
@@ -125,28 +132,134 @@ impl NetTracer {
             }
         }
         let mut attached = vec![];
-        let aya_btf = AyaBtf::from_sys_fs().ok();
-        for (tp, btf_prog, raw_prog) in HOOKS {
-            attached.push((
-                tp.to_string(),
-                attach_one(&mut ebpf, tp, btf_prog, raw_prog, aya_btf.as_ref()),
-            ));
+        for (_, prog) in HOOKS.iter().chain([&("", FLOOR)]) {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
         }
-        attached.extend(super::softirq::attach(&mut ebpf, aya_btf.as_ref()));
-        drop(aya_btf);
-        let must = ["net_dev_queue", "net_dev_start_xmit", "netif_receive_skb"];
-        for (tp, how) in &attached {
-            if must.contains(&tp.as_str()) && how.starts_with("not attached") {
-                return Err(anyhow!(
-                    "tracepoint net:{tp} {how}: nothing to trace without it"
-                ));
-            }
-        }
-        Ok(NetTracer {
+        let mut t = NetTracer {
             ebpf,
             table,
-            attached,
-        })
+            attached: vec![],
+            links: vec![],
+            floor_link: None,
+        };
+        t.set_follow(0, 0)?;
+        for (i, (tp, prog)) in HOOKS.iter().enumerate() {
+            let prog = if filter.empty_programs { FLOOR } else { prog };
+            match t.attach_one(tp, prog) {
+                Ok(()) => attached.push((tp.to_string(), "raw_tracepoint".to_string())),
+                Err(e) if i < MUST => {
+                    return Err(anyhow!(
+                        "tracepoint {tp}: {e:#}: nothing to trace without it"
+                    ));
+                }
+                Err(e) => attached.push((tp.to_string(), format!("not attached ({e:#})"))),
+            }
+        }
+        t.attached = attached;
+        Ok(t)
+    }
+
+    fn attach_one(&mut self, tp: &'static str, prog: &'static str) -> Result<()> {
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing"))?
+            .try_into()?;
+        let id = p.attach(tp)?;
+        self.links.push((prog, id));
+        Ok(())
+    }
+
+    /// Whether the hooks are attached now (windows detach them between).
+    pub fn is_attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Detaches every hook: a detached tracer costs nothing.
+    pub fn detach(&mut self) -> Result<()> {
+        for (prog, id) in std::mem::take(&mut self.links) {
+            let p: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing"))?
+                .try_into()?;
+            p.detach(id)?;
+        }
+        self.set_floor(false)
+    }
+
+    /// Attaches again the hooks that attached at start.
+    pub fn reattach(&mut self) -> Result<()> {
+        let hooks: Vec<(&'static str, &'static str)> = HOOKS
+            .iter()
+            .filter(|(tp, _)| {
+                self.attached
+                    .iter()
+                    .any(|(t, how)| t == tp && !how.starts_with("not"))
+            })
+            .copied()
+            .collect();
+        for (tp, prog) in hooks {
+            self.attach_one(tp, prog)?;
+        }
+        Ok(())
+    }
+
+    /// The empty program beside the first hook, for the floor's cost under bpf_stats.
+    pub fn set_floor(&mut self, on: bool) -> Result<()> {
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(FLOOR)
+            .ok_or_else(|| anyhow!("program {FLOOR} missing"))?
+            .try_into()?;
+        match (on, self.floor_link.take()) {
+            (true, None) => self.floor_link = Some(p.attach(HOOKS[0].0)?),
+            (false, Some(id)) => p.detach(id)?,
+            (_, l) => self.floor_link = l,
+        }
+        Ok(())
+    }
+
+    /// Follows packets drawn with probability `follow_below / 2^32` from now on; state from
+    /// before `epoch_ns` (ktime) counts as stale.
+    pub fn set_follow(&mut self, follow_below: u64, epoch_ns: u64) -> Result<()> {
+        let mut ctl: Array<_, Control> = Array::try_from(
+            self.ebpf
+                .map_mut("NET_CONTROL")
+                .ok_or_else(|| anyhow!("NET_CONTROL missing"))?,
+        )?;
+        ctl.set(
+            0,
+            Control {
+                follow_below,
+                epoch_ns,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Each program's run count and run time so far (counted while bpf_stats are enabled).
+    pub fn prog_stats(&self) -> BTreeMap<&'static str, ProgStats> {
+        HOOKS
+            .iter()
+            .map(|(_, p)| *p)
+            .chain([FLOOR])
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((
+                    name,
+                    ProgStats {
+                        runs: info.run_count(),
+                        ns: info.run_time().as_nanos() as u64,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -155,15 +268,14 @@ impl NetTracer {
                 .map(name)
                 .ok_or_else(|| anyhow!("map {name} missing"))
         };
-        let hist: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(map("NET_HIST")?)?;
+        let hist: Array<&MapData, Hist> = Array::try_from(map("NET_HIST")?)?;
         let pos: PerCpuArray<&MapData, SlotPos> = PerCpuArray::try_from(map("NET_POS")?)?;
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map("NET_COUNTERS")?)?;
         let drops: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map("NET_DROPS")?)?;
         let unknown: HashMap<&MapData, u32, u64> = HashMap::try_from(map("NET_UNKNOWN")?)?;
         let mut slots = BTreeMap::new();
         for slot in 0..SLOTS {
-            let per_cpu = hist.get(&slot, 0)?;
-            let h = crate::hist::merge(&per_cpu);
+            let h = crate::hist::to_histogram(&hist.get(&slot, 0)?);
             if h.is_empty() {
                 continue;
             }
@@ -211,6 +323,16 @@ impl NetTracer {
         })
     }
 
+    /// One of the `NET_COUNTERS`, summed over CPUs.
+    pub fn counter(&self, i: u32) -> Result<u64> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("NET_COUNTERS")
+                .ok_or_else(|| anyhow!("NET_COUNTERS missing"))?,
+        )?;
+        Ok(counters.get(&i, 0)?.iter().sum())
+    }
+
     /// The ring buffer of sampled events (`--sample N`).
     pub fn events(&mut self) -> Result<aya::maps::RingBuf<&mut MapData>> {
         Ok(aya::maps::RingBuf::try_from(
@@ -222,45 +344,6 @@ impl NetTracer {
 
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
-    }
-}
-
-/// tp_btf where it loads and attaches, else the raw tracepoint; the reason when neither does.
-pub(crate) fn attach_one(
-    ebpf: &mut Ebpf,
-    tp: &str,
-    btf_prog: &str,
-    raw_prog: &str,
-    btf: Option<&AyaBtf>,
-) -> String {
-    let mut why = String::new();
-    if let Some(btf) = btf {
-        let r = (|| -> Result<()> {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(btf_prog)
-                .ok_or_else(|| anyhow!("{btf_prog} missing"))?
-                .try_into()?;
-            p.load(tp, btf)?;
-            p.attach()?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => return "tp_btf".into(),
-            Err(e) => why = format!("tp_btf: {e:#}; "),
-        }
-    }
-    let r = (|| -> Result<()> {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(raw_prog)
-            .ok_or_else(|| anyhow!("{raw_prog} missing"))?
-            .try_into()?;
-        p.load()?;
-        p.attach(tp)?;
-        Ok(())
-    })();
-    match r {
-        Ok(()) => "raw_tracepoint".into(),
-        Err(e) => format!("not attached ({why}raw_tracepoint: {e:#})"),
     }
 }
 

@@ -36,7 +36,8 @@ pub struct Direction {
 #[derive(Debug, Serialize)]
 pub struct Counts {
     /// Packets that matched the filter; with --follow-every N one in N of them is followed.
-    pub matched: u64,
+    /// Packets drawn at a transmit queue by the one-in-N decision (before the filter).
+    pub drawn: u64,
     pub followed: u64,
     pub delivered: u64,
     pub consumed_without_delivery: u64,
@@ -44,9 +45,12 @@ pub struct Counts {
     pub stale_restarts: u64,
     pub samples_lost: u64,
     pub unnamed_segments: u64,
-    pub hook_events: u64,
-    /// Followed packets that ended neither delivered, consumed, dropped nor freed unseen: state
-    /// evicted from the LRU, or rebuilt under another skb address, or still in flight.
+    /// Hooks run on followed packets.
+    pub followed_hooks: u64,
+    /// Drawn packets not followed because their state slot held another live packet.
+    pub collisions: u64,
+    /// Followed packets that ended neither delivered, consumed, dropped nor freed unseen: cut
+    /// by a window's end, rebuilt under another skb address, or still in flight.
     pub lost: i64,
 }
 
@@ -139,7 +143,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
     NetReport {
         directions,
         counts: Counts {
-            matched: c[counter::MATCHED as usize],
+            drawn: c[counter::DRAWN as usize],
             followed: c[counter::BIRTHS as usize],
             delivered: c[counter::DELIVERED as usize],
             consumed_without_delivery: c[counter::CONSUMED as usize],
@@ -147,7 +151,8 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
             stale_restarts: c[counter::STALE as usize],
             samples_lost: c[counter::SAMPLES_LOST as usize],
             unnamed_segments: c[counter::UNKNOWN_SEGMENTS as usize],
-            hook_events: c[counter::EVENTS as usize],
+            followed_hooks: c[counter::FOLLOWED_HOOKS as usize],
+            collisions: c[counter::COLLISIONS as usize],
             lost: c[counter::BIRTHS as usize] as i64 - ended as i64,
         },
         drop_reasons: {
@@ -218,14 +223,15 @@ pub fn print(r: &NetReport) {
     println!();
     println!("  * share: the layer's p50 times its crossings per packet, over the one-way p50");
     println!(
-        "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} freed where no hook saw it (address reused), {} lost to the tracer or in flight; {} hook events",
+        "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} freed where no hook saw it (address reused), {} lost to the tracer or in flight; {} hooks on followed packets; {} not followed for a busy state slot",
         c.followed,
         c.delivered,
         c.consumed_without_delivery,
         c.dropped,
         c.stale_restarts,
         c.lost.max(0),
-        c.hook_events
+        c.followed_hooks,
+        c.collisions
     );
     if !r.drop_reasons.is_empty() {
         let reasons: Vec<String> = r

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 
 use super::{
+    budget::{Policy, Sampler},
     net::{Filter, NetTracer},
     report::{self, NetReport},
 };
@@ -38,9 +39,9 @@ pub struct TraceArgs {
     /// Write the report (with full histograms) as JSON to FILE.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Print every hook of one packet in N, pwru-style.
-    #[arg(long)]
-    pub sample: Option<u64>,
+    /// Print every hook of one followed packet in N, pwru-style (N >= 1).
+    #[arg(long, alias = "sample", value_parser = clap::value_parser!(u64).range(1..))]
+    pub print_every: Option<u64>,
     /// Trace in this existing lab and leave it up.
     #[arg(long)]
     pub lab: Option<String>,
@@ -68,10 +69,18 @@ pub struct TraceArgs {
     /// In a nat lab: trace with NAT, without NAT, and without conntrack, and report the costs.
     #[arg(long)]
     pub ablation: bool,
-    /// Follow one matching packet in N: the others cost one hash miss per hook (less
-    /// perturbation, fewer samples in each histogram).
-    #[arg(long, default_value_t = 1)]
-    pub follow_every: u64,
+    /// Follow one packet in N, drawn at its first hook, with the hooks attached all the time
+    /// (1: every packet). Without it the tracer keeps to --overhead.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "overhead")]
+    pub follow_every: Option<u64>,
+    /// The tracer's budget, in percent of one CPU (default 1): it measures its own cost and
+    /// chooses N and the share of time its hooks are attached to stay within it.
+    #[arg(long)]
+    pub overhead: Option<f64>,
+    /// Attach an empty program to every hook instead of the tracer (the floor, for
+    /// `cargo xtask bench-trace`): measures what running any program there costs.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
     /// Enable the kernel's BPF run-time statistics while tracing and report each program's
     /// mean run time (the program body only: trampolines and probe entry are not counted).
     #[arg(long)]
@@ -92,8 +101,8 @@ pub struct TraceReport {
     pub net: NetReport,
     pub softirq: Option<super::softirq::SoftirqReport>,
     pub workload: Option<workload::Report>,
-    /// Per program, with --bpf-stats: (name, runs, mean ns per run).
-    pub programs: Vec<(String, u64, f64)>,
+    /// How the tracer sampled and what it cost (per program: ns per run, under bpf_stats).
+    pub tracer: super::budget::Cost,
     /// Peak resident memory of this process, KiB.
     pub peak_rss_kib: u64,
     /// Workload mean round trip minus the two mean one-way times: application, syscalls and
@@ -101,19 +110,21 @@ pub struct TraceReport {
     pub rtt_unattributed_ns: Option<f64>,
 }
 
-fn program_stats(tracer: &NetTracer) -> Vec<(String, u64, f64)> {
-    tracer
-        .ebpf()
-        .programs()
-        .filter_map(|(name, p)| {
-            let info = p.info().ok()?;
-            let runs = info.run_count();
-            (runs > 0).then(|| {
-                let ns = info.run_time().as_nanos() as f64 / runs as f64;
-                (name.to_string(), runs, ns)
-            })
-        })
-        .collect()
+/// The sampling policy the arguments ask for.
+fn policy(args: &TraceArgs) -> Result<Policy> {
+    if args.empty_programs {
+        return Ok(Policy::Fixed { every: 1 });
+    }
+    if let Some(every) = args.follow_every {
+        return Ok(Policy::Fixed { every });
+    }
+    let pct = args.overhead.unwrap_or(1.0);
+    if !(pct > 0.0 && pct <= 100.0) {
+        bail!(
+            "--overhead must be a percentage of one CPU above 0 and at most 100, e.g. --overhead 1"
+        );
+    }
+    Ok(Policy::Budget { share: pct / 100.0 })
 }
 
 fn peak_rss_kib() -> u64 {
@@ -139,6 +150,12 @@ fn validate(args: &TraceArgs) -> Result<()> {
     let _: Test = args.test.parse()?;
     workload::parse_rr(&args.rr)?;
     length(args)?;
+    policy(args)?;
+    if let Some(i) = args.interval
+        && !(i > 0.0 && i.is_finite())
+    {
+        bail!("--interval must be a positive number of seconds, e.g. --interval 1");
+    }
     Ok(())
 }
 
@@ -173,9 +190,9 @@ fn trace_in(
     let filter = Filter {
         ports: args.port.map_or(desc.ports, |p| (p, p)),
         client_netns: inode(&desc.client.netns)?,
-        sample_every: args.sample.unwrap_or(0),
+        print_every: args.print_every.unwrap_or(0),
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
-        follow_every: args.follow_every,
+        empty_programs: args.empty_programs,
         ..Filter::default()
     };
     let _stats = if args.bpf_stats {
@@ -201,7 +218,7 @@ fn trace_in(
         args.length
     );
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
-    watch(&mut tracer, args, || worker.is_finished())?;
+    let cost = watch(&mut tracer, args, _stats.is_some(), || worker.is_finished())?;
     let workload = if worker.is_finished() {
         Some(
             worker
@@ -229,7 +246,7 @@ fn trace_in(
         net,
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload,
-        programs: program_stats(&tracer),
+        tracer: cost,
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns,
     })
@@ -452,12 +469,19 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         },
         ifindex: args.ifindex.unwrap_or(0),
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
-        sample_every: args.sample.unwrap_or(0),
-        follow_every: args.follow_every,
+        print_every: args.print_every.unwrap_or(0),
+        empty_programs: args.empty_programs,
+    };
+    let _stats = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
+    } else {
+        None
     };
     let mut tracer = NetTracer::start(&filter)?;
     let deadline = Instant::now() + length;
-    watch(&mut tracer, args, || Instant::now() >= deadline)?;
+    let cost = watch(&mut tracer, args, _stats.is_some(), || {
+        Instant::now() >= deadline
+    })?;
     Ok(TraceReport {
         mode: None,
         lab: None,
@@ -467,43 +491,57 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         net: report::build(&tracer.snapshot()?, &tracer.table.names),
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload: None,
-        programs: program_stats(&tracer),
+        tracer: cost,
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns: None,
     })
 }
 
-/// Waits until `done`, printing interval tables and samples, or until a signal asks to stop.
-fn watch(tracer: &mut NetTracer, args: &TraceArgs, done: impl Fn() -> bool) -> Result<()> {
+/// Follows packets by the policy until `done` or a signal, printing interval tables and
+/// samples; returns what the tracer cost.
+fn watch(
+    tracer: &mut NetTracer,
+    args: &TraceArgs,
+    stats_on: bool,
+    done: impl Fn() -> bool,
+) -> Result<super::budget::Cost> {
     // Namespaces named by the container that owns them, where Docker runs.
-    let names = if args.sample.is_some() && std::path::Path::new(crate::docker::SOCKET).exists() {
-        crate::docker::netns_names()
-    } else {
-        Default::default()
-    };
-    let mut last_print = Instant::now();
+    let names =
+        if args.print_every.is_some() && std::path::Path::new(crate::docker::SOCKET).exists() {
+            crate::docker::netns_names()
+        } else {
+            Default::default()
+        };
+    let started = Instant::now();
+    let mut last_print = started;
     let mut last_ts = std::collections::HashMap::new();
     let mut header = true;
+    let mut sampler = Sampler::start(tracer, policy(args)?, stats_on)?;
     while !done() && !cleanup::stop_requested() {
-        std::thread::sleep(Duration::from_millis(50));
-        if args.sample.is_some() {
+        std::thread::sleep(Duration::from_millis(5));
+        sampler.tick(tracer)?;
+        if args.print_every.is_some() {
             print_samples(tracer, &mut last_ts, &mut header, &names)?;
         }
         if let Some(i) = args.interval
             && last_print.elapsed().as_secs_f64() >= i
         {
             last_print = Instant::now();
-            println!("--- after {:.1} s", last_print.elapsed().as_secs_f64());
+            println!("--- after {:.1} s", started.elapsed().as_secs_f64());
             report::print(&report::build(&tracer.snapshot()?, &tracer.table.names));
         }
     }
-    if args.sample.is_some() {
+    let cost = sampler.finish(tracer);
+    if tracer.is_attached() {
+        tracer.detach()?;
+    }
+    if args.print_every.is_some() {
         print_samples(tracer, &mut last_ts, &mut header, &names)?;
     }
     if cleanup::stop_requested() {
         eprintln!("profiler: interrupted: reporting what was traced so far");
     }
-    Ok(())
+    Ok(cost)
 }
 
 fn print_samples(
@@ -586,14 +624,16 @@ pub fn print(r: &TraceReport) {
         .collect();
     println!("  hooks: {}", how.join(", "));
     report::print(&r.net);
-    if !r.programs.is_empty() {
+    super::budget::print(&r.tracer);
+    if !r.tracer.programs.is_empty() {
         let per: Vec<String> = r
+            .tracer
             .programs
             .iter()
-            .map(|(n, runs, ns)| format!("{n} {ns:.0} ns x {runs}"))
+            .map(|p| format!("{} {:.0} ns x {}", p.program, p.ns_per_run, p.runs))
             .collect();
         println!(
-            "  BPF run time per invocation (program body only): {}",
+            "  BPF run time per invocation (bpf_stats, program body only): {}",
             per.join(", ")
         );
     }

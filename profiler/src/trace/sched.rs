@@ -4,7 +4,7 @@
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf as AyaBtf, Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData},
     programs::BtfTracePoint,
 };
 use profiler_common::hist::Hist;
@@ -33,7 +33,7 @@ impl SchedTracer {
             btf.offset("task_struct.__state")?,
         );
         drop(btf);
-        let mut ebpf = aya::EbpfLoader::new()
+        let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Sched)
             .override_global("OFF_TASK_PID", &pid, true)
             .override_global("OFF_TASK_TGID", &tgid, true)
             .override_global("OFF_TASK_STATE", &state, true)
@@ -69,12 +69,12 @@ impl SchedTracer {
     }
 
     pub fn report(&self) -> Result<SchedReport> {
-        let m: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(
+        let m: Array<&MapData, Hist> = Array::try_from(
             self.ebpf
                 .map("SCHED_HIST")
                 .ok_or_else(|| anyhow!("SCHED_HIST missing"))?,
         )?;
-        let h = crate::hist::merge(&m.get(&0, 0)?);
+        let h = crate::hist::to_histogram(&m.get(&0, 0)?);
         let total = h
             .iter_recorded()
             .map(|v| v.value_iterated_to() * v.count_at_value())

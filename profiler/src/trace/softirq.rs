@@ -2,7 +2,7 @@
 
 use anyhow::{Result, anyhow};
 use aya::{
-    Btf as AyaBtf, Ebpf,
+    Ebpf,
     maps::{MapData, PerCpuArray},
 };
 use profiler_common::{hist::Hist, softirq::slot};
@@ -10,19 +10,7 @@ use serde::Serialize;
 
 use crate::hist::{Summary, fmt_ns, to_histogram};
 
-const HOOKS: &[(&str, &str, &str)] = &[
-    ("softirq_raise", "softirq_raise_btf", "softirq_raise_raw"),
-    ("softirq_entry", "softirq_entry_btf", "softirq_entry_raw"),
-    ("softirq_exit", "softirq_exit_btf", "softirq_exit_raw"),
-];
-
-/// Attaches the softirq programs; returns how each tracepoint was attached.
-pub fn attach(ebpf: &mut Ebpf, btf: Option<&AyaBtf>) -> Vec<(String, String)> {
-    HOOKS
-        .iter()
-        .map(|(tp, b, r)| (tp.to_string(), super::net::attach_one(ebpf, tp, b, r, btf)))
-        .collect()
-}
+// The programs attach with the packet tracer's (`super::net::HOOKS`), in its windows.
 
 #[derive(Debug, Serialize)]
 pub struct Vector {
@@ -37,7 +25,7 @@ pub struct Cpu {
     pub cpu: usize,
     pub net_rx: Vector,
     pub net_tx: Vector,
-    /// netif_receive_skb calls per NET_RX run
+    /// packets taken per NET_RX run (the sum of its napi_poll work)
     pub packets_per_run: Summary,
 }
 

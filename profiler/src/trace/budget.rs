@@ -1,0 +1,374 @@
+//! The tracer's overhead budget: which share of packets it follows (one in N, drawn at birth)
+//! and which share of time its hooks are attached (windows), from its own measured cost.
+//!
+//! Each cycle is a window (hooks attached, following one in N), a drain (attached, following
+//! no new packet, so those in flight finish and the cost of merely being attached shows
+//! alone), then a gap with every hook detached. The kernel's BPF statistics run while
+//! attached, so the cost is measured, not modelled: per second of wall time, the programs' run
+//! time over 1e9 is the share of one CPU the tracer took. A single request-response flow is
+//! serial, so that share bounds its slowdown; parallel workloads lose less.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use profiler_common::net::{counter, follow_below};
+use serde::Serialize;
+
+use super::net::{FLOOR, NetTracer, ProgStats};
+
+/// Following every packet while attached.
+const WINDOW: Duration = Duration::from_millis(50);
+/// Attached, following nothing new.
+const DRAIN: Duration = Duration::from_millis(10);
+/// Fewest packets in N when even the attached floor exceeds the budget: then windows shrink.
+const MAX_EVERY: f64 = 1e6;
+
+/// How the tracer decides what to follow.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Policy {
+    /// Stay within this share of one CPU (0.01 = 1%), adjusting N and the windows.
+    Budget { share: f64 },
+    /// Follow one packet in `every`, hooks always attached.
+    Fixed { every: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Window,
+    Drain,
+    Gap,
+}
+
+/// One program's cost over the run (only while bpf_stats ran).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
+/// What the tracer cost, and how it sampled.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cost {
+    #[serde(flatten)]
+    pub policy: Policy,
+    /// The last one-in-N the controller chose (the fixed N otherwise).
+    pub follow_every: f64,
+    /// Share of the run's wall time the hooks were attached.
+    pub duty_cycle: f64,
+    pub windows: u64,
+    /// BPF run time (bpf_stats) over wall time: the share of one CPU the tracer took. None when
+    /// statistics did not run (fixed N without --bpf-stats).
+    pub measured_share: Option<f64>,
+    /// BPF run time, ns per second of wall time.
+    pub bpf_ns_per_sec: Option<f64>,
+    /// An empty program of the same type on the first hook's tracepoint, ns per run (what
+    /// bpf_stats charge for running any program here), measured in the first window.
+    pub floor_ns_per_run: Option<f64>,
+    /// Mean cost of a hook on a packet that is not followed, ns per run.
+    pub unfollowed_ns_per_run: Option<f64>,
+    /// Mean cost of a hook on a followed packet, ns per run: what the tracer adds inside each
+    /// segment it measures (the tail of one program plus the head of the next).
+    pub followed_ns_per_run: Option<f64>,
+    pub programs: Vec<ProgramCost>,
+}
+
+pub struct Sampler {
+    policy: Policy,
+    phase: Phase,
+    phase_start: Instant,
+    started: Instant,
+    /// Share of drawn packets followed in the next window: 1/N.
+    x: f64,
+    gap: Duration,
+    stats: Option<OwnedFd>,
+    /// Program statistics at the last phase change.
+    mark: BTreeMap<&'static str, ProgStats>,
+    followed_mark: u64,
+    attached: Duration,
+    windows: u64,
+    /// Estimates of the attached cost (share of one CPU) without following, and per unit x.
+    a: Option<f64>,
+    b: Option<f64>,
+    window_cost: Option<(u64, u64, u64)>,
+    /// Sums over windows: (unfollowed runs, their ns), (followed hooks, their ns).
+    unfollowed: (u64, f64),
+    followed: (u64, f64),
+    floor: Option<f64>,
+    totals: BTreeMap<&'static str, ProgStats>,
+}
+
+fn enable_stats() -> Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")
+}
+
+fn diff(
+    now: &BTreeMap<&'static str, ProgStats>,
+    then: &BTreeMap<&'static str, ProgStats>,
+) -> BTreeMap<&'static str, ProgStats> {
+    now.iter()
+        .map(|(k, v)| {
+            let p = then.get(k).copied().unwrap_or_default();
+            (
+                *k,
+                ProgStats {
+                    runs: v.runs.saturating_sub(p.runs),
+                    ns: v.ns.saturating_sub(p.ns),
+                },
+            )
+        })
+        .collect()
+}
+
+fn total(d: &BTreeMap<&'static str, ProgStats>, with_floor: bool) -> (u64, u64) {
+    d.iter()
+        .filter(|(k, _)| with_floor || **k != FLOOR)
+        .fold((0, 0), |(r, n), (_, s)| (r + s.runs, n + s.ns))
+}
+
+impl Sampler {
+    /// Starts following: the first window (budget) or the whole run (fixed N). `stats_on`:
+    /// the caller already holds BPF statistics for the whole run (--bpf-stats).
+    pub fn start(tracer: &mut NetTracer, policy: Policy, stats_on: bool) -> Result<Sampler> {
+        let now = Instant::now();
+        let mut s = Sampler {
+            policy,
+            phase: Phase::Window,
+            phase_start: now,
+            started: now,
+            x: 1.0,
+            gap: Duration::ZERO,
+            stats: None,
+            mark: tracer.prog_stats(),
+            followed_mark: followed_hooks(tracer),
+            attached: Duration::ZERO,
+            windows: 1,
+            a: None,
+            b: None,
+            window_cost: None,
+            unfollowed: (0, 0.0),
+            followed: (0, 0.0),
+            floor: None,
+            totals: BTreeMap::new(),
+        };
+        match policy {
+            Policy::Fixed { every } => {
+                s.x = 1.0 / every.max(1) as f64;
+                if stats_on {
+                    s.mark = tracer.prog_stats();
+                }
+                tracer.set_follow(follow_below(every), 0)?;
+            }
+            Policy::Budget { .. } => {
+                if !stats_on {
+                    s.stats = Some(enable_stats()?);
+                }
+                tracer.set_floor(true)?;
+                s.mark = tracer.prog_stats();
+                tracer.set_follow(follow_below(1), crate::kernel::monotonic_ns())?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Advances the windows; call every few tens of ms.
+    pub fn tick(&mut self, tracer: &mut NetTracer) -> Result<()> {
+        let Policy::Budget { share } = self.policy else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let in_phase = now - self.phase_start;
+        match self.phase {
+            Phase::Window if in_phase >= WINDOW => {
+                tracer.set_follow(0, crate::kernel::monotonic_ns())?;
+                let stats = tracer.prog_stats();
+                let d = diff(&stats, &self.mark);
+                if let Some(f) = d.get(FLOOR).filter(|f| f.runs > 0) {
+                    self.floor.get_or_insert(f.ns as f64 / f.runs as f64);
+                }
+                tracer.set_floor(false)?;
+                let (runs, ns) = total(&d, false);
+                let fh = followed_hooks(tracer);
+                self.window_cost = Some((runs, ns, fh - self.followed_mark));
+                self.followed_mark = fh;
+                self.add(&d);
+                self.mark = stats;
+                self.phase(Phase::Drain, now, in_phase);
+            }
+            Phase::Drain if in_phase >= DRAIN => {
+                let stats = tracer.prog_stats();
+                let d = diff(&stats, &self.mark);
+                self.add(&d);
+                self.mark = stats;
+                let (runs, ns) = total(&d, false);
+                self.learn(share, runs, ns, in_phase, tracer);
+                if self.gap.is_zero() {
+                    self.open_window(tracer, now, in_phase)?;
+                } else {
+                    tracer.detach()?;
+                    self.stats = None;
+                    self.phase(Phase::Gap, now, in_phase);
+                }
+            }
+            Phase::Gap if in_phase >= self.gap => {
+                if self.stats.is_none() {
+                    self.stats = Some(enable_stats()?);
+                }
+                tracer.reattach()?;
+                self.mark = tracer.prog_stats();
+                self.followed_mark = followed_hooks(tracer);
+                self.open_window(tracer, now, Duration::ZERO)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn phase(&mut self, p: Phase, now: Instant, spent: Duration) {
+        if !matches!(self.phase, Phase::Gap) {
+            self.attached += spent;
+        }
+        self.phase = p;
+        self.phase_start = now;
+    }
+
+    fn open_window(&mut self, tracer: &mut NetTracer, now: Instant, spent: Duration) -> Result<()> {
+        tracer.set_follow(
+            follow_below((1.0 / self.x).round() as u64),
+            crate::kernel::monotonic_ns(),
+        )?;
+        self.windows += 1;
+        self.phase(Phase::Window, now, spent);
+        Ok(())
+    }
+
+    fn add(&mut self, d: &BTreeMap<&'static str, ProgStats>) {
+        for (k, v) in d {
+            let t = self.totals.entry(k).or_default();
+            t.runs += v.runs;
+            t.ns += v.ns;
+        }
+    }
+
+    /// After a drain: the cost of being attached (a) and of following (b per unit x), smoothed,
+    /// then the next window's x and the gap that keeps a whole cycle within the budget.
+    fn learn(&mut self, share: f64, runs: u64, ns: u64, drain: Duration, tracer: &NetTracer) {
+        let Some((w_runs, w_ns, w_followed)) = self.window_cost.take() else {
+            return;
+        };
+        // The drain's hooks on packets still in flight are few; count them as unfollowed.
+        let a = ns as f64 / drain.as_nanos().max(1) as f64;
+        let rate_w = w_ns as f64 / WINDOW.as_nanos() as f64;
+        let b = (rate_w - a).max(0.0) / self.x;
+        let smooth = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.5 * o + 0.5 * new));
+        self.a = smooth(self.a, a);
+        self.b = smooth(self.b, b);
+        let per_unfollowed = if runs > 0 {
+            ns as f64 / runs as f64
+        } else {
+            0.0
+        };
+        self.unfollowed.0 += runs;
+        self.unfollowed.1 += ns as f64;
+        if w_followed > 0 {
+            let others = w_runs.saturating_sub(w_followed) as f64 * per_unfollowed;
+            self.followed.0 += w_followed;
+            self.followed.1 += (w_ns as f64 - others).max(0.0);
+        }
+        let _ = tracer;
+        let (a, b) = (self.a.unwrap_or(a), self.b.unwrap_or(b));
+        let (w, d) = (WINDOW.as_secs_f64(), DRAIN.as_secs_f64());
+        if a + b <= share {
+            (self.x, self.gap) = (1.0, Duration::ZERO);
+        } else if a < share {
+            self.x = ((share - a) / b).clamp(1.0 / MAX_EVERY, 1.0);
+            self.gap = Duration::ZERO;
+        } else {
+            self.x = 1.0;
+            let cycle = (w * (a + b) + d * a) / share;
+            self.gap = Duration::from_secs_f64((cycle - w - d).max(0.0));
+        }
+    }
+
+    /// Ends the run: detaches stats and reports what the tracer cost.
+    pub fn finish(mut self, tracer: &mut NetTracer) -> Cost {
+        let now = Instant::now();
+        let in_phase = now - self.phase_start;
+        let spent = match self.phase {
+            Phase::Gap => Duration::ZERO,
+            _ => in_phase,
+        };
+        let stats = tracer.prog_stats();
+        let d = diff(&stats, &self.mark);
+        self.add(&d);
+        self.stats = None;
+        let wall = (now - self.started).as_secs_f64().max(1e-9);
+        let attached = (self.attached + spent).as_secs_f64();
+        let counted = !matches!(self.policy, Policy::Fixed { .. })
+            || self.totals.values().any(|s| s.runs > 0);
+        let (runs, ns) = total(&self.totals, true);
+        let per = |(n, t): (u64, f64)| (n > 0).then(|| t / n as f64);
+        let (unfollowed, followed) = match self.policy {
+            Policy::Budget { .. } => (per(self.unfollowed), per(self.followed)),
+            // Fixed N with --bpf-stats: one mean over both kinds of hook.
+            Policy::Fixed { .. } => (None, (runs > 0).then(|| ns as f64 / runs as f64)),
+        };
+        Cost {
+            policy: self.policy,
+            follow_every: 1.0 / self.x,
+            duty_cycle: (attached / wall).min(1.0),
+            windows: self.windows,
+            measured_share: counted.then(|| ns as f64 / 1e9 / wall),
+            bpf_ns_per_sec: counted.then(|| ns as f64 / wall),
+            floor_ns_per_run: self.floor,
+            unfollowed_ns_per_run: unfollowed,
+            followed_ns_per_run: followed,
+            programs: self
+                .totals
+                .iter()
+                .filter(|(_, s)| s.runs > 0)
+                .map(|(k, s)| ProgramCost {
+                    program: k.to_string(),
+                    runs: s.runs,
+                    ns_per_run: s.ns as f64 / s.runs as f64,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn followed_hooks(tracer: &NetTracer) -> u64 {
+    tracer.counter(counter::FOLLOWED_HOOKS).unwrap_or(0)
+}
+
+pub fn print(c: &Cost) {
+    use crate::hist::fmt_ns;
+    let how = match c.policy {
+        Policy::Budget { share } => format!(
+            "budget {:.1}% of one CPU: followed one packet in {:.0} while attached, attached {:.1}% of the time in {} windows",
+            share * 100.0,
+            c.follow_every,
+            c.duty_cycle * 100.0,
+            c.windows
+        ),
+        Policy::Fixed { every } => {
+            format!("followed one packet in {every}, hooks attached all the time")
+        }
+    };
+    println!("  tracer: {how}");
+    if let Some(s) = c.measured_share {
+        println!(
+            "  tracer's own cost (bpf_stats): {:.2}% of one CPU ({} of BPF per second); a hook on a followed packet {}, on another {}, an empty program here {}",
+            s * 100.0,
+            fmt_ns(c.bpf_ns_per_sec.unwrap_or(0.0)),
+            c.followed_ns_per_run.map_or("-".into(), fmt_ns),
+            c.unfollowed_ns_per_run.map_or("-".into(), fmt_ns),
+            c.floor_ns_per_run.map_or("-".into(), fmt_ns),
+        );
+    }
+}
