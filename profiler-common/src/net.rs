@@ -151,7 +151,9 @@ pub struct NetConfig {
     pub ifindex: u32,
     /// Packets born in this netns are requests.
     pub client_netns: u32,
-    pub _pad: u32,
+    /// State slots in use minus one (a power of two minus one; tests shrink it to force
+    /// collisions).
+    pub state_mask: u32,
     /// Print one followed packet in N (0 = none).
     pub print_every: u64,
     /// State older than this was left by an skb freed unseen.

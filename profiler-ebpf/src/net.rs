@@ -47,7 +47,7 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     netns: 0,
     ifindex: 0,
     client_netns: 0,
-    _pad: 0,
+    state_mask: 0,
     print_every: 0,
     stale_ns: 0,
 });
@@ -311,7 +311,7 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
 fn state(skb: u64) -> Option<&'static mut SkbState> {
     // SAFETY: an array value; only this packet's hooks touch a slot whose tag is its address.
     NET_SKB
-        .get_ptr_mut(state_slot(skb))
+        .get_ptr_mut(state_slot(skb) & cfg().state_mask)
         .map(|p| unsafe { &mut *p })
 }
 

@@ -207,6 +207,22 @@ fn bad_trace_input_is_one_line() {
         (&["trace", "-t", "tcp_bogus", "-l", "1"][..], "unknown test"),
         (&["trace", "--attach-only"][..], "needs --port"),
         (&["trace", "--lab", "nosuch"][..], "no lab nosuch"),
+        (
+            &["trace", "--overhead", "0", "-l", "1"][..],
+            "--overhead must be",
+        ),
+        (
+            &["trace", "--interval", "0", "-l", "1"][..],
+            "--interval must be",
+        ),
+        (
+            &["trace", "--follow-every", "0", "-l", "1"][..],
+            "follow-every",
+        ),
+        (
+            &["trace", "--print-every", "0", "-l", "1"][..],
+            "print-every",
+        ),
     ] {
         assert_refused(args, needle);
     }
@@ -251,4 +267,99 @@ fn ablation_runs_the_three_variants() {
     assert!(fwd.iter().all(|f| f[1].as_u64().unwrap() > 0));
     assert!(a["nat_cost_ns"].is_i64() && a["conntrack_cost_ns"].is_i64());
     assert_eq!(namespaces(), before);
+}
+
+fn count(r: &Value, k: &str) -> u64 {
+    r["net"]["counts"][k]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {k}: {}", r["net"]["counts"]))
+}
+
+/// A packet that isn't followed leaves no state: with a port no packet uses, every packet is
+/// drawn and none followed, and no state slot is tagged at the end. Followed packets free
+/// their slot at delivery.
+#[test]
+fn unfollowed_packets_cost_no_state() {
+    require_root();
+    let r = trace(&[
+        "--mode",
+        "bridge",
+        "-l",
+        "1",
+        "--follow-every",
+        "1",
+        "--port",
+        "1",
+    ]);
+    assert!(count(&r, "drawn") > 1000, "{}", r["net"]["counts"]);
+    assert_eq!(count(&r, "followed"), 0);
+    assert_eq!(count(&r, "followed_hooks"), 0);
+    assert_eq!(r["state_in_use"].as_u64(), Some(0));
+    let r = trace(&["--mode", "bridge", "-l", "1", "--follow-every", "1"]);
+    let followed = count(&r, "followed");
+    assert!(followed > 1000, "{}", r["net"]["counts"]);
+    let left = r["state_in_use"].as_u64().unwrap();
+    let lost = r["net"]["counts"]["lost"].as_i64().unwrap().max(0) as u64;
+    assert!(
+        left <= lost + 16,
+        "{left} slots left: {}",
+        r["net"]["counts"]
+    );
+}
+
+/// With one state slot, packets drawn while another is in flight collide: each is counted,
+/// and the one in flight keeps its slot.
+#[test]
+fn collisions_are_counted() {
+    require_root();
+    let r = trace(&[
+        "--mode",
+        "bridge",
+        "-t",
+        "tcp_stream",
+        "-l",
+        "1",
+        "--follow-every",
+        "1",
+        "--state-slots",
+        "1",
+    ]);
+    let (drawn, followed, collisions) = (
+        count(&r, "drawn"),
+        count(&r, "followed"),
+        count(&r, "collisions"),
+    );
+    assert!(collisions > 100, "{}", r["net"]["counts"]);
+    assert!(followed > 10, "{}", r["net"]["counts"]);
+    assert!(drawn >= followed + collisions, "{}", r["net"]["counts"]);
+    assert!(r["state_in_use"].as_u64().unwrap() <= 1);
+}
+
+/// The overhead controller follows a smaller share of packets on a smaller budget, states
+/// what it did, and its measured cost tracks the budget.
+#[test]
+fn overhead_budget_sets_the_follow_rate() {
+    require_root();
+    let share = |r: &Value| {
+        let t = &r["tracer"];
+        t["duty_cycle"].as_f64().unwrap() / t["follow_every"].as_f64().unwrap()
+    };
+    let tight = trace(&["--mode", "bridge", "-l", "2", "--overhead", "0.2"]);
+    let loose = trace(&["--mode", "bridge", "-l", "2", "--overhead", "20"]);
+    assert_eq!(tight["tracer"]["policy"], "budget");
+    assert!(
+        share(&tight) < share(&loose),
+        "tight {} loose {}",
+        tight["tracer"],
+        loose["tracer"]
+    );
+    assert!(tight["tracer"]["windows"].as_u64().unwrap() >= 1);
+    let measured = tight["tracer"]["measured_share"].as_f64().unwrap();
+    // The first window follows everything before the controller has a measure: allow it.
+    assert!(measured < 0.02, "{}", tight["tracer"]);
+    assert!(tight["tracer"]["followed_ns_per_run"].as_f64().unwrap() > 0.0);
+    assert!(count(&tight, "delivered") > 10);
+    // Layers carry their figures without the tracer's own cost.
+    let l = &tight["net"]["directions"][0]["layers"][0];
+    assert!(l["p50_without_tracer_ns"].as_f64().unwrap() <= l["p50"].as_f64().unwrap());
 }

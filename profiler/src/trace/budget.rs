@@ -24,8 +24,6 @@ use super::net::{FLOOR, NetTracer, ProgStats};
 const WINDOW: Duration = Duration::from_millis(50);
 /// Attached, following nothing new.
 const DRAIN: Duration = Duration::from_millis(10);
-/// Fewest packets in N when even the attached floor exceeds the budget: then windows shrink.
-const MAX_EVERY: f64 = 1e6;
 
 /// How the tracer decides what to follow.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -281,18 +279,7 @@ impl Sampler {
             self.followed.1 += (w_ns as f64 - others).max(0.0);
         }
         let _ = tracer;
-        let (a, b) = (self.a.unwrap_or(a), self.b.unwrap_or(b));
-        let (w, d) = (WINDOW.as_secs_f64(), DRAIN.as_secs_f64());
-        if a + b <= share {
-            (self.x, self.gap) = (1.0, Duration::ZERO);
-        } else if a < share {
-            self.x = ((share - a) / b).clamp(1.0 / MAX_EVERY, 1.0);
-            self.gap = Duration::ZERO;
-        } else {
-            self.x = 1.0;
-            let cycle = (w * (a + b) + d * a) / share;
-            self.gap = Duration::from_secs_f64((cycle - w - d).max(0.0));
-        }
+        (self.x, self.gap) = plan(self.a.unwrap_or(a), self.b.unwrap_or(b), share);
     }
 
     /// Ends the run: detaches stats and reports what the tracer cost.
@@ -342,6 +329,27 @@ impl Sampler {
     }
 }
 
+/// The next window's share of packets followed (1/N) and the gap after it, for an attached
+/// cost of `a` plus `b` per unit followed (shares of one CPU). With windows, the packets
+/// followed per second are `x * share * w / (w (a + b x) + d a)`, highest at x = 1; staying
+/// attached at x < 1 follows `x * w / (w + d)` with x = (share - a) / b, which is never more
+/// (the drain follows nothing either way). So the budget follows every packet in windows, and
+/// N > 1 is `--follow-every`'s, for hooks attached all the time.
+pub fn plan(a: f64, b: f64, share: f64) -> (f64, Duration) {
+    let (w, d) = (WINDOW.as_secs_f64(), DRAIN.as_secs_f64());
+    if a + b <= share {
+        return (1.0, Duration::ZERO);
+    }
+    let cycle = (w * (a + b) + d * a) / share;
+    (1.0, Duration::from_secs_f64((cycle - w - d).max(0.0)))
+}
+
+/// The share of packets a plan follows over time: x times the attached share of a cycle.
+pub fn follow_share(x: f64, gap: Duration) -> f64 {
+    let (w, d) = (WINDOW.as_secs_f64(), DRAIN.as_secs_f64());
+    x * w / (w + d + gap.as_secs_f64())
+}
+
 fn followed_hooks(tracer: &NetTracer) -> u64 {
     tracer.counter(counter::FOLLOWED_HOOKS).unwrap_or(0)
 }
@@ -370,5 +378,51 @@ pub fn print(c: &Cost) {
             c.unfollowed_ns_per_run.map_or("-".into(), fmt_ns),
             c.floor_ns_per_run.map_or("-".into(), fmt_ns),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole cycle's cost over its length: what the budget bounds.
+    fn cycle_share(a: f64, b: f64, x: f64, gap: Duration) -> f64 {
+        let (w, d) = (WINDOW.as_secs_f64(), DRAIN.as_secs_f64());
+        (w * (a + b * x) + d * a) / (w + d + gap.as_secs_f64())
+    }
+
+    #[test]
+    fn cheap_load_follows_everything_attached() {
+        assert_eq!(plan(0.001, 0.004, 0.01), (1.0, Duration::ZERO));
+    }
+
+    #[test]
+    fn under_load_the_follow_rate_falls_and_the_budget_holds() {
+        let share = 0.01;
+        let mut last = f64::INFINITY;
+        // The same workload at rising rates: both costs grow with the packet rate.
+        for load in [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0] {
+            let (a, b) = (0.004 * load, 0.012 * load);
+            let (x, gap) = plan(a, b, share);
+            let f = follow_share(x, gap);
+            assert!(f < last, "load {load}: follow share {f} not below {last}");
+            last = f;
+            let spent = cycle_share(a, b, x, gap);
+            assert!(spent <= share * 1.0001, "load {load}: {spent} over {share}");
+        }
+    }
+
+    #[test]
+    fn windows_follow_more_than_staying_attached_at_one_in_n() {
+        for (a, b) in [(0.001, 0.05), (0.005, 0.02), (0.009, 0.5), (0.05, 0.1)] {
+            let share = 0.01;
+            let (x, gap) = plan(a, b, share);
+            assert_eq!(x, 1.0);
+            if a < share {
+                let attached = (share - a) / b;
+                assert!(follow_share(x, gap) >= follow_share(attached, Duration::ZERO));
+            }
+            assert!(cycle_share(a, b, x, gap) <= share * 1.0001);
+        }
     }
 }

@@ -13,7 +13,7 @@ use aya::{
 use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
-    net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, SlotPos, counter},
+    net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
 };
 
 use super::layers;
@@ -35,6 +35,8 @@ pub struct Filter {
     pub print_every: u64,
     /// Attach only the empty program, on every hook (the floor, for the benchmark).
     pub empty_programs: bool,
+    /// Per-skb state slots (a power of two, at most `STATE_SLOTS`; 0 = all).
+    pub state_slots: u32,
 }
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
@@ -114,6 +116,11 @@ impl NetTracer {
         config.client_netns = filter.client_netns;
         config.print_every = filter.print_every;
         config.stale_ns = STALE_NS;
+        config.state_mask = match filter.state_slots {
+            0 => STATE_SLOTS - 1,
+            n if n.is_power_of_two() && n <= STATE_SLOTS => n - 1,
+            n => anyhow::bail!("--state-slots {n}: a power of two up to {STATE_SLOTS}"),
+        };
         let mut l = crate::ebpf::loader(crate::ebpf::Subject::Net);
         l.override_global("NET_CONFIG", &config, true);
         let mut ebpf = l
@@ -321,6 +328,20 @@ impl NetTracer {
             drop_reasons,
             unnamed,
         })
+    }
+
+    /// State slots holding a packet now (tagged): followed packets in flight, or left by one
+    /// whose end no hook saw.
+    pub fn state_in_use(&self) -> Result<u64> {
+        let m: Array<&MapData, [u64; 4]> = Array::try_from(
+            self.ebpf
+                .map("NET_SKB")
+                .ok_or_else(|| anyhow!("NET_SKB missing"))?,
+        )?;
+        Ok(m.iter()
+            .filter_map(|v| v.ok())
+            .filter(|v| v[0] != 0)
+            .count() as u64)
     }
 
     /// One of the `NET_COUNTERS`, summed over CPUs.

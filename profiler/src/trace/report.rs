@@ -19,6 +19,8 @@ pub struct Row {
     pub crossings: u64,
     /// This layer's median times its crossings, over the median one-way time.
     pub share: f64,
+    /// p50 with the tracer's own cost per crossing taken out (None: not calibrated).
+    pub p50_without_tracer_ns: Option<f64>,
     /// Non-empty buckets: [value_ns, count].
     pub histogram: Vec<(u64, u64)>,
 }
@@ -31,11 +33,13 @@ pub struct Direction {
     /// Median one-way time minus the sum of the layers' medians times their crossings: what
     /// the hooks do not see (or what medians do not add up to).
     pub unattributed_ns: f64,
+    /// The tracer's own time inside one packet's one-way time: its followed hooks' mean cost
+    /// times the segments a packet crosses (None: not calibrated).
+    pub tracer_ns: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Counts {
-    /// Packets that matched the filter; with --follow-every N one in N of them is followed.
     /// Packets drawn at a transmit queue by the one-in-N decision (before the filter).
     pub drawn: u64,
     pub followed: u64,
@@ -81,6 +85,7 @@ fn row(
         summary,
         min_offset_ns: offset,
         crossings,
+        p50_without_tracer_ns: None,
         share: if one_way_p50 > 0.0 {
             summary.p50 as f64 * crossings as f64 / one_way_p50
         } else {
@@ -132,6 +137,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
         directions.push(Direction {
             name,
             unattributed_ns: ow_p50 - attributed,
+            tracer_ns: None,
             layers,
             one_way: ow.map(|(h, off)| row(layers::ONE_WAY, h, *off, delivered, ow_p50)),
         });
@@ -169,6 +175,25 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
                 .collect()
         },
         unnamed: s.unnamed.clone(),
+    }
+}
+
+/// Takes the tracer's own cost out: each segment holds about one followed hook's run (the tail
+/// of the program that opened it and the head of the one that closed it).
+pub fn without_tracer(r: &mut NetReport, per_hook_ns: f64) {
+    for d in &mut r.directions {
+        let mut segments = 0u64;
+        for l in &mut d.layers {
+            if l.crossings > 0 {
+                segments += l.crossings;
+                l.p50_without_tracer_ns = Some((l.summary.p50 as f64 - per_hook_ns).max(0.0));
+            }
+        }
+        let tracer = per_hook_ns * segments as f64;
+        d.tracer_ns = Some(tracer);
+        if let Some(ow) = &mut d.one_way {
+            ow.p50_without_tracer_ns = Some((ow.summary.p50 as f64 - tracer).max(0.0));
+        }
     }
 }
 
@@ -217,6 +242,25 @@ pub fn print(r: &NetReport) {
                 fmt_ns(d.unattributed_ns),
                 share
             );
+            if let (Some(t), Some(w)) = (d.tracer_ns, ow.p50_without_tracer_ns) {
+                println!(
+                    "  {:<44} {:>8} {:>59} {:>6.1}%",
+                    "of which the tracer's own (estimated)",
+                    "",
+                    fmt_ns(t),
+                    if ow.summary.p50 > 0 {
+                        t / ow.summary.p50 as f64 * 100.0
+                    } else {
+                        0.0
+                    }
+                );
+                println!(
+                    "  {:<44} {:>8} {:>9}",
+                    "one-way p50 without the tracer",
+                    "",
+                    fmt_ns(w)
+                );
+            }
         }
     }
     let c = &r.counts;

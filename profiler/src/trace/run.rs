@@ -81,6 +81,9 @@ pub struct TraceArgs {
     /// `cargo xtask bench-trace`): measures what running any program there costs.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+    /// Per-skb state slots, a power of two (tests shrink it to force collisions).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub state_slots: u32,
     /// Enable the kernel's BPF run-time statistics while tracing and report each program's
     /// mean run time (the program body only: trampolines and probe entry are not counted).
     #[arg(long)]
@@ -108,6 +111,11 @@ pub struct TraceReport {
     /// Workload mean round trip minus the two mean one-way times: application, syscalls and
     /// the stack before the first hook (TCP/IP output) and after the last.
     pub rtt_unattributed_ns: Option<f64>,
+    /// (both one-way p50s without the tracer's own cost, the workload's round-trip p50), ns:
+    /// the check of the correction against the round trip the workload measured.
+    pub rtt_without_tracer_ns: Option<(f64, f64)>,
+    /// Per-skb state slots still tagged at the end (followed packets in flight or cut).
+    pub state_in_use: Option<u64>,
 }
 
 /// The sampling policy the arguments ask for.
@@ -193,6 +201,7 @@ fn trace_in(
         print_every: args.print_every.unwrap_or(0),
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         empty_programs: args.empty_programs,
+        state_slots: args.state_slots,
         ..Filter::default()
     };
     let _stats = if args.bpf_stats {
@@ -228,7 +237,18 @@ fn trace_in(
     } else {
         None // interrupted: report what the tracer has
     };
-    let net = report::build(&tracer.snapshot()?, &tracer.table.names);
+    let mut net = report::build(&tracer.snapshot()?, &tracer.table.names);
+    if let Some(c) = cost.followed_ns_per_run {
+        report::without_tracer(&mut net, c);
+    }
+    let rtt_without_tracer_ns = workload.as_ref().and_then(|w| {
+        let ow: Vec<f64> = net
+            .directions
+            .iter()
+            .filter_map(|d| d.one_way.as_ref().and_then(|r| r.p50_without_tracer_ns))
+            .collect();
+        (test.is_rr() && ow.len() == 2).then(|| (ow.iter().sum::<f64>(), w.latency.p50_us * 1e3))
+    });
     let rtt_unattributed_ns = workload.as_ref().and_then(|w| {
         let ow: Vec<f64> = net
             .directions
@@ -247,8 +267,10 @@ fn trace_in(
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload,
         tracer: cost,
+        state_in_use: tracer.state_in_use().ok(),
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns,
+        rtt_without_tracer_ns,
     })
 }
 
@@ -471,6 +493,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         print_every: args.print_every.unwrap_or(0),
         empty_programs: args.empty_programs,
+        state_slots: args.state_slots,
     };
     let _stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
@@ -492,8 +515,10 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         softirq: super::softirq::read(tracer.ebpf()).ok(),
         workload: None,
         tracer: cost,
+        state_in_use: tracer.state_in_use().ok(),
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns: None,
+        rtt_without_tracer_ns: None,
     })
 }
 
@@ -660,6 +685,13 @@ pub fn print(r: &TraceReport) {
                 "  workload {}: {:.0} Mbit/s",
                 w.test.name(),
                 w.throughput_mbps
+            );
+        }
+        if let Some((ow, rtt)) = r.rtt_without_tracer_ns {
+            println!(
+                "  without the tracer's own cost the two one-way p50s add up to {} of the workload's round-trip p50 {} (the rest: application, syscalls, TCP/IP output before the first hook)",
+                crate::hist::fmt_ns(ow),
+                crate::hist::fmt_ns(rtt)
             );
         }
         if let Some(u) = r.rtt_unattributed_ns {
