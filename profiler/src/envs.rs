@@ -452,17 +452,48 @@ fn events_per_sec(report: &serde_json::Value) -> Result<f64> {
         .ok_or_else(|| anyhow!("the workload's report has no run.events_per_sec"))
 }
 
+/// What one instance of `workload` in `env` takes (its threads and memory, and the
+/// environment's own), for [`crate::fit`].
+pub fn footprint(env: Env, workload: &[String]) -> crate::fit::Each {
+    use crate::fit::Each;
+    let (threads, memory, _) =
+        crate::sysbench::footprint(workload).unwrap_or((1, 0, String::new()));
+    let around = match env {
+        Env::Host => Each::NONE,
+        Env::Native => Each::native_container(),
+        Env::Docker => Each::docker_container(),
+        Env::Vm => Each::qemu(vm_memory_mb(0), u64::from(vm_smp(workload))),
+    };
+    Each::workload(threads, memory, around)
+}
+
+/// Refuses a `run` or `density` that cannot fit this machine (`n` instances at most at once),
+/// unless `force`.
+pub fn check_fit(env: Env, workload: &[String], asked: &str, n: usize, force: bool) -> Result<()> {
+    crate::fit::require(force, asked, n as u64, &footprint(env, workload))
+}
+
 pub fn density(
     env: Env,
     workload: &[String],
     instances: &[usize],
     timeout: Duration,
     accel: crate::boot::AccelChoice,
+    force: bool,
 ) -> Result<Density> {
-    crate::kernel::require_root("profiler density")?;
     if instances.is_empty() || instances.contains(&0) {
         bail!("--instances wants counts of at least 1, e.g. --instances 1,2,4");
     }
+    let most = instances.iter().copied().max().unwrap_or(1);
+    check_fit(env, workload, &format!("--instances {most}"), most, force)?;
+    // Each row's start-up phases are a `boot --container native` of N.
+    if env == Env::Native && most > crate::container::MAX_COUNT {
+        bail!(
+            "--instances {most}: native containers start at most {} at once",
+            crate::container::MAX_COUNT
+        );
+    }
+    crate::kernel::require_root("profiler density")?;
     if env == Env::Vm {
         crate::cleanup::set_interruptible();
         // The accelerator (auto: a KVM probe) once, before the rows: no row's time carries it.

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod doctor;
 pub mod ebpf;
 pub mod envs;
+pub mod fit;
 pub mod hist;
 pub mod inject;
 pub mod kernel;

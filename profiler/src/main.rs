@@ -52,6 +52,9 @@ enum Command {
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
         accel: profiler::boot::AccelChoice,
+        /// Run even when the workload's threads or memory do not fit this machine.
+        #[arg(long)]
+        force: bool,
         /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         workload: Vec<String>,
@@ -75,6 +78,9 @@ enum Command {
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
         accel: profiler::boot::AccelChoice,
+        /// Start even what does not fit this machine's memory, tasks or CPUs.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -166,8 +172,19 @@ fn run(command: Command) -> Result<()> {
             env,
             timeout,
             accel,
-            workload,
+            force,
+            mut workload,
         } => {
+            if timeout == 0 {
+                anyhow::bail!("--timeout must be at least 1 second, e.g. --timeout 600");
+            }
+            if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
+                profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
+                // The workload checks itself too, in its environment: it was told.
+                if force {
+                    workload.push("--force".into());
+                }
+            }
             let r = profiler::envs::run(
                 env,
                 &workload,
@@ -184,6 +201,7 @@ fn run(command: Command) -> Result<()> {
             time,
             json,
             accel,
+            force,
         } => {
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             let d = profiler::envs::density(
@@ -192,6 +210,7 @@ fn run(command: Command) -> Result<()> {
                 &instances,
                 std::time::Duration::from_secs(600),
                 accel,
+                force,
             )?;
             profiler::envs::print_density(&d);
             if let Some(path) = json {
@@ -216,6 +235,24 @@ fn boot(args: &BootCli) -> Result<()> {
     let c = &args.common;
     if c.count == 0 {
         anyhow::bail!("--count must be at least 1");
+    }
+    let each = match args.container {
+        Some(ContainerRuntime::Docker) => Some(profiler::fit::Each::docker_container()),
+        Some(ContainerRuntime::Native) => Some(profiler::fit::Each::native_container()),
+        None => None,
+    };
+    if args.container == Some(ContainerRuntime::Native)
+        && c.count as usize > profiler::container::MAX_COUNT
+    {
+        anyhow::bail!(
+            "--count must be 1 to {}, not {}",
+            profiler::container::MAX_COUNT,
+            c.count
+        );
+    }
+    if let Some(each) = each {
+        let asked = format!("--count {}", c.count);
+        profiler::fit::require(c.force, &asked, c.count.into(), &each)?;
     }
     let json = match args.container {
         Some(ContainerRuntime::Docker) => {

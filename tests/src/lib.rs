@@ -131,3 +131,52 @@ pub fn assert_refused(args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A refusal: fails fast, non-zero, with exactly one line on stderr containing `needle`, and
+/// nothing on stdout.
+pub fn assert_refused_in_one_line(args: &[&str], needle: &str) -> String {
+    let t = std::time::Instant::now();
+    let out = profiler().args(args).output().expect("spawning profiler");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty(), "{args:?} printed a report");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{args:?} took {:?} to refuse: it started something",
+        t.elapsed()
+    );
+    err
+}
+
+/// cgroups this tool creates (`profiler-*`, `profiler-run-*`) under the cgroup v2 root.
+pub fn profiler_cgroups() -> Vec<String> {
+    let root = profiler::container::cgroup::root().expect("cgroup v2 root");
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .expect("cgroup v2 root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("profiler-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Processes whose command line contains `needle` (other than this test).
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != me.as_str())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}

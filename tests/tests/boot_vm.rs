@@ -358,3 +358,38 @@ fn vm_is_required() {
     let e = boot::run(&BootArgs::default()).unwrap_err();
     assert_eq!(e.to_string(), "profiler boot needs --vm qemu|libvirt|micro");
 }
+
+/// Any qemu-system process at all (ours or not): a refused request must start none.
+fn qemu_pids() -> Vec<String> {
+    profiler_tests::processes_with(boot::qemu::QEMU)
+}
+
+#[test]
+fn a_boot_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    let (qemus, cgroups) = (qemu_pids(), profiler_tests::profiler_cgroups());
+    for (args, needle) in [
+        (
+            &["boot", "--vm", "qemu", "--count", "100000"][..],
+            "--count 100000 needs",
+        ),
+        (
+            &["boot", "--vm", "libvirt", "--count", "100000"][..],
+            "--count 100000 needs",
+        ),
+        (
+            &["boot", "--container", "docker", "--count", "100000"][..],
+            "--count 100000 needs",
+        ),
+    ] {
+        let err = profiler_tests::assert_refused_in_one_line(args, needle);
+        assert!(err.contains("fit, or pass --force"), "{err}");
+        assert_eq!(qemu_pids(), qemus, "{args:?} started qemu");
+        assert_eq!(
+            profiler_tests::profiler_cgroups(),
+            cgroups,
+            "{args:?} made a cgroup"
+        );
+    }
+}

@@ -261,3 +261,42 @@ fn density_of_vms_has_their_boot_phases() {
     }
     assert_nothing_left("after density");
 }
+
+#[test]
+fn a_density_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
+    require_root();
+    let cgroups = profiler_cgroups();
+    let workloads = processes_with("sysbench cpu");
+    for args in [
+        &["density", "--env", "native", "--instances", "5000"][..],
+        &["density", "--env", "docker", "--instances", "1,5000"][..],
+        &["density", "--env", "vm", "--instances", "5000"][..],
+    ] {
+        let err = assert_refused_in_one_line(args, "--instances 5000 needs");
+        assert!(
+            err.contains("at most") && err.contains("or pass --force"),
+            "{err}"
+        );
+        assert_eq!(profiler_cgroups(), cgroups, "{args:?} made a cgroup");
+        assert_eq!(
+            processes_with("sysbench cpu"),
+            workloads,
+            "{args:?} ran a workload"
+        );
+    }
+    // One run whose buffers cannot fit: refused before the container starts.
+    let err = assert_refused_in_one_line(
+        &[
+            "run",
+            "--env",
+            "native",
+            "sysbench",
+            "memory",
+            "--memory-block-size",
+            "100T",
+        ],
+        "--memory-block-size 102400 GiB",
+    );
+    assert!(err.contains("ask for less, or pass --force"), "{err}");
+    assert_eq!(profiler_cgroups(), cgroups);
+}

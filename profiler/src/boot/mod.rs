@@ -63,6 +63,9 @@ pub struct BootArgs {
     /// QEMU's accelerator (`--vm qemu`).
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// Start even what does not fit this machine's memory, tasks or CPUs.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Default for BootArgs {
@@ -73,6 +76,7 @@ impl Default for BootArgs {
             json: None,
             timeout: 60.0,
             accel: AccelChoice::Auto,
+            force: false,
         }
     }
 }
@@ -244,6 +248,12 @@ pub fn run(args: &BootArgs) -> Result<BootReport> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
+    let each = match vm {
+        Vm::Qemu | Vm::Libvirt => crate::fit::Each::qemu(qemu::GUEST_MB, 1),
+        Vm::Micro => crate::fit::Each::micro_vm(),
+    };
+    let asked = format!("--count {}", args.count);
+    crate::fit::require(args.force, &asked, args.count.into(), &each)?;
     crate::kernel::require_root("profiler boot")?;
     crate::cleanup::set_interruptible();
     let timeout = Duration::from_secs_f64(args.timeout);

@@ -128,6 +128,9 @@ const PROBE_AFTER_ENTRY: Duration = Duration::from_secs(3);
 const PROBE_SILENCE: Duration = Duration::from_secs(5);
 const PROBE_LIMIT: Duration = Duration::from_secs(30);
 
+/// The stock guest's memory (`boot --vm qemu|libvirt`).
+pub const GUEST_MB: u64 = 256;
+
 pub const APPEND: &str = "console=ttyS0 earlyprintk=serial loglevel=4 panic=-1";
 
 /// Children this process has running: killed (SIGKILL) by [`kill_children`] and by their
@@ -311,7 +314,7 @@ impl<'a> Guest<'a> {
         Self {
             kernel: &a.kernel,
             initramfs: &a.initramfs,
-            memory_mb: 256,
+            memory_mb: GUEST_MB,
             smp: 1,
             append: "",
             workload: false,

@@ -111,6 +111,23 @@ pub struct SysbenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run even when --threads or the memory test's buffers do not fit this machine.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The threads and bytes of memory a `sysbench ...` workload's arguments ask for; None when
+/// they are not a sysbench workload that parses (its own run then says what is wrong).
+pub fn footprint(argv: &[String]) -> Option<(u64, u64, String)> {
+    #[derive(clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct Workload {
+        #[command(flatten)]
+        args: SysbenchArgs,
+    }
+    let rest = argv.strip_prefix(&["sysbench".to_string()])?;
+    let w = <Workload as clap::Parser>::try_parse_from(rest).ok()?;
+    Some(w.args.spec().footprint())
 }
 
 impl SysbenchArgs {

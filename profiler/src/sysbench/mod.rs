@@ -54,7 +54,7 @@ use anyhow::{Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
 
-pub use cli::{SysbenchArgs, parse_size};
+pub use cli::{SysbenchArgs, footprint, parse_size};
 pub use cpu::count_primes;
 pub use report::{
     Fairness, FileStats, FilesReport, Latency, MemoryStats, Report, RunStats, print, render,
@@ -264,6 +264,26 @@ impl Spec {
         }
     }
 
+    /// Threads, the bytes the memory test's buffers take (one shared, or one per thread),
+    /// and the options that ask for them, for a refusal's message.
+    pub fn footprint(&self) -> (u64, u64, String) {
+        let threads = self.threads as u64;
+        let memory = match (self.test, self.memory.scope) {
+            (Test::Memory, MemoryScope::Global) => self.memory.block_size,
+            (Test::Memory, MemoryScope::Local) => self.memory.block_size.saturating_mul(threads),
+            _ => 0,
+        };
+        let asked = match self.test {
+            Test::Memory => format!(
+                "--threads {threads} --memory-block-size {} --memory-scope {}",
+                crate::fit::size(self.memory.block_size),
+                self.memory.scope
+            ),
+            _ => format!("--threads {threads}"),
+        };
+        (threads, memory, asked)
+    }
+
     /// Checks the values sysbench checks; errors are one line naming the option.
     pub fn validate(&self) -> Result<()> {
         if self.threads == 0 || self.threads > 4096 {
@@ -351,7 +371,12 @@ pub fn execute(spec: &Spec, command: Command) -> Result<Report> {
 
 /// `profiler sysbench`: the command line's test and command.
 pub fn run(args: &SysbenchArgs) -> Result<Report> {
-    execute(&args.spec(), args.command)
+    let spec = args.spec();
+    spec.validate()?;
+    let (threads, memory, asked) = spec.footprint();
+    let each = crate::fit::Each::workload(threads, memory, crate::fit::Each::NONE);
+    crate::fit::require(args.force, &asked, 1, &each)?;
+    execute(&spec, args.command)
 }
 
 /// One thread's share of a test. Generic so each test's event loop is compiled on its own.
