@@ -148,12 +148,16 @@ pub struct NetConfig {
     pub host: u32,
     /// Netns inode of the first hook's device; 0 = any.
     pub netns: u32,
+    /// 1 when net:net_dev_start_xmit is attached; 0 when its queue wait is folded into what
+    /// follows (every device noqueue, so net_dev_queue and start_xmit are back to back).
+    pub xmit_hook: u32,
     pub ifindex: u32,
     /// Packets born in this netns are requests.
     pub client_netns: u32,
     /// State slots in use minus one (a power of two minus one; tests shrink it to force
     /// collisions).
     pub state_mask: u32,
+    pub _pad: u32,
     /// Print one followed packet in N (0 = none).
     pub print_every: u64,
     /// State older than this was left by an skb freed unseen.

@@ -45,16 +45,26 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     port_hi: 0,
     host: 0,
     netns: 0,
+    xmit_hook: 0,
     ifindex: 0,
     client_netns: 0,
     state_mask: 0,
+    _pad: 0,
     print_every: 0,
     stale_ns: 0,
 });
 
-#[inline(always)]
-fn cfg() -> NetConfig {
-    NET_CONFIG.load()
+/// One field of `NET_CONFIG`, read as a single volatile load (`Global::load` would copy the
+/// whole struct on every hook).
+macro_rules! cfg {
+    ($f:ident) => {
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*(&NET_CONFIG as *const Global<NetConfig> as *const NetConfig)).$f
+            ))
+        }
+    };
 }
 
 /// A followed packet. `skb` is the slot's tag: 0 = free.
@@ -168,7 +178,6 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
-    let c = cfg();
     // `dev` comes from a probe read (a plain number, which the verifier lets us shift): slot
     // by address bits above net_device's alignment; ifindex alone collides across namespaces.
     let cached = NET_DEV.get_ptr_mut(((dev >> 10) as u32) & (DEV_CACHE - 1));
@@ -179,20 +188,20 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         // SAFETY: as above.
         return Some(unsafe { *c });
     }
-    let ifindex: u32 = read(dev + c.off_dev_ifindex as u64)?;
-    let flags: u32 = read(dev + c.off_dev_priv_flags as u64).unwrap_or(0);
-    let name: [u8; 16] = read(dev + c.off_dev_name as u64).unwrap_or([0; 16]);
-    let net: u64 = read(dev + c.off_dev_nd_net as u64).unwrap_or(0);
+    let ifindex: u32 = read(dev + cfg!(off_dev_ifindex) as u64)?;
+    let flags: u32 = read(dev + cfg!(off_dev_priv_flags) as u64).unwrap_or(0);
+    let name: [u8; 16] = read(dev + cfg!(off_dev_name) as u64).unwrap_or([0; 16]);
+    let net: u64 = read(dev + cfg!(off_dev_nd_net) as u64).unwrap_or(0);
     let netns: u32 = if net == 0 {
         0
     } else {
-        read(net + c.off_net_inum as u64).unwrap_or(0)
+        read(net + cfg!(off_net_inum) as u64).unwrap_or(0)
     };
-    let ops: u64 = read(dev + c.off_dev_link_ops as u64).unwrap_or(0);
+    let ops: u64 = read(dev + cfg!(off_dev_link_ops) as u64).unwrap_or(0);
     let kind: u64 = if ops == 0 {
         0
     } else {
-        match read::<u64>(ops + c.off_ops_kind as u64) {
+        match read::<u64>(ops + cfg!(off_ops_kind) as u64) {
             Some(p) if p != 0 => read(p).unwrap_or(0),
             _ => 0,
         }
@@ -219,7 +228,7 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         ifindex,
         netns,
         class,
-        port: (flags & c.iff_bridge_port != 0) as u8,
+        port: (flags & cfg!(iff_bridge_port) != 0) as u8,
         _pad: [0; 6],
         name,
     };
@@ -233,18 +242,17 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
 /// At a packet's first hook: IPv4 TCP/UDP with a port in range, on the chosen netns/device.
 /// Returns whether the destination port is the one in range (the packet goes to the service).
 fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
-    let c = cfg();
-    let ns = c.netns;
+    let ns = cfg!(netns);
     if ns != 0 && ns != dev.netns {
         return None;
     }
-    let ifindex = c.ifindex;
+    let ifindex = cfg!(ifindex);
     if ifindex != 0 && ifindex != dev.ifindex {
         return None;
     }
-    let head = read::<u64>(skb + c.off_skb_head as u64)?;
-    let nh: u16 = read(skb + c.off_skb_network_header as u64).unwrap_or(0xffff);
-    let th: u16 = read(skb + c.off_skb_transport_header as u64).unwrap_or(0xffff);
+    let head = read::<u64>(skb + cfg!(off_skb_head) as u64)?;
+    let nh: u16 = read(skb + cfg!(off_skb_network_header) as u64).unwrap_or(0xffff);
+    let th: u16 = read(skb + cfg!(off_skb_transport_header) as u64).unwrap_or(0xffff);
     if nh == 0xffff || th == 0xffff {
         return None;
     }
@@ -253,7 +261,7 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     if ip[0] >> 4 != 4 || (ip[9] != 6 && ip[9] != 17) {
         return None;
     }
-    let host = c.host;
+    let host = cfg!(host);
     if host != 0 {
         let s = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let d = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
@@ -264,18 +272,17 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     let ports = read::<[u8; 4]>(head + th as u64)?;
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let (lo, hi) = (c.port_lo, c.port_hi);
+    let (lo, hi) = (cfg!(port_lo), cfg!(port_hi));
     let to = dport >= lo && dport <= hi;
     (to || (sport >= lo && sport <= hi)).then_some(to)
 }
 
 fn emit(skb: u64, now: u64, h: u8, d: &DevInfo, dir: u8, slot: u8) {
-    let c = cfg();
     let Some(mut e) = NET_EVENTS.reserve::<Event>(0) else {
         count(counter::SAMPLES_LOST);
         return;
     };
-    let len: u32 = read(skb + c.off_skb_len as u64).unwrap_or(0);
+    let len: u32 = read(skb + cfg!(off_skb_len) as u64).unwrap_or(0);
     e.write(Event {
         skb,
         ts: now,
@@ -311,7 +318,7 @@ fn record_slot(slot: u32, delta: u64, offset: u64) {
 fn state(skb: u64) -> Option<&'static mut SkbState> {
     // SAFETY: an array value; only this packet's hooks touch a slot whose tag is its address.
     NET_SKB
-        .get_ptr_mut(state_slot(skb) & cfg().state_mask)
+        .get_ptr_mut(state_slot(skb) & cfg!(state_mask))
         .map(|p| unsafe { &mut *p })
 }
 
@@ -339,10 +346,9 @@ fn on_hook(skb: u64, h: u8) -> Option<(u64, u8, u64)> {
 }
 
 fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
-    let c = cfg();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(st.last_ts) > c.stale_ns || st.first_ts < control().epoch_ns {
+    if now.wrapping_sub(st.last_ts) > cfg!(stale_ns) || st.first_ts < control().epoch_ns {
         // Its skb was freed unseen (or the window it was born in ended) and the address reused.
         st.skb = 0;
         count(counter::STALE);
@@ -356,7 +362,7 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
     let d = if h == hook::DELIVER {
         DevInfo::NONE
     } else {
-        dev_info(read(skb + c.off_skb_dev as u64).unwrap_or(0))?
+        dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0))?
     };
     // Decapsulated: the inner packet re-enters on the tunnel device (netif_rx, GRO or receive).
     if h != hook::QUEUE && h != hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
@@ -372,7 +378,7 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
     // forwarded ones carry no socket (crossing a namespace orphans them).
     let local_again = h == hook::QUEUE
         && matches!(point_hook(st.point), hook::RECV | hook::GRO)
-        && read::<u64>(skb + c.off_skb_sk as u64).unwrap_or(0) != 0;
+        && read::<u64>(skb + cfg!(off_skb_sk) as u64).unwrap_or(0) != 0;
     if (slot == SLOT_UNKNOWN || local_again) && h == hook::QUEUE {
         // No path continues into a transmit queue this way: the skb was freed unseen (e.g.
         // kfree_skb_partial) and its address now carries a new packet.
@@ -393,7 +399,14 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
     }
     let base = st.dir as u32 * SLOTS_PER_DIR;
     record_slot(base + slot, now - st.last_ts, now - st.first_ts);
-    if h == hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
+    // Encapsulated from here on: after the tunnel device's start_xmit, or its queue when
+    // start_xmit is not attached.
+    let tx = if cfg!(xmit_hook) != 0 {
+        hook::XMIT
+    } else {
+        hook::QUEUE
+    };
+    if h == tx && (d.class == class::VXLAN || d.class == class::IPIP) {
         st.encap = 1;
     }
     st.point = cur;
@@ -417,28 +430,27 @@ fn draw(skb: u64, st: &mut SkbState) {
 
 fn birth(skb: u64, st: &mut SkbState) {
     count(counter::DRAWN);
-    let c = cfg();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if st.skb != 0
-        && now.wrapping_sub(st.last_ts) <= c.stale_ns
+        && now.wrapping_sub(st.last_ts) <= cfg!(stale_ns)
         && st.first_ts >= control().epoch_ns
     {
         // The slot holds another live packet: this one is lost, the other kept.
         count(counter::COLLISIONS);
         return;
     }
-    let Some(d) = dev_info(read(skb + c.off_skb_dev as u64).unwrap_or(0)) else {
+    let Some(d) = dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0)) else {
         return;
     };
     let Some(to_port) = matches(skb, &d) else {
         return;
     };
     let n = count(counter::BIRTHS);
-    let print = c.print_every != 0 && n.is_multiple_of(c.print_every);
+    let print = cfg!(print_every) != 0 && n.is_multiple_of(cfg!(print_every));
     // Requests come from the client's namespace; without one (attach-only), go to the port.
-    let request = if c.client_netns != 0 {
-        d.netns == c.client_netns
+    let request = if cfg!(client_netns) != 0 {
+        d.netns == cfg!(client_netns)
     } else {
         to_port
     };

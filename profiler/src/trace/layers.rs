@@ -56,9 +56,11 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         class::IPIP => Some("ipip decap + ip receive + netfilter in"),
         _ => None,
     };
+    // Without net_dev_start_xmit (every device noqueue) a device's transmit starts at its
+    // queue: the same layers, each holding its device's queue step.
     Some(match (ph, ch) {
         (hook::QUEUE, hook::XMIT) if pc == cc => tx_queue(pc, pport, pencap),
-        (hook::XMIT, hook::RX) => match pc {
+        (hook::XMIT | hook::QUEUE, hook::RX) => match pc {
             class::VETH if pencap => "underlay link (veth)",
             class::VETH if pport => "veth (host to container)",
             class::VETH => "veth (container to host)",
@@ -67,7 +69,7 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
             class::IPVLAN => "ipvlan",
             _ => return None,
         },
-        (hook::XMIT, hook::QUEUE) => match pc {
+        (hook::XMIT | hook::QUEUE, hook::QUEUE) => match pc {
             class::VXLAN => "vxlan encap + route + netfilter out",
             class::IPIP => "ipip encap + route + netfilter out",
             class::BRIDGE => "bridge (host stack to port)",
@@ -223,6 +225,56 @@ mod tests {
                 "ip/transport receive + socket queue",
             ]
         );
+    }
+
+    /// The same path without net_dev_start_xmit: every segment still named, the queue steps
+    /// folded into the device they belong to.
+    #[test]
+    fn overlay_request_path_without_start_xmit_is_fully_named() {
+        use class::*;
+        use hook::*;
+        let p = |h, c, port, encap| point(h, c, port, encap);
+        let path = [
+            p(QUEUE, VETH, false, false),
+            p(RX, VETH, true, false),
+            p(RECV, VETH, true, false),
+            p(QUEUE, VXLAN, true, false),
+            p(QUEUE, VETH, false, true),
+            p(RX, VETH, false, true),
+            p(RECV, VETH, false, true),
+            p(RX, VXLAN, true, false),
+            p(RECV, VXLAN, true, false),
+            p(QUEUE, VETH, true, false),
+            p(RX, VETH, false, false),
+            p(RECV, VETH, false, false),
+            p(DELIVER, OTHER, false, false),
+        ];
+        let names: Vec<&str> = path
+            .windows(2)
+            .map(|w| {
+                layer(w[0], w[1])
+                    .unwrap_or_else(|| panic!("{} -> {}", describe(w[0]), describe(w[1])))
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "veth (container to host)",
+                "backlog + NET_RX softirq (bridge port)",
+                "bridge",
+                "vxlan encap + route + netfilter out",
+                "underlay link (veth)",
+                "backlog + NET_RX softirq (underlay)",
+                "vxlan decap + ip/udp receive + netfilter in",
+                "backlog + NET_RX softirq (after decap)",
+                "bridge",
+                "veth (host to container)",
+                "backlog + NET_RX softirq (container)",
+                "ip/transport receive + socket queue",
+            ]
+        );
+        // A veth queue followed by its own queue again is no path: the tracer restarts there.
+        assert!(layer(p(QUEUE, VETH, false, false), p(QUEUE, VETH, false, false)).is_none());
     }
 
     #[test]

@@ -37,17 +37,21 @@ pub struct Filter {
     pub empty_programs: bool,
     /// Per-skb state slots (a power of two, at most `STATE_SLOTS`; 0 = all).
     pub state_slots: u32,
+    /// Attach net:net_dev_start_xmit, splitting a device's queue wait from its transmit. A lab
+    /// has only noqueue devices, where the two hooks are back to back: one fewer program on
+    /// every packet at every device.
+    pub xmit_hook: bool,
 }
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
 const STALE_NS: u64 = 1_000_000_000;
 
 /// The tracepoints and their programs (raw tracepoints: see profiler-ebpf/src/net.rs). Without
-/// the first three there is nothing to trace.
+/// the first two there is nothing to trace.
 pub const HOOKS: &[(&str, &str)] = &[
     ("net_dev_queue", "net_queue"),
-    ("net_dev_start_xmit", "net_xmit"),
     ("netif_receive_skb", "net_recv"),
+    (XMIT, "net_xmit"),
     ("netif_rx", "net_rx"),
     ("napi_gro_receive_entry", "net_gro"),
     ("skb_copy_datagram_iovec", "net_deliver"),
@@ -58,7 +62,10 @@ pub const HOOKS: &[(&str, &str)] = &[
     ("softirq_exit", "softirq_exit"),
     ("napi_poll", "softirq_napi_poll"),
 ];
-const MUST: usize = 3;
+const MUST: usize = 2;
+/// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
+const XMIT: &str = "net_dev_start_xmit";
+const NO_XMIT: &str = "not attached: every device on the lab's path is noqueue, so net_dev_queue and start_xmit are back to back (each device's queue step is in its layer; --split-tx-queue attaches it)";
 /// The empty program of the same type (the floor), attached on the first hook's tracepoint.
 pub const FLOOR: &str = "net_floor";
 
@@ -116,6 +123,7 @@ impl NetTracer {
         config.client_netns = filter.client_netns;
         config.print_every = filter.print_every;
         config.stale_ns = STALE_NS;
+        config.xmit_hook = filter.xmit_hook as u32;
         config.state_mask = match filter.state_slots {
             0 => STATE_SLOTS - 1,
             n if n.is_power_of_two() && n <= STATE_SLOTS => n - 1,
@@ -155,6 +163,10 @@ impl NetTracer {
         };
         t.set_follow(0, 0)?;
         for (i, (tp, prog)) in HOOKS.iter().enumerate() {
+            if *tp == XMIT && !filter.xmit_hook {
+                attached.push((tp.to_string(), NO_XMIT.to_string()));
+                continue;
+            }
             let prog = if filter.empty_programs { FLOOR } else { prog };
             match t.attach_one(tp, prog) {
                 Ok(()) => attached.push((tp.to_string(), "raw_tracepoint".to_string())),

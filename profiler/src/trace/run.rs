@@ -81,6 +81,10 @@ pub struct TraceArgs {
     /// `cargo xtask bench-trace`): measures what running any program there costs.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+    /// Also attach net:net_dev_start_xmit, splitting each device's transmit queue from what
+    /// follows (always on with --attach-only, where real NICs have qdiscs).
+    #[arg(long)]
+    pub split_tx_queue: bool,
     /// Per-skb state slots, a power of two (tests shrink it to force collisions).
     #[arg(long, hide = true, default_value_t = 0)]
     pub state_slots: u32,
@@ -202,6 +206,7 @@ fn trace_in(
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
+        xmit_hook: args.split_tx_queue,
         ..Filter::default()
     };
     let _stats = if args.bpf_stats {
@@ -494,6 +499,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         print_every: args.print_every.unwrap_or(0),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
+        xmit_hook: true,
     };
     let _stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
