@@ -66,8 +66,8 @@ fn attach_plan_uses_what_works() {
     let r = doctor();
     let hooks = r["hooks"].as_array().unwrap();
     let get = |name: &str| hooks.iter().find(|h| h["hook"] == name).unwrap().clone();
-    assert_eq!(get("vxlan_encap")["mechanism"], "tp_btf");
-    assert_eq!(get("softirq")["mechanism"], "tp_btf");
+    assert_eq!(get("vxlan_encap")["mechanism"], "raw_tracepoint");
+    assert_eq!(get("softirq")["mechanism"], "raw_tracepoint");
     let ct = get("conntrack");
     assert!(ct["mechanism"].is_null());
     assert!(ct["fallback"].as_str().unwrap().contains("ablation"));
@@ -88,4 +88,39 @@ fn doctor_table_is_readable() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+}
+
+/// The doctor's plan says what the tracer really attaches: each tracepoint hook's mechanism is
+/// the one `profiler trace` reports for that tracepoint.
+#[test]
+fn doctor_plan_matches_what_the_tracer_attaches() {
+    require_root();
+    let r = doctor();
+    let file = format!(
+        "/tmp/profiler-test-doctor-trace-{}.json",
+        std::process::id()
+    );
+    run_ok(profiler().args(["trace", "--mode", "bridge", "-l", "1", "--json", &file]));
+    let t: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let attached = t["attached"].as_array().unwrap();
+    let mut checked = 0;
+    for h in r["hooks"].as_array().unwrap() {
+        let (Some(target), Some(mech)) = (h["target"].as_str(), h["mechanism"].as_str()) else {
+            continue;
+        };
+        let Some((cat, name)) = target.split_once(':') else {
+            continue;
+        };
+        if cat != "net" && cat != "irq" {
+            continue;
+        }
+        let how = attached
+            .iter()
+            .find(|a| a[0] == name)
+            .unwrap_or_else(|| panic!("the tracer has no {name}: {attached:?}"));
+        assert_eq!(how[1], mech, "{target}: doctor {mech}, tracer {}", how[1]);
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} hooks compared");
 }

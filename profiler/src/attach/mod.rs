@@ -122,6 +122,8 @@ use Mechanism::*;
 const EXACT: &str = "exact: the layer's own function";
 const SOFTIRQ: &str = "exact: raise, entry and exit of each softirq";
 const BY_DEVICE: &str = "by device kind: the per-device net tracepoint on this layer's device";
+// The packet tracer's tracepoints are raw tracepoints: the skb argument is a plain number there,
+// hashed without a probe read (profiler-ebpf/src/net.rs), so tp_btf is not its candidate.
 
 impl Hook {
     pub const ALL: [Hook; 8] = [
@@ -156,8 +158,7 @@ impl Hook {
                     &[
                         func(Fentry, "veth_xmit", EXACT),
                         func(Kprobe, "veth_xmit", EXACT),
-                        tp(TpBtf, "net", "net_dev_start_xmit", BY_DEVICE),
-                        tp(Tracepoint, "net", "net_dev_start_xmit", BY_DEVICE),
+                        tp(RawTracepoint, "net", "net_dev_queue", BY_DEVICE),
                     ]
                 }
             }
@@ -166,8 +167,7 @@ impl Hook {
                     &[
                         func(Fentry, "br_forward", EXACT),
                         func(Kprobe, "br_forward", EXACT),
-                        tp(TpBtf, "net", "net_dev_queue", BY_DEVICE),
-                        tp(Tracepoint, "net", "net_dev_queue", BY_DEVICE),
+                        tp(RawTracepoint, "net", "net_dev_queue", BY_DEVICE),
                     ]
                 }
             }
@@ -177,15 +177,9 @@ impl Hook {
                         func(Fentry, "vxlan_xmit", EXACT),
                         func(Kprobe, "vxlan_xmit", EXACT),
                         tp(
-                            TpBtf,
+                            RawTracepoint,
                             "net",
-                            "net_dev_start_xmit",
-                            "by device kind: vxlan encap + route + netfilter out in one segment",
-                        ),
-                        tp(
-                            Tracepoint,
-                            "net",
-                            "net_dev_start_xmit",
+                            "net_dev_queue",
                             "by device kind: vxlan encap + route + netfilter out in one segment",
                         ),
                     ]
@@ -197,13 +191,7 @@ impl Hook {
                         func(Fentry, "vxlan_rcv", EXACT),
                         func(Kprobe, "vxlan_rcv", EXACT),
                         tp(
-                            TpBtf,
-                            "net",
-                            "netif_receive_skb",
-                            "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment",
-                        ),
-                        tp(
-                            Tracepoint,
+                            RawTracepoint,
                             "net",
                             "netif_receive_skb",
                             "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment",
@@ -227,15 +215,7 @@ impl Hook {
                     ]
                 }
             }
-            Hook::Softirq => {
-                const {
-                    &[
-                        tp(TpBtf, "irq", "softirq_entry", SOFTIRQ),
-                        tp(RawTracepoint, "irq", "softirq_entry", SOFTIRQ),
-                        tp(Tracepoint, "irq", "softirq_entry", SOFTIRQ),
-                    ]
-                }
-            }
+            Hook::Softirq => const { &[tp(RawTracepoint, "irq", "softirq_entry", SOFTIRQ)] },
             Hook::KvmExit => {
                 const {
                     &[
@@ -391,9 +371,9 @@ mod tests {
             kvm_exit_fires: false,
         };
         let p = plan(&k);
-        assert_eq!(mech(&p, Hook::VethXmit), Some(TpBtf));
-        assert_eq!(mech(&p, Hook::VxlanEncap), Some(TpBtf));
-        assert_eq!(mech(&p, Hook::Softirq), Some(TpBtf));
+        assert_eq!(mech(&p, Hook::VethXmit), Some(RawTracepoint));
+        assert_eq!(mech(&p, Hook::VxlanEncap), Some(RawTracepoint));
+        assert_eq!(mech(&p, Hook::Softirq), Some(RawTracepoint));
         assert_eq!(mech(&p, Hook::Conntrack), None);
         assert!(p[&Hook::Nat].fallback.unwrap().contains("ablation"));
         let kvm = p[&Hook::KvmExit].chosen.unwrap();
