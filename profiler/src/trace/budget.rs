@@ -22,6 +22,8 @@ use super::net::{FLOOR, NetTracer, ProgStats};
 
 /// Following every packet while attached.
 const WINDOW: Duration = Duration::from_millis(50);
+/// The longest the first window waits for a followed packet.
+const FIRST_WINDOW_MAX: Duration = Duration::from_secs(1);
 /// Attached, following nothing new.
 const DRAIN: Duration = Duration::from_millis(10);
 
@@ -94,6 +96,7 @@ pub struct Sampler {
     a: Option<f64>,
     b: Option<f64>,
     window_cost: Option<(u64, u64, u64)>,
+    last_window: Duration,
     /// Sums over windows: (unfollowed runs, their ns), (followed hooks, their ns).
     unfollowed: (u64, f64),
     followed: (u64, f64),
@@ -149,6 +152,7 @@ impl Sampler {
             a: None,
             b: None,
             window_cost: None,
+            last_window: WINDOW,
             unfollowed: (0, 0.0),
             followed: (0, 0.0),
             floor: None,
@@ -182,7 +186,13 @@ impl Sampler {
         let now = Instant::now();
         let in_phase = now - self.phase_start;
         match self.phase {
-            Phase::Window if in_phase >= WINDOW => {
+            // The first window waits for traffic (a workload still connecting), up to a second.
+            Phase::Window
+                if in_phase >= WINDOW
+                    && (self.windows > 1
+                        || in_phase >= FIRST_WINDOW_MAX
+                        || followed_hooks(tracer) > self.followed_mark) =>
+            {
                 tracer.set_follow(0, crate::kernel::monotonic_ns())?;
                 let stats = tracer.prog_stats();
                 let d = diff(&stats, &self.mark);
@@ -193,6 +203,7 @@ impl Sampler {
                 let (runs, ns) = total(&d, false);
                 let fh = followed_hooks(tracer);
                 self.window_cost = Some((runs, ns, fh - self.followed_mark));
+                self.last_window = in_phase;
                 self.followed_mark = fh;
                 self.add(&d);
                 self.mark = stats;
@@ -261,7 +272,7 @@ impl Sampler {
         };
         // The drain's hooks on packets still in flight are few; count them as unfollowed.
         let a = ns as f64 / drain.as_nanos().max(1) as f64;
-        let rate_w = w_ns as f64 / WINDOW.as_nanos() as f64;
+        let rate_w = w_ns as f64 / self.last_window.as_nanos().max(1) as f64;
         let b = (rate_w - a).max(0.0) / self.x;
         let smooth = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.5 * o + 0.5 * new));
         self.a = smooth(self.a, a);
