@@ -4,7 +4,9 @@
 
 pub mod exec;
 pub mod hist;
+pub mod inject;
 pub mod kvm;
 pub mod net;
 pub mod probe;
+pub mod sched;
 pub mod softirq;

@@ -6,19 +6,22 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    Global,
     bindings::TC_ACT_OK,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::{classifier, map},
     maps::PerCpuArray,
     programs::TcContext,
 };
+use profiler_common::inject::InjectConfig;
 
-/// Load-time constants (see net.rs): the delay, and the port to select (0: every IPv4 TCP/UDP
-/// packet).
+/// The delay and the port to select, set by the loader (profiler/src/inject.rs).
 #[unsafe(no_mangle)]
-static DELAY_NS: u64 = 0;
-#[unsafe(no_mangle)]
-static INJECT_PORT: u16 = 0;
+static INJECT_CONFIG: Global<InjectConfig> = Global::new(InjectConfig {
+    delay_ns: 0,
+    port: 0,
+    _pad: [0; 6],
+});
 
 #[map]
 static INJECT_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -33,12 +36,6 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-
-#[inline(always)]
-fn g<T: Copy>(v: &'static T) -> T {
-    // SAFETY: reading a static.
-    unsafe { core::ptr::read_volatile(v) }
-}
 
 /// IPv4 TCP/UDP behind an Ethernet header, with the selected port on either side.
 #[inline(always)]
@@ -61,7 +58,7 @@ fn selected(ctx: &TcContext) -> bool {
     if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
         return false;
     }
-    let port = g(&INJECT_PORT);
+    let port = INJECT_CONFIG.load().port;
     if port == 0 {
         return true;
     }
@@ -97,7 +94,7 @@ pub fn inject_delay(ctx: TcContext) -> i32 {
     if !selected(&ctx) {
         return TC_ACT_OK;
     }
-    let mut deadline = start + g(&DELAY_NS);
+    let mut deadline = start + INJECT_CONFIG.load().delay_ns;
     for _ in 0..CHUNKS {
         // SAFETY: `spin` is a static callback taking (u64, *mut c_void); the context pointer
         // is to `deadline`, which outlives the call.

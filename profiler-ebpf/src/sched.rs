@@ -3,21 +3,24 @@
 //! cgroup limits cost a workload shows up here.
 
 use aya_ebpf::{
+    Global,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap},
     programs::BtfTracePointContext,
 };
-use profiler_common::hist::Hist;
+use profiler_common::{hist::Hist, sched::SchedConfig};
 
 use crate::hist::record_shared;
 
+/// task_struct offsets, set by the loader (profiler/src/trace/sched.rs).
 #[unsafe(no_mangle)]
-static OFF_TASK_PID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_TASK_TGID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_TASK_STATE: u32 = 0;
+static SCHED_CONFIG: Global<SchedConfig> = Global::new(SchedConfig {
+    off_task_pid: 0,
+    off_task_tgid: 0,
+    off_task_state: 0,
+    _pad: 0,
+});
 
 /// Processes (tgid) to watch, written by user space.
 #[map]
@@ -29,21 +32,18 @@ static SCHED_READY: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 static SCHED_HIST: Array<Hist> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn field<T>(task: u64, off: &'static u32) -> Option<T> {
-    // SAFETY: reading a static; bpf_probe_read_kernel tolerates any address.
-    unsafe {
-        let off = core::ptr::read_volatile(off);
-        bpf_probe_read_kernel((task + off as u64) as *const T).ok()
-    }
+fn field<T>(task: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel((task + off as u64) as *const T).ok() }
 }
 
 /// (pid, tgid) of a watched task.
 #[inline(always)]
 fn watched(task: u64) -> Option<u32> {
-    let tgid: u32 = field(task, &OFF_TASK_TGID)?;
+    let tgid: u32 = field(task, SCHED_CONFIG.load().off_task_tgid)?;
     // SAFETY: the map value is not used.
     unsafe { SCHED_TGIDS.get(tgid) }?;
-    field(task, &OFF_TASK_PID)
+    field(task, SCHED_CONFIG.load().off_task_pid)
 }
 
 fn runnable(task: u64) {
@@ -71,7 +71,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let (prev, next): (u64, u64) = (ctx.arg(1), ctx.arg(2));
     // Preempted while still runnable (state 0): it waits in the run queue from now.
-    if field::<u32>(prev, &OFF_TASK_STATE) == Some(0) {
+    if field::<u32>(prev, SCHED_CONFIG.load().off_task_state) == Some(0) {
         runnable(prev);
     }
     if let Some(pid) = watched(next) {

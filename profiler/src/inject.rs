@@ -51,8 +51,15 @@ impl Injector {
         // The interface name resolves in the calling thread's namespace: attach from inside it.
         let ebpf = lab::netns::run_in(netns, move || -> Result<Ebpf> {
             let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Inject)
-                .override_global("DELAY_NS", &delay_ns, true)
-                .override_global("INJECT_PORT", &port, true)
+                .override_global(
+                    "INJECT_CONFIG",
+                    &profiler_common::inject::InjectConfig {
+                        delay_ns,
+                        port,
+                        _pad: [0; 6],
+                    },
+                    true,
+                )
                 .load(crate::ebpf::OBJECT)
                 .context("loading the profiler's eBPF object")?;
             let prog: &mut SchedClassifier = ebpf

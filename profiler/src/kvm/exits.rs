@@ -15,7 +15,10 @@ use profiler_common::{
     kvm::{EXIT_SLOTS, RUN_HIST_SLOTS, USER_SLOTS, counter},
 };
 
-use super::{names, report::Raw};
+use super::{
+    names,
+    report::{Attach, Raw},
+};
 
 /// Which threads to follow; 0 = any.
 #[derive(Clone, Copy, Debug, Default)]
@@ -132,13 +135,6 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
             .and_then(|o| o.trim().parse().ok());
     }
     None
-}
-
-/// How one tracepoint was attached, or why it was not.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Attach {
-    pub event: String,
-    pub how: String,
 }
 
 pub struct KvmTracer {

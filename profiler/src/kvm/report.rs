@@ -8,7 +8,14 @@ use profiler_common::{
 };
 use serde::Serialize;
 
-use super::{exits::Attach, microvm, names};
+use super::{microvm, names};
+
+/// How one tracepoint was attached, or why it was not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attach {
+    pub event: String,
+    pub how: String,
+}
 use crate::{
     hist::{Summary, fmt_ns, to_histogram},
     kernel::KvmBackend,

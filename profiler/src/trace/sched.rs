@@ -34,9 +34,16 @@ impl SchedTracer {
         );
         drop(btf);
         let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Sched)
-            .override_global("OFF_TASK_PID", &pid, true)
-            .override_global("OFF_TASK_TGID", &tgid, true)
-            .override_global("OFF_TASK_STATE", &state, true)
+            .override_global(
+                "SCHED_CONFIG",
+                &profiler_common::sched::SchedConfig {
+                    off_task_pid: pid,
+                    off_task_tgid: tgid,
+                    off_task_state: state,
+                    _pad: 0,
+                },
+                true,
+            )
             .load(crate::ebpf::OBJECT)
             .context("loading the scheduler tracer")?;
         let btf = AyaBtf::from_sys_fs().context("reading vmlinux BTF")?;
