@@ -97,6 +97,8 @@ pub struct Sampler {
     b: Option<f64>,
     window_cost: Option<(u64, u64, u64)>,
     last_window: Duration,
+    /// Start of the current window (ktime): state from before it is stale.
+    epoch: u64,
     /// Sums over windows: (unfollowed runs, their ns), (followed hooks, their ns).
     unfollowed: (u64, f64),
     followed: (u64, f64),
@@ -153,6 +155,7 @@ impl Sampler {
             b: None,
             window_cost: None,
             last_window: WINDOW,
+            epoch: 0,
             unfollowed: (0, 0.0),
             followed: (0, 0.0),
             floor: None,
@@ -172,7 +175,8 @@ impl Sampler {
                 }
                 tracer.set_floor(true)?;
                 s.mark = tracer.prog_stats();
-                tracer.set_follow(follow_below(1), crate::kernel::monotonic_ns())?;
+                s.epoch = crate::kernel::monotonic_ns();
+                tracer.set_follow(follow_below(1), s.epoch)?;
             }
         }
         Ok(s)
@@ -193,7 +197,8 @@ impl Sampler {
                         || in_phase >= FIRST_WINDOW_MAX
                         || followed_hooks(tracer) > self.followed_mark) =>
             {
-                tracer.set_follow(0, crate::kernel::monotonic_ns())?;
+                // No new packet; those in flight finish (the window's epoch stays).
+                tracer.set_follow(0, self.epoch)?;
                 let stats = tracer.prog_stats();
                 let d = diff(&stats, &self.mark);
                 if let Some(f) = d.get(FLOOR).filter(|f| f.runs > 0) {
@@ -247,10 +252,8 @@ impl Sampler {
     }
 
     fn open_window(&mut self, tracer: &mut NetTracer, now: Instant, spent: Duration) -> Result<()> {
-        tracer.set_follow(
-            follow_below((1.0 / self.x).round() as u64),
-            crate::kernel::monotonic_ns(),
-        )?;
+        self.epoch = crate::kernel::monotonic_ns();
+        tracer.set_follow(follow_below((1.0 / self.x).round() as u64), self.epoch)?;
         self.windows += 1;
         self.phase(Phase::Window, now, spent);
         Ok(())
