@@ -198,7 +198,7 @@ fn vm(
         setup.lap("kvm probe");
     }
     if crate::cleanup::stop_requested() {
-        bail!("interrupted (Ctrl-C) before the VM started");
+        bail!("{} before the VM started", crate::cleanup::interrupted());
     }
     let guest = qemu::Guest {
         kernel: &a.kernel,
@@ -384,9 +384,10 @@ fn wait_with_timeout(
         unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) }
     });
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    // A thread that cannot start drops the child: it dies with this process (PDEATHSIG).
+    crate::cleanup::spawn("workload-wait", move || {
         let _ = tx.send(child.wait_with_output());
-    });
+    })?;
     let deadline = Instant::now() + timeout;
     // Polled so a Ctrl-C (when a vm run made the process interruptible) ends it too.
     let why = loop {
@@ -398,7 +399,7 @@ fn wait_with_timeout(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         if crate::cleanup::stop_requested() {
-            break "interrupted (Ctrl-C)".to_string();
+            break crate::cleanup::interrupted();
         }
         if Instant::now() >= deadline {
             break format!("the workload did not finish within {timeout:?}");
@@ -503,16 +504,39 @@ pub fn density(
     let mut rows = vec![];
     for &n in instances {
         let runs: Vec<Result<EnvRun>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|_| s.spawn(|| run(env, workload, timeout, accel)))
-                .collect();
-            handles
+            let mut handles = Vec::new();
+            for i in 0..n {
+                if crate::cleanup::stop_requested() {
+                    break;
+                }
+                let spawned = std::thread::Builder::new()
+                    .name(format!("instance-{i}"))
+                    .spawn_scoped(s, || run(env, workload, timeout, accel));
+                match spawned {
+                    Ok(h) => handles.push(Ok(h)),
+                    Err(e) => {
+                        crate::cleanup::request_stop();
+                        handles.push(Err(crate::cleanup::thread_error("instance", &e)));
+                        break;
+                    }
+                }
+            }
+            let mut runs: Vec<Result<EnvRun>> = handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("instance thread panicked")))
+                    h.and_then(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("instance thread panicked")))
+                    })
                 })
-                .collect()
+                .collect();
+            if runs.len() < n {
+                runs.push(Err(anyhow!(
+                    "{}: not every instance started",
+                    crate::cleanup::interrupted()
+                )));
+            }
+            runs
         });
         let mut eps = vec![];
         let mut wall = vec![];

@@ -142,7 +142,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("profiler: {e:#}");
-            ExitCode::FAILURE
+            // A run a signal cut short says so in its exit code (130 for SIGINT, 143 for
+            // SIGTERM), as the signal thread does when it ends the run itself.
+            match profiler::cleanup::signalled() {
+                Some(sig) => ExitCode::from(profiler::cleanup::exit_code(sig)),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -393,3 +393,87 @@ fn a_boot_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
         );
     }
 }
+
+/// Temp files in the artefacts cache (initramfs copies being written).
+fn cache_temps() -> Vec<String> {
+    std::fs::read_dir(boot::artefacts::cache_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("tmp-") || n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Spawns `profiler boot --vm qemu --count 4 ARGS`, quiet.
+fn spawn_boot(extra: &[&str]) -> std::process::Child {
+    profiler_tests::profiler()
+        .args(["boot", "--vm", "qemu", "--count", "4"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning profiler")
+}
+
+/// Waits for `child` at most `limit`; None if it is still running then (it is killed).
+fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn sigterm_mid_boot_tears_everything_down_within_10_s() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    // Warm the cache: the signal must land in the boots (auto: the KVM probe or the boots).
+    let _ = boot(Vm::Qemu, 1);
+    for extra in [&[][..], &["--accel", "tcg"][..]] {
+        let mut child = spawn_boot(extra);
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(!our_qemus().is_empty(), "{extra:?}: no qemu running 2 s in");
+        let t = Instant::now();
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let status = wait_at_most(&mut child, Duration::from_secs(10));
+        let took = t.elapsed();
+        let status =
+            status.unwrap_or_else(|| panic!("{extra:?}: still running 10 s after SIGTERM"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!(
+            "{extra:?}: exited {status} {took:?} after SIGTERM: {}",
+            err.trim()
+        );
+        assert_eq!(status.code(), Some(143), "{extra:?}: {err}");
+        assert!(err.contains("interrupted"), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            our_qemus().is_empty(),
+            "{extra:?}: qemu left: {:?}",
+            our_qemus()
+        );
+        assert!(
+            cache_temps().is_empty(),
+            "{extra:?}: temp files left: {:?}",
+            cache_temps()
+        );
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

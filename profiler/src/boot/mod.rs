@@ -119,19 +119,50 @@ impl Laps {
 
 /// Runs `boot(i)` for i in 0..n, each on its own thread, all at once (a qemu's PDEATHSIG is
 /// tied to the thread that spawned it, so each boot keeps its thread to the end). A panicked
-/// boot is an error naming its VM.
+/// boot is an error naming its VM. After a signal no further boot starts; a thread that cannot
+/// start stops the others and is the run's error.
 pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<Vec<Boot>> {
     std::thread::scope(|s| {
         let boot = &boot;
-        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || boot(i))).collect();
-        handles
+        let mut handles = Vec::new();
+        let mut failed = None;
+        for i in 0..n {
+            if crate::cleanup::stop_requested() {
+                break;
+            }
+            let name = format!("boot-{i}");
+            match std::thread::Builder::new()
+                .name(name.clone())
+                .spawn_scoped(s, move || boot(i))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    crate::cleanup::request_stop();
+                    failed = Some(crate::cleanup::thread_error(&name, &e));
+                    break;
+                }
+            }
+        }
+        let mut boots: Vec<Boot> = handles
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of VM {i} panicked")))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // The VMs a signal kept from starting: failed boots, so the report says so.
+        for i in boots.len() as u32..n {
+            boots.push(Boot {
+                index: i,
+                error: Some("not started: interrupted".into()),
+                ..Default::default()
+            });
+        }
+        Ok(boots)
     })
 }
 

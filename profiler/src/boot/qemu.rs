@@ -431,6 +431,9 @@ fn boot(
             Ok(())
         });
     }
+    if crate::cleanup::stop_requested() {
+        anyhow::bail!("VM {index}: interrupted before its start");
+    }
     let t0 = Instant::now();
     let t0_mono = crate::kernel::monotonic_ns();
     let child = cmd.spawn().map_err(|e| {
@@ -445,7 +448,7 @@ fn boot(
     let mut stdout = guard.child.stdout.take().context("qemu stdout")?;
     let stderr = guard.child.stderr.take().context("qemu stderr")?;
     let out_tx = tx.clone();
-    let reader = std::thread::spawn(move || {
+    let reader = crate::cleanup::spawn("qemu-console", move || {
         let mut split = LineSplitter::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf) {
@@ -460,18 +463,18 @@ fn boot(
         if let Some((t, l)) = split.finish() {
             let _ = out_tx.send(Event::Line(t, l));
         }
-    });
+    })?;
     let err_tx = tx.clone();
-    let err_reader = std::thread::spawn(move || {
+    let err_reader = crate::cleanup::spawn("qemu-stderr", move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = err_tx.send(Event::Stderr(line));
         }
-    });
+    })?;
     let pid = guard.pid;
     let exit_tx = tx;
-    std::thread::spawn(move || {
+    crate::cleanup::spawn("qemu-wait", move || {
         let _ = exit_tx.send(Event::Exited(wait_exit(pid)));
-    });
+    })?;
 
     // After the readers run: what the caller does here (load a tracer) must not delay the
     // console's time stamps.
@@ -532,7 +535,7 @@ fn boot(
         }
         let now = Instant::now();
         let why = if crate::cleanup::stop_requested() {
-            Some("interrupted (Ctrl-C)".to_string())
+            Some(crate::cleanup::interrupted())
         } else if now - t0 >= limit {
             timed_out = true;
             Some(match marks.at[READY] {
@@ -752,7 +755,10 @@ pub fn run(
         error: None,
     };
     if stopped && report.boots.is_empty() {
-        report.error = Some("interrupted (Ctrl-C) before the boots".into());
+        report.error = Some(format!(
+            "{} before the boots",
+            crate::cleanup::interrupted()
+        ));
     }
     Ok(report)
 }
