@@ -189,6 +189,26 @@ fn teardown_bounded(set: &SigSet, limit: Duration) {
     ));
 }
 
+/// Makes `cmd`'s child die (SIGKILL) with the thread that spawns it, so a `kill -9` of this
+/// process leaves none running: PR_SET_PDEATHSIG, then a look at the parent, which may have
+/// died before the flag was set (the child was then already handed to init).
+pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe; nothing here allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        })
+    }
+}
+
 pub fn own_lab(id: &str) {
     OWNED_LABS
         .lock()

@@ -91,7 +91,8 @@ pub fn run(
     let mut vm_run = None;
     let stdout = match env {
         Env::Host => {
-            let child = Command::new(self_exe()?)
+            let mut cmd = Command::new(self_exe()?);
+            let child = crate::cleanup::die_with_parent(&mut cmd)
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -342,7 +343,7 @@ fn native(
             .map_err(std::io::Error::from)
         });
     }
-    let child = cmd
+    let child = crate::cleanup::die_with_parent(&mut cmd)
         .spawn()
         .context("starting the workload in a native container")?;
     let pid = child.id();

@@ -406,10 +406,10 @@ fn cache_temps() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Spawns `profiler boot --vm qemu --count 4 ARGS`, quiet.
-fn spawn_boot(extra: &[&str]) -> std::process::Child {
+/// Spawns `profiler boot --vm qemu --count N ARGS`, stderr kept.
+fn spawn_boot(count: u32, extra: &[&str]) -> std::process::Child {
     profiler_tests::profiler()
-        .args(["boot", "--vm", "qemu", "--count", "4"])
+        .args(["boot", "--vm", "qemu", "--count", &count.to_string()])
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -439,14 +439,13 @@ fn sigterm_mid_boot_tears_everything_down_within_10_s() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_tools();
     // Warm the cache: the signal must land in the boots (auto: the KVM probe or the boots).
-    let _ = boot(Vm::Qemu, 1);
+    boot::artefacts::prepare().expect("the guest's artefacts");
     for extra in [&[][..], &["--accel", "tcg"][..]] {
-        let mut child = spawn_boot(extra);
+        let mut child = spawn_boot(4, extra);
         std::thread::sleep(Duration::from_secs(2));
         assert!(!our_qemus().is_empty(), "{extra:?}: no qemu running 2 s in");
         let t = Instant::now();
-        // SAFETY: our own child, not yet reaped.
-        unsafe { libc_kill(child.id() as i32, 15) };
+        profiler_tests::signal(child.id(), libc::SIGTERM);
         let status = wait_at_most(&mut child, Duration::from_secs(10));
         let took = t.elapsed();
         let status =
@@ -473,7 +472,47 @@ fn sigterm_mid_boot_tears_everything_down_within_10_s() {
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+#[test]
+fn kill_9_of_the_parent_leaves_no_qemu_alive_within_1_s() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    boot::artefacts::prepare().expect("the guest's artefacts");
+    // A qemu the kill orphans comes here, not to init: none can hide.
+    profiler_tests::become_subreaper();
+    let me = std::process::id();
+    // In the KVM probe, right after a spawn and in the boots (auto here: probe, then TCG).
+    for at in [300, 600, 1000, 2000, 3000] {
+        let mut child = spawn_boot(2, &[]);
+        std::thread::sleep(Duration::from_millis(at));
+        let parents = [child.id(), me];
+        let alive = profiler_tests::live_children(&parents, boot::qemu::QEMU).len();
+        child.kill().expect("kill -9");
+        let t = Instant::now();
+        // Not waiting for the profiler first: its own exit (BPF teardown) takes ~0.8 s here,
+        // while its qemu is dead (a zombie) at once.
+        loop {
+            let left = profiler_tests::live_children(&parents, boot::qemu::QEMU);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "kill -9 at {at} ms: qemu alive {:?} after: {left:?}",
+                t.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let gone = t.elapsed();
+        child.wait().expect("reaping");
+        profiler_tests::reap_orphans();
+        eprintln!(
+            "kill -9 at {at} ms: {alive} qemu alive, gone after {gone:?}, the profiler after {:?}",
+            t.elapsed()
+        );
+        assert!(
+            cache_temps().is_empty(),
+            "temp files left: {:?}",
+            cache_temps()
+        );
+    }
 }
