@@ -189,6 +189,27 @@ fn teardown_bounded(set: &SigSet, limit: Duration) {
     ));
 }
 
+/// Set on the workloads this tool runs as its own children: they leave reaping to it.
+pub const WORKLOAD_ENV: &str = "PROFILER_WORKLOAD";
+
+/// The one reaper, which every command runs at its start: removes what a run of this tool left
+/// when it was killed (its owner, pid + start time, is dead): labs (namespaces and files, a
+/// half-built one too), cgroups of every name (`profiler-<lab>-<n>`, `profiler-run-*`), and
+/// temp files and initramfs copies in the artefacts cache. (Docker containers and libvirt
+/// domains need their daemons: `boot --container docker` and `boot --vm libvirt` reap those.)
+/// Root only; silent unless it removes something.
+pub fn reap_stale() {
+    if !nix::unistd::geteuid().is_root() || std::env::var_os(WORKLOAD_ENV).is_some() {
+        return;
+    }
+    crate::lab::reap_stale();
+    if let Ok(root) = crate::container::cgroup::root() {
+        let live: Vec<String> = crate::lab::list().into_iter().map(|d| d.id).collect();
+        crate::container::cgroup::reap_stale(&root, &live);
+    }
+    crate::boot::artefacts::reap_stale();
+}
+
 /// Makes `cmd`'s child die (SIGKILL) with the thread that spawns it, so a `kill -9` of this
 /// process leaves none running: PR_SET_PDEATHSIG, then a look at the parent, which may have
 /// died before the flag was set (the child was then already handed to init).

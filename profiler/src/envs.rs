@@ -93,6 +93,7 @@ pub fn run(
         Env::Host => {
             let mut cmd = Command::new(self_exe()?);
             let child = crate::cleanup::die_with_parent(&mut cmd)
+                .env(crate::cleanup::WORKLOAD_ENV, "1")
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -330,6 +331,7 @@ fn native(
     let exe = self_exe()?;
     let mut cmd = Command::new(&exe);
     cmd.args(args)
+        .env(crate::cleanup::WORKLOAD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -352,7 +354,7 @@ fn native(
         .and_then(|root| {
             crate::container::cgroup::create(
                 &root,
-                &format!("profiler-run-{pid}"),
+                &crate::container::cgroup::run_name(&crate::cleanup::Owner::me(), pid),
                 nix::unistd::Pid::from_raw(pid as i32),
             )
         })

@@ -138,6 +138,8 @@ fn main() -> ExitCode {
     }
     profiler::cleanup::install_signal_teardown();
     let cli = Cli::parse();
+    // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
+    profiler::cleanup::reap_stale();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -371,7 +373,6 @@ fn lab_command(command: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::Down { id, all } => {
-            lab::reap_stale();
             let ids: Vec<String> = match (id, all) {
                 (_, true) => lab::list().into_iter().map(|d| d.id).collect(),
                 (Some(id), false) => {
@@ -387,7 +388,6 @@ fn lab_command(command: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::List { json } => {
-            lab::reap_stale();
             let labs = lab::list();
             if json {
                 println!("{}", serde_json::to_string_pretty(&labs)?);

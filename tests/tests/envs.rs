@@ -300,3 +300,56 @@ fn a_density_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
     assert!(err.contains("ask for less, or pass --force"), "{err}");
     assert_eq!(profiler_cgroups(), cgroups);
 }
+
+#[test]
+fn kill_9_of_a_native_run_leaves_nothing_after_the_next_command() {
+    require_root();
+    let mut child = profiler()
+        .args(["run", "--env", "native", "sysbench", "cpu", "--time", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ours = |pid: u32| {
+        let prefix = format!("profiler-run-{pid}-");
+        profiler_cgroups()
+            .into_iter()
+            .filter(|c| c.starts_with(&prefix))
+            .collect::<Vec<_>>()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let workload: Vec<(u32, String)> = live_children(&[pid], "sysbench cpu");
+    assert_eq!(
+        workload.len(),
+        1,
+        "the workload is not running: {workload:?}"
+    );
+    assert_eq!(
+        ours(pid).len(),
+        1,
+        "no cgroup of the run: {:?}",
+        profiler_cgroups()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The workload died with its parent (PR_SET_PDEATHSIG); its cgroup stays until reaped.
+    let t = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{}/cmdline", workload[0].0)).exists()
+        && std::fs::read(format!("/proc/{}/cmdline", workload[0].0)).is_ok_and(|c| !c.is_empty())
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "the workload outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(ours(pid).len(), 1, "kill -9 cannot clean up");
+    let out = run_ok(profiler().args(["lab", "list"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed stale cgroup"), "{stderr}");
+    assert!(ours(pid).is_empty(), "left: {:?}", ours(pid));
+    // Nothing else of a dead owner either: a second command finds nothing to reap.
+    let again = run_ok(profiler().args(["lab", "list"]));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("stale"));
+}

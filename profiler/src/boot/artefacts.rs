@@ -636,6 +636,11 @@ impl Drop for TempDir {
     }
 }
 
+/// Temp files and initramfs copies in the cache whose owner is dead (for the reaper).
+pub fn reap_stale() {
+    reap_stale_temps(&cache_dir());
+}
+
 fn reap_stale_temps(cache: &Path) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;

@@ -178,9 +178,7 @@ impl Host {
         }
         let cgroups = cgroup::root()?;
         // Cgroups of labs that are gone, before a new lab may take their id.
-        lab::reap_stale();
-        let live: Vec<String> = lab::list().into_iter().map(|d| d.id).collect();
-        cgroup::reap_stale(&cgroups, &live);
+        crate::cleanup::reap_stale();
         let lab = Lab::up(args.net.lab_mode(), None)?;
         let payload = if args.payload.is_empty() {
             vec!["/proc/self/exe".to_string(), PAYLOAD_COMMAND.to_string()]
