@@ -516,3 +516,36 @@ fn kill_9_of_the_parent_leaves_no_qemu_alive_within_1_s() {
         );
     }
 }
+
+#[test]
+fn bad_boot_input_is_one_line_naming_the_option() {
+    require_root();
+    let count = "'--count <N>': expected a whole number of at least 1";
+    let secs = "'--timeout <SECS>': expected seconds greater than 0";
+    for (args, needle) in [
+        (&["boot", "--vm", "qemu", "--count", "0"][..], count),
+        (&["boot", "--vm", "qemu", "--count", "-1"][..], count),
+        (&["boot", "--vm", "micro", "--count", "x"][..], count),
+        (
+            &["boot", "--container", "native", "--count", "0"][..],
+            count,
+        ),
+        (&["boot", "--vm", "qemu", "--timeout", "0"][..], secs),
+        (&["boot", "--vm", "libvirt", "--timeout", "-5"][..], secs),
+        (
+            &["boot", "--container", "docker", "--timeout", "0"][..],
+            secs,
+        ),
+        (
+            &["boot", "--container", "native", "--timeout", "nan"][..],
+            secs,
+        ),
+        (
+            &["boot", "--container", "native", "--count", "201"][..],
+            "--count must be 1 to 200, not 201",
+        ),
+        (&["boot", "--count", "2"][..], "say what to boot"),
+    ] {
+        profiler_tests::assert_refused_in_one_line(args, needle);
+    }
+}

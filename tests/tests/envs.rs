@@ -353,3 +353,51 @@ fn kill_9_of_a_native_run_leaves_nothing_after_the_next_command() {
     let again = run_ok(profiler().args(["lab", "list"]));
     assert!(!String::from_utf8_lossy(&again.stderr).contains("stale"));
 }
+
+#[test]
+fn bad_run_and_density_input_is_one_line_naming_the_option() {
+    require_root();
+    let instances = "'--instances <INSTANCES>': expected a whole number of at least 1";
+    let time = "'--time <TIME>': expected seconds greater than 0";
+    let timeout = "'--timeout <TIMEOUT>': expected a whole number of at least 1";
+    for (args, needle) in [
+        (
+            &["density", "--env", "native", "--instances", "0"][..],
+            instances,
+        ),
+        (
+            &["density", "--env", "native", "--instances", "1,-2"][..],
+            instances,
+        ),
+        (
+            &["density", "--env", "host", "--instances", "x"][..],
+            instances,
+        ),
+        (&["density", "--env", "native", "--time", "0"][..], time),
+        (&["density", "--env", "native", "--time", "-1"][..], time),
+        (&["density", "--env", "docker", "--time", "soon"][..], time),
+        (
+            &["run", "--env", "host", "--timeout", "0", "sysbench", "cpu"][..],
+            timeout,
+        ),
+        (
+            &[
+                "run",
+                "--env",
+                "native",
+                "--timeout",
+                "-1",
+                "sysbench",
+                "cpu",
+            ][..],
+            timeout,
+        ),
+        // The workload's own parser, in its environment: still one line, naming the option.
+        (
+            &["run", "--env", "host", "sysbench", "cpu", "--threads", "0"][..],
+            "'--threads <N>': expected a whole number of at least 1",
+        ),
+    ] {
+        assert_refused_in_one_line(args, needle);
+    }
+}

@@ -52,13 +52,14 @@ pub struct BootArgs {
     #[arg(long, value_enum)]
     pub vm: Option<Vm>,
     /// Boot N VMs at once and report each phase's distribution.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
     /// Also write the report as JSON to FILE (written even when a boot fails).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// A VM not ready after this many seconds is killed and the run fails.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::opts::seconds)]
     pub timeout: f64,
     /// QEMU's accelerator (`--vm qemu`).
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
