@@ -394,13 +394,15 @@ fn a_boot_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
     }
 }
 
-/// Temp files in the artefacts cache (initramfs copies being written).
-fn cache_temps() -> Vec<String> {
+/// Temp files of process `pid` in the artefacts cache (`tmp-<pid>-<start>-...` and
+/// `<file>.tmp-<pid>-<start>`: initramfs copies and files being written).
+fn cache_temps(pid: u32) -> Vec<String> {
+    let (dir, file) = (format!("tmp-{pid}-"), format!(".tmp-{pid}-"));
     std::fs::read_dir(boot::artefacts::cache_dir())
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("tmp-") || n.ends_with(".tmp"))
+                .filter(|n| n.starts_with(&dir) || n.contains(&file))
                 .collect()
         })
         .unwrap_or_default()
@@ -440,10 +442,15 @@ fn sigterm_mid_boot_tears_everything_down_within_10_s() {
     require_tools();
     // Warm the cache: the signal must land in the boots (auto: the KVM probe or the boots).
     boot::artefacts::prepare().expect("the guest's artefacts");
+    // A qemu it leaves comes here, not to init: none can hide.
+    profiler_tests::become_subreaper();
+    let me = std::process::id();
     for extra in [&[][..], &["--accel", "tcg"][..]] {
         let mut child = spawn_boot(4, extra);
+        let pid = child.id();
+        let qemus = || profiler_tests::live_children(&[pid, me], boot::qemu::QEMU);
         std::thread::sleep(Duration::from_secs(2));
-        assert!(!our_qemus().is_empty(), "{extra:?}: no qemu running 2 s in");
+        assert!(!qemus().is_empty(), "{extra:?}: no qemu running 2 s in");
         let t = Instant::now();
         profiler_tests::signal(child.id(), libc::SIGTERM);
         let status = wait_at_most(&mut child, Duration::from_secs(10));
@@ -459,15 +466,12 @@ fn sigterm_mid_boot_tears_everything_down_within_10_s() {
         assert_eq!(status.code(), Some(143), "{extra:?}: {err}");
         assert!(err.contains("interrupted"), "{extra:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
+        assert!(qemus().is_empty(), "{extra:?}: qemu left: {:?}", qemus());
+        profiler_tests::reap_orphans();
         assert!(
-            our_qemus().is_empty(),
-            "{extra:?}: qemu left: {:?}",
-            our_qemus()
-        );
-        assert!(
-            cache_temps().is_empty(),
+            cache_temps(pid).is_empty(),
             "{extra:?}: temp files left: {:?}",
-            cache_temps()
+            cache_temps(pid)
         );
     }
 }
@@ -509,10 +513,11 @@ fn kill_9_of_the_parent_leaves_no_qemu_alive_within_1_s() {
             "kill -9 at {at} ms: {alive} qemu alive, gone after {gone:?}, the profiler after {:?}",
             t.elapsed()
         );
+        let pid = parents[0];
         assert!(
-            cache_temps().is_empty(),
+            cache_temps(pid).is_empty(),
             "temp files left: {:?}",
-            cache_temps()
+            cache_temps(pid)
         );
     }
 }
@@ -547,5 +552,85 @@ fn bad_boot_input_is_one_line_naming_the_option() {
         (&["boot", "--count", "2"][..], "say what to boot"),
     ] {
         profiler_tests::assert_refused_in_one_line(args, needle);
+    }
+}
+
+/// A pids cgroup (v1's pids controller, else cgroup v2 with pids enabled) holding at most
+/// `max` tasks, removed on drop.
+struct PidsLimit(std::path::PathBuf);
+
+impl PidsLimit {
+    fn new(max: u32) -> Self {
+        let name = format!("pftest-pids-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let parent = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            let root = profiler::container::cgroup::root().expect("cgroup v2");
+            let controllers = std::fs::read_to_string(root.join("cgroup.subtree_control"));
+            assert!(
+                controllers.is_ok_and(|c| c.contains("pids")),
+                "no pids controller to limit tasks with (v1 /sys/fs/cgroup/pids or v2 +pids)"
+            );
+            root
+        };
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).expect("creating the pids cgroup");
+        std::fs::write(dir.join("pids.max"), max.to_string()).expect("pids.max");
+        PidsLimit(dir)
+    }
+
+    /// `profiler ARGS` run inside the limit.
+    fn profiler(&self, args: &[&str]) -> std::process::Output {
+        let procs = self.0.join("cgroup.procs");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec \"$0\" \"$@\"",
+                procs.display()
+            ))
+            .arg(profiler_tests::profiler_path())
+            .args(args)
+            .output()
+            .expect("sh")
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_thread_or_qemu_that_cannot_start_is_one_line_not_a_panic() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    boot::artefacts::prepare().expect("the guest's artefacts");
+    let limit = PidsLimit::new(8);
+    for (args, needle) in [
+        (
+            &["boot", "--vm", "micro", "--count", "20"][..],
+            "starting a thread (boot-",
+        ),
+        (
+            &["boot", "--vm", "qemu", "--count", "3", "--accel", "tcg"][..],
+            "Resource temporarily unavailable",
+        ),
+    ] {
+        let out = limit.profiler(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // Everything it started (a qemu, say) was in the cgroup: nothing is left there.
+        let procs = std::fs::read_to_string(limit.0.join("cgroup.procs")).unwrap();
+        assert!(procs.trim().is_empty(), "{args:?} left processes: {procs}");
     }
 }

@@ -134,8 +134,14 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
             let name = format!("boot-{i}");
             match std::thread::Builder::new()
                 .name(name.clone())
-                .spawn_scoped(s, move || boot(i))
-            {
+                .spawn_scoped(s, move || {
+                    let r = boot(i);
+                    // A VM that could not start ends the run: the others stop too.
+                    if r.is_err() {
+                        crate::cleanup::request_stop();
+                    }
+                    r
+                }) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     crate::cleanup::request_stop();
