@@ -168,19 +168,6 @@ pub fn profiler_cgroups() -> Vec<String> {
     v
 }
 
-/// Processes whose command line contains `needle` (other than this test).
-pub fn processes_with(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != me.as_str())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
 /// Makes this test process the reaper of every orphan below it: a child of a killed profiler
 /// comes to us (not to init), so "alive" can be asked of exactly the tool's descendants.
 pub fn become_subreaper() {
