@@ -1,8 +1,9 @@
 //! Everything the tool creates is removed on every exit path. Drop handles normal exit and
 //! panics; this module handles SIGINT/SIGTERM/SIGHUP: a dedicated thread waits for them, stops
 //! new spawns at once ([`stop_requested`]) and tears down what this process owns within 10 s
-//! (a second signal: at once), exiting 128 + the signal. After a `kill -9`, `lab::reap_stale` at the
-//! next start finds what the dead owner left.
+//! (a second signal: at once), exiting 128 + the signal. After a `kill -9`, [`reap_stale`] at
+//! the next command's start removes what the dead owner left, and its children died with it
+//! ([`die_with_parent`]).
 
 use std::{
     sync::{
