@@ -91,7 +91,9 @@ pub fn run(
     let mut vm_run = None;
     let stdout = match env {
         Env::Host => {
-            let child = Command::new(self_exe()?)
+            let mut cmd = Command::new(self_exe()?);
+            let child = crate::cleanup::die_with_parent(&mut cmd)
+                .env(crate::cleanup::WORKLOAD_ENV, "1")
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -198,7 +200,7 @@ fn vm(
         setup.lap("kvm probe");
     }
     if crate::cleanup::stop_requested() {
-        bail!("interrupted (Ctrl-C) before the VM started");
+        bail!("{} before the VM started", crate::cleanup::interrupted());
     }
     let guest = qemu::Guest {
         kernel: &a.kernel,
@@ -329,6 +331,7 @@ fn native(
     let exe = self_exe()?;
     let mut cmd = Command::new(&exe);
     cmd.args(args)
+        .env(crate::cleanup::WORKLOAD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -342,7 +345,7 @@ fn native(
             .map_err(std::io::Error::from)
         });
     }
-    let child = cmd
+    let child = crate::cleanup::die_with_parent(&mut cmd)
         .spawn()
         .context("starting the workload in a native container")?;
     let pid = child.id();
@@ -351,7 +354,7 @@ fn native(
         .and_then(|root| {
             crate::container::cgroup::create(
                 &root,
-                &format!("profiler-run-{pid}"),
+                &crate::container::cgroup::run_name(&crate::cleanup::Owner::me(), pid),
                 nix::unistd::Pid::from_raw(pid as i32),
             )
         })
@@ -384,9 +387,10 @@ fn wait_with_timeout(
         unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) }
     });
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    // A thread that cannot start drops the child: it dies with this process (PDEATHSIG).
+    crate::cleanup::spawn("workload-wait", move || {
         let _ = tx.send(child.wait_with_output());
-    });
+    })?;
     let deadline = Instant::now() + timeout;
     // Polled so a Ctrl-C (when a vm run made the process interruptible) ends it too.
     let why = loop {
@@ -398,7 +402,7 @@ fn wait_with_timeout(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         if crate::cleanup::stop_requested() {
-            break "interrupted (Ctrl-C)".to_string();
+            break crate::cleanup::interrupted();
         }
         if Instant::now() >= deadline {
             break format!("the workload did not finish within {timeout:?}");
@@ -503,16 +507,39 @@ pub fn density(
     let mut rows = vec![];
     for &n in instances {
         let runs: Vec<Result<EnvRun>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|_| s.spawn(|| run(env, workload, timeout, accel)))
-                .collect();
-            handles
+            let mut handles = Vec::new();
+            for i in 0..n {
+                if crate::cleanup::stop_requested() {
+                    break;
+                }
+                let spawned = std::thread::Builder::new()
+                    .name(format!("instance-{i}"))
+                    .spawn_scoped(s, || run(env, workload, timeout, accel));
+                match spawned {
+                    Ok(h) => handles.push(Ok(h)),
+                    Err(e) => {
+                        crate::cleanup::request_stop();
+                        handles.push(Err(crate::cleanup::thread_error("instance", &e)));
+                        break;
+                    }
+                }
+            }
+            let mut runs: Vec<Result<EnvRun>> = handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("instance thread panicked")))
+                    h.and_then(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("instance thread panicked")))
+                    })
                 })
-                .collect()
+                .collect();
+            if runs.len() < n {
+                runs.push(Err(anyhow!(
+                    "{}: not every instance started",
+                    crate::cleanup::interrupted()
+                )));
+            }
+            runs
         });
         let mut eps = vec![];
         let mut wall = vec![];

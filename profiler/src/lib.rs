@@ -15,6 +15,7 @@ pub mod inject;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod opts;
 pub mod sysbench;
 pub mod trace;
 pub mod workload;

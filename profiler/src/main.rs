@@ -31,23 +31,28 @@ enum Command {
     /// Per-packet latency attributed to each network layer (builds a lab and drives traffic).
     Trace(profiler::trace::run::TraceArgs),
     /// netperf-style workloads across a lab (or against `profiler serve` with -H).
+    #[command(allow_negative_numbers = true)]
     Bench(profiler::workload::BenchArgs),
     /// The server side of `bench -H`, for measuring two real hosts.
     Serve(profiler::workload::ServeArgs),
     /// Delay packets on one hook of one lab device (a TC program; netem where absent).
     Inject(profiler::inject::InjectArgs),
     /// Start-up latency in phases: containers (native, docker) or VMs.
+    #[command(allow_negative_numbers = true)]
     Boot(BootCli),
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
+    #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
     /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
+    #[command(allow_negative_numbers = true)]
     Sysbench(profiler::sysbench::SysbenchArgs),
     /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
+    #[command(allow_negative_numbers = true)]
     Run {
         #[arg(long, value_enum)]
         env: profiler::envs::Env,
         /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 600, value_parser = profiler::opts::at_least::<u64, 1>)]
         timeout: u64,
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
@@ -61,6 +66,7 @@ enum Command {
     },
     /// N identical instances at once, per N: each one's result and the slowdown against one
     /// instance on the host.
+    #[command(allow_negative_numbers = true)]
     Density {
         #[arg(long, value_enum)]
         env: profiler::envs::Env,
@@ -68,10 +74,11 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         workload: String,
         /// Instance counts, e.g. 1,2,4,8.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4",
+              value_parser = profiler::opts::at_least::<usize, 1>)]
         instances: Vec<usize>,
         /// Seconds each instance runs.
-        #[arg(long, default_value = "3")]
+        #[arg(long, default_value = "3", value_parser = profiler::opts::seconds_text)]
         time: String,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -137,12 +144,30 @@ fn main() -> ExitCode {
         profiler::container::payload_main(&argv[2..]);
     }
     profiler::cleanup::install_signal_teardown();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version as clap prints them; a bad command line in one line.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!(
+                "profiler: {}",
+                profiler::opts::one_line(&e.render().to_string())
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
+    profiler::cleanup::reap_stale();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("profiler: {e:#}");
-            ExitCode::FAILURE
+            // A run a signal cut short says so in its exit code (130 for SIGINT, 143 for
+            // SIGTERM), as the signal thread does when it ends the run itself.
+            match profiler::cleanup::signalled() {
+                Some(sig) => ExitCode::from(profiler::cleanup::exit_code(sig)),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -175,9 +200,6 @@ fn run(command: Command) -> Result<()> {
             force,
             mut workload,
         } => {
-            if timeout == 0 {
-                anyhow::bail!("--timeout must be at least 1 second, e.g. --timeout 600");
-            }
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -366,7 +388,6 @@ fn lab_command(command: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::Down { id, all } => {
-            lab::reap_stale();
             let ids: Vec<String> = match (id, all) {
                 (_, true) => lab::list().into_iter().map(|d| d.id).collect(),
                 (Some(id), false) => {
@@ -382,7 +403,6 @@ fn lab_command(command: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::List { json } => {
-            lab::reap_stale();
             let labs = lab::list();
             if json {
                 println!("{}", serde_json::to_string_pretty(&labs)?);

@@ -168,15 +168,53 @@ pub fn profiler_cgroups() -> Vec<String> {
     v
 }
 
-/// Processes whose command line contains `needle` (other than this test).
-pub fn processes_with(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
+/// Makes this test process the reaper of every orphan below it: a child of a killed profiler
+/// comes to us (not to init), so "alive" can be asked of exactly the tool's descendants.
+pub fn become_subreaper() {
+    // SAFETY: plain prctl on this process.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    assert_eq!(
+        r,
+        0,
+        "PR_SET_CHILD_SUBREAPER: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Reaps orphans handed to this process (see [`become_subreaper`]) that have exited.
+pub fn reap_orphans() {
+    // SAFETY: waitpid with WNOHANG on any child; tests run one at a time.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+}
+
+/// (pid, ppid, state) of a process from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(u32, char)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    Some((f.next()?.parse().ok()?, state))
+}
+
+/// Processes not yet dead (zombies are dead) whose command line contains `needle` and whose
+/// parent is one of `parents`: the tool's own children, or orphans handed to this process.
+pub fn live_children(parents: &[u32], needle: &str) -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .expect("/proc")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != me.as_str())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (ppid, state) = stat(pid)?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (parents.contains(&ppid) && !matches!(state, 'Z' | 'X') && cmd.contains(needle))
+                .then_some((pid, cmd))
+        })
         .collect()
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2).
+    let r = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(r, 0, "kill {pid}: {}", std::io::Error::last_os_error());
 }

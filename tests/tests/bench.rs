@@ -197,3 +197,28 @@ fn bench_against_a_remote_serve() {
         "server CPU comes back over the wire"
     );
 }
+
+#[test]
+fn bad_bench_counts_and_durations_are_one_line_naming_the_option() {
+    require_root();
+    for (args, needle) in [
+        (&["bench", "tcp_rr", "-l", "0"][..], "bad -l value '0'"),
+        (&["bench", "tcp_rr", "-l", "-1"][..], "bad -l value '-1'"),
+        (
+            &["bench", "tcp_rr", "--burst", "0"][..],
+            "'--burst <N>': expected a whole number of at least 1",
+        ),
+        (
+            &["bench", "tcp_rr", "--burst", "-2"][..],
+            "'--burst <N>': expected a whole number of at least 1",
+        ),
+        (
+            &["bench", "tcp_stream", "-m", "0"][..],
+            "send size 0 out of range",
+        ),
+        (&["bench", "tcp_rr", "-r", "0,1"][..], "bad -r value '0,1'"),
+        (&["bench", "tcp_rr", "-p", "-1"][..], "'--port <PORT>'"),
+    ] {
+        assert_refused_in_one_line(args, needle);
+    }
+}

@@ -359,16 +359,14 @@ fn vm_is_required() {
     assert_eq!(e.to_string(), "profiler boot needs --vm qemu|libvirt|micro");
 }
 
-/// Any qemu-system process at all (ours or not): a refused request must start none.
-fn qemu_pids() -> Vec<String> {
-    profiler_tests::processes_with(boot::qemu::QEMU)
-}
-
 #[test]
 fn a_boot_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_tools();
-    let (qemus, cgroups) = (qemu_pids(), profiler_tests::profiler_cgroups());
+    // Anything a refused run started and left comes here (not to init) once it exits.
+    profiler_tests::become_subreaper();
+    let me = std::process::id();
+    let cgroups = profiler_tests::profiler_cgroups();
     for (args, needle) in [
         (
             &["boot", "--vm", "qemu", "--count", "100000"][..],
@@ -385,11 +383,253 @@ fn a_boot_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
     ] {
         let err = profiler_tests::assert_refused_in_one_line(args, needle);
         assert!(err.contains("fit, or pass --force"), "{err}");
-        assert_eq!(qemu_pids(), qemus, "{args:?} started qemu");
+        let qemus = profiler_tests::live_children(&[me], boot::qemu::QEMU);
+        assert!(qemus.is_empty(), "{args:?} started qemu: {qemus:?}");
         assert_eq!(
             profiler_tests::profiler_cgroups(),
             cgroups,
             "{args:?} made a cgroup"
         );
+    }
+}
+
+/// Temp files of process `pid` in the artefacts cache (`tmp-<pid>-<start>-...` and
+/// `<file>.tmp-<pid>-<start>`: initramfs copies and files being written).
+fn cache_temps(pid: u32) -> Vec<String> {
+    let (dir, file) = (format!("tmp-{pid}-"), format!(".tmp-{pid}-"));
+    std::fs::read_dir(boot::artefacts::cache_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&dir) || n.contains(&file))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Spawns `profiler boot --vm qemu --count N ARGS`, stderr kept.
+fn spawn_boot(count: u32, extra: &[&str]) -> std::process::Child {
+    profiler_tests::profiler()
+        .args(["boot", "--vm", "qemu", "--count", &count.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning profiler")
+}
+
+/// Waits for `child` at most `limit`; None if it is still running then (it is killed).
+fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn sigterm_mid_boot_tears_everything_down_within_10_s() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    // Warm the cache: the signal must land in the boots (auto: the KVM probe or the boots).
+    boot::artefacts::prepare().expect("the guest's artefacts");
+    // A qemu it leaves comes here, not to init: none can hide.
+    profiler_tests::become_subreaper();
+    let me = std::process::id();
+    for extra in [&[][..], &["--accel", "tcg"][..]] {
+        let mut child = spawn_boot(4, extra);
+        let pid = child.id();
+        let qemus = || profiler_tests::live_children(&[pid, me], boot::qemu::QEMU);
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(!qemus().is_empty(), "{extra:?}: no qemu running 2 s in");
+        let t = Instant::now();
+        profiler_tests::signal(child.id(), libc::SIGTERM);
+        let status = wait_at_most(&mut child, Duration::from_secs(10));
+        let took = t.elapsed();
+        let status =
+            status.unwrap_or_else(|| panic!("{extra:?}: still running 10 s after SIGTERM"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!(
+            "{extra:?}: exited {status} {took:?} after SIGTERM: {}",
+            err.trim()
+        );
+        assert_eq!(status.code(), Some(143), "{extra:?}: {err}");
+        assert!(err.contains("interrupted"), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(qemus().is_empty(), "{extra:?}: qemu left: {:?}", qemus());
+        profiler_tests::reap_orphans();
+        assert!(
+            cache_temps(pid).is_empty(),
+            "{extra:?}: temp files left: {:?}",
+            cache_temps(pid)
+        );
+    }
+}
+
+#[test]
+fn kill_9_of_the_parent_leaves_no_qemu_alive_within_1_s() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    boot::artefacts::prepare().expect("the guest's artefacts");
+    // A qemu the kill orphans comes here, not to init: none can hide.
+    profiler_tests::become_subreaper();
+    let me = std::process::id();
+    // In the KVM probe, right after a spawn and in the boots (auto here: probe, then TCG).
+    for at in [300, 600, 1000, 2000, 3000] {
+        let mut child = spawn_boot(2, &[]);
+        std::thread::sleep(Duration::from_millis(at));
+        let parents = [child.id(), me];
+        let alive = profiler_tests::live_children(&parents, boot::qemu::QEMU).len();
+        child.kill().expect("kill -9");
+        let t = Instant::now();
+        // Not waiting for the profiler first: its own exit (BPF teardown) takes ~0.8 s here,
+        // while its qemu is dead (a zombie) at once.
+        loop {
+            let left = profiler_tests::live_children(&parents, boot::qemu::QEMU);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "kill -9 at {at} ms: qemu alive {:?} after: {left:?}",
+                t.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let gone = t.elapsed();
+        child.wait().expect("reaping");
+        profiler_tests::reap_orphans();
+        eprintln!(
+            "kill -9 at {at} ms: {alive} qemu alive, gone after {gone:?}, the profiler after {:?}",
+            t.elapsed()
+        );
+        let pid = parents[0];
+        assert!(
+            cache_temps(pid).is_empty(),
+            "temp files left: {:?}",
+            cache_temps(pid)
+        );
+    }
+}
+
+#[test]
+fn bad_boot_input_is_one_line_naming_the_option() {
+    require_root();
+    let count = "'--count <N>': expected a whole number of at least 1";
+    let secs = "'--timeout <SECS>': expected seconds greater than 0";
+    for (args, needle) in [
+        (&["boot", "--vm", "qemu", "--count", "0"][..], count),
+        (&["boot", "--vm", "qemu", "--count", "-1"][..], count),
+        (&["boot", "--vm", "micro", "--count", "x"][..], count),
+        (
+            &["boot", "--container", "native", "--count", "0"][..],
+            count,
+        ),
+        (&["boot", "--vm", "qemu", "--timeout", "0"][..], secs),
+        (&["boot", "--vm", "libvirt", "--timeout", "-5"][..], secs),
+        (
+            &["boot", "--container", "docker", "--timeout", "0"][..],
+            secs,
+        ),
+        (
+            &["boot", "--container", "native", "--timeout", "nan"][..],
+            secs,
+        ),
+        (
+            &["boot", "--container", "native", "--count", "201"][..],
+            "--count must be 1 to 200, not 201",
+        ),
+        (&["boot", "--count", "2"][..], "say what to boot"),
+    ] {
+        profiler_tests::assert_refused_in_one_line(args, needle);
+    }
+}
+
+/// A pids cgroup (v1's pids controller, else cgroup v2 with pids enabled) holding at most
+/// `max` tasks, removed on drop.
+struct PidsLimit(std::path::PathBuf);
+
+impl PidsLimit {
+    fn new(max: u32) -> Self {
+        let name = format!("pftest-pids-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let parent = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            let root = profiler::container::cgroup::root().expect("cgroup v2");
+            let controllers = std::fs::read_to_string(root.join("cgroup.subtree_control"));
+            assert!(
+                controllers.is_ok_and(|c| c.contains("pids")),
+                "no pids controller to limit tasks with (v1 /sys/fs/cgroup/pids or v2 +pids)"
+            );
+            root
+        };
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).expect("creating the pids cgroup");
+        std::fs::write(dir.join("pids.max"), max.to_string()).expect("pids.max");
+        PidsLimit(dir)
+    }
+
+    /// `profiler ARGS` run inside the limit.
+    fn profiler(&self, args: &[&str]) -> std::process::Output {
+        let procs = self.0.join("cgroup.procs");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec \"$0\" \"$@\"",
+                procs.display()
+            ))
+            .arg(profiler_tests::profiler_path())
+            .args(args)
+            .output()
+            .expect("sh")
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_thread_or_qemu_that_cannot_start_is_one_line_not_a_panic() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    boot::artefacts::prepare().expect("the guest's artefacts");
+    let limit = PidsLimit::new(8);
+    for (args, needle) in [
+        (
+            &["boot", "--vm", "micro", "--count", "20"][..],
+            "starting a thread (boot-",
+        ),
+        (
+            &["boot", "--vm", "qemu", "--count", "3", "--accel", "tcg"][..],
+            "Resource temporarily unavailable",
+        ),
+    ] {
+        let out = limit.profiler(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // Everything it started (a qemu, say) was in the cgroup: nothing is left there.
+        let procs = std::fs::read_to_string(limit.0.join("cgroup.procs")).unwrap();
+        assert!(procs.trim().is_empty(), "{args:?} left processes: {procs}");
     }
 }

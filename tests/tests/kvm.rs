@@ -139,3 +139,31 @@ fn tracing_a_running_vmm_sees_its_exits() {
 fn micro_vm_untraced(w: Workload, count: u32) {
     profiler::kvm::microvm::run(w, count).unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+#[test]
+fn bad_kvm_input_is_one_line_naming_the_option() {
+    require_root();
+    let secs = "'-l <SECS>': expected seconds greater than 0";
+    for (args, needle) in [
+        (&["kvm", "-l", "0"][..], secs),
+        (&["kvm", "-l", "-1"][..], secs),
+        (
+            &["kvm", "--micro-vm", "pio", "--count", "0"][..],
+            "'--count <N>': expected a whole number of at least 1",
+        ),
+        (
+            &["kvm", "--micro-vm", "pio", "--count", "-3"][..],
+            "'--count <N>': expected a whole number of at least 1",
+        ),
+        (
+            &["kvm", "--pid", "0"][..],
+            "'--pid <PID>': expected a whole number of at least 1",
+        ),
+        (
+            &["kvm", "--pid", "4194305", "-l", "1"][..],
+            "no process 4194305",
+        ),
+    ] {
+        profiler_tests::assert_refused_in_one_line(args, needle);
+    }
+}

@@ -116,3 +116,63 @@ fn cpu_events_per_second_match_sysbench() {
         ratio * 100.0
     );
 }
+
+#[test]
+fn bad_sysbench_input_is_one_line_naming_the_option() {
+    profiler_tests::require_root();
+    let whole =
+        |opt: &str, min: u32| format!("'--{opt} <N>': expected a whole number of at least {min}");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["sysbench", "cpu", "--threads", "0"],
+            whole("threads", 1),
+        ),
+        (
+            vec!["sysbench", "cpu", "--threads", "-1"],
+            whole("threads", 1),
+        ),
+        (
+            vec!["sysbench", "cpu", "--events", "-1"],
+            whole("events", 0),
+        ),
+        (
+            vec!["sysbench", "cpu", "--cpu-max-prime", "0"],
+            whole("cpu-max-prime", 1),
+        ),
+        (
+            vec!["sysbench", "fileio", "--file-num", "0", "prepare"],
+            whole("file-num", 1),
+        ),
+        (
+            vec!["sysbench", "threads", "--thread-locks", "0"],
+            whole("thread-locks", 1),
+        ),
+        (
+            vec!["sysbench", "mutex", "--mutex-num", "-4"],
+            whole("mutex-num", 1),
+        ),
+        (
+            vec!["sysbench", "mutex", "--mutex-locks", "0"],
+            whole("mutex-locks", 1),
+        ),
+        (
+            vec!["sysbench", "cpu", "--time", "-1"],
+            "bad time '-1'".into(),
+        ),
+        (
+            vec!["sysbench", "cpu", "--time", "0"],
+            "bad --time 0 with --events 0: the cpu test would never end".into(),
+        ),
+        (
+            vec!["sysbench", "memory", "--memory-block-size", "0"],
+            "bad --memory-block-size 0".into(),
+        ),
+        (
+            vec!["sysbench", "memory", "--memory-total-size", "0"],
+            "bad --memory-total-size 0".into(),
+        ),
+    ];
+    for (args, needle) in &cases {
+        profiler_tests::assert_refused_in_one_line(args, needle);
+    }
+}

@@ -271,7 +271,7 @@ pub fn parse_guest_output(console: &[String]) -> GuestOutput {
 
 /// This program's shared libraries and loader, from `ldd` on its file.
 fn self_libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
+    let out = crate::cleanup::die_with_parent(&mut Command::new("ldd"))
         .arg(exe)
         .output()
         .context("running ldd (libc-bin) on this program")?;
@@ -360,7 +360,7 @@ impl Drop for WorkloadImage {
 /// This program without its debug sections (a debug build is mostly DWARF), when binutils'
 /// objcopy is there; None otherwise (the whole file is used).
 fn strip_debug(tmp: &Path) -> Option<Vec<u8>> {
-    let ok = Command::new("objcopy")
+    let ok = crate::cleanup::die_with_parent(&mut Command::new("objcopy"))
         .arg("--strip-debug")
         // Not /proc/self/exe: in objcopy's process that is objcopy.
         .arg(format!("/proc/{}/exe", std::process::id()))
@@ -546,7 +546,7 @@ fn last_line(stderr: &[u8]) -> String {
 }
 
 fn apt(argv: &[&str]) -> Result<String> {
-    let out = Command::new(argv[0])
+    let out = crate::cleanup::die_with_parent(&mut Command::new(argv[0]))
         .args(&argv[1..])
         .output()
         .with_context(|| format!("running {} (is this Debian or Ubuntu?)", argv[0]))?;
@@ -561,7 +561,7 @@ fn apt(argv: &[&str]) -> Result<String> {
 fn download(package: &str, dir: &Path) -> Result<PathBuf> {
     // As root, apt drops to the _apt user, which cannot write our temp dir; stay root.
     let fetch = || {
-        Command::new("apt-get")
+        crate::cleanup::die_with_parent(&mut Command::new("apt-get"))
             .args(["-q", "-o", "APT::Sandbox::User=root", "download", package])
             .current_dir(dir)
             .output()
@@ -634,6 +634,11 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Temp files and initramfs copies in the cache whose owner is dead (for the reaper).
+pub fn reap_stale() {
+    reap_stale_temps(&cache_dir());
 }
 
 fn reap_stale_temps(cache: &Path) {

@@ -208,7 +208,7 @@ mod tests {
             return;
         };
         use std::io::Write as _;
-        let mut child = std::process::Command::new(bb)
+        let mut child = crate::cleanup::die_with_parent(&mut std::process::Command::new(bb))
             .args(["cpio", "-t"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

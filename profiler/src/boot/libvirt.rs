@@ -380,7 +380,7 @@ fn boot(
                 break;
             }
             let why = if crate::cleanup::stop_requested() {
-                Some("interrupted (Ctrl-C)".to_string())
+                Some(crate::cleanup::interrupted())
             } else if now - t0 >= timeout {
                 Some(format!(
                     "not ready within {:.1} s (raise --timeout)",

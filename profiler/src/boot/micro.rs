@@ -125,7 +125,7 @@ fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
             bail!("the micro-VM was not ready before the timeout");
         }
         if crate::cleanup::stop_requested() {
-            bail!("interrupted (Ctrl-C)");
+            bail!("{}", crate::cleanup::interrupted());
         }
     }
     if outs != GUEST_OUTS {

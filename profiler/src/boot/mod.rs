@@ -52,13 +52,14 @@ pub struct BootArgs {
     #[arg(long, value_enum)]
     pub vm: Option<Vm>,
     /// Boot N VMs at once and report each phase's distribution.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
     /// Also write the report as JSON to FILE (written even when a boot fails).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// A VM not ready after this many seconds is killed and the run fails.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::opts::seconds)]
     pub timeout: f64,
     /// QEMU's accelerator (`--vm qemu`).
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
@@ -119,19 +120,56 @@ impl Laps {
 
 /// Runs `boot(i)` for i in 0..n, each on its own thread, all at once (a qemu's PDEATHSIG is
 /// tied to the thread that spawned it, so each boot keeps its thread to the end). A panicked
-/// boot is an error naming its VM.
+/// boot is an error naming its VM. After a signal no further boot starts; a thread that cannot
+/// start stops the others and is the run's error.
 pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<Vec<Boot>> {
     std::thread::scope(|s| {
         let boot = &boot;
-        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || boot(i))).collect();
-        handles
+        let mut handles = Vec::new();
+        let mut failed = None;
+        for i in 0..n {
+            if crate::cleanup::stop_requested() {
+                break;
+            }
+            let name = format!("boot-{i}");
+            match std::thread::Builder::new()
+                .name(name.clone())
+                .spawn_scoped(s, move || {
+                    let r = boot(i);
+                    // A VM that could not start ends the run: the others stop too.
+                    if r.is_err() {
+                        crate::cleanup::request_stop();
+                    }
+                    r
+                }) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    crate::cleanup::request_stop();
+                    failed = Some(crate::cleanup::thread_error(&name, &e));
+                    break;
+                }
+            }
+        }
+        let mut boots: Vec<Boot> = handles
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of VM {i} panicked")))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // The VMs a signal kept from starting: failed boots, so the report says so.
+        for i in boots.len() as u32..n {
+            boots.push(Boot {
+                index: i,
+                error: Some("not started: interrupted".into()),
+                ..Default::default()
+            });
+        }
+        Ok(boots)
     })
 }
 

@@ -196,6 +196,99 @@ enum Event {
     Exited(Instant),
 }
 
+/// Spawns qemu from a thread with a file table of its own (unshare(CLONE_FILES), every
+/// inherited descriptor closed), which also runs its console and stderr readers and waits for
+/// its exit. PR_SET_PDEATHSIG follows the spawning thread, and a `kill -9` ends this one at
+/// once; a thread sharing the process's table may be the one that closes its BPF and perf
+/// descriptors on the way out (0.8 s with KVM's tracepoints here), and its qemu would outlive
+/// the kill that long. Returns the child with its spawn time (Instant, CLOCK_MONOTONIC ns).
+fn spawn_alone(mut cmd: Command, tx: mpsc::Sender<Event>) -> Result<(Child, Instant, u64)> {
+    let (spawned_tx, spawned) = mpsc::channel::<Result<(Child, Instant, u64)>>();
+    crate::cleanup::spawn("qemu-spawner", move || {
+        // SAFETY: unshare and close_range act on this thread's own (new) table only.
+        let alone = unsafe {
+            libc::unshare(libc::CLONE_FILES) == 0
+                && libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == 0
+        };
+        if !alone {
+            let e = std::io::Error::last_os_error();
+            let _ = spawned_tx.send(Err(anyhow::anyhow!(
+                "giving qemu's spawner a file table of its own: {e}"
+            )));
+            return;
+        }
+        let t0 = Instant::now();
+        let t0_mono = crate::kernel::monotonic_ns();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = spawned_tx.send(Err(anyhow::anyhow!(
+                    "{QEMU} not found: install it with `apt-get install qemu-system-x86`"
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = spawned_tx.send(Err(anyhow::anyhow!("spawning {QEMU}: {e}")));
+                return;
+            }
+        };
+        let pid = child.id() as i32;
+        let readers = match readers(&mut child, &tx) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = spawned_tx.send(Err(e));
+                return;
+            }
+        };
+        if spawned_tx.send(Ok((child, t0, t0_mono))).is_err() {
+            // SAFETY: our unreaped child; the guard that would have reaped it is gone.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = tx.send(Event::Exited(wait_exit(pid)));
+        for r in readers {
+            let _ = r.join();
+        }
+    })?;
+    spawned
+        .recv()
+        .map_err(|_| anyhow::anyhow!("qemu's spawner thread ended without a word"))?
+}
+
+/// Threads that send qemu's console lines (stamped on arrival) and stderr lines to `tx`.
+fn readers(
+    child: &mut Child,
+    tx: &mpsc::Sender<Event>,
+) -> Result<[std::thread::JoinHandle<()>; 2]> {
+    let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let out_tx = tx.clone();
+    let console = crate::cleanup::spawn("qemu-console", move || {
+        let mut split = LineSplitter::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (t, l) in split.feed(&buf[..n], now) {
+                let _ = out_tx.send(Event::Line(t, l));
+            }
+        }
+        if let Some((t, l)) = split.finish() {
+            let _ = out_tx.send(Event::Line(t, l));
+        }
+    })?;
+    let err_tx = tx.clone();
+    let errors = crate::cleanup::spawn("qemu-stderr", move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(Event::Stderr(line));
+        }
+    })?;
+    Ok([console, errors])
+}
+
 /// Blocks until `pid` exits, leaving it unreaped (a zombie) so its pid stays ours.
 fn wait_exit(pid: i32) -> Instant {
     loop {
@@ -424,54 +517,14 @@ fn boot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; the child dies if the thread that spawned it does.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    // The child dies if the thread that spawned it does.
+    crate::cleanup::die_with_parent(&mut cmd);
+    if crate::cleanup::stop_requested() {
+        anyhow::bail!("VM {index}: interrupted before its start");
     }
-    let t0 = Instant::now();
-    let t0_mono = crate::kernel::monotonic_ns();
-    let child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!("{QEMU} not found: install it with `apt-get install qemu-system-x86`")
-        } else {
-            anyhow::anyhow!("spawning {QEMU}: {e}")
-        }
-    })?;
-    let mut guard = ChildGuard::new(child);
     let (tx, rx) = mpsc::channel();
-    let mut stdout = guard.child.stdout.take().context("qemu stdout")?;
-    let stderr = guard.child.stderr.take().context("qemu stderr")?;
-    let out_tx = tx.clone();
-    let reader = std::thread::spawn(move || {
-        let mut split = LineSplitter::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let now = Instant::now();
-            for (t, l) in split.feed(&buf[..n], now) {
-                let _ = out_tx.send(Event::Line(t, l));
-            }
-        }
-        if let Some((t, l)) = split.finish() {
-            let _ = out_tx.send(Event::Line(t, l));
-        }
-    });
-    let err_tx = tx.clone();
-    let err_reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = err_tx.send(Event::Stderr(line));
-        }
-    });
-    let pid = guard.pid;
-    let exit_tx = tx;
-    std::thread::spawn(move || {
-        let _ = exit_tx.send(Event::Exited(wait_exit(pid)));
-    });
+    let (child, t0, t0_mono) = spawn_alone(cmd, tx)?;
+    let mut guard = ChildGuard::new(child);
 
     // After the readers run: what the caller does here (load a tracer) must not delay the
     // console's time stamps.
@@ -532,7 +585,7 @@ fn boot(
         }
         let now = Instant::now();
         let why = if crate::cleanup::stop_requested() {
-            Some("interrupted (Ctrl-C)".to_string())
+            Some(crate::cleanup::interrupted())
         } else if now - t0 >= limit {
             timed_out = true;
             Some(match marks.at[READY] {
@@ -571,10 +624,9 @@ fn boot(
     };
     let status = guard.reap();
     let last_exits = exit_snapshot(exits);
-    // The console's last bytes may still be in the pipe: read them before closing the books.
-    let _ = reader.join();
-    let _ = err_reader.join();
-    while let Ok(ev) = rx.try_recv() {
+    // The console's last bytes may still be in the pipe: the readers end (and the channel
+    // closes) once they are read.
+    while let Ok(ev) = rx.recv() {
         match ev {
             Event::Line(t, l) => on_line(&mut marks, &mut tail, &mut console, t, l),
             Event::Stderr(l) => stderr_lines.push(l),
@@ -752,7 +804,10 @@ pub fn run(
         error: None,
     };
     if stopped && report.boots.is_empty() {
-        report.error = Some("interrupted (Ctrl-C) before the boots".into());
+        report.error = Some(format!(
+            "{} before the boots",
+            crate::cleanup::interrupted()
+        ));
     }
     Ok(report)
 }

@@ -80,11 +80,42 @@ pub fn remove(dir: &Path) -> Result<()> {
     bail!("removing cgroup {}: still busy after 1 s", dir.display())
 }
 
-/// The lab id in a `profiler-<id>-<n>` name.
-fn id_of(name: &str) -> Option<&str> {
+/// The name of a `run --env native` workload's cgroup: its owner (this process, pid and
+/// start time, so a reused pid is no owner) and the workload's pid.
+pub fn run_name(owner: &crate::cleanup::Owner, workload: u32) -> String {
+    format!("{PREFIX}run-{}-{}-{workload}", owner.pid, owner.start)
+}
+
+/// What a cgroup name of ours says about who owns it.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind<'a> {
+    /// `profiler-<lab id>-<n>`: a container of a lab (`boot --container native`, density).
+    Lab(&'a str),
+    /// `profiler-run-<pid>-<start>-<workload pid>`: a `run --env native` workload's.
+    Run(crate::cleanup::Owner),
+}
+
+fn kind(name: &str) -> Option<Kind<'_>> {
     let rest = name.strip_prefix(PREFIX)?;
-    let (id, n) = rest.rsplit_once('-')?;
-    (!id.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+    let parts: Vec<&str> = rest.split('-').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match parts[..] {
+        [id, n] if !id.is_empty() && digits(n) => Some(Kind::Lab(id)),
+        ["run", pid, start, child] if digits(child) => Some(Kind::Run(crate::cleanup::Owner {
+            pid: pid.parse().ok()?,
+            start: start.parse().ok()?,
+        })),
+        _ => None,
+    }
+}
+
+/// The lab id in a `profiler-<id>-<n>` name.
+#[cfg(test)]
+fn id_of(name: &str) -> Option<&str> {
+    match kind(name)? {
+        Kind::Lab(id) => Some(id),
+        Kind::Run(_) => None,
+    }
 }
 
 /// Our cgroups under `root` (for tests and reaping).
@@ -94,14 +125,30 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     };
     let mut v: Vec<PathBuf> = dir
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_str().and_then(id_of).is_some())
+        .filter(|e| e.file_name().to_str().and_then(kind).is_some())
         .map(|e| e.path())
         .collect();
     v.sort();
     v
 }
 
-/// Removes cgroups left by a killed profiler: those whose lab no longer exists.
+/// Whether a cgroup of ours belongs to no one: a lab's whose lab is gone, a run's whose owner
+/// died. `profiler-run-<pid>` (the name before owners were in it) is a lab `run`'s container
+/// or a workload's; it is stale when neither that lab nor that pid is alive.
+fn stale(name: &str, live_labs: &[String]) -> bool {
+    let lab_live = |id: &str| live_labs.iter().any(|l| l == id);
+    match kind(name) {
+        Some(Kind::Lab("run")) => {
+            let pid = name.rsplit('-').next().unwrap_or_default();
+            !lab_live("run") && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        Some(Kind::Lab(id)) => !lab_live(id),
+        Some(Kind::Run(owner)) => !owner.alive(),
+        None => false,
+    }
+}
+
+/// Removes cgroups left by a killed profiler (see [`stale`]), killing what runs in them.
 pub fn reap_stale(root: &Path, live_labs: &[String]) {
     for dir in leftovers(root) {
         let name = dir
@@ -109,7 +156,7 @@ pub fn reap_stale(root: &Path, live_labs: &[String]) {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        if id_of(&name).is_some_and(|id| !live_labs.iter().any(|l| l == id)) {
+        if stale(&name, live_labs) {
             let _ = std::fs::write(dir.join("cgroup.kill"), "1");
             match remove(&dir) {
                 Ok(()) => eprintln!("profiler: removed stale cgroup {}", dir.display()),
@@ -141,5 +188,27 @@ mod tests {
         assert_eq!(id_of("profiler-a1-17"), Some("a1"));
         assert_eq!(id_of("profiler-3-x"), None);
         assert_eq!(id_of("other-3-0"), None);
+    }
+
+    #[test]
+    fn run_cgroups_carry_their_owner() {
+        let me = crate::cleanup::Owner::me();
+        let name = run_name(&me, 42);
+        assert_eq!(kind(&name), Some(Kind::Run(me.clone())));
+        assert_eq!(id_of(&name), None, "a run's cgroup is no lab's");
+        assert!(!stale(&name, &[]), "my own run's cgroup is not stale");
+        let dead = crate::cleanup::Owner {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(stale(&run_name(&dead, 42), &[]));
+        // The older `profiler-run-<workload pid>`: stale once that pid is gone, unless a lab
+        // `run` owns it.
+        let mine = format!("profiler-run-{}", std::process::id());
+        assert!(!stale(&mine, &[]));
+        assert!(stale("profiler-run-4194305", &[]), "above pid_max: dead");
+        assert!(!stale("profiler-run-4194305", &["run".into()]));
+        assert!(stale("profiler-7-0", &[]) && !stale("profiler-7-0", &["7".into()]));
+        assert!(!stale("profiler-run-x-y-z", &[]) && kind("profiler-run-x-y-z").is_none());
     }
 }

@@ -17,7 +17,7 @@ mod spawn;
 use std::{
     ffi::CString,
     path::PathBuf,
-    sync::{Barrier, mpsc},
+    sync::{Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -167,6 +167,41 @@ pub struct Host {
     lab: Lab,
 }
 
+/// Where the containers' threads wait so their clocks start together; unlike a Barrier it can
+/// send them away when one of them never came (its thread could not start).
+struct Gate {
+    /// Arrived, expected, aborted.
+    state: Mutex<(usize, usize, bool)>,
+    turn: Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> Self {
+        Self {
+            state: Mutex::new((0, n, false)),
+            turn: Condvar::new(),
+        }
+    }
+
+    /// Waits for all; false when aborted.
+    fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 += 1;
+        if s.0 >= s.1 {
+            self.turn.notify_all();
+        }
+        while s.0 < s.1 && !s.2 {
+            s = self.turn.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        !s.2
+    }
+
+    fn abort(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).2 = true;
+        self.turn.notify_all();
+    }
+}
+
 impl Host {
     pub fn prepare(args: &ContainerBootArgs) -> Result<Host> {
         crate::kernel::require_root("starting containers")?;
@@ -178,9 +213,7 @@ impl Host {
         }
         let cgroups = cgroup::root()?;
         // Cgroups of labs that are gone, before a new lab may take their id.
-        lab::reap_stale();
-        let live: Vec<String> = lab::list().into_iter().map(|d| d.id).collect();
-        cgroup::reap_stale(&cgroups, &live);
+        crate::cleanup::reap_stale();
         let lab = Lab::up(args.net.lab_mode(), None)?;
         let payload = if args.payload.is_empty() {
             vec!["/proc/self/exe".to_string(), PAYLOAD_COMMAND.to_string()]
@@ -229,48 +262,65 @@ impl Host {
         self.start_synced(index, None)
     }
 
-    fn start_synced(&self, index: usize, barrier: Option<&Barrier>) -> Result<Container> {
+    fn start_synced(&self, index: usize, barrier: Option<&Gate>) -> Result<Container> {
         if index >= MAX_COUNT {
             bail!("container index {index} is past {MAX_COUNT}");
         }
         // The tool's own set-up (runtime, netlink socket to the bridge's namespace), before the
         // clock starts: a daemon such as containerd keeps these around.
         let ctx = ThreadCtx::new(self);
-        if let Some(b) = barrier {
-            b.wait();
+        if let Some(b) = barrier
+            && !b.wait()
+        {
+            bail!("not started: another container's thread could not start");
+        }
+        if crate::cleanup::stop_requested() {
+            bail!("{} before its start", crate::cleanup::interrupted());
         }
         self.launch(index, ctx?)
     }
 
     /// Starts `count` containers at once, one thread each; all are torn down before returning.
     fn start_all(&self, count: usize) -> Result<Vec<Startup>> {
-        let barrier = Barrier::new(count);
+        let barrier = Gate::new(count);
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| -> Result<Vec<Startup>> {
             let mut releases = vec![];
+            let mut failed = None;
             for n in 0..count {
                 let (release, wait) = mpsc::channel::<()>();
                 releases.push(release);
                 let (tx, barrier) = (tx.clone(), &barrier);
-                s.spawn(move || {
-                    let c = self.start_synced(n, Some(barrier));
-                    let _ = tx.send((
-                        n,
-                        c.as_ref()
-                            .map(|c| c.startup.clone())
-                            .map_err(|e| anyhow!("container {n}: {e:#}")),
-                    ));
-                    // Ends the collection below once every thread has reported.
-                    drop(tx);
-                    // The payload lives while this thread does (PR_SET_PDEATHSIG): hold it until
-                    // every container has reported, then tear it down here.
-                    let _ = wait.recv();
-                    drop(c);
-                });
+                let spawned = std::thread::Builder::new()
+                    .name(format!("container-{n}"))
+                    .spawn_scoped(s, move || {
+                        let c = self.start_synced(n, Some(barrier));
+                        let _ = tx.send((
+                            n,
+                            c.as_ref()
+                                .map(|c| c.startup.clone())
+                                .map_err(|e| anyhow!("container {n}: {e:#}")),
+                        ));
+                        // Ends the collection below once every thread has reported.
+                        drop(tx);
+                        // The payload lives while this thread does (PR_SET_PDEATHSIG): hold it until
+                        // every container has reported, then tear it down here.
+                        let _ = wait.recv();
+                        drop(c);
+                    });
+                if let Err(e) = spawned {
+                    // The started ones are at the gate: send them home, not on.
+                    barrier.abort();
+                    failed = Some(crate::cleanup::thread_error(&format!("container {n}"), &e));
+                    break;
+                }
             }
             drop(tx);
             let mut results: Vec<(usize, Result<Startup>)> = rx.iter().collect();
             drop(releases);
+            if let Some(e) = failed {
+                return Err(e);
+            }
             results.sort_by_key(|r| r.0);
             if results.len() != count {
                 bail!(

@@ -174,3 +174,20 @@ fn native_args_flatten_next_to_boot_shared_flags() {
     let a = super::ContainerBootArgs::with(b.count as usize, b.json, b.timeout, &b.native);
     assert_eq!((a.count, a.net, a.timeout), (3, super::NetMode::Nat, 60.0));
 }
+
+#[test]
+fn the_gate_opens_for_all_or_sends_them_away() {
+    let gate = super::Gate::new(3);
+    std::thread::scope(|s| {
+        let waiting: Vec<_> = (0..3).map(|_| s.spawn(|| gate.wait())).collect();
+        assert!(waiting.into_iter().all(|h| h.join().unwrap()));
+    });
+    // Two of three came (the third's thread never started): abort sends them away.
+    let gate = super::Gate::new(3);
+    std::thread::scope(|s| {
+        let waiting: Vec<_> = (0..2).map(|_| s.spawn(|| gate.wait())).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        gate.abort();
+        assert!(waiting.into_iter().all(|h| !h.join().unwrap()));
+    });
+}

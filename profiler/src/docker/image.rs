@@ -71,7 +71,7 @@ pub const PORT: u16 = 8080;
 
 /// The shared libraries a dynamically linked program needs, as `ldd` resolves them.
 fn libraries(exe: &str) -> Result<Vec<String>> {
-    let out = std::process::Command::new("ldd")
+    let out = crate::cleanup::die_with_parent(&mut std::process::Command::new("ldd"))
         .arg(exe)
         .output()
         .context("running ldd (glibc's libc-bin)")?;
@@ -176,7 +176,7 @@ mod tests {
         t.file("bin/x", 0o755, b"#!/bin/sh\n").unwrap();
         let path = std::env::temp_dir().join(format!("profiler-tar-{}.tar", std::process::id()));
         std::fs::write(&path, t.finish()).unwrap();
-        let out = std::process::Command::new("tar")
+        let out = crate::cleanup::die_with_parent(&mut std::process::Command::new("tar"))
             .arg("tvf")
             .arg(&path)
             .output()

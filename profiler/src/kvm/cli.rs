@@ -18,10 +18,11 @@ use crate::kernel::{self, KvmBackend};
 #[derive(clap::Args, Clone, Debug)]
 pub struct KvmArgs {
     /// Trace only this VMM process (all VMs otherwise).
-    #[arg(long, value_name = "PID", conflicts_with = "micro_vm")]
+    #[arg(long, value_name = "PID", conflicts_with = "micro_vm",
+          value_parser = crate::opts::at_least::<u32, 1>)]
     pub pid: Option<u32>,
     /// Seconds to trace existing VMs.
-    #[arg(short = 'l', value_name = "SECS", default_value = "5")]
+    #[arg(short = 'l', value_name = "SECS", default_value = "5", value_parser = crate::opts::seconds)]
     pub length: f64,
     /// Write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -30,7 +31,8 @@ pub struct KvmArgs {
     #[arg(long, value_enum, value_name = "WORKLOAD")]
     pub micro_vm: Option<Workload>,
     /// Exits the micro-VM performs.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
 }
 

@@ -102,7 +102,7 @@ fn try_feature(feature: &'static str) -> Result<()> {
 
 /// Runs iptables in the calling thread's namespace (the child inherits it).
 pub(super) fn iptables(args: &[&str]) -> Result<()> {
-    let out = Command::new("iptables")
+    let out = crate::cleanup::die_with_parent(&mut Command::new("iptables"))
         .args(["-w", "5"])
         .args(args)
         .output()

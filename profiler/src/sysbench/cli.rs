@@ -25,17 +25,18 @@ pub struct SysbenchArgs {
     #[arg(value_parser = OneOf::<Command>::new(), default_value_t = Command::Run)]
     pub command: Command,
     /// Number of threads to use.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<usize, 1>)]
     pub threads: usize,
-    /// Time limit in seconds, 0 for none; fractions work.
+    /// Time limit in seconds, 0 for none; fractions work. Both this and --events at 0 only
+    /// for tests that end by themselves (memory, mutex).
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
     pub time: Duration,
     /// Limit for the total number of events, 0 for none.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = crate::opts::at_least::<u64, 0>)]
     pub events: u64,
 
     /// cpu: upper limit for the primes generator.
-    #[arg(long, default_value_t = 10000, value_name = "N")]
+    #[arg(long, default_value_t = 10000, value_name = "N", value_parser = crate::opts::at_least::<u64, 1>)]
     pub cpu_max_prime: u64,
 
     /// memory: size of a block, one event.
@@ -55,7 +56,7 @@ pub struct SysbenchArgs {
     pub memory_access_mode: AccessMode,
 
     /// fileio: number of files to create.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub file_num: u32,
     /// fileio: total size of the files.
     #[arg(long, default_value = "2G", value_name = "SIZE", value_parser = parse_size)]
@@ -67,7 +68,7 @@ pub struct SysbenchArgs {
     #[arg(long, default_value = "16384", value_name = "SIZE", value_parser = parse_size)]
     pub file_block_size: u64,
     /// fileio: fsync every file after this many requests (0: never).
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = crate::opts::at_least::<u64, 0>)]
     pub file_fsync_freq: u64,
     /// fileio: fsync after each write.
     #[arg(long, value_name = "on|off", default_value = "off", default_missing_value = "on",
@@ -92,20 +93,20 @@ pub struct SysbenchArgs {
     pub file_dir: PathBuf,
 
     /// threads: yields per event.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
     pub thread_yields: u32,
     /// threads: number of locks shared by the threads.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub thread_locks: u32,
 
     /// mutex: size of the mutex array.
-    #[arg(long, default_value_t = 4096, value_name = "N")]
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub mutex_num: u32,
     /// mutex: mutex locks per thread.
-    #[arg(long, default_value_t = 50000, value_name = "N")]
+    #[arg(long, default_value_t = 50000, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub mutex_locks: u32,
     /// mutex: empty loops before each lock.
-    #[arg(long, default_value_t = 10000, value_name = "N")]
+    #[arg(long, default_value_t = 10000, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
     pub mutex_loops: u32,
 
     /// Print the report as JSON.

@@ -289,6 +289,16 @@ impl Spec {
         if self.threads == 0 || self.threads > 4096 {
             bail!("bad --threads {}: expected 1..=4096", self.threads);
         }
+        // Both limits off ("0 for none") and a test that has no end of its own.
+        if self.time.is_zero()
+            && self.events == 0
+            && matches!(self.test, Test::Cpu | Test::Fileio | Test::Threads)
+        {
+            bail!(
+                "bad --time 0 with --events 0: the {} test would never end; pass --time SECS or --events N",
+                self.test
+            );
+        }
         match self.test {
             Test::Cpu if self.cpu.max_prime == 0 => {
                 bail!("bad --cpu-max-prime 0: expected a positive number")

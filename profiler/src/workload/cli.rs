@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(short = 'm', value_name = "BYTES")]
     pub send_size: Option<String>,
     /// Transactions in flight, rr tests.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub burst: u32,
     /// Print the report as JSON.
     #[arg(long)]
