@@ -178,9 +178,12 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
     if dev == 0 {
         return None;
     }
-    // `dev` comes from a probe read (a plain number, which the verifier lets us shift): slot
-    // by address bits above net_device's alignment; ifindex alone collides across namespaces.
-    let cached = NET_DEV.get_ptr_mut(((dev >> 10) as u32) & (DEV_CACHE - 1));
+    // `dev` comes from a probe read (a plain number, which the verifier lets us hash): slot by
+    // a multiplicative hash of the address (net_devices are page-aligned slab objects, so a
+    // few address bits alone would crowd a few slots); ifindex alone collides across
+    // namespaces.
+    let slot = (dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u32 & (DEV_CACHE - 1);
+    let cached = NET_DEV.get_ptr_mut(slot);
     if let Some(c) = cached
         // SAFETY: per-CPU value, this CPU only.
         && unsafe { (*c).dev } == dev
@@ -251,13 +254,21 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
         return None;
     }
     let head = read::<u64>(skb + cfg!(off_skb_head) as u64)?;
-    let nh: u16 = read(skb + cfg!(off_skb_network_header) as u64).unwrap_or(0xffff);
-    let th: u16 = read(skb + cfg!(off_skb_transport_header) as u64).unwrap_or(0xffff);
+    let (off_th, off_nh) = (cfg!(off_skb_transport_header), cfg!(off_skb_network_header));
+    // Adjacent in sk_buff on the kernels seen (transport_header, network_header): one read.
+    let (th, nh) = if off_nh == off_th + 2 {
+        let both: [u16; 2] = read(skb + off_th as u64)?;
+        (both[0], both[1])
+    } else {
+        (read(skb + off_th as u64)?, read(skb + off_nh as u64)?)
+    };
     if nh == 0xffff || th == 0xffff {
         return None;
     }
-    // version/ihl .. protocol (byte 9) .. saddr (12) daddr (16)
-    let ip = read::<[u8; 20]>(head + nh as u64)?;
+    // version/ihl .. protocol (byte 9) .. saddr (12) daddr (16), and the ports right after
+    // an option-less header: one read.
+    let hdr = read::<[u8; 24]>(head + nh as u64)?;
+    let ip = &hdr;
     if ip[0] >> 4 != 4 || (ip[9] != 6 && ip[9] != 17) {
         return None;
     }
@@ -269,7 +280,11 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
             return None;
         }
     }
-    let ports = read::<[u8; 4]>(head + th as u64)?;
+    let ports = if ip[0] & 0xf == 5 && th == nh.wrapping_add(20) {
+        [hdr[20], hdr[21], hdr[22], hdr[23]]
+    } else {
+        read::<[u8; 4]>(head + th as u64)?
+    };
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let (lo, hi) = (cfg!(port_lo), cfg!(port_hi));
@@ -332,20 +347,19 @@ fn control() -> Control {
 
 /// A packet seen at hook `h`. A packet that isn't followed costs one array lookup and a tag
 /// compare here (plus one random draw at a transmit queue): no clock, no counter, no read.
-/// Returns (first hook's time, direction, now) when it closed a segment of a followed packet.
 #[inline(always)]
-fn on_hook(skb: u64, h: u8) -> Option<(u64, u8, u64)> {
-    let st = state(skb)?;
+fn on_hook(skb: u64, h: u8) {
+    let Some(st) = state(skb) else { return };
     if st.skb != skb {
         if h == hook::QUEUE {
             draw(skb, st);
         }
-        return None;
+        return;
     }
-    followed(skb, h, st)
+    followed(skb, h, st);
 }
 
-fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
+fn followed(skb: u64, h: u8, st: &mut SkbState) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(st.last_ts) > cfg!(stale_ns) || st.first_ts < control().epoch_ns {
@@ -355,14 +369,17 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
         if h == hook::QUEUE {
             draw(skb, st);
         }
-        return None;
+        return;
     }
     count(counter::FOLLOWED_HOOKS);
     // At delivery the skb's device no longer matters (and may be gone): no read.
     let d = if h == hook::DELIVER {
         DevInfo::NONE
     } else {
-        dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0))?
+        match dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0)) {
+            Some(d) => d,
+            None => return,
+        }
     };
     // Decapsulated: the inner packet re-enters on the tunnel device (netif_rx, GRO or receive).
     if h != hook::QUEUE && h != hook::XMIT && (d.class == class::VXLAN || d.class == class::IPIP) {
@@ -385,7 +402,7 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
         st.skb = 0;
         count(counter::STALE);
         draw(skb, st);
-        return None;
+        return;
     }
     if slot == SLOT_UNKNOWN {
         count(counter::UNKNOWN_SEGMENTS);
@@ -409,12 +426,19 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> Option<(u64, u8, u64)> {
     if h == tx && (d.class == class::VXLAN || d.class == class::IPIP) {
         st.encap = 1;
     }
-    st.point = cur;
-    st.last_ts = now;
     if st.print != 0 {
         emit(skb, now, h, &d, st.dir, slot as u8);
     }
-    Some((st.first_ts, st.dir, now))
+    if h == hook::DELIVER {
+        // Copied to the application: the one-way time, and the slot is free again.
+        let one_way = st.dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
+        record_slot(one_way, now - st.first_ts, now - st.first_ts);
+        count(counter::DELIVERED);
+        st.skb = 0;
+        return;
+    }
+    st.point = cur;
+    st.last_ts = now;
 }
 
 /// A packet at a transmit queue with no state: the one-in-N draw comes first, so the packets
@@ -467,21 +491,6 @@ fn birth(skb: u64, st: &mut SkbState) {
     };
     if print {
         emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
-    }
-}
-
-/// Copied to the application: the last segment, and the one-way time.
-#[inline(always)]
-fn on_deliver(skb: u64) {
-    // One state lookup: the last segment's hook hands back what the one-way time needs.
-    let Some((first, dir, now)) = on_hook(skb, hook::DELIVER) else {
-        return;
-    };
-    let slot = dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
-    record_slot(slot, now - first, now - first);
-    count(counter::DELIVERED);
-    if let Some(st) = state(skb) {
-        st.skb = 0;
     }
 }
 
@@ -538,11 +547,10 @@ hook_program!("napi_gro_receive_entry", net_gro, |skb, _b| on_hook(
     skb,
     hook::GRO
 ));
-hook_program!(
-    "skb_copy_datagram_iovec",
-    net_deliver,
-    |skb, _b| on_deliver(skb)
-);
+hook_program!("skb_copy_datagram_iovec", net_deliver, |skb, _b| on_hook(
+    skb,
+    hook::DELIVER
+));
 hook_program!("kfree_skb", net_drop, |skb, reason| on_free(
     skb,
     Some(reason as u32)
