@@ -246,6 +246,22 @@ tracepoint:skb:consume_skb { delete(@t[args->skbaddr]); delete(@h[args->skbaddr]
 END { clear(@t); clear(@h); }
 "#;
 
+/// SIGINT, then SIGKILL after 5 s: a bpftrace interrupted while still attaching was seen to
+/// ignore SIGINT and hang the benchmark.
+fn stop_bpftrace(bt: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &bt.id().to_string()])
+        .status();
+    for _ in 0..50 {
+        if let Ok(Some(_)) = bt.try_wait() {
+            return;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let _ = bt.kill();
+    let _ = bt.wait();
+}
+
 /// Interleaved (untraced, traced) pairs per configuration and test, each run this long.
 const PAIRS: usize = 10;
 const PAIR_SECS: &str = "2";
@@ -324,10 +340,7 @@ pub fn trace() -> Result<()> {
         })?;
         sleep(Duration::from_secs(3)); // bpftrace compiles and attaches
         let r = builtin_secs(&lab.id, test, PAIR_SECS);
-        let _ = Command::new("kill")
-            .args(["-INT", &bt.id().to_string()])
-            .status();
-        let _ = bt.wait();
+        stop_bpftrace(&mut bt);
         Ok(serde_json::json!({ "workload": r? }))
     };
     let configs: [(&str, &[&str]); 4] = [
