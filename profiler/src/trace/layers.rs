@@ -171,6 +171,16 @@ mod tests {
     use super::*;
     use profiler_common::net::point;
 
+    /// Each segment's layer along a path of points; a segment the model does not name panics.
+    fn names_of(path: &[u8]) -> Vec<&'static str> {
+        path.windows(2)
+            .map(|w| {
+                layer(w[0], w[1])
+                    .unwrap_or_else(|| panic!("{} -> {}", describe(w[0]), describe(w[1])))
+            })
+            .collect()
+    }
+
     /// The overlay path seen on this machine (cf. overlay-ping-path.txt), point by point. On
     /// decap, vxlan hands the inner packet to netif_rx (gro_cells without NAPI).
     #[test]
@@ -197,13 +207,7 @@ mod tests {
             p(RECV, VETH, false, false),
             p(DELIVER, OTHER, false, false),
         ];
-        let names: Vec<&str> = path
-            .windows(2)
-            .map(|w| {
-                layer(w[0], w[1])
-                    .unwrap_or_else(|| panic!("{} -> {}", describe(w[0]), describe(w[1])))
-            })
-            .collect();
+        let names = names_of(&path);
         assert_eq!(
             names,
             [
@@ -249,13 +253,7 @@ mod tests {
             p(RECV, VETH, false, false),
             p(DELIVER, OTHER, false, false),
         ];
-        let names: Vec<&str> = path
-            .windows(2)
-            .map(|w| {
-                layer(w[0], w[1])
-                    .unwrap_or_else(|| panic!("{} -> {}", describe(w[0]), describe(w[1])))
-            })
-            .collect();
+        let names = names_of(&path);
         assert_eq!(
             names,
             [
