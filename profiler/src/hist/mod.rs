@@ -1,5 +1,6 @@
-//! Kernel-side latency histograms (`profiler_common::hist::Hist`, per-CPU) merged into
-//! `hdrhistogram` in user space, with interval deltas and a percentile summary.
+//! Kernel-side latency histograms (`profiler_common::hist::Hist`: shared arrays with atomic
+//! adds, or per-CPU where a report is per CPU) turned into `hdrhistogram` in user space, with
+//! interval deltas and a percentile summary.
 //!
 //! The kernel's bucket layout equals HDR's with 2 significant figures, so each bucket's
 //! representative lands in the HDR bucket of the same range: no second rounding.

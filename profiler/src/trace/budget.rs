@@ -226,7 +226,7 @@ impl Sampler {
                 self.add(&d);
                 self.mark = stats;
                 let (runs, ns) = total(&d, false);
-                self.learn(share, runs, ns, in_phase, tracer);
+                self.learn(share, runs, ns, in_phase);
                 if self.gap.is_zero() {
                     self.open_window(tracer, now, in_phase)?;
                 } else {
@@ -275,7 +275,7 @@ impl Sampler {
 
     /// After a drain: the cost of being attached (a) and of following (b per unit x), smoothed,
     /// then the next window's x and the gap that keeps a whole cycle within the budget.
-    fn learn(&mut self, share: f64, runs: u64, ns: u64, drain: Duration, tracer: &NetTracer) {
+    fn learn(&mut self, share: f64, runs: u64, ns: u64, drain: Duration) {
         let Some((w_runs, w_ns, w_followed)) = self.window_cost.take() else {
             return;
         };
@@ -304,7 +304,6 @@ impl Sampler {
             self.followed.0 += w_followed;
             self.followed.1 += (w_ns as f64 - others).max(0.0);
         }
-        let _ = tracer;
         let (a, b) = (self.a.unwrap_or(a), self.b.unwrap_or(b));
         (self.x, self.gap) = plan(a, b, share);
         // Whatever the run has spent beyond its share (the first window, a burst) is paid back
