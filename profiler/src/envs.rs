@@ -29,7 +29,7 @@ pub struct EnvRun {
     pub wall_ns: u64,
     /// What the environment cost the workload's threads: run-queue latency (wakeup or
     /// preemption to running), from the scheduler's tracepoints.
-    pub sched: Option<crate::trace::sched::SchedReport>,
+    pub sched: Option<crate::probes::sched::SchedReport>,
     /// The container's cgroup CPU throttling (periods, µs), where it has a cgroup v2.
     pub throttled: Option<(u64, u64)>,
     /// `kvm` or `tcg` (vm only).
@@ -80,7 +80,7 @@ pub fn run(
 ) -> Result<EnvRun> {
     let mut args = workload.to_vec();
     args.push("--json".into());
-    let mut tracer = crate::trace::sched::SchedTracer::start().ok();
+    let mut tracer = crate::probes::sched::SchedTracer::start().ok();
     let mut watch = |pid: u32| {
         if let Some(t) = tracer.as_mut() {
             let _ = t.watch(pid);
@@ -214,13 +214,13 @@ fn vm(
     if image.stripped {
         notes.push("this program went into the guest without its debug sections (objcopy)".into());
     }
-    let mut kvm: Option<(crate::kvm::exits::KvmTracer, u32, Instant)> = None;
+    let mut kvm: Option<(crate::probes::kvm::KvmTracer, u32, Instant)> = None;
     let mut kvm_error = None;
     let run = qemu::run_guest(&guest, accel, timeout, &mut |pid| {
         watch(pid);
         if accel == qemu::Accel::Kvm {
-            let filter = crate::kvm::exits::Filter { tgid: pid, tid: 0 };
-            match crate::kvm::exits::KvmTracer::start(filter) {
+            let filter = crate::probes::kvm::Filter { tgid: pid, tid: 0 };
+            match crate::probes::kvm::KvmTracer::start(filter) {
                 Ok(t) => kvm = Some((t, pid, Instant::now())),
                 Err(e) => kvm_error = Some(format!("{e:#}")),
             }
@@ -361,7 +361,7 @@ fn native(
         .ok();
     let waited = wait_with_timeout(child, timeout);
     if let Some(cg) = &cg {
-        *throttled = crate::trace::sched::throttling(cg);
+        *throttled = crate::probes::sched::throttling(cg);
         let _ = crate::container::cgroup::remove(cg);
     }
     let out = waited?;

@@ -2,12 +2,10 @@
 
 pub mod attach;
 pub mod boot;
-pub mod btf;
 pub mod cleanup;
 pub mod container;
 pub mod docker;
 pub mod doctor;
-pub mod ebpf;
 pub mod envs;
 pub mod fit;
 pub mod hist;
@@ -16,6 +14,7 @@ pub mod kernel;
 pub mod kvm;
 pub mod lab;
 pub mod opts;
+pub mod probes;
 pub mod sysbench;
 pub mod trace;
 pub mod workload;

@@ -1,12 +1,15 @@
 //! The kernel-side histogram bucket code passes the verifier and records real samples.
 
-use profiler::hist::{Summary, read_shared as read, selftest_attach};
+use profiler::{
+    hist::{Summary, read_shared as read},
+    probes::selftest::selftest_attach,
+};
 use profiler_tests::require_root;
 
 #[test]
 fn selftest_hist_records_getpid_calls() {
     require_root();
-    let mut ebpf = profiler::ebpf::load().expect("loading the eBPF object");
+    let mut ebpf = profiler::probes::load().expect("loading the eBPF object");
     let map = selftest_attach(&mut ebpf).expect("selftest_hist loads and attaches");
     let before = read(&map, 0).expect("reading SELFTEST_HIST").len();
     const N: u64 = 1000;

@@ -327,6 +327,13 @@ pub fn plan(k: &dyn KernelView) -> BTreeMap<Hook, Choice> {
     Hook::ALL.iter().map(|&h| (h, choose(h, k))).collect()
 }
 
+/// How one hook was attached, or why it was not: what a tracer reports and the doctor plans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attached {
+    pub event: String,
+    pub how: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use super::{
     qemu::{self, Accel, Marks},
     serial::LineSplitter,
 };
-use crate::{cleanup::Owner, trace::exec::SharedExecs};
+use crate::{cleanup::Owner, probes::exec::SharedExecs};
 
 pub const URI: &str = "qemu:///system";
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -252,7 +252,7 @@ fn qemu_pid(name: &str) -> Option<u32> {
 /// QEMU execs other than the domain's own (`pid`) between `from` and `to` (offsets from
 /// `t0_mono`): libvirtd probing QEMU's capabilities.
 fn capability_probes(
-    events: &[crate::trace::exec::Exec],
+    events: &[crate::probes::exec::Exec],
     pid: u32,
     t0_mono: u64,
     from: Duration,
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn capability_probes_are_other_qemus_before_the_domains() {
-        use crate::trace::exec::Exec;
+        use crate::probes::exec::Exec;
         let ev = |ts: u64, pid: u32, comm: &str| Exec {
             ts,
             pid,

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{kvm::exits::KvmTracer, trace::exec::SharedExecs};
+use crate::{probes::exec::SharedExecs, probes::kvm::KvmTracer};
 
 use super::{
     AccelChoice, Boot, BootReport, Laps, Phase, PhaseExits, Vm, artefacts, ns, phases,
@@ -88,11 +88,11 @@ pub fn names(split_vmm: bool, workload: bool) -> Vec<&'static str> {
 
 /// QEMU's exec and its first vCPU thread, as offsets from `t0_mono` (CLOCK_MONOTONIC ns).
 pub fn vmm_marks(
-    events: &[crate::trace::exec::Exec],
+    events: &[crate::probes::exec::Exec],
     pid: u32,
     t0_mono: u64,
 ) -> [Option<Duration>; 2] {
-    let at = |f: &dyn Fn(&crate::trace::exec::Exec) -> bool| {
+    let at = |f: &dyn Fn(&crate::probes::exec::Exec) -> bool| {
         events
             .iter()
             // After the spawn only: an earlier event is a former holder of the pid.
@@ -865,7 +865,7 @@ pub fn choose(
 /// The KVM exit tracer on every VM (a boot's qemu has no pid before its spawn), or None when
 /// it cannot load: the boot goes on without exits per phase.
 fn exit_tracer() -> Option<KvmTracer> {
-    KvmTracer::start(crate::kvm::exits::Filter::default()).ok()
+    KvmTracer::start(crate::probes::kvm::Filter::default()).ok()
 }
 
 fn backend_name(b: crate::kernel::KvmBackend) -> String {
@@ -963,7 +963,7 @@ mod tests {
 
     #[test]
     fn vmm_marks_take_qemus_own_exec_and_first_vcpu_thread() {
-        use crate::trace::exec::Exec;
+        use crate::probes::exec::Exec;
         let ev = |ts: u64, pid: u32, comm: &str, renamed: bool| Exec {
             ts,
             pid,

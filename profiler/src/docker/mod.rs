@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::{
     cleanup::Owner,
     hist::{Summary, fmt_ns},
-    trace::exec::{ExecTracer, monotonic_ns},
+    probes::exec::{ExecTracer, monotonic_ns},
 };
 
 pub const SOCKET: &str = "/var/run/docker.sock";

@@ -18,7 +18,7 @@
 //!   computed from the object's map definitions for 2 to 256 CPUs
 //! - `hooks`: [ { hook, label, mechanism, target, precision, fallback, passed_over: [{mechanism, target, why}] } ]
 
-pub mod probes;
+use crate::probes::probe as probes;
 
 use std::{
     collections::BTreeMap,
@@ -90,7 +90,7 @@ pub struct Report {
     pub libvirt_socket: SocketReport,
     pub lab_modes: BTreeMap<&'static str, ModeReport>,
     pub bpf_map_memory: MapMemory,
-    pub map_memory_model: Vec<crate::ebpf::MemoryModel>,
+    pub map_memory_model: Vec<crate::probes::MemoryModel>,
     pub hooks: Vec<HookReport>,
 }
 
@@ -223,7 +223,7 @@ pub fn run() -> Result<Report> {
                 maps,
             }
         },
-        map_memory_model: crate::ebpf::memory_model().unwrap_or_default(),
+        map_memory_model: crate::probes::memory_model().unwrap_or_default(),
         hooks,
     })
 }

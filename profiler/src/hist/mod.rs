@@ -6,11 +6,7 @@
 //! representative lands in the HDR bucket of the same range: no second rounding.
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{Array, MapData, PerCpuArray},
-    programs::TracePoint,
-};
+use aya::maps::{Array, MapData, PerCpuArray};
 use hdrhistogram::Histogram;
 use profiler_common::hist::{HIST_BUCKETS, HIST_OVERFLOW, HIST_OVERFLOW_NS, Hist, bucket_value};
 
@@ -107,28 +103,6 @@ impl Delta {
     pub fn read(&mut self, map: &PerCpuArray<MapData, Hist>, index: u32) -> Result<Histogram<u64>> {
         Ok(self.next(&read_per_cpu(map, index)?))
     }
-}
-
-/// Loads and attaches `selftest_hist` (profiler-ebpf/src/selftest.rs) to
-/// `syscalls:sys_enter_getpid` and hands back its map: proof that the bucket code passes
-/// this kernel's verifier. The program stays attached while `ebpf` lives.
-pub fn selftest_attach(ebpf: &mut Ebpf) -> Result<Array<MapData, Hist>> {
-    crate::kernel::tracefs()?;
-    anyhow::ensure!(
-        crate::kernel::tracepoint_exists("syscalls", "sys_enter_getpid"),
-        "tracepoint syscalls:sys_enter_getpid missing (CONFIG_FTRACE_SYSCALLS off?)"
-    );
-    let prog: &mut TracePoint = ebpf
-        .program_mut("selftest_hist")
-        .context("selftest_hist not in the eBPF object")?
-        .try_into()?;
-    prog.load().context("verifier rejected selftest_hist")?;
-    prog.attach("syscalls", "sys_enter_getpid")
-        .context("attaching selftest_hist to syscalls:sys_enter_getpid")?;
-    let map = ebpf
-        .take_map("SELFTEST_HIST")
-        .context("SELFTEST_HIST not in the eBPF object")?;
-    Ok(Array::try_from(map)?)
 }
 
 /// The histogram at `index` of a map shared by all CPUs (atomic adds), since its creation.

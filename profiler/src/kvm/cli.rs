@@ -9,11 +9,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    exits::{Filter, KvmTracer},
     microvm::{self, Workload},
     report::{self, KvmReport},
 };
 use crate::kernel::{self, KvmBackend};
+use crate::probes::kvm::{Filter, KvmTracer};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct KvmArgs {

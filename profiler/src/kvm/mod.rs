@@ -1,7 +1,5 @@
 //! KVM: the built-in micro-VM (real KVM through rust-vmm's kvm-ioctls, no QEMU).
 
 pub mod cli;
-pub mod exits;
 pub mod microvm;
-pub mod names;
 pub mod report;

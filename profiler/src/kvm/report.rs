@@ -8,60 +8,14 @@ use profiler_common::{
 };
 use serde::Serialize;
 
-use super::{microvm, names};
+use super::microvm;
+pub use crate::attach::Attached as Attach;
+use crate::probes::kvm::{Raw, names};
 
-/// How one tracepoint was attached, or why it was not.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Attach {
-    pub event: String,
-    pub how: String,
-}
 use crate::{
     hist::{Summary, fmt_ns, to_histogram},
     kernel::KvmBackend,
 };
-
-/// The kernel maps' contents, summed over CPUs.
-#[derive(Clone)]
-pub struct Raw {
-    /// `KVM_EXIT_HIST` / `KVM_EXIT_COUNT`, per exit slot.
-    pub exit_hist: Vec<Box<Hist>>,
-    pub exit_count: Vec<u64>,
-    /// `KVM_RUN_HIST`: `kind * USER_SLOTS + user slot`.
-    pub run_hist: Vec<Box<Hist>>,
-    /// `KVM_USER_EXITS`, per user slot.
-    pub user_exits: Vec<u64>,
-    /// `KVM_COUNTERS`.
-    pub counters: Vec<u64>,
-    /// `KVM_PIO_PORTS`: (`pio_key`, count), sorted by key.
-    pub pio_ports: Vec<(u32, u64)>,
-}
-
-impl Raw {
-    pub fn empty() -> Raw {
-        Raw {
-            exit_hist: (0..EXIT_SLOTS).map(|_| Box::new(Hist::ZERO)).collect(),
-            exit_count: vec![0; EXIT_SLOTS as usize],
-            run_hist: (0..2 * USER_SLOTS).map(|_| Box::new(Hist::ZERO)).collect(),
-            user_exits: vec![0; USER_SLOTS as usize],
-            counters: vec![0; counter::COUNT as usize],
-            pio_ports: vec![],
-        }
-    }
-
-    pub fn counter(&self, c: u32) -> u64 {
-        self.counters.get(c as usize).copied().unwrap_or(0)
-    }
-
-    /// kvm:kvm_pio exits on one port and direction.
-    pub fn pio_on(&self, port: u16, out: bool) -> u64 {
-        let key = profiler_common::kvm::pio_key(port as u32, out);
-        self.pio_ports
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map_or(0, |(_, n)| *n)
-    }
-}
 
 /// What was measured, as far as the backend allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

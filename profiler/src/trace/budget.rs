@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use profiler_common::net::{counter, follow_below};
 use serde::Serialize;
 
-use super::net::{FLOOR, NetTracer, ProgStats};
+use crate::probes::net::{FLOOR, NetTracer, ProgStats};
 
 /// Following every packet while attached.
 const WINDOW: Duration = Duration::from_millis(50);

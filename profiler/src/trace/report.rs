@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-use super::{layers, net::Snapshot};
+use super::layers;
 use crate::hist::{Summary, fmt_ns};
+use crate::probes::net::Snapshot;
 use profiler_common::net::{SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, counter};
 
 #[derive(Debug, Serialize)]
@@ -162,7 +163,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
             lost: c[counter::BIRTHS as usize] as i64 - ended as i64,
         },
         drop_reasons: {
-            let btf = crate::btf::Btf::vmlinux().ok();
+            let btf = crate::kernel::btf::Btf::vmlinux().ok();
             s.drop_reasons
                 .iter()
                 .map(|(r, n)| {

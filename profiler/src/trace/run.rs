@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::{
     budget::{Policy, Sampler},
-    net::{Filter, NetTracer},
     report::{self, NetReport},
 };
+use crate::probes::net::{Filter, NetTracer};
 use crate::{
     cleanup,
     lab::{self, Lab, Mode, netns},
@@ -106,7 +106,7 @@ pub struct TraceReport {
     pub seconds: f64,
     pub attached: Vec<(String, String)>,
     pub net: NetReport,
-    pub softirq: Option<super::softirq::SoftirqReport>,
+    pub softirq: Option<crate::probes::softirq::SoftirqReport>,
     pub workload: Option<workload::Report>,
     /// How the tracer sampled and what it cost (per program: ns per run, under bpf_stats).
     pub tracer: super::budget::Cost,
@@ -269,7 +269,7 @@ fn trace_in(
         seconds: args.length,
         attached: tracer.attached.clone(),
         net,
-        softirq: super::softirq::read(tracer.ebpf()).ok(),
+        softirq: crate::probes::softirq::read(tracer.ebpf()).ok(),
         workload,
         tracer: cost,
         state_in_use: tracer.state_in_use().ok(),
@@ -518,7 +518,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         seconds: args.length,
         attached: tracer.attached.clone(),
         net: report::build(&tracer.snapshot()?, &tracer.table.names),
-        softirq: super::softirq::read(tracer.ebpf()).ok(),
+        softirq: crate::probes::softirq::read(tracer.ebpf()).ok(),
         workload: None,
         tracer: cost,
         state_in_use: tracer.state_in_use().ok(),
@@ -669,7 +669,7 @@ pub fn print(r: &TraceReport) {
         );
     }
     if let Some(s) = &r.softirq {
-        super::softirq::print(s);
+        crate::probes::softirq::print(s);
     }
     if let Some(w) = &r.workload {
         println!();
@@ -790,7 +790,7 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             .find(|d| d.name == name && d.netns.ends_with(ns_suffix))
             .ok_or_else(|| anyhow!("lab {} has no {name} ({role:?})", desc.id))?
             .clone();
-        let injector = crate::inject::Injector::attach(
+        let injector = crate::probes::inject::Injector::attach(
             &dev.netns,
             &dev.name,
             true,

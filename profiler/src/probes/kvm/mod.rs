@@ -15,10 +15,9 @@ use profiler_common::{
     kvm::{EXIT_SLOTS, RUN_HIST_SLOTS, USER_SLOTS, counter},
 };
 
-use super::{
-    names,
-    report::{Attach, Raw},
-};
+pub mod names;
+
+use crate::attach::Attached as Attach;
 
 /// Which threads to follow; 0 = any.
 #[derive(Clone, Copy, Debug, Default)]
@@ -169,7 +168,7 @@ impl KvmTracer {
                 }),
             }
         }
-        let mut loader = crate::ebpf::loader(crate::ebpf::Subject::Kvm);
+        let mut loader = crate::probes::loader(crate::probes::Subject::Kvm);
         for (name, v) in &globals {
             loader.override_global(name, v, true);
         }
@@ -178,7 +177,7 @@ impl KvmTracer {
             .override_global("KVM_TID", &filter.tid, true)
             .override_global("KVM_IOCTL_NR", &IOCTL_NR, true);
         let mut ebpf = loader
-            .load(crate::ebpf::OBJECT)
+            .load(crate::probes::OBJECT)
             .context("loading the KVM tracer's eBPF programs")?;
         {
             let mut table: Array<_, u8> = Array::try_from(
@@ -335,5 +334,47 @@ format:
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), HOOKS.len());
+    }
+}
+
+/// The kernel maps' contents, summed over CPUs.
+#[derive(Clone)]
+pub struct Raw {
+    /// `KVM_EXIT_HIST` / `KVM_EXIT_COUNT`, per exit slot.
+    pub exit_hist: Vec<Box<Hist>>,
+    pub exit_count: Vec<u64>,
+    /// `KVM_RUN_HIST`: `kind * USER_SLOTS + user slot`.
+    pub run_hist: Vec<Box<Hist>>,
+    /// `KVM_USER_EXITS`, per user slot.
+    pub user_exits: Vec<u64>,
+    /// `KVM_COUNTERS`.
+    pub counters: Vec<u64>,
+    /// `KVM_PIO_PORTS`: (`pio_key`, count), sorted by key.
+    pub pio_ports: Vec<(u32, u64)>,
+}
+
+impl Raw {
+    pub fn empty() -> Raw {
+        Raw {
+            exit_hist: (0..EXIT_SLOTS).map(|_| Box::new(Hist::ZERO)).collect(),
+            exit_count: vec![0; EXIT_SLOTS as usize],
+            run_hist: (0..2 * USER_SLOTS).map(|_| Box::new(Hist::ZERO)).collect(),
+            user_exits: vec![0; USER_SLOTS as usize],
+            counters: vec![0; counter::COUNT as usize],
+            pio_ports: vec![],
+        }
+    }
+
+    pub fn counter(&self, c: u32) -> u64 {
+        self.counters.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// kvm:kvm_pio exits on one port and direction.
+    pub fn pio_on(&self, port: u16, out: bool) -> u64 {
+        let key = profiler_common::kvm::pio_key(port as u32, out);
+        self.pio_ports
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, n)| *n)
     }
 }

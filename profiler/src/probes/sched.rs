@@ -26,14 +26,14 @@ pub struct SchedReport {
 
 impl SchedTracer {
     pub fn start() -> Result<SchedTracer> {
-        let btf = crate::btf::Btf::vmlinux()?;
+        let btf = crate::kernel::btf::Btf::vmlinux()?;
         let (pid, tgid, state) = (
             btf.offset("task_struct.pid")?,
             btf.offset("task_struct.tgid")?,
             btf.offset("task_struct.__state")?,
         );
         drop(btf);
-        let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Sched)
+        let mut ebpf = crate::probes::loader(crate::probes::Subject::Sched)
             .override_global(
                 "SCHED_CONFIG",
                 &profiler_common::sched::SchedConfig {
@@ -44,7 +44,7 @@ impl SchedTracer {
                 },
                 true,
             )
-            .load(crate::ebpf::OBJECT)
+            .load(crate::probes::OBJECT)
             .context("loading the scheduler tracer")?;
         let btf = AyaBtf::from_sys_fs().context("reading vmlinux BTF")?;
         for (prog, tp) in [

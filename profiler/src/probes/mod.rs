@@ -1,6 +1,19 @@
-//! The eBPF object built from `profiler-ebpf` by build.rs, embedded in the binary, and its
-//! loader. Every command loads the one object, but only its own subject's maps at full size:
-//! the others shrink to one entry, so a command's kernel memory is what it traces.
+//! One room per BPF subject, named as in profiler-ebpf/src: each holds its subject's loader,
+//! attach and reader. Commands use them; they do not own them.
+//!
+//! This file is the one object, built from `profiler-ebpf` by build.rs and embedded in the
+//! binary, and its one loader. Every command loads the one object, but only its own subject's
+//! maps at full size: the others shrink to one entry, so a command's kernel memory is what it
+//! traces.
+
+pub mod exec;
+pub mod inject;
+pub mod kvm;
+pub mod net;
+pub mod probe;
+pub mod sched;
+pub mod selftest;
+pub mod softirq;
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader};

@@ -16,8 +16,8 @@ use profiler_common::{
     net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
 };
 
-use super::layers;
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
+use crate::trace::layers;
 
 /// What to follow.
 #[derive(Clone, Debug, Default)]
@@ -129,10 +129,10 @@ impl NetTracer {
             n if n.is_power_of_two() && n <= STATE_SLOTS => n - 1,
             n => anyhow::bail!("--state-slots {n}: a power of two up to {STATE_SLOTS}"),
         };
-        let mut l = crate::ebpf::loader(crate::ebpf::Subject::Net);
+        let mut l = crate::probes::loader(crate::probes::Subject::Net);
         l.override_global("NET_CONFIG", &config, true);
         let mut ebpf = l
-            .load(crate::ebpf::OBJECT)
+            .load(crate::probes::OBJECT)
             .context("loading the tracer's eBPF programs")?;
         let table = layers::table();
         {

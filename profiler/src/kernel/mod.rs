@@ -1,6 +1,8 @@
 //! Facts about the running kernel read from its own interfaces: BTF, tracefs, securityfs,
 //! kallsyms and sysctls. Nothing here guesses from version numbers.
 
+pub mod btf;
+
 use std::{
     fs,
     path::{Path, PathBuf},

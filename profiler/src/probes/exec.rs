@@ -39,8 +39,8 @@ impl ExecTracer {
     }
 
     fn start_with(renames: bool) -> Result<ExecTracer> {
-        let mut ebpf = crate::ebpf::loader(crate::ebpf::Subject::Exec)
-            .load(crate::ebpf::OBJECT)
+        let mut ebpf = crate::probes::loader(crate::probes::Subject::Exec)
+            .load(crate::probes::OBJECT)
             .context("loading the exec tracer")?;
         let btf = Btf::from_sys_fs().context("reading vmlinux BTF")?;
         let hooks: &[(&str, &str)] = if renames {

@@ -66,7 +66,7 @@ pub fn attach_mechanisms() -> Result<BTreeMap<Mechanism, Attempt>> {
         // SAFETY: plain netlink request; ifindex 1 is the new namespace's loopback.
         unsafe { aya::netlink_set_link_up(1) }
             .map_err(|e| anyhow!("bringing up loopback in the scratch namespace: {e}"))?;
-        let mut bpf = crate::ebpf::load()?;
+        let mut bpf = crate::probes::load()?;
         let btf = Btf::from_sys_fs().ok();
         let mut staged = BTreeMap::new();
         for m in Mechanism::ALL {
@@ -229,7 +229,7 @@ pub fn kvm() -> KvmProbe {
         return probe;
     }
     let result = (|| -> Result<(Option<bool>, u64)> {
-        let mut bpf = crate::ebpf::load()?;
+        let mut bpf = crate::probes::load()?;
         let mut attached = false;
         if kvm_exit_exists {
             let p: &mut TracePoint = bpf
@@ -276,7 +276,7 @@ pub fn map_memory() -> Result<Vec<(String, u64)>> {
             .collect()
     };
     let before = ids();
-    let bpf = crate::ebpf::load()?;
+    let bpf = crate::probes::load()?;
     let mut out = vec![];
     for info in aya::maps::loaded_maps().filter_map(|m| m.ok()) {
         if before.contains(&info.id()) {

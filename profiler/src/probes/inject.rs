@@ -1,0 +1,96 @@
+//! The delay injector (user side of profiler-ebpf/src/inject.rs), for the lab: this kernel has no
+//! netem. A TC program (`profiler-ebpf/src/inject.rs`) on one hook of one lab device holds each selected
+//! packet until a deadline, spinning in `bpf_loop`; the delay lands in the segment after the
+//! hook. The program stays attached while the [`Injector`] lives.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{SchedClassifier, TcAttachType},
+};
+
+use crate::lab;
+
+/// Longest delay accepted: the program spins on a CPU with softirqs off for this long.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+
+/// The injector program, attached to one hook of one device. Dropping it detaches.
+pub struct Injector {
+    // Holds the program and its tcx link (an fd: process-wide, whatever thread made it).
+    ebpf: Ebpf,
+}
+
+impl Injector {
+    /// Attaches the injector on `dev` in the named network namespace: every IPv4 TCP/UDP
+    /// packet (or those with `port` as source or destination port) passing the hook waits
+    /// `delay` there.
+    pub fn attach(
+        netns: &str,
+        dev: &str,
+        ingress: bool,
+        delay: Duration,
+        port: Option<u16>,
+    ) -> Result<Injector> {
+        if delay.is_zero() || delay > MAX_DELAY {
+            bail!(
+                "delay {delay:?} out of range: 1ns..={}ms",
+                MAX_DELAY.as_millis()
+            );
+        }
+        let delay_ns = delay.as_nanos() as u64;
+        let port = port.unwrap_or(0);
+        let (dev, hook) = (dev.to_string(), hook_name(ingress));
+        let ns = netns.to_string();
+        let what = format!("attaching the injector to {hook} of {dev} in {ns}");
+        // The interface name resolves in the calling thread's namespace: attach from inside it.
+        let ebpf = lab::netns::run_in(netns, move || -> Result<Ebpf> {
+            let mut ebpf = crate::probes::loader(crate::probes::Subject::Inject)
+                .override_global(
+                    "INJECT_CONFIG",
+                    &profiler_common::inject::InjectConfig {
+                        delay_ns,
+                        port,
+                        _pad: [0; 6],
+                    },
+                    true,
+                )
+                .load(crate::probes::OBJECT)
+                .context("loading the profiler's eBPF object")?;
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut("inject_delay")
+                .ok_or_else(|| anyhow!("the eBPF object has no inject_delay program"))?
+                .try_into()?;
+            prog.load().context("loading inject_delay")?;
+            let attach = if ingress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            prog.attach(&dev, attach)?;
+            Ok(ebpf)
+        })
+        .context(what)?;
+        Ok(Injector { ebpf })
+    }
+
+    /// Packets held so far, over all CPUs.
+    pub fn injected(&self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map("INJECT_COUNT")
+            .ok_or_else(|| anyhow!("the eBPF object has no INJECT_COUNT map"))?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counts
+            .get(&0, 0)
+            .context("reading INJECT_COUNT")?
+            .iter()
+            .sum())
+    }
+}
+
+pub fn hook_name(ingress: bool) -> &'static str {
+    if ingress { "ingress" } else { "egress" }
+}
