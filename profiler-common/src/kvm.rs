@@ -144,3 +144,31 @@ mod tests {
         assert_eq!(user_slot(u32::MAX), USER_OTHER);
     }
 }
+
+/// `KVM_CONFIG`: the filter and the classic tracepoints' field offsets (from their format files),
+/// set by the loader (profiler/src/probes/kvm/).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmConfig {
+    /// Threads to follow, 0 = any.
+    pub tgid: u32,
+    pub tid: u32,
+    /// ioctl's syscall number on this architecture.
+    pub ioctl_nr: u64,
+    pub off_exit_reason: u32,
+    pub off_exit_isa: u32,
+    pub off_pio_rw: u32,
+    pub off_pio_port: u32,
+    pub off_mmio_type: u32,
+    pub off_msr_write: u32,
+    pub off_emul_failed: u32,
+    pub off_user_reason: u32,
+    pub off_sys_enter_id: u32,
+    pub off_sys_enter_args: u32,
+    pub off_sys_exit_id: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, `#[repr(C)]`, no implicit padding (8 + 8 + 12 * 4 bytes).
+unsafe impl aya::Pod for KvmConfig {}

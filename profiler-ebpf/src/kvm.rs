@@ -8,6 +8,7 @@
 //! - A counter per kvm event (pio, mmio, msr, cpuid, hypercall, emulate_insn, userspace_exit).
 
 use aya_ebpf::{
+    Global,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -16,34 +17,43 @@ use aya_ebpf::{
 use profiler_common::{
     hist::Hist,
     kvm::{
-        EXIT_KEYS, EXIT_OTHER, EXIT_SLOTS, ISA_SVM, ISA_VMX, KVM_RUN, RUN_HIST_SLOTS, RUN_IN_KVM,
-        RUN_IN_VMM, USER_SLOTS, VcpuThread, counter, exit_key, pio_key, user_slot,
+        EXIT_KEYS, EXIT_OTHER, EXIT_SLOTS, ISA_SVM, ISA_VMX, KVM_RUN, KvmConfig, RUN_HIST_SLOTS,
+        RUN_IN_KVM, RUN_IN_VMM, USER_SLOTS, VcpuThread, counter, exit_key, pio_key, user_slot,
     },
 };
 
 use crate::hist::record_shared;
 
-macro_rules! globals {
-    ($($name:ident: $ty:ty),* $(,)?) => {
-        $(#[unsafe(no_mangle)] static $name: $ty = 0;)*
-    };
-}
-globals! {
-    // Filters, 0 = any.
-    KVM_TGID: u32, KVM_TID: u32,
-    // ioctl's syscall number on this architecture.
-    KVM_IOCTL_NR: u64,
-    // Field offsets of the classic tracepoints, from their format files.
-    KVM_OFF_EXIT_REASON: u32, KVM_OFF_EXIT_ISA: u32, KVM_OFF_PIO_RW: u32, KVM_OFF_PIO_PORT: u32,
-    KVM_OFF_MMIO_TYPE: u32, KVM_OFF_MSR_WRITE: u32, KVM_OFF_EMUL_FAILED: u32,
-    KVM_OFF_USER_REASON: u32, KVM_OFF_SYS_ENTER_ID: u32, KVM_OFF_SYS_ENTER_ARGS: u32,
-    KVM_OFF_SYS_EXIT_ID: u32,
-}
+/// Filter and field offsets, set by the loader (profiler/src/probes/kvm/).
+#[unsafe(no_mangle)]
+static KVM_CONFIG: Global<KvmConfig> = Global::new(KvmConfig {
+    tgid: 0,
+    tid: 0,
+    ioctl_nr: 0,
+    off_exit_reason: 0,
+    off_exit_isa: 0,
+    off_pio_rw: 0,
+    off_pio_port: 0,
+    off_mmio_type: 0,
+    off_msr_write: 0,
+    off_emul_failed: 0,
+    off_user_reason: 0,
+    off_sys_enter_id: 0,
+    off_sys_enter_args: 0,
+    off_sys_exit_id: 0,
+    _pad: 0,
+});
 
-#[inline(always)]
-fn g<T: Copy>(v: &'static T) -> T {
-    // SAFETY: reading a static the loader may have rewritten.
-    unsafe { core::ptr::read_volatile(v) }
+/// One field of `KVM_CONFIG`, as one volatile load.
+macro_rules! cfg {
+    ($f:ident) => {
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*(&KVM_CONFIG as *const Global<KvmConfig> as *const KvmConfig)).$f
+            ))
+        }
+    };
 }
 
 #[map]
@@ -81,7 +91,7 @@ fn count(i: u32) {
 fn followed() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let (want_tgid, want_tid) = (g(&KVM_TGID), g(&KVM_TID));
+    let (want_tgid, want_tid) = (cfg!(tgid), cfg!(tid));
     if (want_tgid != 0 && want_tgid != tgid) || (want_tid != 0 && want_tid != tid) {
         return None;
     }
@@ -89,9 +99,9 @@ fn followed() -> Option<u64> {
 }
 
 #[inline(always)]
-fn field<T: Default>(ctx: &TracePointContext, off: &'static u32) -> T {
+fn field<T: Default>(ctx: &TracePointContext, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel of the event record; a bad offset reads as an error.
-    unsafe { ctx.read_at::<T>(g(off) as usize) }.unwrap_or_default()
+    unsafe { ctx.read_at::<T>(off as usize) }.unwrap_or_default()
 }
 
 #[inline(always)]
@@ -117,8 +127,8 @@ fn thread(id: u64) -> Option<&'static mut VcpuThread> {
 pub fn kvm_tp_exit(ctx: TracePointContext) -> u32 {
     let Some(id) = followed() else { return 0 };
     let t = now();
-    let reason: u32 = field(&ctx, &KVM_OFF_EXIT_REASON);
-    let isa: u32 = field(&ctx, &KVM_OFF_EXIT_ISA);
+    let reason: u32 = field(&ctx, cfg!(off_exit_reason));
+    let isa: u32 = field(&ctx, cfg!(off_exit_isa));
     count(match isa {
         ISA_VMX => counter::EXIT_VMX,
         ISA_SVM => counter::EXIT_SVM,
@@ -155,14 +165,14 @@ pub fn kvm_tp_entry(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn kvm_sys_enter(ctx: TracePointContext) -> u32 {
-    let nr: u64 = field(&ctx, &KVM_OFF_SYS_ENTER_ID);
-    if nr != g(&KVM_IOCTL_NR) {
+    let nr: u64 = field(&ctx, cfg!(off_sys_enter_id));
+    if nr != cfg!(ioctl_nr) {
         return 0;
     }
     // args[1]: the ioctl request.
     // SAFETY: bpf_probe_read_kernel of the event record.
     let req: u64 =
-        unsafe { ctx.read_at::<u64>(g(&KVM_OFF_SYS_ENTER_ARGS) as usize + 8) }.unwrap_or(0);
+        unsafe { ctx.read_at::<u64>(cfg!(off_sys_enter_args) as usize + 8) }.unwrap_or(0);
     if req & 0xffff_ffff != KVM_RUN {
         return 0;
     }
@@ -186,8 +196,8 @@ pub fn kvm_sys_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn kvm_sys_exit(ctx: TracePointContext) -> u32 {
-    let nr: u64 = field(&ctx, &KVM_OFF_SYS_EXIT_ID);
-    if nr != g(&KVM_IOCTL_NR) {
+    let nr: u64 = field(&ctx, cfg!(off_sys_exit_id));
+    if nr != cfg!(ioctl_nr) {
         return 0;
     }
     let Some(id) = followed() else { return 0 };
@@ -217,7 +227,7 @@ pub fn kvm_sys_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvm_tp_userspace_exit(ctx: TracePointContext) -> u32 {
     let Some(id) = followed() else { return 0 };
-    let reason: u32 = field(&ctx, &KVM_OFF_USER_REASON);
+    let reason: u32 = field(&ctx, cfg!(off_user_reason));
     count(counter::USERSPACE_EXIT);
     add(&KVM_USER_EXITS, user_slot(reason), 1);
     if let Some(p) = KVM_THREADS.get_ptr_mut(id) {
@@ -232,8 +242,8 @@ pub fn kvm_tp_pio(ctx: TracePointContext) -> u32 {
     if followed().is_none() {
         return 0;
     }
-    let rw: u32 = field(&ctx, &KVM_OFF_PIO_RW);
-    let port: u32 = field(&ctx, &KVM_OFF_PIO_PORT);
+    let rw: u32 = field(&ctx, cfg!(off_pio_rw));
+    let port: u32 = field(&ctx, cfg!(off_pio_port));
     let out = rw != 0;
     count(if out {
         counter::PIO_OUT
@@ -257,7 +267,7 @@ pub fn kvm_tp_mmio(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // KVM_TRACE_MMIO_READ_UNSATISFIED 0, READ 1, WRITE 2.
-    let ty: u32 = field(&ctx, &KVM_OFF_MMIO_TYPE);
+    let ty: u32 = field(&ctx, cfg!(off_mmio_type));
     count(match ty {
         0 => counter::MMIO_READ_UNSATISFIED,
         1 => counter::MMIO_READ,
@@ -271,7 +281,7 @@ pub fn kvm_tp_msr(ctx: TracePointContext) -> u32 {
     if followed().is_none() {
         return 0;
     }
-    let write: u32 = field(&ctx, &KVM_OFF_MSR_WRITE);
+    let write: u32 = field(&ctx, cfg!(off_msr_write));
     count(if write != 0 {
         counter::MSR_WRITE
     } else {
@@ -286,7 +296,7 @@ pub fn kvm_tp_emulate_insn(ctx: TracePointContext) -> u32 {
         return 0;
     }
     count(counter::EMULATE_INSN);
-    let failed: u8 = field(&ctx, &KVM_OFF_EMUL_FAILED);
+    let failed: u8 = field(&ctx, cfg!(off_emul_failed));
     if failed != 0 {
         count(counter::EMULATE_FAILED);
     }

@@ -12,7 +12,7 @@ use aya::{
 };
 use profiler_common::{
     hist::Hist,
-    kvm::{EXIT_SLOTS, RUN_HIST_SLOTS, USER_SLOTS, counter},
+    kvm::{EXIT_SLOTS, KvmConfig, RUN_HIST_SLOTS, USER_SLOTS, counter},
 };
 
 pub mod names;
@@ -34,12 +34,15 @@ const IOCTL_NR: u64 = 29;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const IOCTL_NR: u64 = libc::SYS_ioctl as u64;
 
-/// One classic tracepoint: its program and the fields (global <- field) it reads.
+/// Where one format field's offset goes in `KvmConfig`.
+type Slot = fn(&mut KvmConfig) -> &mut u32;
+
+/// One classic tracepoint: its program and the fields (config slot <- field) it reads.
 struct Hook {
     category: &'static str,
     event: &'static str,
     program: &'static str,
-    fields: &'static [(&'static str, &'static str)],
+    fields: &'static [(Slot, &'static str)],
 }
 
 const HOOKS: &[Hook] = &[
@@ -48,23 +51,23 @@ const HOOKS: &[Hook] = &[
         event: "sys_enter",
         program: "kvm_sys_enter",
         fields: &[
-            ("KVM_OFF_SYS_ENTER_ID", "id"),
-            ("KVM_OFF_SYS_ENTER_ARGS", "args"),
+            (|c| &mut c.off_sys_enter_id, "id"),
+            (|c| &mut c.off_sys_enter_args, "args"),
         ],
     },
     Hook {
         category: "raw_syscalls",
         event: "sys_exit",
         program: "kvm_sys_exit",
-        fields: &[("KVM_OFF_SYS_EXIT_ID", "id")],
+        fields: &[(|c| &mut c.off_sys_exit_id, "id")],
     },
     Hook {
         category: "kvm",
         event: "kvm_exit",
         program: "kvm_tp_exit",
         fields: &[
-            ("KVM_OFF_EXIT_REASON", "exit_reason"),
-            ("KVM_OFF_EXIT_ISA", "isa"),
+            (|c| &mut c.off_exit_reason, "exit_reason"),
+            (|c| &mut c.off_exit_isa, "isa"),
         ],
     },
     Hook {
@@ -77,25 +80,28 @@ const HOOKS: &[Hook] = &[
         category: "kvm",
         event: "kvm_userspace_exit",
         program: "kvm_tp_userspace_exit",
-        fields: &[("KVM_OFF_USER_REASON", "reason")],
+        fields: &[(|c| &mut c.off_user_reason, "reason")],
     },
     Hook {
         category: "kvm",
         event: "kvm_pio",
         program: "kvm_tp_pio",
-        fields: &[("KVM_OFF_PIO_RW", "rw"), ("KVM_OFF_PIO_PORT", "port")],
+        fields: &[
+            (|c| &mut c.off_pio_rw, "rw"),
+            (|c| &mut c.off_pio_port, "port"),
+        ],
     },
     Hook {
         category: "kvm",
         event: "kvm_mmio",
         program: "kvm_tp_mmio",
-        fields: &[("KVM_OFF_MMIO_TYPE", "type")],
+        fields: &[(|c| &mut c.off_mmio_type, "type")],
     },
     Hook {
         category: "kvm",
         event: "kvm_msr",
         program: "kvm_tp_msr",
-        fields: &[("KVM_OFF_MSR_WRITE", "write")],
+        fields: &[(|c| &mut c.off_msr_write, "write")],
     },
     Hook {
         category: "kvm",
@@ -113,7 +119,7 @@ const HOOKS: &[Hook] = &[
         category: "kvm",
         event: "kvm_emulate_insn",
         program: "kvm_tp_emulate_insn",
-        fields: &[("KVM_OFF_EMUL_FAILED", "failed")],
+        fields: &[(|c| &mut c.off_emul_failed, "failed")],
     },
 ];
 
@@ -147,7 +153,12 @@ impl KvmTracer {
     /// path (raw_syscalls) cannot attach: without it nothing is measured on any backend.
     pub fn start(filter: Filter) -> Result<KvmTracer> {
         let tracefs = crate::kernel::tracefs()?;
-        let mut globals: Vec<(&'static str, u32)> = vec![];
+        let mut config = KvmConfig {
+            tgid: filter.tgid,
+            tid: filter.tid,
+            ioctl_nr: IOCTL_NR,
+            ..KvmConfig::default()
+        };
         let mut usable = vec![];
         let mut attached = vec![];
         for h in HOOKS {
@@ -157,26 +168,16 @@ impl KvmTracer {
                 .join(h.category)
                 .join(h.event)
                 .join("format");
-            match resolve(&file, h) {
-                Ok(offs) => {
-                    globals.extend(offs);
-                    usable.push(h);
-                }
+            match resolve(&file, h, &mut config) {
+                Ok(()) => usable.push(h),
                 Err(e) => attached.push(Attach {
                     event,
                     how: format!("not attached ({e:#})"),
                 }),
             }
         }
-        let mut loader = crate::probes::loader(crate::probes::Subject::Kvm);
-        for (name, v) in &globals {
-            loader.override_global(name, v, true);
-        }
-        loader
-            .override_global("KVM_TGID", &filter.tgid, true)
-            .override_global("KVM_TID", &filter.tid, true)
-            .override_global("KVM_IOCTL_NR", &IOCTL_NR, true);
-        let mut ebpf = loader
+        let mut ebpf = crate::probes::loader(crate::probes::Subject::Kvm)
+            .override_global("KVM_CONFIG", &config, true)
             .load(crate::probes::OBJECT)
             .context("loading the KVM tracer's eBPF programs")?;
         {
@@ -285,17 +286,16 @@ impl KvmTracer {
     }
 }
 
-fn resolve(format_file: &Path, h: &Hook) -> Result<Vec<(&'static str, u32)>> {
+/// Fills `config` with the offsets of `h`'s fields; on error `config` may be half-filled, but
+/// the hook is then not attached and its fields are read by no attached program.
+fn resolve(format_file: &Path, h: &Hook, config: &mut KvmConfig) -> Result<()> {
     let text = std::fs::read_to_string(format_file)
         .with_context(|| format!("tracepoint missing: no {}", format_file.display()))?;
-    h.fields
-        .iter()
-        .map(|(global, field)| {
-            field_offset(&text, field)
-                .map(|o| (*global, o))
-                .ok_or_else(|| anyhow!("its format has no field `{field}`"))
-        })
-        .collect()
+    for (slot, field) in h.fields {
+        *slot(config) = field_offset(&text, field)
+            .ok_or_else(|| anyhow!("its format has no field `{field}`"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
