@@ -170,9 +170,9 @@ pub fn kvm_sys_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // args[1]: the ioctl request.
+    let off = cfg!(off_sys_enter_args) as usize + 8;
     // SAFETY: bpf_probe_read_kernel of the event record.
-    let req: u64 =
-        unsafe { ctx.read_at::<u64>(cfg!(off_sys_enter_args) as usize + 8) }.unwrap_or(0);
+    let req: u64 = unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0);
     if req & 0xffff_ffff != KVM_RUN {
         return 0;
     }

@@ -1,6 +1,12 @@
-//! The attach plan: each logical hook the tracer needs lists the ways to reach it, best first,
-//! and the choice is made at run time from what this kernel actually allowed (see `doctor`).
-//! Nothing else in the profiler names a mechanism for a hook directly.
+//! The attach plan and the one attach path.
+//!
+//! Each subject (`probes/*`) declares its [`Point`]s: the ways to reach each, best first, each
+//! way naming the program of the object that implements it. The tracers attach them through
+//! [`link::attach_point`] (the kernel's answer is the attach itself); the doctor plans the same
+//! table with [`choose`] from what its real attempts found. So the doctor's table is what the
+//! tracers do. The layers ([`Hook`]) say which point measures each layer and how precisely.
+
+pub mod link;
 
 use std::collections::BTreeMap;
 
@@ -80,6 +86,54 @@ pub struct Candidate {
     pub target: Target,
     /// What this way can and cannot tell apart, for the report.
     pub precision: &'static str,
+    /// The object's program for this way; `None` where none is built yet.
+    pub program: Option<&'static str>,
+}
+
+/// One point a subject attaches to: its ways, best first.
+#[derive(Clone, Copy, Debug)]
+pub struct Point {
+    pub candidates: &'static [Candidate],
+}
+
+impl Point {
+    /// The point's name in reports: its best way's target.
+    pub fn event(&self) -> String {
+        self.candidates[0].target.to_string()
+    }
+}
+
+/// A point reached by one program on one tracepoint: `point!(RawTracepoint, "net",
+/// "net_dev_queue", program)`.
+#[macro_export]
+macro_rules! point {
+    ($mechanism:ident, $category:literal, $name:expr, $program:expr) => {
+        $crate::attach::Point {
+            candidates: const {
+                &[$crate::attach::tracepoint(
+                    $crate::attach::Mechanism::$mechanism,
+                    $category,
+                    $name,
+                    $program,
+                )]
+            },
+        }
+    };
+}
+
+/// One program on one tracepoint.
+pub const fn tracepoint(
+    mechanism: Mechanism,
+    category: &'static str,
+    name: &'static str,
+    program: &'static str,
+) -> Candidate {
+    Candidate {
+        mechanism,
+        target: Target::Tracepoint { category, name },
+        precision: "",
+        program: Some(program),
+    }
 }
 
 /// A point on a packet's (or a VM's) path the tracer wants to observe.
@@ -96,11 +150,13 @@ pub enum Hook {
     KvmExit,
 }
 
+/// A function probe no program implements yet (the stock-kernel work adds them).
 const fn func(mechanism: Mechanism, name: &'static str, precision: &'static str) -> Candidate {
     Candidate {
         mechanism,
         target: Target::Function { name },
         precision,
+        program: None,
     }
 }
 
@@ -108,16 +164,19 @@ const fn tp(
     mechanism: Mechanism,
     category: &'static str,
     name: &'static str,
+    program: &'static str,
     precision: &'static str,
 ) -> Candidate {
     Candidate {
         mechanism,
         target: Target::Tracepoint { category, name },
         precision,
+        program: Some(program),
     }
 }
 
 use Mechanism::*;
+use profiler_common::names::program as prog;
 
 const EXACT: &str = "exact: the layer's own function";
 const SOFTIRQ: &str = "exact: raise, entry and exit of each softirq";
@@ -158,7 +217,13 @@ impl Hook {
                     &[
                         func(Fentry, "veth_xmit", EXACT),
                         func(Kprobe, "veth_xmit", EXACT),
-                        tp(RawTracepoint, "net", "net_dev_queue", BY_DEVICE),
+                        tp(
+                            RawTracepoint,
+                            "net",
+                            "net_dev_queue",
+                            prog::NET_QUEUE,
+                            BY_DEVICE,
+                        ),
                     ]
                 }
             }
@@ -167,7 +232,13 @@ impl Hook {
                     &[
                         func(Fentry, "br_forward", EXACT),
                         func(Kprobe, "br_forward", EXACT),
-                        tp(RawTracepoint, "net", "net_dev_queue", BY_DEVICE),
+                        tp(
+                            RawTracepoint,
+                            "net",
+                            "net_dev_queue",
+                            prog::NET_QUEUE,
+                            BY_DEVICE,
+                        ),
                     ]
                 }
             }
@@ -180,6 +251,7 @@ impl Hook {
                             RawTracepoint,
                             "net",
                             "net_dev_queue",
+                            prog::NET_QUEUE,
                             "by device kind: vxlan encap + route + netfilter out in one segment",
                         ),
                     ]
@@ -194,6 +266,7 @@ impl Hook {
                             RawTracepoint,
                             "net",
                             "netif_receive_skb",
+                            prog::NET_RECV,
                             "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment",
                         ),
                     ]
@@ -215,7 +288,17 @@ impl Hook {
                     ]
                 }
             }
-            Hook::Softirq => const { &[tp(RawTracepoint, "irq", "softirq_entry", SOFTIRQ)] },
+            Hook::Softirq => {
+                const {
+                    &[tp(
+                        RawTracepoint,
+                        "irq",
+                        "softirq_entry",
+                        prog::SOFTIRQ_ENTRY,
+                        SOFTIRQ,
+                    )]
+                }
+            }
             Hook::KvmExit => {
                 const {
                     &[
@@ -223,12 +306,14 @@ impl Hook {
                             Tracepoint,
                             "kvm",
                             "kvm_exit",
+                            prog::KVM_EXIT,
                             "exact: exit reason, exit-to-entry time per reason",
                         ),
                         tp(
                             Tracepoint,
                             "kvm",
                             "kvm_userspace_exit",
+                            prog::KVM_USERSPACE_EXIT,
                             "no exit reasons (kvm_exit silent): KVM_RUN return-to-reentry time and exit counts by kind",
                         ),
                     ]
@@ -269,30 +354,64 @@ pub struct Choice {
     pub fallback: Option<&'static str>,
 }
 
-pub fn choose(hook: Hook, k: &dyn KernelView) -> Choice {
+/// The first usable way, and why each better one was passed over.
+pub fn choose(
+    candidates: &[Candidate],
+    k: &dyn KernelView,
+) -> (Option<Candidate>, Vec<(Candidate, String)>) {
+    choose_by(candidates, k, true)
+}
+
+/// `needs_fire`: a way that attaches but stays silent (kvm_exit on PVM) is passed over for a
+/// layer, which it would leave empty, but a tracer still attaches it.
+fn choose_by(
+    candidates: &[Candidate],
+    k: &dyn KernelView,
+    needs_fire: bool,
+) -> (Option<Candidate>, Vec<(Candidate, String)>) {
     let mut passed_over = Vec::new();
-    for c in hook.candidates() {
-        match why_unusable(c, k) {
-            None => {
-                return Choice {
-                    hook,
-                    chosen: Some(*c),
-                    passed_over,
-                    fallback: None,
-                };
-            }
+    for c in candidates {
+        match why_unusable(c, k, needs_fire) {
+            None => return (Some(*c), passed_over),
             Some(why) => passed_over.push((*c, why)),
         }
     }
+    (None, passed_over)
+}
+
+fn choose_hook(hook: Hook, k: &dyn KernelView) -> Choice {
+    let (chosen, passed_over) = choose(hook.candidates(), k);
     Choice {
         hook,
-        chosen: None,
+        chosen,
         passed_over,
-        fallback: Some(hook.fallback()),
+        fallback: chosen.is_none().then(|| hook.fallback()),
     }
 }
 
-fn why_unusable(c: &Candidate, k: &dyn KernelView) -> Option<String> {
+/// What a tracer will report for `point` on this kernel, as `link::attach_point` words it.
+pub fn plan_point(point: &Point, k: &dyn KernelView) -> Attached {
+    let (chosen, passed_over) = choose_by(point.candidates, k, false);
+    match chosen {
+        Some(c) => Attached::by(&c),
+        None => Attached::failed(
+            point,
+            &passed_over
+                .into_iter()
+                .map(|(_, why)| why)
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+fn why_unusable(c: &Candidate, k: &dyn KernelView, needs_fire: bool) -> Option<String> {
+    if c.program.is_none() {
+        return Some(format!(
+            "no {} program for {} is built yet",
+            c.mechanism.name(),
+            c.target
+        ));
+    }
     if !k.mechanism_works(c.mechanism) {
         return Some(format!(
             "{} does not work on this kernel",
@@ -314,7 +433,7 @@ fn why_unusable(c: &Candidate, k: &dyn KernelView) -> Option<String> {
             if c.mechanism == TpBtf && !k.tracepoint_in_vmlinux_btf(name) {
                 return Some(format!("{category}:{name} is not in vmlinux BTF (module)"));
             }
-            if k.tracepoint_fires(category, name) == Some(false) {
+            if needs_fire && k.tracepoint_fires(category, name) == Some(false) {
                 return Some(format!("{category}:{name} exists but does not fire here"));
             }
             None
@@ -324,7 +443,7 @@ fn why_unusable(c: &Candidate, k: &dyn KernelView) -> Option<String> {
 
 /// The whole plan: one choice per hook.
 pub fn plan(k: &dyn KernelView) -> BTreeMap<Hook, Choice> {
-    Hook::ALL.iter().map(|&h| (h, choose(h, k))).collect()
+    Hook::ALL.iter().map(|&h| (h, choose_hook(h, k))).collect()
 }
 
 /// How one hook was attached, or why it was not: what a tracer reports and the doctor plans.
@@ -332,6 +451,24 @@ pub fn plan(k: &dyn KernelView) -> BTreeMap<Hook, Choice> {
 pub struct Attached {
     pub event: String,
     pub how: String,
+}
+
+impl Attached {
+    /// Attached by `way`: its target, and its mechanism by name.
+    pub fn by(way: &Candidate) -> Attached {
+        Attached {
+            event: way.target.to_string(),
+            how: way.mechanism.name().to_string(),
+        }
+    }
+
+    /// No way of `point` attached, for these reasons.
+    pub fn failed(point: &Point, why: &[String]) -> Attached {
+        Attached {
+            event: point.event(),
+            how: format!("not attached ({})", why.join("; ")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,24 +531,82 @@ mod tests {
     }
 
     #[test]
-    fn stock_host_prefers_fentry_but_kprobes_module_functions() {
+    fn stock_host_says_which_function_probes_are_not_built() {
         let k = FakeKernel {
             works: Mechanism::ALL.to_vec(),
-            modules: vec![("vxlan_xmit", "vxlan"), ("nf_conntrack_in", "nf_conntrack")],
+            modules: vec![],
             kvm_exit_fires: true,
         };
         let p = plan(&k);
-        assert_eq!(mech(&p, Hook::VethXmit), Some(Fentry));
-        assert_eq!(mech(&p, Hook::VxlanEncap), Some(Kprobe));
-        assert_eq!(mech(&p, Hook::Conntrack), Some(Kprobe));
-        let passed = &p[&Hook::VxlanEncap].passed_over;
-        assert!(passed[0].1.contains("module vxlan"), "{passed:?}");
+        // No fentry/kprobe program exists yet: the plan says so instead of promising one.
+        assert_eq!(mech(&p, Hook::VethXmit), Some(RawTracepoint));
+        let passed = &p[&Hook::VethXmit].passed_over;
+        assert!(passed[0].1.contains("no fentry program"), "{passed:?}");
+        assert_eq!(mech(&p, Hook::Conntrack), None);
         assert_eq!(
             p[&Hook::KvmExit].chosen.unwrap().target,
             Target::Tracepoint {
                 category: "kvm",
                 name: "kvm_exit"
             }
+        );
+    }
+
+    #[test]
+    fn module_functions_fall_back_from_fentry_to_kprobe() {
+        const WAYS: &[Candidate] = &[
+            Candidate {
+                program: Some("f"),
+                ..func(Fentry, "vxlan_xmit", EXACT)
+            },
+            Candidate {
+                program: Some("k"),
+                ..func(Kprobe, "vxlan_xmit", EXACT)
+            },
+        ];
+        let stock = FakeKernel {
+            works: Mechanism::ALL.to_vec(),
+            modules: vec![("vxlan_xmit", "vxlan")],
+            kvm_exit_fires: true,
+        };
+        let (chosen, passed) = choose(WAYS, &stock);
+        assert_eq!(chosen.unwrap().mechanism, Kprobe);
+        assert!(passed[0].1.contains("module vxlan"), "{passed:?}");
+        let built_in = FakeKernel {
+            modules: vec![],
+            ..stock
+        };
+        assert_eq!(choose(WAYS, &built_in).0.unwrap().mechanism, Fentry);
+        let no_kprobes = FakeKernel {
+            works: vec![RawTracepoint],
+            modules: vec![],
+            kvm_exit_fires: false,
+        };
+        let (none, why) = choose(WAYS, &no_kprobes);
+        assert!(none.is_none());
+        assert_eq!(why.len(), 2);
+    }
+
+    #[test]
+    fn a_point_plans_as_the_tracer_words_it() {
+        let k = FakeKernel {
+            works: vec![RawTracepoint],
+            modules: vec![],
+            kvm_exit_fires: false,
+        };
+        let p = crate::point!(RawTracepoint, "net", "net_dev_queue", "net_queue");
+        assert_eq!(
+            plan_point(&p, &k),
+            Attached {
+                event: "net:net_dev_queue".into(),
+                how: "raw_tracepoint".into()
+            }
+        );
+        let t = crate::point!(TpBtf, "sched", "sched_switch", "sched_switch");
+        assert!(
+            plan_point(&t, &k)
+                .how
+                .starts_with("not attached (tp_btf does not work")
         );
     }
 }

@@ -17,8 +17,9 @@
 //!   command's load allocates (its own maps at full size, the rest shrunk to one entry),
 //!   computed from the object's map definitions for 2 to 256 CPUs
 //! - `hooks`: [ { hook, label, mechanism, target, precision, fallback, passed_over: [{mechanism, target, why}] } ]
-
-use crate::probes::probe as probes;
+//!   which point measures each layer, and how precisely
+//! - `attach`: { subject: [ { event, how } ] }: how each subject's tracer attaches each of its
+//!   points on this kernel, planned from the same table the tracers attach with
 
 use std::{
     collections::BTreeMap,
@@ -32,8 +33,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Hook, KernelView, Mechanism},
+    attach::{self, Attached, Hook, KernelView, Mechanism},
     kernel::{self, Kallsyms, KvmBackend, SymbolHome},
+    probes::probe as probes,
 };
 
 #[derive(Debug, Serialize)]
@@ -92,6 +94,7 @@ pub struct Report {
     pub bpf_map_memory: MapMemory,
     pub map_memory_model: Vec<crate::probes::MemoryModel>,
     pub hooks: Vec<HookReport>,
+    pub attach: BTreeMap<&'static str, Vec<Attached>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -225,6 +228,16 @@ pub fn run() -> Result<Report> {
         },
         map_memory_model: crate::probes::memory_model().unwrap_or_default(),
         hooks,
+        attach: crate::probes::points()
+            .into_iter()
+            .map(|(subject, points)| {
+                let planned = points
+                    .iter()
+                    .map(|p| attach::plan_point(p, &found))
+                    .collect();
+                (subject, planned)
+            })
+            .collect(),
     })
 }
 
@@ -396,6 +409,17 @@ pub fn print(r: &Report) {
                 "-",
                 h.fallback.unwrap_or("")
             ),
+        }
+    }
+    println!();
+    println!("  tracer points (what each subject attaches here)");
+    for (subject, points) in &r.attach {
+        let mut by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for a in points {
+            by.entry(a.how.as_str()).or_default().push(a.event.as_str());
+        }
+        for (how, events) in by {
+            println!("  {subject:<6} {how}: {}", events.join(", "));
         }
     }
 }

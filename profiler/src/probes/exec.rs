@@ -5,9 +5,13 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf,
     maps::{MapData, RingBuf},
-    programs::BtfTracePoint,
 };
-use profiler_common::exec::{ExecEvent, KIND_RENAME};
+use profiler_common::{
+    exec::{ExecEvent, KIND_RENAME},
+    names::{map, program as prog},
+};
+
+use crate::attach::{self, Point};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -27,6 +31,12 @@ pub struct ExecTracer {
 
 pub use crate::kernel::monotonic_ns;
 
+/// Execs, then thread renames (attached only when asked).
+pub const POINTS: &[Point] = &[
+    crate::point!(TpBtf, "sched", "sched_process_exec", prog::EXEC),
+    crate::point!(TpBtf, "task", "task_rename", prog::RENAME),
+];
+
 impl ExecTracer {
     /// Execs only.
     pub fn start() -> Result<ExecTracer> {
@@ -43,23 +53,11 @@ impl ExecTracer {
             .load(crate::probes::OBJECT)
             .context("loading the exec tracer")?;
         let btf = Btf::from_sys_fs().context("reading vmlinux BTF")?;
-        let hooks: &[(&str, &str)] = if renames {
-            &[
-                ("exec_event", "sched_process_exec"),
-                ("rename_event", "task_rename"),
-            ]
-        } else {
-            &[("exec_event", "sched_process_exec")]
-        };
-        for (program, event) in hooks {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("{program} missing"))?
-                .try_into()?;
-            p.load(event, &btf)
-                .with_context(|| format!("loading the {event} tracer"))?;
-            p.attach()
-                .with_context(|| format!("attaching to {event}"))?;
+        let points = if renames { POINTS } else { &POINTS[..1] };
+        for point in points {
+            if let (None, how) = attach::link::attach_point(&mut ebpf, point, Some(&btf)) {
+                anyhow::bail!("{}: {}", how.event, how.how);
+            }
         }
         Ok(ExecTracer { ebpf })
     }
@@ -68,7 +66,7 @@ impl ExecTracer {
     pub fn drain(&mut self) -> Result<Vec<Exec>> {
         let mut rb: RingBuf<&mut MapData> = RingBuf::try_from(
             self.ebpf
-                .map_mut("EXEC_EVENTS")
+                .map_mut(map::EXEC_EVENTS)
                 .ok_or_else(|| anyhow!("EXEC_EVENTS missing"))?,
         )?;
         let mut out = vec![];

@@ -12,6 +12,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 
+use profiler_common::names::{map, program as prog};
+
 use crate::lab;
 
 /// Longest delay accepted: the program spins on a CPU with softirqs off for this long.
@@ -49,7 +51,7 @@ impl Injector {
         let ebpf = lab::netns::run_in(netns, move || -> Result<Ebpf> {
             let mut ebpf = crate::probes::loader(crate::probes::Subject::Inject)
                 .override_global(
-                    "INJECT_CONFIG",
+                    map::INJECT_CONFIG,
                     &profiler_common::inject::InjectConfig {
                         delay_ns,
                         port,
@@ -60,7 +62,7 @@ impl Injector {
                 .load(crate::probes::OBJECT)
                 .context("loading the profiler's eBPF object")?;
             let prog: &mut SchedClassifier = ebpf
-                .program_mut("inject_delay")
+                .program_mut(prog::INJECT)
                 .ok_or_else(|| anyhow!("the eBPF object has no inject_delay program"))?
                 .try_into()?;
             prog.load().context("loading inject_delay")?;
@@ -80,7 +82,7 @@ impl Injector {
     pub fn injected(&self) -> Result<u64> {
         let map = self
             .ebpf
-            .map("INJECT_COUNT")
+            .map(map::INJECT_COUNT)
             .ok_or_else(|| anyhow!("the eBPF object has no INJECT_COUNT map"))?;
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counts

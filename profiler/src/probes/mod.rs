@@ -17,6 +17,7 @@ pub mod softirq;
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader};
+use profiler_common::names::map;
 
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -36,31 +37,31 @@ pub enum Subject {
 /// Every map of the object with more than a few bytes, by subject; a ring buffer's smallest
 /// size is one page.
 const MAPS: &[(&str, Subject)] = &[
-    ("NET_SKB", Subject::Net),
-    ("NET_DEV", Subject::Net),
-    ("SEG_SLOT", Subject::Net),
-    ("NET_HIST", Subject::Net),
-    ("NET_POS", Subject::Net),
-    ("NET_DROPS", Subject::Net),
-    ("NET_UNKNOWN", Subject::Net),
-    ("NET_EVENTS", Subject::Net),
-    ("SOFTIRQ_HIST", Subject::Net),
-    ("KVM_THREADS", Subject::Kvm),
-    ("KVM_EXIT_SLOT", Subject::Kvm),
-    ("KVM_EXIT_HIST", Subject::Kvm),
-    ("KVM_EXIT_COUNT", Subject::Kvm),
-    ("KVM_RUN_HIST", Subject::Kvm),
-    ("KVM_USER_EXITS", Subject::Kvm),
-    ("KVM_PIO_PORTS", Subject::Kvm),
-    ("SCHED_TGIDS", Subject::Sched),
-    ("SCHED_READY", Subject::Sched),
-    ("SCHED_HIST", Subject::Sched),
-    ("EXEC_EVENTS", Subject::Exec),
-    ("PROBE_HITS", Subject::Probe),
-    ("SELFTEST_HIST", Subject::Selftest),
+    (map::NET_SKB, Subject::Net),
+    (map::NET_DEV, Subject::Net),
+    (map::SEG_SLOT, Subject::Net),
+    (map::NET_HIST, Subject::Net),
+    (map::NET_POS, Subject::Net),
+    (map::NET_DROPS, Subject::Net),
+    (map::NET_UNKNOWN, Subject::Net),
+    (map::NET_EVENTS, Subject::Net),
+    (map::SOFTIRQ_HIST, Subject::Net),
+    (map::KVM_THREADS, Subject::Kvm),
+    (map::KVM_EXIT_SLOT, Subject::Kvm),
+    (map::KVM_EXIT_HIST, Subject::Kvm),
+    (map::KVM_EXIT_COUNT, Subject::Kvm),
+    (map::KVM_RUN_HIST, Subject::Kvm),
+    (map::KVM_USER_EXITS, Subject::Kvm),
+    (map::KVM_PIO_PORTS, Subject::Kvm),
+    (map::SCHED_TGIDS, Subject::Sched),
+    (map::SCHED_READY, Subject::Sched),
+    (map::SCHED_HIST, Subject::Sched),
+    (map::EXEC_EVENTS, Subject::Exec),
+    (map::PROBE_HITS, Subject::Probe),
+    (map::SELFTEST_HIST, Subject::Selftest),
 ];
 
-const RING_BUFFERS: &[&str] = &["NET_EVENTS", "EXEC_EVENTS"];
+const RING_BUFFERS: &[&str] = &[map::NET_EVENTS, map::EXEC_EVENTS];
 
 /// A loader for `subject`: the other subjects' maps at their smallest.
 pub fn loader(subject: Subject) -> EbpfLoader<'static> {
@@ -168,4 +169,89 @@ pub fn memory_model() -> Result<Vec<MemoryModel>> {
                 .collect(),
         })
         .collect())
+}
+
+/// Every point any subject attaches, by subject: what the doctor plans and the tracers attach.
+pub fn points() -> Vec<(&'static str, Vec<&'static crate::attach::Point>)> {
+    vec![
+        ("net", net::POINTS.iter().chain(softirq::POINTS).collect()),
+        ("kvm", kvm::HOOKS.iter().map(|h| &h.point).collect()),
+        ("exec", exec::POINTS.iter().collect()),
+        ("sched", sched::POINTS.iter().collect()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::ProgramSection;
+    use profiler_common::names::{map, program};
+
+    use super::*;
+    use crate::attach::Mechanism;
+
+    fn object() -> aya_obj::Object {
+        aya_obj::Object::parse(OBJECT).unwrap()
+    }
+
+    #[test]
+    fn program_names_are_the_objects() {
+        let obj = object();
+        let built: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        let listed: BTreeSet<&str> = program::ALL.iter().copied().collect();
+        assert_eq!(
+            built, listed,
+            "profiler-common's names::program against the object"
+        );
+        assert_eq!(listed.len(), program::ALL.len(), "a name listed twice");
+    }
+
+    #[test]
+    fn map_names_are_the_objects() {
+        let obj = object();
+        let built: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let listed: BTreeSet<&str> = map::ALL.iter().copied().collect();
+        assert_eq!(
+            built, listed,
+            "profiler-common's names::map against the object"
+        );
+        for (name, _) in MAPS {
+            assert!(
+                listed.contains(name),
+                "{name} in the loader's table but not a map"
+            );
+        }
+    }
+
+    #[test]
+    fn every_point_names_a_program_of_its_mechanism() {
+        let obj = object();
+        for (subject, points) in points() {
+            for p in points {
+                for c in p.candidates {
+                    let name = c.program.expect("a subject's point has a program");
+                    let section = &obj.programs[name].section;
+                    let ok = matches!(
+                        (c.mechanism, section),
+                        (Mechanism::RawTracepoint, ProgramSection::RawTracePoint)
+                            | (Mechanism::Tracepoint, ProgramSection::TracePoint)
+                            | (Mechanism::TpBtf, ProgramSection::BtfTracePoint)
+                            | (Mechanism::Fentry, ProgramSection::FEntry { .. })
+                            | (Mechanism::Kprobe, ProgramSection::KProbe)
+                    );
+                    assert!(
+                        ok,
+                        "{subject}: {name} is {section:?}, declared {:?}",
+                        c.mechanism
+                    );
+                }
+            }
+        }
+    }
 }

@@ -8,16 +8,19 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
+    names::{map, program as prog},
     net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
 };
 
-use crate::kernel::btf::Btf;
-use crate::trace::layers;
+use crate::{
+    attach::{self, Attached, Candidate, Point, link::Link},
+    kernel::btf::Btf,
+    trace::layers,
+};
 
 /// What to follow.
 #[derive(Clone, Debug, Default)]
@@ -46,28 +49,39 @@ pub struct Filter {
 /// Packets whose state is this old were freed unseen; their address now names another packet.
 const STALE_NS: u64 = 1_000_000_000;
 
-/// The tracepoints and their programs (raw tracepoints: see profiler-ebpf/src/net.rs). Without
-/// the first two there is nothing to trace.
-pub const HOOKS: &[(&str, &str)] = &[
-    ("net_dev_queue", "net_queue"),
-    ("netif_receive_skb", "net_recv"),
-    (XMIT, "net_xmit"),
-    ("netif_rx", "net_rx"),
-    ("napi_gro_receive_entry", "net_gro"),
-    ("skb_copy_datagram_iovec", "net_deliver"),
-    ("kfree_skb", "net_drop"),
-    ("consume_skb", "net_consume"),
-    ("softirq_raise", "softirq_raise"),
-    ("softirq_entry", "softirq_entry"),
-    ("softirq_exit", "softirq_exit"),
-    ("napi_poll", "softirq_napi_poll"),
+/// The packet tracer's points; the softirq subject's follow (`softirq::POINTS`). Without the
+/// first two there is nothing to trace.
+pub const POINTS: &[Point] = &[
+    crate::point!(RawTracepoint, "net", "net_dev_queue", prog::NET_QUEUE),
+    crate::point!(RawTracepoint, "net", "netif_receive_skb", prog::NET_RECV),
+    crate::point!(RawTracepoint, "net", XMIT, prog::NET_XMIT),
+    crate::point!(RawTracepoint, "net", "netif_rx", prog::NET_RX),
+    crate::point!(
+        RawTracepoint,
+        "net",
+        "napi_gro_receive_entry",
+        prog::NET_GRO
+    ),
+    crate::point!(
+        RawTracepoint,
+        "skb",
+        "skb_copy_datagram_iovec",
+        prog::NET_DELIVER
+    ),
+    crate::point!(RawTracepoint, "skb", "kfree_skb", prog::NET_DROP),
+    crate::point!(RawTracepoint, "skb", "consume_skb", prog::NET_CONSUME),
 ];
 const MUST: usize = 2;
 /// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
 const XMIT: &str = "net_dev_start_xmit";
 const NO_XMIT: &str = "not attached: every device on the lab's path is noqueue, so net_dev_queue and start_xmit are back to back (each device's queue step is in its layer; --split-tx-queue attaches it)";
-/// The empty program of the same type (the floor), attached on the first hook's tracepoint.
-pub const FLOOR: &str = "net_floor";
+/// The empty program of the same type (the floor), attached on the first point's tracepoint.
+pub const FLOOR: &str = prog::NET_FLOOR;
+
+/// Every point the tracer attaches, in order.
+fn points() -> impl Iterator<Item = &'static Point> {
+    POINTS.iter().chain(crate::probes::softirq::POINTS)
+}
 
 /// Run count and run time of one program from the kernel's BPF statistics.
 #[derive(Clone, Copy, Debug, Default)]
@@ -79,10 +93,12 @@ pub struct ProgStats {
 pub struct NetTracer {
     ebpf: Ebpf,
     pub table: layers::Table,
-    /// How each tracepoint was attached, or why it was not.
-    pub attached: Vec<(String, String)>,
-    links: Vec<(&'static str, RawTracePointLinkId)>,
-    floor_link: Option<RawTracePointLinkId>,
+    /// How each point was attached, or why it was not.
+    pub attached: Vec<Attached>,
+    /// The ways that attached at start, to make again after a gap.
+    ways: Vec<Candidate>,
+    links: Vec<Link>,
+    floor_link: Option<Link>,
 }
 
 /// The offsets the kernel side needs, from this kernel's BTF; the filter left empty.
@@ -130,14 +146,14 @@ impl NetTracer {
             n => anyhow::bail!("--state-slots {n}: a power of two up to {STATE_SLOTS}"),
         };
         let mut l = crate::probes::loader(crate::probes::Subject::Net);
-        l.override_global("NET_CONFIG", &config, true);
+        l.override_global(map::NET_CONFIG, &config, true);
         let mut ebpf = l
             .load(crate::probes::OBJECT)
             .context("loading the tracer's eBPF programs")?;
         let table = layers::table();
         {
             let mut seg: Array<_, u8> = Array::try_from(
-                ebpf.map_mut("SEG_SLOT")
+                ebpf.map_mut(map::SEG_SLOT)
                     .ok_or_else(|| anyhow!("SEG_SLOT missing"))?,
             )?;
             for (i, &slot) in table.seg_slot.iter().enumerate() {
@@ -146,51 +162,58 @@ impl NetTracer {
                 }
             }
         }
-        let mut attached = vec![];
-        for (_, prog) in HOOKS.iter().chain([&("", FLOOR)]) {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
-        }
+        let floor = Self::floor_way();
+        attach::link::load(&mut ebpf, &floor, None)?;
         let mut t = NetTracer {
             ebpf,
             table,
             attached: vec![],
+            ways: vec![],
             links: vec![],
             floor_link: None,
         };
         t.set_follow(0, 0)?;
-        for (i, (tp, prog)) in HOOKS.iter().enumerate() {
-            if *tp == XMIT && !filter.xmit_hook {
-                attached.push((tp.to_string(), NO_XMIT.to_string()));
+        for (i, point) in points().enumerate() {
+            if point.event().ends_with(XMIT) && !filter.xmit_hook {
+                t.attached.push(Attached {
+                    event: point.event(),
+                    how: NO_XMIT.to_string(),
+                });
                 continue;
             }
-            let prog = if filter.empty_programs { FLOOR } else { prog };
-            match t.attach_one(tp, prog) {
-                Ok(()) => attached.push((tp.to_string(), "raw_tracepoint".to_string())),
-                Err(e) if i < MUST => {
-                    return Err(anyhow!(
-                        "tracepoint {tp}: {e:#}: nothing to trace without it"
-                    ));
+            let (link, how) = if filter.empty_programs {
+                // The floor on every point: what merely running a program costs (the benchmark).
+                let way = Candidate {
+                    program: Some(FLOOR),
+                    ..point.candidates[0]
+                };
+                match attach::link::attach(&mut t.ebpf, &way) {
+                    Ok(l) => (Some(l), Attached::by(&way)),
+                    Err(e) => (None, Attached::failed(point, &[format!("{e:#}")])),
                 }
-                Err(e) => attached.push((tp.to_string(), format!("not attached ({e:#})"))),
+            } else {
+                attach::link::attach_point(&mut t.ebpf, point, None)
+            };
+            match link {
+                Some(l) => {
+                    t.ways.push(l.way);
+                    t.links.push(l);
+                }
+                None if i < MUST => {
+                    anyhow::bail!("{}: {}: nothing to trace without it", how.event, how.how)
+                }
+                None => {}
             }
+            t.attached.push(how);
         }
-        t.attached = attached;
         Ok(t)
     }
 
-    fn attach_one(&mut self, tp: &'static str, prog: &'static str) -> Result<()> {
-        let p: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing"))?
-            .try_into()?;
-        let id = p.attach(tp)?;
-        self.links.push((prog, id));
-        Ok(())
+    fn floor_way() -> Candidate {
+        Candidate {
+            program: Some(FLOOR),
+            ..POINTS[0].candidates[0]
+        }
     }
 
     /// Whether the hooks are attached now (windows detach them between).
@@ -200,44 +223,28 @@ impl NetTracer {
 
     /// Detaches every hook: a detached tracer costs nothing.
     pub fn detach(&mut self) -> Result<()> {
-        for (prog, id) in std::mem::take(&mut self.links) {
-            let p: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing"))?
-                .try_into()?;
-            p.detach(id)?;
+        for l in std::mem::take(&mut self.links) {
+            attach::link::detach(&mut self.ebpf, l)?;
         }
         self.set_floor(false)
     }
 
-    /// Attaches again the hooks that attached at start.
+    /// Attaches again the ways that attached at start.
     pub fn reattach(&mut self) -> Result<()> {
-        let hooks: Vec<(&'static str, &'static str)> = HOOKS
-            .iter()
-            .filter(|(tp, _)| {
-                self.attached
-                    .iter()
-                    .any(|(t, how)| t == tp && !how.starts_with("not"))
-            })
-            .copied()
-            .collect();
-        for (tp, prog) in hooks {
-            self.attach_one(tp, prog)?;
+        for way in self.ways.clone() {
+            let l = attach::link::attach(&mut self.ebpf, &way)?;
+            self.links.push(l);
         }
         Ok(())
     }
 
     /// The empty program beside the first hook, for the floor's cost under bpf_stats.
     pub fn set_floor(&mut self, on: bool) -> Result<()> {
-        let p: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(FLOOR)
-            .ok_or_else(|| anyhow!("program {FLOOR} missing"))?
-            .try_into()?;
         match (on, self.floor_link.take()) {
-            (true, None) => self.floor_link = Some(p.attach(HOOKS[0].0)?),
-            (false, Some(id)) => p.detach(id)?,
+            (true, None) => {
+                self.floor_link = Some(attach::link::attach(&mut self.ebpf, &Self::floor_way())?)
+            }
+            (false, Some(l)) => attach::link::detach(&mut self.ebpf, l)?,
             (_, l) => self.floor_link = l,
         }
         Ok(())
@@ -248,7 +255,7 @@ impl NetTracer {
     pub fn set_follow(&mut self, follow_below: u64, epoch_ns: u64) -> Result<()> {
         let mut ctl: Array<_, Control> = Array::try_from(
             self.ebpf
-                .map_mut("NET_CONTROL")
+                .map_mut(map::NET_CONTROL)
                 .ok_or_else(|| anyhow!("NET_CONTROL missing"))?,
         )?;
         ctl.set(
@@ -264,9 +271,8 @@ impl NetTracer {
 
     /// Each program's run count and run time so far (counted while bpf_stats are enabled).
     pub fn prog_stats(&self) -> BTreeMap<&'static str, ProgStats> {
-        HOOKS
-            .iter()
-            .map(|(_, p)| *p)
+        points()
+            .filter_map(|p| p.candidates[0].program)
             .chain([FLOOR])
             .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
@@ -287,11 +293,11 @@ impl NetTracer {
                 .map(name)
                 .ok_or_else(|| anyhow!("map {name} missing"))
         };
-        let hist: Array<&MapData, Hist> = Array::try_from(map("NET_HIST")?)?;
-        let pos: PerCpuArray<&MapData, SlotPos> = PerCpuArray::try_from(map("NET_POS")?)?;
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map("NET_COUNTERS")?)?;
-        let drops: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map("NET_DROPS")?)?;
-        let unknown: HashMap<&MapData, u32, u64> = HashMap::try_from(map("NET_UNKNOWN")?)?;
+        let hist: Array<&MapData, Hist> = Array::try_from(map(map::NET_HIST)?)?;
+        let pos: PerCpuArray<&MapData, SlotPos> = PerCpuArray::try_from(map(map::NET_POS)?)?;
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(map::NET_COUNTERS)?)?;
+        let drops: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(map::NET_DROPS)?)?;
+        let unknown: HashMap<&MapData, u32, u64> = HashMap::try_from(map(map::NET_UNKNOWN)?)?;
         let mut slots = BTreeMap::new();
         for slot in 0..SLOTS {
             let h = crate::hist::to_histogram(&hist.get(&slot, 0)?);
@@ -347,7 +353,7 @@ impl NetTracer {
     pub fn state_in_use(&self) -> Result<u64> {
         let m: Array<&MapData, [u64; 4]> = Array::try_from(
             self.ebpf
-                .map("NET_SKB")
+                .map(map::NET_SKB)
                 .ok_or_else(|| anyhow!("NET_SKB missing"))?,
         )?;
         Ok(m.iter()
@@ -360,7 +366,7 @@ impl NetTracer {
     pub fn counter(&self, i: u32) -> Result<u64> {
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
-                .map("NET_COUNTERS")
+                .map(map::NET_COUNTERS)
                 .ok_or_else(|| anyhow!("NET_COUNTERS missing"))?,
         )?;
         Ok(counters.get(&i, 0)?.iter().sum())
@@ -370,7 +376,7 @@ impl NetTracer {
     pub fn events(&mut self) -> Result<aya::maps::RingBuf<&mut MapData>> {
         Ok(aya::maps::RingBuf::try_from(
             self.ebpf
-                .map_mut("NET_EVENTS")
+                .map_mut(map::NET_EVENTS)
                 .ok_or_else(|| anyhow!("NET_EVENTS missing"))?,
         )?)
     }

@@ -13,7 +13,10 @@ use aya::{
         TracePoint, Xdp, XdpMode,
     },
 };
-use profiler_common::probe::ProbeSlot;
+use profiler_common::{
+    names::{map, program as prog},
+    probe::ProbeSlot,
+};
 use serde::Serialize;
 
 use crate::{attach::Mechanism, kvm::microvm};
@@ -75,7 +78,7 @@ pub fn attach_mechanisms() -> Result<BTreeMap<Mechanism, Attempt>> {
         send_datagram()?;
         std::thread::sleep(Duration::from_millis(50));
         let hits: Array<_, u64> = Array::try_from(
-            bpf.map("PROBE_HITS")
+            bpf.map(map::PROBE_HITS)
                 .ok_or_else(|| anyhow!("PROBE_HITS map missing from the eBPF object"))?,
         )?;
         let mut out = BTreeMap::new();
@@ -111,15 +114,15 @@ pub fn attach_mechanisms() -> Result<BTreeMap<Mechanism, Attempt>> {
 
 fn try_attach(bpf: &mut Ebpf, m: Mechanism, btf: Option<&Btf>) -> Result<(), Failed> {
     let name = match m {
-        Mechanism::Kprobe => "doctor_kprobe",
-        Mechanism::Kretprobe => "doctor_kretprobe",
-        Mechanism::Fentry => "doctor_fentry",
-        Mechanism::Fexit => "doctor_fexit",
-        Mechanism::TpBtf => "doctor_tp_btf",
-        Mechanism::RawTracepoint => "doctor_raw_tp",
-        Mechanism::Tracepoint => "doctor_tracepoint",
-        Mechanism::Tc => "doctor_tc",
-        Mechanism::Xdp => "doctor_xdp",
+        Mechanism::Kprobe => prog::DOCTOR_KPROBE,
+        Mechanism::Kretprobe => prog::DOCTOR_KRETPROBE,
+        Mechanism::Fentry => prog::DOCTOR_FENTRY,
+        Mechanism::Fexit => prog::DOCTOR_FEXIT,
+        Mechanism::TpBtf => prog::DOCTOR_TP_BTF,
+        Mechanism::RawTracepoint => prog::DOCTOR_RAW_TP,
+        Mechanism::Tracepoint => prog::DOCTOR_TRACEPOINT,
+        Mechanism::Tc => prog::DOCTOR_TC,
+        Mechanism::Xdp => prog::DOCTOR_XDP,
     };
     let prog = bpf
         .program_mut(name)
@@ -233,7 +236,7 @@ pub fn kvm() -> KvmProbe {
         let mut attached = false;
         if kvm_exit_exists {
             let p: &mut TracePoint = bpf
-                .program_mut("doctor_kvm_exit")
+                .program_mut(prog::DOCTOR_KVM_EXIT)
                 .ok_or_else(|| anyhow!("doctor_kvm_exit missing"))?
                 .try_into()?;
             p.load()?;
@@ -243,7 +246,7 @@ pub fn kvm() -> KvmProbe {
         let run = microvm::run(microvm::Workload::Pio, MICRO_VM_EXITS)?;
         let fires = if attached {
             let hits: Array<_, u64> = Array::try_from(
-                bpf.map("PROBE_HITS")
+                bpf.map(map::PROBE_HITS)
                     .ok_or_else(|| anyhow!("no PROBE_HITS"))?,
             )?;
             Some(hits.get(&(ProbeSlot::KvmExit as u32), 0)? > 0)

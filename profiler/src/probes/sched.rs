@@ -5,12 +5,23 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf as AyaBtf, Ebpf,
     maps::{Array, HashMap, MapData},
-    programs::BtfTracePoint,
 };
-use profiler_common::hist::Hist;
+use profiler_common::{
+    hist::Hist,
+    names::{map, program as prog},
+};
 use serde::Serialize;
 
-use crate::hist::Summary;
+use crate::{
+    attach::{self, Point},
+    hist::Summary,
+};
+
+pub const POINTS: &[Point] = &[
+    crate::point!(TpBtf, "sched", "sched_wakeup", prog::SCHED_WAKEUP),
+    crate::point!(TpBtf, "sched", "sched_wakeup_new", prog::SCHED_WAKEUP_NEW),
+    crate::point!(TpBtf, "sched", "sched_switch", prog::SCHED_SWITCH),
+];
 
 pub struct SchedTracer {
     ebpf: Ebpf,
@@ -35,7 +46,7 @@ impl SchedTracer {
         drop(btf);
         let mut ebpf = crate::probes::loader(crate::probes::Subject::Sched)
             .override_global(
-                "SCHED_CONFIG",
+                map::SCHED_CONFIG,
                 &profiler_common::sched::SchedConfig {
                     off_task_pid: pid,
                     off_task_tgid: tgid,
@@ -47,19 +58,10 @@ impl SchedTracer {
             .load(crate::probes::OBJECT)
             .context("loading the scheduler tracer")?;
         let btf = AyaBtf::from_sys_fs().context("reading vmlinux BTF")?;
-        for (prog, tp) in [
-            ("sched_wakeup", "sched_wakeup"),
-            ("sched_wakeup_new", "sched_wakeup_new"),
-            ("sched_switch", "sched_switch"),
-        ] {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("{prog} missing"))?
-                .try_into()?;
-            p.load(tp, &btf)
-                .with_context(|| format!("loading {prog}"))?;
-            p.attach()
-                .with_context(|| format!("attaching to sched:{tp}"))?;
+        for point in POINTS {
+            if let (None, how) = attach::link::attach_point(&mut ebpf, point, Some(&btf)) {
+                anyhow::bail!("{}: {}", how.event, how.how);
+            }
         }
         Ok(SchedTracer { ebpf })
     }
@@ -68,7 +70,7 @@ impl SchedTracer {
     pub fn watch(&mut self, tgid: u32) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
             self.ebpf
-                .map_mut("SCHED_TGIDS")
+                .map_mut(map::SCHED_TGIDS)
                 .ok_or_else(|| anyhow!("SCHED_TGIDS missing"))?,
         )?;
         m.insert(tgid, 1, 0)?;
@@ -78,7 +80,7 @@ impl SchedTracer {
     pub fn report(&self) -> Result<SchedReport> {
         let m: Array<&MapData, Hist> = Array::try_from(
             self.ebpf
-                .map("SCHED_HIST")
+                .map(map::SCHED_HIST)
                 .ok_or_else(|| anyhow!("SCHED_HIST missing"))?,
         )?;
         let h = crate::hist::to_histogram(&m.get(&0, 0)?);

@@ -6,7 +6,10 @@ use aya::{
     maps::{Array, MapData},
     programs::TracePoint,
 };
-use profiler_common::hist::Hist;
+use profiler_common::{
+    hist::Hist,
+    names::{map, program as prog},
+};
 
 /// Loads and attaches `selftest_hist` (profiler-ebpf/src/selftest.rs) to
 /// `syscalls:sys_enter_getpid` and hands back its map: proof that the bucket code passes
@@ -18,14 +21,14 @@ pub fn selftest_attach(ebpf: &mut Ebpf) -> Result<Array<MapData, Hist>> {
         "tracepoint syscalls:sys_enter_getpid missing (CONFIG_FTRACE_SYSCALLS off?)"
     );
     let prog: &mut TracePoint = ebpf
-        .program_mut("selftest_hist")
+        .program_mut(prog::SELFTEST)
         .context("selftest_hist not in the eBPF object")?
         .try_into()?;
     prog.load().context("verifier rejected selftest_hist")?;
     prog.attach("syscalls", "sys_enter_getpid")
         .context("attaching selftest_hist to syscalls:sys_enter_getpid")?;
     let map = ebpf
-        .take_map("SELFTEST_HIST")
+        .take_map(map::SELFTEST_HIST)
         .context("SELFTEST_HIST not in the eBPF object")?;
     Ok(Array::try_from(map)?)
 }

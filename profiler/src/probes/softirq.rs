@@ -10,7 +10,17 @@ use serde::Serialize;
 
 use crate::hist::{Summary, fmt_ns, to_histogram};
 
-// The programs attach with the packet tracer's (`super::net::HOOKS`), in its windows.
+use crate::attach::Point;
+use profiler_common::names::{map, program as prog};
+
+/// The softirq points; they attach with the packet tracer's (`super::net::POINTS`), in its
+/// windows.
+pub const POINTS: &[Point] = &[
+    crate::point!(RawTracepoint, "irq", "softirq_raise", prog::SOFTIRQ_RAISE),
+    crate::point!(RawTracepoint, "irq", "softirq_entry", prog::SOFTIRQ_ENTRY),
+    crate::point!(RawTracepoint, "irq", "softirq_exit", prog::SOFTIRQ_EXIT),
+    crate::point!(RawTracepoint, "napi", "napi_poll", prog::SOFTIRQ_NAPI_POLL),
+];
 
 #[derive(Debug, Serialize)]
 pub struct Vector {
@@ -45,7 +55,7 @@ fn total(h: &hdrhistogram::Histogram<u64>) -> u64 {
 
 pub fn read(ebpf: &Ebpf) -> Result<SoftirqReport> {
     let map: PerCpuArray<&MapData, Hist> = PerCpuArray::try_from(
-        ebpf.map("SOFTIRQ_HIST")
+        ebpf.map(map::SOFTIRQ_HIST)
             .ok_or_else(|| anyhow!("SOFTIRQ_HIST missing"))?,
     )?;
     let per = |s: u32| -> Result<Vec<hdrhistogram::Histogram<u64>>> {

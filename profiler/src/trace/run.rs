@@ -104,7 +104,7 @@ pub struct TraceReport {
     pub lab: Option<String>,
     pub test: Option<Test>,
     pub seconds: f64,
-    pub attached: Vec<(String, String)>,
+    pub attached: Vec<crate::attach::Attached>,
     pub net: NetReport,
     pub softirq: Option<crate::probes::softirq::SoftirqReport>,
     pub workload: Option<workload::Report>,
@@ -651,7 +651,7 @@ pub fn print(r: &TraceReport) {
     let how: Vec<String> = r
         .attached
         .iter()
-        .map(|(tp, how)| format!("{tp}: {how}"))
+        .map(|a| format!("{}: {}", a.event, a.how))
         .collect();
     println!("  hooks: {}", how.join(", "));
     report::print(&r.net);

@@ -8,16 +8,16 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{TracePoint, trace_point::TracePointLinkId},
 };
 use profiler_common::{
     hist::Hist,
     kvm::{EXIT_SLOTS, KvmConfig, RUN_HIST_SLOTS, USER_SLOTS, counter},
+    names::{map, program as prog},
 };
 
 pub mod names;
 
-use crate::attach::Attached as Attach;
+use crate::attach::{self, Attached as Attach, Point, link::Link};
 
 /// Which threads to follow; 0 = any.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,88 +37,74 @@ const IOCTL_NR: u64 = libc::SYS_ioctl as u64;
 /// Where one format field's offset goes in `KvmConfig`.
 type Slot = fn(&mut KvmConfig) -> &mut u32;
 
-/// One classic tracepoint: its program and the fields (config slot <- field) it reads.
-struct Hook {
-    category: &'static str,
-    event: &'static str,
-    program: &'static str,
+/// One classic tracepoint (its point) and the fields (config slot <- field) its program reads.
+pub struct Hook {
+    pub point: Point,
     fields: &'static [(Slot, &'static str)],
 }
 
-const HOOKS: &[Hook] = &[
+pub const HOOKS: &[Hook] = &[
     Hook {
-        category: "raw_syscalls",
-        event: "sys_enter",
-        program: "kvm_sys_enter",
+        point: crate::point!(Tracepoint, "raw_syscalls", "sys_enter", prog::KVM_SYS_ENTER),
         fields: &[
             (|c| &mut c.off_sys_enter_id, "id"),
             (|c| &mut c.off_sys_enter_args, "args"),
         ],
     },
     Hook {
-        category: "raw_syscalls",
-        event: "sys_exit",
-        program: "kvm_sys_exit",
+        point: crate::point!(Tracepoint, "raw_syscalls", "sys_exit", prog::KVM_SYS_EXIT),
         fields: &[(|c| &mut c.off_sys_exit_id, "id")],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_exit",
-        program: "kvm_tp_exit",
+        point: crate::point!(Tracepoint, "kvm", "kvm_exit", prog::KVM_EXIT),
         fields: &[
             (|c| &mut c.off_exit_reason, "exit_reason"),
             (|c| &mut c.off_exit_isa, "isa"),
         ],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_entry",
-        program: "kvm_tp_entry",
+        point: crate::point!(Tracepoint, "kvm", "kvm_entry", prog::KVM_ENTRY),
         fields: &[],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_userspace_exit",
-        program: "kvm_tp_userspace_exit",
+        point: crate::point!(
+            Tracepoint,
+            "kvm",
+            "kvm_userspace_exit",
+            prog::KVM_USERSPACE_EXIT
+        ),
         fields: &[(|c| &mut c.off_user_reason, "reason")],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_pio",
-        program: "kvm_tp_pio",
+        point: crate::point!(Tracepoint, "kvm", "kvm_pio", prog::KVM_PIO),
         fields: &[
             (|c| &mut c.off_pio_rw, "rw"),
             (|c| &mut c.off_pio_port, "port"),
         ],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_mmio",
-        program: "kvm_tp_mmio",
+        point: crate::point!(Tracepoint, "kvm", "kvm_mmio", prog::KVM_MMIO),
         fields: &[(|c| &mut c.off_mmio_type, "type")],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_msr",
-        program: "kvm_tp_msr",
+        point: crate::point!(Tracepoint, "kvm", "kvm_msr", prog::KVM_MSR),
         fields: &[(|c| &mut c.off_msr_write, "write")],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_cpuid",
-        program: "kvm_tp_cpuid",
+        point: crate::point!(Tracepoint, "kvm", "kvm_cpuid", prog::KVM_CPUID),
         fields: &[],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_hypercall",
-        program: "kvm_tp_hypercall",
+        point: crate::point!(Tracepoint, "kvm", "kvm_hypercall", prog::KVM_HYPERCALL),
         fields: &[],
     },
     Hook {
-        category: "kvm",
-        event: "kvm_emulate_insn",
-        program: "kvm_tp_emulate_insn",
+        point: crate::point!(
+            Tracepoint,
+            "kvm",
+            "kvm_emulate_insn",
+            prog::KVM_EMULATE_INSN
+        ),
         fields: &[(|c| &mut c.off_emul_failed, "failed")],
     },
 ];
@@ -144,7 +130,7 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
 
 pub struct KvmTracer {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
+    links: Vec<Link>,
     pub attached: Vec<Attach>,
 }
 
@@ -162,11 +148,10 @@ impl KvmTracer {
         let mut usable = vec![];
         let mut attached = vec![];
         for h in HOOKS {
-            let event = format!("{}:{}", h.category, h.event);
+            let event = h.point.event();
             let file = tracefs
                 .join("events")
-                .join(h.category)
-                .join(h.event)
+                .join(event.replace(':', "/"))
                 .join("format");
             match resolve(&file, h, &mut config) {
                 Ok(()) => usable.push(h),
@@ -177,12 +162,12 @@ impl KvmTracer {
             }
         }
         let mut ebpf = crate::probes::loader(crate::probes::Subject::Kvm)
-            .override_global("KVM_CONFIG", &config, true)
+            .override_global(map::KVM_CONFIG, &config, true)
             .load(crate::probes::OBJECT)
             .context("loading the KVM tracer's eBPF programs")?;
         {
             let mut table: Array<_, u8> = Array::try_from(
-                ebpf.map_mut("KVM_EXIT_SLOT")
+                ebpf.map_mut(map::KVM_EXIT_SLOT)
                     .context("KVM_EXIT_SLOT missing")?,
             )?;
             for (k, &slot) in names::key_table().iter().enumerate() {
@@ -193,28 +178,9 @@ impl KvmTracer {
         }
         let mut links = vec![];
         for h in usable {
-            let event = format!("{}:{}", h.category, h.event);
-            let r = (|| -> Result<TracePointLinkId> {
-                let p: &mut TracePoint = ebpf
-                    .program_mut(h.program)
-                    .ok_or_else(|| anyhow!("{} not in the eBPF object", h.program))?
-                    .try_into()?;
-                p.load()?;
-                Ok(p.attach(h.category, h.event)?)
-            })();
-            match r {
-                Ok(id) => {
-                    links.push((h.program, id));
-                    attached.push(Attach {
-                        event,
-                        how: "tracepoint".into(),
-                    });
-                }
-                Err(e) => attached.push(Attach {
-                    event,
-                    how: format!("not attached ({e:#})"),
-                }),
-            }
+            let (link, how) = attach::link::attach_point(&mut ebpf, &h.point, None);
+            links.extend(link);
+            attached.push(how);
         }
         for must in ["raw_syscalls:sys_enter", "raw_syscalls:sys_exit"] {
             if let Some(a) = attached
@@ -241,13 +207,8 @@ impl KvmTracer {
 
     /// Detaches every program; the maps stay readable.
     pub fn detach(&mut self) -> Result<()> {
-        for (name, id) in self.links.drain(..) {
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("{name} missing"))?
-                .try_into()?;
-            p.detach(id).with_context(|| format!("detaching {name}"))?;
+        for l in std::mem::take(&mut self.links) {
+            attach::link::detach(&mut self.ebpf, l)?;
         }
         Ok(())
     }
@@ -268,7 +229,7 @@ impl KvmTracer {
             (0..n).map(|i| Ok(m.get(&i, 0)?.iter().sum())).collect()
         };
         let ports: PerCpuHashMap<&MapData, u32, u64> =
-            PerCpuHashMap::try_from(map("KVM_PIO_PORTS")?)?;
+            PerCpuHashMap::try_from(map(map::KVM_PIO_PORTS)?)?;
         let mut pio_ports = vec![];
         for entry in ports.iter() {
             let (k, v) = entry?;
@@ -276,11 +237,11 @@ impl KvmTracer {
         }
         pio_ports.sort_unstable();
         Ok(Raw {
-            exit_hist: hists("KVM_EXIT_HIST", EXIT_SLOTS)?,
-            exit_count: counts("KVM_EXIT_COUNT", EXIT_SLOTS)?,
-            run_hist: hists("KVM_RUN_HIST", RUN_HIST_SLOTS)?,
-            user_exits: counts("KVM_USER_EXITS", USER_SLOTS)?,
-            counters: counts("KVM_COUNTERS", counter::COUNT)?,
+            exit_hist: hists(map::KVM_EXIT_HIST, EXIT_SLOTS)?,
+            exit_count: counts(map::KVM_EXIT_COUNT, EXIT_SLOTS)?,
+            run_hist: hists(map::KVM_RUN_HIST, RUN_HIST_SLOTS)?,
+            user_exits: counts(map::KVM_USER_EXITS, USER_SLOTS)?,
+            counters: counts(map::KVM_COUNTERS, counter::COUNT)?,
             pio_ports,
         })
     }
@@ -330,7 +291,10 @@ format:
 
     #[test]
     fn every_hook_has_its_program_named_once() {
-        let mut names: Vec<_> = HOOKS.iter().map(|h| h.program).collect();
+        let mut names: Vec<_> = HOOKS
+            .iter()
+            .map(|h| h.point.candidates[0].program)
+            .collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), HOOKS.len());
