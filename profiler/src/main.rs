@@ -29,7 +29,7 @@ enum Command {
         command: LabCommand,
     },
     /// Per-packet latency attributed to each network layer (builds a lab and drives traffic).
-    Trace(profiler::trace::run::TraceArgs),
+    Trace(profiler::trace::cli::TraceArgs),
     /// netperf-style workloads across a lab (or against `profiler serve` with -H).
     #[command(allow_negative_numbers = true)]
     Bench(profiler::workload::BenchArgs),
@@ -187,7 +187,7 @@ fn run(command: Command) -> Result<()> {
             profiler::kernel::require_root("profiler lab")?;
             lab_command(command)
         }
-        Command::Trace(args) => trace(&args),
+        Command::Trace(args) => profiler::trace::cli::main(&args),
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
@@ -298,40 +298,6 @@ fn boot(args: &BootCli) -> Result<()> {
         None => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|micro"),
     };
     if let Some(path) = &c.json {
-        std::fs::write(path, json)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn trace(args: &profiler::trace::run::TraceArgs) -> Result<()> {
-    use profiler::trace::run;
-    let json = if args.self_check {
-        let c = run::self_check(args)?;
-        run::print_self_check(&c);
-        let json = serde_json::to_vec_pretty(&c)?;
-        if let Some(path) = &args.json {
-            std::fs::write(path, &json)
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-        }
-        if !c.passed {
-            anyhow::bail!("self-check failed: an injected delay did not land in its layer");
-        }
-        return Ok(());
-    } else if let Some(modes) = &args.compare {
-        let rows = run::compare(args, modes)?;
-        run::print_compare(&rows);
-        serde_json::to_vec_pretty(&rows)?
-    } else if args.ablation {
-        let a = run::ablation(args)?;
-        run::print_ablation(&a);
-        serde_json::to_vec_pretty(&a)?
-    } else {
-        let r = run::run(args)?;
-        run::print(&r);
-        serde_json::to_vec_pretty(&r)?
-    };
-    if let Some(path) = &args.json {
         std::fs::write(path, json)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }

@@ -10,6 +10,11 @@ use profiler_common::net::{
 
 pub const UNKNOWN: &str = "other (unnamed segment)";
 pub const ONE_WAY: &str = "one-way total";
+/// Layers the commands single out (ablation, self-check, compare): named once, here.
+pub const BRIDGE: &str = "bridge";
+pub const IP_FORWARD: &str = "ip forward + netfilter";
+pub const SOCKET: &str = "ip/transport receive + socket queue";
+pub const VXLAN_DECAP: &str = "vxlan decap + ip/udp receive + netfilter in";
 
 fn tx_queue(class: u8, port: bool, encap: bool) -> &'static str {
     match class {
@@ -52,7 +57,7 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         point_encap(cur),
     );
     let decap = |cc: u8| match cc {
-        class::VXLAN => Some("vxlan decap + ip/udp receive + netfilter in"),
+        class::VXLAN => Some(VXLAN_DECAP),
         class::IPIP => Some("ipip decap + ip receive + netfilter in"),
         _ => None,
     };
@@ -83,9 +88,9 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         (hook::RX, hook::RECV | hook::GRO) => backlog(cc, cport, cencap),
         (hook::GRO, hook::RECV) => "gro",
         (hook::RECV, hook::RECV) if pport && cc == class::BRIDGE => "bridge (port to host stack)",
-        (hook::RECV | hook::GRO, hook::QUEUE) if pport => "bridge",
-        (hook::RECV | hook::GRO, hook::QUEUE) => "ip forward + netfilter",
-        (hook::RECV | hook::GRO, hook::DELIVER) => "ip/transport receive + socket queue",
+        (hook::RECV | hook::GRO, hook::QUEUE) if pport => BRIDGE,
+        (hook::RECV | hook::GRO, hook::QUEUE) => IP_FORWARD,
+        (hook::RECV | hook::GRO, hook::DELIVER) => SOCKET,
         _ => return None,
     })
 }

@@ -1,6 +1,11 @@
 //! `profiler trace`: per-packet latency attributed to each network layer.
 
+pub mod ablation;
 pub mod budget;
+pub mod cli;
+pub mod compare;
 pub mod layers;
 pub mod report;
 pub mod run;
+pub mod samples;
+pub mod self_check;

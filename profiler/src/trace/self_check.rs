@@ -1,0 +1,158 @@
+//! `profiler trace --self-check`: a known delay injected on one device at a time must land in
+//! the layer that holds its hook, and nowhere else.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use serde::Serialize;
+
+use super::{
+    cli::{TraceArgs, prelude},
+    layers,
+    run::{TraceReport, trace_in},
+};
+use crate::lab::{self, Lab, Mode};
+
+/// One injection of the self-check.
+#[derive(Serialize)]
+pub struct Case {
+    pub mode: Mode,
+    pub device: String,
+    pub hook: &'static str,
+    pub expected_layer: &'static str,
+    /// Request-direction layers: (name, baseline p50, injected p50), ns.
+    pub layers: Vec<(String, u64, u64)>,
+    pub delay_ns: u64,
+    pub landed_ns: i64,
+    /// Largest |shift| of any other layer.
+    pub elsewhere_ns: i64,
+    pub passed: bool,
+}
+
+#[derive(Serialize)]
+pub struct SelfCheck {
+    pub cases: Vec<Case>,
+    pub passed: bool,
+}
+
+/// A lab of the self-check, kept up across its cases, with its baseline request p50s.
+type SelfCheckLab = (Mode, lab::Description, Option<Lab>, Vec<(String, u64)>);
+
+/// Median shift tolerance: 5% of the injected delay.
+const TOLERANCE: f64 = 0.05;
+const SELF_CHECK_DELAY: Duration = Duration::from_millis(1);
+
+fn request_p50s(r: &TraceReport) -> Vec<(String, u64)> {
+    r.net
+        .directions
+        .first()
+        .map(|d| {
+            d.layers
+                .iter()
+                .filter(|l| l.crossings >= 1)
+                .map(|l| (l.layer.to_string(), l.summary.p50))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
+    prelude(args, "profiler trace --self-check")?;
+    // Requests go client -> server: the client's bridge port (host end), the server host's
+    // underlay, the server container's end. (mode, role, device name, namespace suffix, layer)
+    let plan: [(Mode, lab::Role, &str, &str, &'static str); 3] = [
+        (
+            Mode::Bridge,
+            lab::Role::HostEnd,
+            "veth-c",
+            "-h",
+            layers::BRIDGE,
+        ),
+        (
+            Mode::Overlay,
+            lab::Role::Underlay,
+            "uy",
+            "-hy",
+            layers::VXLAN_DECAP,
+        ),
+        (
+            Mode::Overlay,
+            lab::Role::ContainerEnd,
+            "eth0",
+            "-s",
+            layers::SOCKET,
+        ),
+    ];
+    let mut cases = vec![];
+    let mut labs: Vec<SelfCheckLab> = vec![];
+    for (mode, role, name, ns_suffix, expected) in plan {
+        if !labs.iter().any(|(m, ..)| *m == mode) {
+            let (desc, owned) = lab::existing_or_new(None, mode)?;
+            let base = request_p50s(&trace_in(&desc, desc.connect, args)?);
+            labs.push((mode, desc, owned, base));
+        }
+        let (_, desc, _, base) = labs.iter().find(|(m, ..)| *m == mode).unwrap();
+        let dev = desc
+            .device(role)
+            .find(|d| d.name == name && d.netns.ends_with(ns_suffix))
+            .ok_or_else(|| anyhow!("lab {} has no {name} ({role:?})", desc.id))?
+            .clone();
+        let injector = crate::probes::inject::Injector::attach(
+            &dev.netns,
+            &dev.name,
+            true,
+            SELF_CHECK_DELAY,
+            // All packets: on the underlay they are VXLAN (UDP 4789), not the workload's port.
+            None,
+        )?;
+        let traced = request_p50s(&trace_in(desc, desc.connect, args)?);
+        drop(injector);
+        let delay = SELF_CHECK_DELAY.as_nanos() as u64;
+        let mut layers = vec![];
+        let (mut landed, mut elsewhere) = (0i64, 0i64);
+        for (name, b) in base {
+            let t = traced.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
+            let shift = t as i64 - *b as i64;
+            if name == expected {
+                landed = shift;
+            } else {
+                elsewhere = elsewhere.max(shift.abs());
+            }
+            layers.push((name.clone(), *b, t));
+        }
+        let tol = (delay as f64 * TOLERANCE) as i64;
+        cases.push(Case {
+            mode,
+            device: format!("{} in {}", dev.name, dev.netns),
+            hook: "tc ingress",
+            expected_layer: expected,
+            layers,
+            delay_ns: delay,
+            landed_ns: landed,
+            elsewhere_ns: elsewhere,
+            passed: (landed - delay as i64).abs() <= tol && elsewhere <= tol,
+        });
+    }
+    let passed = cases.iter().all(|c| c.passed);
+    Ok(SelfCheck { cases, passed })
+}
+
+pub fn print(c: &SelfCheck) {
+    use crate::hist::fmt_ns;
+    println!(
+        "  self-check: {} injected on TC ingress, tolerance {:.0}%",
+        fmt_ns(SELF_CHECK_DELAY.as_nanos() as f64),
+        TOLERANCE * 100.0
+    );
+    for case in &c.cases {
+        println!(
+            "  {:<4} {:<8} {:<28} expected in '{}': landed {} (other layers at most {})",
+            if case.passed { "ok" } else { "FAIL" },
+            case.mode,
+            case.device,
+            case.expected_layer,
+            fmt_ns(case.landed_ns as f64),
+            fmt_ns(case.elsewhere_ns as f64)
+        );
+    }
+}
