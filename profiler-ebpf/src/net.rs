@@ -2,7 +2,7 @@
 //! packet (state keyed by its skb address) closes the segment since its previous hook, and the
 //! delta goes into the histogram slot `SEG_SLOT` names for that pair. Unfollowed packets cost
 //! one hash lookup (plus a header parse at a transmit queue, where packets are born).
-//! User space reads the per-CPU histograms on an interval; see profiler/src/trace/net.rs.
+//! User space reads the per-CPU histograms on an interval; see profiler/src/probes/net.rs.
 
 use aya_ebpf::{
     Global,
@@ -24,7 +24,7 @@ use profiler_common::{
 
 use crate::hist::record_shared;
 
-/// Offsets and filter, set by the loader (profiler/src/trace/net.rs).
+/// Offsets and filter, set by the loader (profiler/src/probes/net.rs).
 #[unsafe(no_mangle)]
 static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     off_skb_dev: 0,

@@ -13,7 +13,7 @@ use profiler_common::{hist::Hist, sched::SchedConfig};
 
 use crate::hist::record_shared;
 
-/// task_struct offsets, set by the loader (profiler/src/trace/sched.rs).
+/// task_struct offsets, set by the loader (profiler/src/probes/sched.rs).
 #[unsafe(no_mangle)]
 static SCHED_CONFIG: Global<SchedConfig> = Global::new(SchedConfig {
     off_task_pid: 0,

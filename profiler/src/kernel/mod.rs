@@ -2,6 +2,7 @@
 //! kallsyms and sysctls. Nothing here guesses from version numbers.
 
 pub mod btf;
+pub mod modules;
 
 use std::{
     fs,

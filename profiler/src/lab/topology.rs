@@ -23,31 +23,32 @@ fn step(name: &str) -> Result<()> {
 
 /// The kernel features a mode needs, tried for real in a throwaway namespace.
 pub fn check_kernel(mode: Mode) -> Result<()> {
-    let needs: &[(&str, &str)] = match mode {
+    // (feature, config option, module)
+    let needs: &[(&str, &str, &str)] = match mode {
         Mode::Host => &[],
-        Mode::Bridge => &[("veth", "CONFIG_VETH"), ("bridge", "CONFIG_BRIDGE")],
-        Mode::Nat => &[
-            ("veth", "CONFIG_VETH"),
-            ("bridge", "CONFIG_BRIDGE"),
-            ("iptables-nat", "CONFIG_NF_NAT / CONFIG_NFT_NAT"),
-        ],
-        Mode::Overlay => &[
-            ("veth", "CONFIG_VETH"),
-            ("bridge", "CONFIG_BRIDGE"),
-            ("vxlan", "CONFIG_VXLAN"),
-        ],
-        Mode::Macvlan => &[("macvlan", "CONFIG_MACVLAN")],
-        Mode::Routed => &[("veth", "CONFIG_VETH")],
-        Mode::Ipvlan => &[("ipvlan", "CONFIG_IPVLAN")],
-        Mode::Ipip => &[("veth", "CONFIG_VETH"), ("ipip", "CONFIG_NET_IPIP")],
+        Mode::Bridge => &[VETH, BRIDGE],
+        Mode::Nat => &[VETH, BRIDGE, ("iptables-nat", "CONFIG_NF_NAT", "nf_nat")],
+        Mode::Overlay => &[VETH, BRIDGE, ("vxlan", "CONFIG_VXLAN", "vxlan")],
+        Mode::Macvlan => &[("macvlan", "CONFIG_MACVLAN", "macvlan")],
+        Mode::Routed => &[VETH],
+        Mode::Ipvlan => &[("ipvlan", "CONFIG_IPVLAN", "ipvlan")],
+        Mode::Ipip => &[VETH, ("ipip", "CONFIG_NET_IPIP", "ipip")],
     };
-    for (feature, config) in needs {
+    let mut modules = None;
+    for (feature, option, module) in needs {
         try_feature(feature).map_err(|e| {
-            anyhow!("mode {mode} needs {feature}, which this kernel lacks ({config} is off; {e})")
+            let m = modules.get_or_insert_with(crate::kernel::modules::Modules::running);
+            anyhow!(
+                "mode {mode} needs {feature}, which this kernel lacks ({}; {e})",
+                m.describe(option, module)
+            )
         })?;
     }
     Ok(())
 }
+
+const VETH: (&str, &str, &str) = ("veth", "CONFIG_VETH", "veth");
+const BRIDGE: (&str, &str, &str) = ("bridge", "CONFIG_BRIDGE", "bridge");
 
 /// Creates one device of the kind (or runs iptables' nat table) in a throwaway namespace.
 fn try_feature(feature: &'static str) -> Result<()> {

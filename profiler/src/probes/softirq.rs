@@ -13,7 +13,7 @@ use crate::hist::{Summary, fmt_ns, to_histogram};
 use crate::attach::Point;
 use profiler_common::names::{map, program as prog};
 
-/// The softirq points; they attach with the packet tracer's (`super::net::POINTS`), in its
+/// The softirq points; they attach with the packet tracer's points, in its
 /// windows.
 pub const POINTS: &[Point] = &[
     crate::point!(RawTracepoint, "irq", "softirq_raise", prog::SOFTIRQ_RAISE),
