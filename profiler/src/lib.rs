@@ -1,5 +1,6 @@
 //! profiler: where virtualization overhead comes from. See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod attach;
 pub mod boot;
 pub mod cleanup;

@@ -37,6 +37,9 @@ enum Command {
     Serve(profiler::workload::ServeArgs),
     /// Delay packets on one hook of one lab device (a TC program; netem where absent).
     Inject(profiler::inject::InjectArgs),
+    /// Trace continuously within the overhead budget and serve Prometheus metrics.
+    #[command(allow_negative_numbers = true)]
+    Agent(profiler::agent::AgentArgs),
     /// Start-up latency in phases: containers (native, docker) or VMs.
     #[command(allow_negative_numbers = true)]
     Boot(BootCli),
@@ -191,6 +194,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
+        Command::Agent(args) => profiler::agent::run(&args),
         Command::Boot(args) => boot(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
         Command::Run {

@@ -47,6 +47,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "sysbench",
         "bench-sysbench peer and the sysbench comparison test",
     ),
+    (
+        "prometheus",
+        "the agent test's scraper and promtool (Debian's 2.42)",
+    ),
 ];
 
 pub fn run() -> Result<()> {

@@ -321,21 +321,31 @@ impl Sampler {
 
     /// Ends the run: detaches stats and reports what the tracer cost.
     pub fn finish(mut self, tracer: &mut NetTracer) -> Cost {
+        let c = self.cost(tracer);
+        self.stats = None;
+        c
+    }
+
+    /// What the tracer has cost so far (a live agent reports this at every scrape).
+    pub fn cost(&self, tracer: &NetTracer) -> Cost {
         let now = Instant::now();
         let in_phase = now - self.phase_start;
         let spent = match self.phase {
             Phase::Gap => Duration::ZERO,
             _ => in_phase,
         };
-        let stats = tracer.prog_stats();
-        let d = diff(&stats, &self.mark);
-        self.add(&d);
-        self.stats = None;
+        let d = diff(&tracer.prog_stats(), &self.mark);
+        let mut totals = self.totals.clone();
+        for (k, v) in &d {
+            let t = totals.entry(k).or_default();
+            t.runs += v.runs;
+            t.ns += v.ns;
+        }
         let wall = (now - self.started).as_secs_f64().max(1e-9);
         let attached = (self.attached + spent).as_secs_f64();
-        let counted = !matches!(self.policy, Policy::Fixed { .. })
-            || self.totals.values().any(|s| s.runs > 0);
-        let (runs, ns) = total(&self.totals, true);
+        let counted =
+            !matches!(self.policy, Policy::Fixed { .. }) || totals.values().any(|s| s.runs > 0);
+        let (runs, ns) = total(&totals, true);
         let per = |(n, t): (u64, f64)| (n > 0).then(|| t / n as f64);
         let (unfollowed, followed) = match self.policy {
             Policy::Budget { .. } => (per(self.unfollowed), per(self.followed)),
@@ -354,8 +364,7 @@ impl Sampler {
             floor_ns_per_run: self.floor,
             unfollowed_ns_per_run: unfollowed,
             followed_ns_per_run: followed,
-            programs: self
-                .totals
+            programs: totals
                 .iter()
                 .filter(|(_, s)| s.runs > 0)
                 .map(|(k, s)| ProgramCost {
