@@ -372,3 +372,77 @@ fn overhead_budget_sets_the_follow_rate() {
     let l = &tight["net"]["directions"][0]["layers"][0];
     assert!(l["p50_without_tracer_ns"].as_f64().unwrap() <= l["p50"].as_f64().unwrap());
 }
+
+/// `--hdr-log`: HdrHistogram's own decoder (the Python `hdrhistogram` package, installed by
+/// setup) reads the log, and each tag's counts and percentiles match the JSON report.
+#[test]
+fn hdr_log_decodes_with_hdrhistogram_and_matches_the_report() {
+    require_root();
+    let dir = std::env::temp_dir();
+    let (log, json) = (
+        dir.join(format!("profiler-test-{}.hlog", std::process::id())),
+        dir.join(format!("profiler-test-hlog-{}.json", std::process::id())),
+    );
+    run_ok(
+        profiler()
+            .args(["trace", "--mode", "bridge", "-l", "2", "--interval", "1"])
+            .args([
+                "--follow-every".as_ref(),
+                "1".as_ref(),
+                "--hdr-log".as_ref(),
+                log.as_os_str(),
+                "--json".as_ref(),
+                json.as_os_str(),
+            ]),
+    );
+    let script = r#"
+import json, sys
+from hdrh.log import HistogramLogReader
+from hdrh.histogram import HdrHistogram
+new = lambda: HdrHistogram(1, 1 << 35, 2)
+reader = HistogramLogReader(sys.argv[1], new())
+total, intervals = {}, 0
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    intervals += 1
+    total.setdefault(h.get_tag(), new()).add(h)
+out = {t: [h.get_total_count(), h.get_value_at_percentile(50), h.get_value_at_percentile(99)]
+       for t, h in total.items()}
+print(json.dumps({"intervals": intervals, "tags": out}))
+"#;
+    let out = run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&log),
+    );
+    let decoded: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = (std::fs::remove_file(&log), std::fs::remove_file(&json));
+    assert!(decoded["intervals"].as_u64().unwrap() >= 2 * 2, "{decoded}");
+    let mut checked = 0;
+    for d in report["net"]["directions"].as_array().unwrap() {
+        let dir = d["name"].as_str().unwrap().split(' ').next().unwrap();
+        for row in d["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain([&d["one_way"]])
+        {
+            let tag = format!("{dir}/{}", row["layer"].as_str().unwrap()).replace([' ', ','], "_");
+            let t = &decoded["tags"][&tag];
+            assert_eq!(t[0], row["count"], "{tag}: count");
+            for (i, p) in [(1, "p50"), (2, "p99")] {
+                let (ours, theirs) = (row[p].as_f64().unwrap(), t[i].as_f64().unwrap());
+                // Two significant figures: the same bucket, at most 1% apart.
+                assert!(
+                    (ours - theirs).abs() <= 0.01 * ours + 1.0,
+                    "{tag} {p}: report {ours}, hdrhistogram {theirs}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} tags");
+}

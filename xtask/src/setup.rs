@@ -60,6 +60,7 @@ pub fn run() -> Result<()> {
     acted |= nightly()?;
     acted |= bpf_linker()?;
     acted |= libvirt_user()?;
+    acted |= python_packages()?;
     if acted {
         eprintln!("setup: done in {:.1?}", started.elapsed());
     } else {
@@ -112,6 +113,20 @@ fn packages() -> Result<bool> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(true)
+}
+
+/// PyPI packages tests use as independent checks: `hdrhistogram` decodes `--hdr-log` output.
+fn python_packages() -> Result<bool> {
+    let have = Command::new("python3")
+        .args(["-c", "import hdrh.log"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(false);
+    }
+    eprintln!("setup: PyPI hdrhistogram missing: the --hdr-log test decodes with it");
+    sh(Command::new("python3").args(["-m", "pip", "install", "-q", "hdrhistogram"]))?;
     Ok(true)
 }
 

@@ -29,6 +29,10 @@ pub struct TraceArgs {
     /// Write the report (with full histograms) as JSON to FILE.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write each layer's histogram as an HdrHistogram interval log (one interval per
+    /// --interval, else one for the run; one Tag per direction and layer).
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
     /// Print every hook of one followed packet in N, pwru-style (N >= 1).
     #[arg(long, alias = "sample", value_parser = clap::value_parser!(u64).range(1..))]
     pub print_every: Option<u64>,
@@ -111,6 +115,12 @@ fn validate(args: &TraceArgs) -> Result<()> {
     workload::parse_rr(&args.rr)?;
     length(args)?;
     policy(args)?;
+    if let Some(p) = &args.hdr_log {
+        if args.compare.is_some() || args.ablation || args.self_check {
+            bail!("--hdr-log records one run: drop --compare, --ablation or --self-check");
+        }
+        crate::export::hdr_log::HdrLog::create(p)?;
+    }
     if let Some(i) = args.interval
         && !(i > 0.0 && i.is_finite())
     {

@@ -14,6 +14,7 @@ use super::{
     report::{self, NetReport},
     samples::print_samples,
 };
+use crate::export::hdr_log::{self, HdrLog};
 use crate::probes::net::{Filter, NetTracer};
 use crate::{
     cleanup,
@@ -114,7 +115,10 @@ pub(super) fn trace_in(
         args.length
     );
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
-    let cost = watch(&mut tracer, args, _stats.is_some(), || worker.is_finished())?;
+    let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
+        worker.is_finished()
+    })?;
     let workload = if worker.is_finished() {
         Some(
             worker
@@ -124,7 +128,7 @@ pub(super) fn trace_in(
     } else {
         None // interrupted: report what the tracer has
     };
-    finish(&tracer, cost, args, Some((desc, test)), workload)
+    finish(&tracer, cost, args, Some((desc, test)), workload, hdr)
 }
 
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
@@ -153,10 +157,11 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
     };
     let mut tracer = NetTracer::start(&filter)?;
     let deadline = Instant::now() + length;
-    let cost = watch(&mut tracer, args, _stats.is_some(), || {
+    let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
         Instant::now() >= deadline
     })?;
-    finish(&tracer, cost, args, None, None)
+    finish(&tracer, cost, args, None, None, hdr)
 }
 
 /// The report of one traced run: in a lab, with its test and the workload's result (none if
@@ -167,8 +172,13 @@ fn finish(
     args: &TraceArgs,
     lab: Option<(&lab::Description, Test)>,
     workload: Option<workload::Report>,
+    hdr: Option<HdrLog>,
 ) -> Result<TraceReport> {
     let mut net = report::build(&tracer.snapshot()?, &tracer.table.names);
+    if let Some(mut log) = hdr {
+        log.mark(tagged(&net))?;
+        log.finish()?;
+    }
     if let Some(c) = cost.followed_ns_per_run {
         report::without_tracer(&mut net, c);
     }
@@ -204,12 +214,29 @@ fn finish(
     })
 }
 
+/// Each direction's layers and one-way total as HDR histograms, tagged `<direction>/<layer>`.
+fn tagged(r: &NetReport) -> Vec<(String, hdrhistogram::Histogram<u64>)> {
+    let mut out = vec![];
+    for d in &r.directions {
+        let dir = d.name.split_whitespace().next().unwrap_or(d.name);
+        for row in d.layers.iter().chain(&d.one_way) {
+            let mut h = crate::hist::empty();
+            for &(v, n) in &row.histogram {
+                let _ = h.record_n(v, n);
+            }
+            out.push((hdr_log::tag(&format!("{dir}/{}", row.layer)), h));
+        }
+    }
+    out
+}
+
 /// Follows packets by the policy until `done` or a signal, printing interval tables and
 /// samples; returns what the tracer cost.
 fn watch(
     tracer: &mut NetTracer,
     args: &TraceArgs,
     stats_on: bool,
+    hdr: &mut Option<HdrLog>,
     done: impl Fn() -> bool,
 ) -> Result<super::budget::Cost> {
     // Namespaces named by the container that owns them, where Docker runs.
@@ -235,7 +262,11 @@ fn watch(
         {
             last_print = Instant::now();
             println!("--- after {:.1} s", started.elapsed().as_secs_f64());
-            report::print(&report::build(&tracer.snapshot()?, &tracer.table.names));
+            let r = report::build(&tracer.snapshot()?, &tracer.table.names);
+            report::print(&r);
+            if let Some(log) = hdr {
+                log.mark(tagged(&r))?;
+            }
         }
     }
     let cost = sampler.finish(tracer);

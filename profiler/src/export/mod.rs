@@ -1,0 +1,4 @@
+//! Output formats other tools read: HdrHistogram interval logs (`hdr_log`). The Prometheus
+//! exposition lives with the agent that serves it (`agent/metrics.rs`).
+
+pub mod hdr_log;
