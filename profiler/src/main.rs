@@ -19,9 +19,10 @@ struct Cli {
 enum Command {
     /// What this kernel allows (real load/attach attempts) and the attach plan that follows.
     Doctor {
-        /// Print the report as JSON (schema in profiler/src/doctor/mod.rs).
-        #[arg(long)]
-        json: bool,
+        /// The report as JSON (schema in profiler/src/doctor/mod.rs): on stdout (no FILE, or
+        /// -) or into FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
     },
     /// Container network labs in network namespaces.
     Lab {
@@ -123,9 +124,9 @@ enum LabCommand {
         /// Lab id (1-12 lowercase letters or digits); the first free number if absent.
         #[arg(long)]
         id: Option<String>,
-        /// Print the lab's description as JSON.
-        #[arg(long)]
-        json: bool,
+        /// The lab's description as JSON: on stdout (no FILE, or -) or into FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
     },
     /// Remove a lab, or every lab.
     Down {
@@ -135,8 +136,9 @@ enum LabCommand {
     },
     /// The labs that exist.
     List {
-        #[arg(long)]
-        json: bool,
+        /// The labs as JSON: on stdout (no FILE, or -) or into FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -179,12 +181,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Doctor { json } => {
             let r = profiler::doctor::run()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                profiler::doctor::print(&r);
-            }
-            Ok(())
+            profiler::export::json::emit(json.as_ref(), &r, profiler::doctor::print)
         }
         Command::Lab { command } => {
             profiler::kernel::require_root("profiler lab")?;
@@ -247,12 +244,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                profiler::sysbench::print(&r);
-            }
-            Ok(())
+            profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)
         }
     }
 }
@@ -328,21 +320,14 @@ fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {
         let endpoints = Endpoints::in_lab(&desc);
         workload::run(&endpoints, &opts)?
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        workload::print(&report);
-    }
-    Ok(())
+    profiler::export::json::emit(args.json.as_ref(), &report, workload::print)
 }
 
 fn lab_command(command: LabCommand) -> Result<()> {
     match command {
         LabCommand::Up { mode, id, json } => {
             let desc = Lab::up(mode, id.as_deref())?.keep()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&desc)?);
-            } else {
+            profiler::export::json::emit(json.as_ref(), &desc, |desc| {
                 println!(
                     "lab {} ({}) is up: client in {} ({}), server in {} ({}), connect to {}",
                     desc.id,
@@ -354,8 +339,7 @@ fn lab_command(command: LabCommand) -> Result<()> {
                     desc.connect
                 );
                 println!("remove it with: profiler lab down {}", desc.id);
-            }
-            Ok(())
+            })
         }
         LabCommand::Down { id, all } => {
             let ids: Vec<String> = match (id, all) {
@@ -374,15 +358,16 @@ fn lab_command(command: LabCommand) -> Result<()> {
         }
         LabCommand::List { json } => {
             let labs = lab::list();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&labs)?);
-            } else if labs.is_empty() {
-                println!("no labs");
-            } else {
+            profiler::export::json::emit(json.as_ref(), &labs, |labs| {
+                if labs.is_empty() {
+                    println!("no labs");
+                    return;
+                }
                 println!("{:<10} {:<8} {:<10} namespaces", "id", "mode", "owner");
                 for d in labs {
                     let owner = d
                         .owner
+                        .as_ref()
                         .map_or("user".to_string(), |o| format!("pid {}", o.pid));
                     println!(
                         "{:<10} {:<8} {:<10} {}",
@@ -392,8 +377,7 @@ fn lab_command(command: LabCommand) -> Result<()> {
                         d.namespaces.join(" ")
                     );
                 }
-            }
-            Ok(())
+            })
         }
     }
 }

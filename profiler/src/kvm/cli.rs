@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use super::{
     microvm::{self, Workload},
@@ -24,8 +24,8 @@ pub struct KvmArgs {
     /// Seconds to trace existing VMs.
     #[arg(short = 'l', value_name = "SECS", default_value = "5", value_parser = crate::opts::seconds)]
     pub length: f64,
-    /// Write the report as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
+    /// The report as JSON: on stdout instead of the table (no FILE, or -) or into FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
     /// Run the built-in micro-VM in this process instead, with a known number of exits.
     #[arg(long, value_enum, value_name = "WORKLOAD")]
@@ -38,12 +38,7 @@ pub struct KvmArgs {
 
 pub fn run(args: &KvmArgs) -> Result<()> {
     let r = measure(args)?;
-    report::print(&r);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&r)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    crate::export::json::emit(args.json.as_ref(), &r, report::print)
 }
 
 /// What `run` prints: the micro-VM when asked for, else the VMs on this host for `-l` seconds.

@@ -109,9 +109,9 @@ pub struct SysbenchArgs {
     #[arg(long, default_value_t = 10000, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
     pub mutex_loops: u32,
 
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON: on stdout (no FILE, or -) or into FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<std::path::PathBuf>,
     /// Run even when --threads or the memory test's buffers do not fit this machine.
     #[arg(long)]
     pub force: bool,

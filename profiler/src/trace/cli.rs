@@ -26,8 +26,9 @@ pub struct TraceArgs {
     /// Print the table every SECS while running.
     #[arg(long)]
     pub interval: Option<f64>,
-    /// Write the report (with full histograms) as JSON to FILE.
-    #[arg(long)]
+    /// The report (with full histograms) as JSON: on stdout instead of the table (no FILE, or
+    /// -) or into FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
     /// Write each layer's histogram as an HdrHistogram interval log (one interval per
     /// --interval, else one for the run; one Tag per direction and layer).
@@ -115,6 +116,11 @@ fn validate(args: &TraceArgs) -> Result<()> {
     workload::parse_rr(&args.rr)?;
     length(args)?;
     policy(args)?;
+    if crate::export::json::to_stdout(args.json.as_deref())
+        && (args.interval.is_some() || args.print_every.is_some())
+    {
+        bail!("--interval and --print-every print on stdout: give --json a FILE");
+    }
     if let Some(p) = &args.hdr_log {
         if args.compare.is_some() || args.ablation || args.self_check {
             bail!("--hdr-log records one run: drop --compare, --ablation or --self-check");
@@ -147,34 +153,20 @@ pub(super) fn prelude(args: &TraceArgs, what: &str) -> Result<()> {
 
 /// Runs the mode the arguments ask for, prints it, and writes `--json`.
 pub fn main(args: &TraceArgs) -> Result<()> {
-    let json = if args.self_check {
+    use crate::export::json::emit;
+    let json = args.json.as_ref();
+    if args.self_check {
         let c = self_check::self_check(args)?;
-        self_check::print(&c);
-        write_json(args, &serde_json::to_vec_pretty(&c)?)?;
+        emit(json, &c, self_check::print)?;
         if !c.passed {
             bail!("self-check failed: an injected delay did not land in its layer");
         }
-        return Ok(());
+        Ok(())
     } else if let Some(modes) = &args.compare {
-        let rows = compare::compare(args, modes)?;
-        compare::print(&rows);
-        serde_json::to_vec_pretty(&rows)?
+        emit(json, &compare::compare(args, modes)?, |r| compare::print(r))
     } else if args.ablation {
-        let a = ablation::ablation(args)?;
-        ablation::print(&a);
-        serde_json::to_vec_pretty(&a)?
+        emit(json, &ablation::ablation(args)?, ablation::print)
     } else {
-        let r = run::run(args)?;
-        run::print(&r);
-        serde_json::to_vec_pretty(&r)?
-    };
-    write_json(args, &json)
-}
-
-fn write_json(args: &TraceArgs, json: &[u8]) -> Result<()> {
-    if let Some(path) = &args.json {
-        std::fs::write(path, json)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        emit(json, &run::run(args)?, run::print)
     }
-    Ok(())
 }

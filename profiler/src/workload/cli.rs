@@ -35,9 +35,9 @@ pub struct BenchArgs {
     /// Transactions in flight, rr tests.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 1>)]
     pub burst: u32,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON: on stdout (no FILE, or -) or into FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<std::path::PathBuf>,
     /// Run only the client, against `profiler serve` on HOST.
     #[arg(short = 'H', value_name = "HOST")]
     pub host: Option<String>,
