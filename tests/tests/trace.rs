@@ -446,3 +446,56 @@ print(json.dumps({"intervals": intervals, "tags": out}))
     }
     assert!(checked >= 10, "{checked} tags");
 }
+
+/// `--html`: one self-contained page, rendered by headless Chromium (Debian's, installed by
+/// setup): the rendered DOM has the waterfall of each direction with every layer named.
+#[test]
+fn html_report_renders_a_waterfall_with_every_layer() {
+    require_root();
+    let dir = std::env::temp_dir();
+    let (html, json) = (
+        dir.join(format!("profiler-test-{}.html", std::process::id())),
+        dir.join(format!("profiler-test-html-{}.json", std::process::id())),
+    );
+    run_ok(
+        profiler()
+            .args(["trace", "--mode", "overlay", "-l", "1"])
+            .args([
+                "--html".as_ref(),
+                html.as_os_str(),
+                "--json".as_ref(),
+                json.as_os_str(),
+            ]),
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+    let dom = run_ok(
+        std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+            .arg(format!("file://{}", html.display())),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = (std::fs::remove_file(&html), std::fs::remove_file(&json));
+    for (i, d) in report["net"]["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let start = dom
+            .find(&format!("id=\"waterfall-d{i}\""))
+            .unwrap_or_else(|| panic!("no waterfall for direction {i}"));
+        let svg = &dom[start..start + dom[start..].find("</svg>").unwrap()];
+        for l in d["layers"].as_array().unwrap() {
+            if l["crossings"].as_u64().unwrap() == 0 {
+                continue;
+            }
+            let name = l["layer"].as_str().unwrap().replace('&', "&amp;");
+            assert!(
+                svg.contains(&format!(">{name}<")),
+                "{name} missing from the waterfall"
+            );
+        }
+    }
+}

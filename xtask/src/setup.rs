@@ -48,6 +48,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "bench-sysbench peer and the sysbench comparison test",
     ),
     (
+        "chromium",
+        "renders the --html report in the HTML test (headless)",
+    ),
+    (
         "prometheus",
         "the agent test's scraper and promtool (Debian's 2.42)",
     ),

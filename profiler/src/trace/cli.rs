@@ -30,6 +30,9 @@ pub struct TraceArgs {
     /// -) or into FILE.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page (waterfall and CDFs per direction).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Write each layer's histogram as an HdrHistogram interval log (one interval per
     /// --interval, else one for the run; one Tag per direction and layer).
     #[arg(long)]
@@ -121,6 +124,9 @@ fn validate(args: &TraceArgs) -> Result<()> {
     {
         bail!("--interval and --print-every print on stdout: give --json a FILE");
     }
+    if args.html.is_some() && (args.ablation || args.self_check) {
+        bail!("--html draws one run or --compare: drop --ablation or --self-check");
+    }
     if let Some(p) = &args.hdr_log {
         if args.compare.is_some() || args.ablation || args.self_check {
             bail!("--hdr-log records one run: drop --compare, --ablation or --self-check");
@@ -163,10 +169,21 @@ pub fn main(args: &TraceArgs) -> Result<()> {
         }
         Ok(())
     } else if let Some(modes) = &args.compare {
-        emit(json, &compare::compare(args, modes)?, |r| compare::print(r))
+        let rows = compare::compare(args, modes)?;
+        html(args, || super::html::compare(&rows))?;
+        emit(json, &rows, |r| compare::print(r))
     } else if args.ablation {
         emit(json, &ablation::ablation(args)?, ablation::print)
     } else {
-        emit(json, &run::run(args)?, run::print)
+        let r = run::run(args)?;
+        html(args, || super::html::trace(&r))?;
+        emit(json, &r, run::print)
     }
+}
+
+fn html(args: &TraceArgs, page: impl FnOnce() -> String) -> Result<()> {
+    if let Some(p) = &args.html {
+        std::fs::write(p, page()).map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+    }
+    Ok(())
 }
