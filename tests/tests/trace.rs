@@ -265,7 +265,7 @@ fn ablation_runs_the_three_variants() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v[0].as_str().unwrap())
+        .map(|v| v["name"].as_str().unwrap())
         .collect();
     assert_eq!(
         v,
@@ -273,7 +273,7 @@ fn ablation_runs_the_three_variants() {
     );
     let fwd = a["forward_p50_ns"].as_array().unwrap();
     assert_eq!(fwd.len(), 3, "{fwd:?}");
-    assert!(fwd.iter().all(|f| f[1].as_u64().unwrap() > 0));
+    assert!(fwd.iter().all(|f| f["p50_ns"].as_u64().unwrap() > 0));
     assert!(a["nat_cost_ns"].is_i64() && a["conntrack_cost_ns"].is_i64());
     assert_eq!(namespaces(), before);
 }

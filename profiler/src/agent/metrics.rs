@@ -201,10 +201,10 @@ pub fn render(s: &Scrape, format: Format) -> String {
         "counter",
         "Followed packets dropped, by the kernel's drop reason.",
     );
-    for (_, reason, n) in &s.net.drop_reasons {
+    for d in &s.net.drop_reasons {
         let mut l = base.clone();
-        l.push(("reason", reason));
-        o.sample("profiler_net_drops_total", &l, n);
+        l.push(("reason", &d.name));
+        o.sample("profiler_net_drops_total", &l, d.count);
     }
     if let Some(sq) = s.softirq {
         for (name, help) in [

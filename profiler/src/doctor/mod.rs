@@ -11,7 +11,7 @@
 //! - `docker_socket`, `libvirt_socket`: { path, reachable, detail }
 //! - `lab_modes`: { mode: { buildable: bool, why_not: string|null } }, found by creating each
 //!   mode's device kinds in a throwaway namespace
-//! - `bpf_map_memory`: { total_bytes, maps: [[name, bytes]] } of the tracer's object on this
+//! - `bpf_map_memory`: { total_bytes, maps: [{name, bytes}] } of the tracer's object on this
 //!   machine with every map at full size (per-CPU maps scale with the CPU count)
 //! - `map_memory_model`: [ { subject, by_cpus: [ { cpus, bytes, read_bytes } ] } ]: what each
 //!   command's load allocates (its own maps at full size, the rest shrunk to one entry),
@@ -100,7 +100,13 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct MapMemory {
     pub total_bytes: u64,
-    pub maps: Vec<(String, u64)>,
+    pub maps: Vec<MapBytes>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapBytes {
+    pub name: String,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -223,7 +229,10 @@ pub fn run() -> Result<Report> {
             let maps = probes::map_memory().unwrap_or_default();
             MapMemory {
                 total_bytes: maps.iter().map(|m| m.1).sum(),
-                maps,
+                maps: maps
+                    .into_iter()
+                    .map(|(name, bytes)| MapBytes { name, bytes })
+                    .collect(),
             }
         },
         map_memory_model: crate::probes::memory_model().unwrap_or_default(),
@@ -352,7 +361,7 @@ pub fn print(r: &Report) {
         .maps
         .iter()
         .take(4)
-        .map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0))
+        .map(|m| format!("{} {:.1} MiB", m.name, m.bytes as f64 / 1048576.0))
         .collect();
     println!(
         "  BPF map memory (tracer object)  {:.1} MiB: {}",

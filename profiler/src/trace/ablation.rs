@@ -16,11 +16,23 @@ use crate::lab::{self, Mode};
 /// probes cannot isolate conntrack and NAT, the differences of the forwarding segment can.
 #[derive(Serialize)]
 pub struct Ablation {
-    pub variants: Vec<(String, TraceReport)>,
+    pub variants: Vec<Variant>,
     /// p50 of the host's "ip forward + netfilter" segment per variant (requests).
-    pub forward_p50_ns: Vec<(String, u64)>,
+    pub forward_p50_ns: Vec<Forward>,
     pub nat_cost_ns: Option<i64>,
     pub conntrack_cost_ns: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct Variant {
+    pub name: String,
+    pub report: TraceReport,
+}
+
+#[derive(Serialize)]
+pub struct Forward {
+    pub variant: String,
+    pub p50_ns: u64,
 }
 
 pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
@@ -67,15 +79,23 @@ pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
                 .map(|l| l.summary.p50)
         })
     };
-    let forward_p50_ns: Vec<(String, u64)> = variants
+    let forward_p50_ns: Vec<Forward> = variants
         .iter()
-        .filter_map(|(n, r)| forward(r).map(|p| (n.clone(), p)))
+        .filter_map(|(n, r)| {
+            forward(r).map(|p| Forward {
+                variant: n.clone(),
+                p50_ns: p,
+            })
+        })
         .collect();
     let get = |i: usize| forward(&variants[i].1).map(|v| v as i64);
     let nat_cost_ns = get(0).zip(get(1)).map(|(a, b)| a - b);
     let conntrack_cost_ns = get(1).zip(get(2)).map(|(a, b)| a - b);
     Ok(Ablation {
-        variants,
+        variants: variants
+            .into_iter()
+            .map(|(name, report)| Variant { name, report })
+            .collect(),
         forward_p50_ns,
         nat_cost_ns,
         conntrack_cost_ns,
@@ -86,8 +106,12 @@ pub fn print(a: &Ablation) {
     println!(
         "  netfilter ablation (p50 of the host's 'ip forward + netfilter' segment, requests):"
     );
-    for (n, p) in &a.forward_p50_ns {
-        println!("    {:<28} {}", n, crate::hist::fmt_ns(*p as f64));
+    for f in &a.forward_p50_ns {
+        println!(
+            "    {:<28} {}",
+            f.variant,
+            crate::hist::fmt_ns(f.p50_ns as f64)
+        );
     }
     if let Some(c) = a.nat_cost_ns {
         println!(
@@ -101,7 +125,8 @@ pub fn print(a: &Ablation) {
             crate::hist::fmt_ns(c as f64)
         );
     }
-    for (n, r) in &a.variants {
+    for v in &a.variants {
+        let (n, r) = (&v.name, &v.report);
         if let Some(w) = &r.workload {
             println!(
                 "    {:<28} {:.0} trans/s, mean RTT {:.1} µs",

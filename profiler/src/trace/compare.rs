@@ -28,8 +28,15 @@ pub struct CompareRow {
     pub one_way_p50_ns: Option<u64>,
     /// The network layer (socket delivery aside) with the largest share of the request
     /// one-way time.
-    pub top_layer: Option<(String, f64)>,
+    pub top_layer: Option<TopLayer>,
     pub report: TraceReport,
+}
+
+#[derive(Serialize)]
+pub struct TopLayer {
+    pub layer: String,
+    /// Its share of the request one-way p50.
+    pub share: f64,
 }
 
 /// `--compare host,bridge,nat,overlay`: the same workload in each mode, one table.
@@ -51,7 +58,10 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
                 .iter()
                 .filter(|l| l.layer != layers::SOCKET)
                 .max_by(|a, b| a.share.total_cmp(&b.share))
-                .map(|l| (l.layer.to_string(), l.share))
+                .map(|l| TopLayer {
+                    layer: l.layer.to_string(),
+                    share: l.share,
+                })
         });
         rows.push(CompareRow {
             mode,
@@ -101,9 +111,11 @@ pub fn print(rows: &[CompareRow]) {
             r.latency_ratio.map_or("-".into(), |x| format!("{x:.2}x")),
             r.one_way_p50_ns
                 .map_or("-".into(), |n| crate::hist::fmt_ns(n as f64)),
-            r.top_layer
-                .as_ref()
-                .map_or(String::new(), |(n, s)| format!("{n} ({:.0}%)", s * 100.0))
+            r.top_layer.as_ref().map_or(String::new(), |t| format!(
+                "{} ({:.0}%)",
+                t.layer,
+                t.share * 100.0
+            ))
         );
     }
 }

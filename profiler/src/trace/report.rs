@@ -26,6 +26,22 @@ pub struct Row {
     pub histogram: Vec<(u64, u64)>,
 }
 
+/// Followed packets freed by kfree_skb with one reason.
+#[derive(Debug, Serialize)]
+pub struct DropReason {
+    /// enum skb_drop_reason's value on this kernel.
+    pub code: u32,
+    pub name: String,
+    pub count: u64,
+}
+
+/// A segment the layer model does not name, and how often it was seen.
+#[derive(Debug, Serialize)]
+pub struct Unnamed {
+    pub segment: String,
+    pub count: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Direction {
     pub name: &'static str,
@@ -64,8 +80,8 @@ pub struct NetReport {
     pub directions: Vec<Direction>,
     pub counts: Counts,
     /// (skb_drop_reason, its name from BTF, count)
-    pub drop_reasons: Vec<(u32, String, u64)>,
-    pub unnamed: Vec<(String, u64)>,
+    pub drop_reasons: Vec<DropReason>,
+    pub unnamed: Vec<Unnamed>,
 }
 
 fn row(
@@ -171,11 +187,22 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
                         .as_ref()
                         .and_then(|b| b.enumerator("skb_drop_reason", *r as u64))
                         .unwrap_or_else(|| format!("reason {r}"));
-                    (*r, name, *n)
+                    DropReason {
+                        code: *r,
+                        name,
+                        count: *n,
+                    }
                 })
                 .collect()
         },
-        unnamed: s.unnamed.clone(),
+        unnamed: s
+            .unnamed
+            .iter()
+            .map(|(segment, count)| Unnamed {
+                segment: segment.clone(),
+                count: *count,
+            })
+            .collect(),
     }
 }
 
@@ -282,7 +309,7 @@ pub fn print(r: &NetReport) {
         let reasons: Vec<String> = r
             .drop_reasons
             .iter()
-            .map(|(_, name, n)| format!("{name}: {n}"))
+            .map(|d| format!("{}: {}", d.name, d.count))
             .collect();
         println!("  drops by skb_drop_reason: {}", reasons.join(", "));
     }
@@ -299,7 +326,7 @@ pub fn print(r: &NetReport) {
             r.unnamed
                 .iter()
                 .take(5)
-                .map(|(s, n)| format!("{s} ({n})"))
+                .map(|u| format!("{} ({})", u.segment, u.count))
                 .collect::<Vec<_>>()
                 .join("; ")
         );

@@ -23,6 +23,12 @@ use crate::{
 };
 
 #[derive(Serialize)]
+pub struct RttCheck {
+    pub one_way_p50s_ns: f64,
+    pub workload_rtt_p50_ns: f64,
+}
+
+#[derive(Serialize)]
 pub struct TraceReport {
     pub mode: Option<Mode>,
     pub lab: Option<String>,
@@ -39,9 +45,9 @@ pub struct TraceReport {
     /// Workload mean round trip minus the two mean one-way times: application, syscalls and
     /// the stack before the first hook (TCP/IP output) and after the last.
     pub rtt_unattributed_ns: Option<f64>,
-    /// (both one-way p50s without the tracer's own cost, the workload's round-trip p50), ns:
-    /// the check of the correction against the round trip the workload measured.
-    pub rtt_without_tracer_ns: Option<(f64, f64)>,
+    /// Both one-way p50s without the tracer's own cost against the workload's round-trip
+    /// p50: the check of the correction against the round trip the workload measured.
+    pub rtt_without_tracer_ns: Option<RttCheck>,
     /// Per-skb state slots still tagged at the end (followed packets in flight or cut).
     pub state_in_use: Option<u64>,
 }
@@ -193,7 +199,10 @@ fn finish(
     };
     let rr = workload.as_ref().filter(|w| w.test.is_rr());
     let rtt_without_tracer_ns = rr.and_then(|w| {
-        both_ways(&|r| r.p50_without_tracer_ns).map(|ow| (ow, w.latency.p50_us * 1e3))
+        both_ways(&|r| r.p50_without_tracer_ns).map(|ow| RttCheck {
+            one_way_p50s_ns: ow,
+            workload_rtt_p50_ns: w.latency.p50_us * 1e3,
+        })
     });
     let rtt_unattributed_ns =
         rr.and_then(|w| both_ways(&|r| Some(r.summary.mean)).map(|ow| w.histogram.mean() - ow));
@@ -342,7 +351,11 @@ pub fn print(r: &TraceReport) {
                 w.throughput_mbps
             );
         }
-        if let Some((ow, rtt)) = r.rtt_without_tracer_ns {
+        if let Some(RttCheck {
+            one_way_p50s_ns: ow,
+            workload_rtt_p50_ns: rtt,
+        }) = r.rtt_without_tracer_ns
+        {
             println!(
                 "  without the tracer's own cost the two one-way p50s add up to {} of the workload's round-trip p50 {} (the rest: application, syscalls, TCP/IP output before the first hook)",
                 crate::hist::fmt_ns(ow),

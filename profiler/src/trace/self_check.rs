@@ -13,6 +13,13 @@ use super::{
 };
 use crate::lab::{self, Lab, Mode};
 
+#[derive(Serialize)]
+pub struct Shift {
+    pub layer: String,
+    pub baseline_p50_ns: u64,
+    pub injected_p50_ns: u64,
+}
+
 /// One injection of the self-check.
 #[derive(Serialize)]
 pub struct Case {
@@ -20,8 +27,8 @@ pub struct Case {
     pub device: String,
     pub hook: &'static str,
     pub expected_layer: &'static str,
-    /// Request-direction layers: (name, baseline p50, injected p50), ns.
-    pub layers: Vec<(String, u64, u64)>,
+    /// Request-direction layers, baseline and injected p50s.
+    pub layers: Vec<Shift>,
     pub delay_ns: u64,
     pub landed_ns: i64,
     /// Largest |shift| of any other layer.
@@ -118,7 +125,11 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             } else {
                 elsewhere = elsewhere.max(shift.abs());
             }
-            layers.push((name.clone(), *b, t));
+            layers.push(Shift {
+                layer: name.clone(),
+                baseline_p50_ns: *b,
+                injected_p50_ns: t,
+            });
         }
         let tol = (delay as f64 * TOLERANCE) as i64;
         cases.push(Case {
