@@ -47,9 +47,9 @@ pub struct EnvRun {
 #[derive(Debug, Serialize)]
 pub struct VmRun {
     /// Before the VM: the cached guest, this workload's initramfs, the KVM probe.
-    pub setup: Vec<crate::boot::Phase>,
+    pub setup: Vec<crate::startup::Phase>,
     /// `shutdown` includes printing the result on the console.
-    pub phases: Vec<crate::boot::Phase>,
+    pub phases: Vec<crate::startup::Phase>,
     /// qemu's spawn to its exit: the sum of `phases`.
     pub total_ns: u64,
     /// The guest kernel's clock (s) at its markers.
@@ -186,7 +186,10 @@ fn vm(
     watch: &mut dyn FnMut(u32),
     accel: crate::boot::AccelChoice,
 ) -> Result<(String, (crate::boot::qemu::Accel, String, VmRun))> {
-    use crate::boot::{Laps, artefacts, qemu};
+    use crate::{
+        boot::{artefacts, qemu},
+        startup::Laps,
+    };
     crate::kernel::require_root("profiler run --env vm")?;
     // Ctrl-C: the boot loop sees it, kills qemu, and the temp initramfs goes with this frame.
     crate::cleanup::set_interruptible();
@@ -283,7 +286,7 @@ fn vm(
         .stdout
         .ok_or_else(|| anyhow!("the workload's VM printed no result block"))?;
     let vm = VmRun {
-        setup: setup.phases,
+        setup: setup.setup().to_vec(),
         phases: b.phases.clone(),
         total_ns: b.total_ns,
         guest_clock: b.guest_clock.clone(),
@@ -436,9 +439,9 @@ pub struct DensityRow {
     /// Start to report, per instance (start-up plus run), ns.
     pub wall_ns: Vec<u64>,
     /// Start-up phases of N containers started at once (native: clone .. ready; docker:
-    /// create .. ready; vm: the N VMs' phases, spawn .. exit, the run being `workload`), as
-    /// (phase, p50 ns, max ns); empty on the host.
-    pub startup: Vec<(String, u64, u64)>,
+    /// create .. ready; vm: the N VMs' phases, spawn .. exit, the run being `workload`), and
+    /// `total`; empty on the host.
+    pub startup: Vec<crate::startup::PhaseStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -555,7 +558,9 @@ pub fn density(
         let mean = eps.iter().sum::<f64>() / eps.len() as f64;
         let startup = match env {
             // Each VM's boot was measured in its run: no extra boots.
-            Env::Vm => phase_distribution(&vm_phases),
+            Env::Vm => crate::startup::summary(vm_phases.iter().map(Vec::as_slice), |n| {
+                crate::boot::describe(crate::boot::Vm::Qemu, n)
+            }),
             _ => startup_phases(env, n, timeout)?,
         };
         rows.push(DensityRow {
@@ -579,27 +584,12 @@ pub fn density(
     })
 }
 
-/// Per phase name (in first-seen order), the p50 (lower median) and max over the runs'
-/// complete phases.
-pub fn phase_distribution(runs: &[Vec<crate::boot::Phase>]) -> Vec<(String, u64, u64)> {
-    let mut order: Vec<(String, Vec<u64>)> = Vec::new();
-    for p in runs.iter().flatten().filter(|p| p.complete) {
-        match order.iter_mut().find(|(n, _)| *n == p.name) {
-            Some((_, v)) => v.push(p.ns),
-            None => order.push((p.name.clone(), vec![p.ns])),
-        }
-    }
-    order
-        .into_iter()
-        .map(|(name, mut v)| {
-            v.sort_unstable();
-            (name, v[(v.len() - 1) / 2], v[v.len() - 1])
-        })
-        .collect()
-}
-
 /// Dhar's Tables 5.1-5.2: the start-up of N instances at once, phase by phase.
-fn startup_phases(env: Env, n: usize, timeout: Duration) -> Result<Vec<(String, u64, u64)>> {
+fn startup_phases(
+    env: Env,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<crate::startup::PhaseStats>> {
     Ok(match env {
         Env::Native => {
             let native = crate::container::NativeArgs {
@@ -608,22 +598,14 @@ fn startup_phases(env: Env, n: usize, timeout: Duration) -> Result<Vec<(String, 
             };
             let a =
                 crate::container::ContainerBootArgs::with(n, None, timeout.as_secs_f64(), &native);
-            crate::container::run(&a)?
-                .phases
-                .iter()
-                .map(|p| (p.name.clone(), p.p50_ns, p.max_ns))
-                .collect()
+            crate::container::run(&a)?.summary
         }
         Env::Docker => {
             let args = crate::docker::DockerBootArgs {
                 image: None,
                 network: "none".into(),
             };
-            crate::docker::boot(&args, n, timeout)?
-                .distribution
-                .iter()
-                .map(|(p, s)| (p.to_string(), s.p50, s.max))
-                .collect()
+            crate::docker::boot(&args, n, timeout)?.summary
         }
         // Vm: from the runs themselves (density).
         Env::Host | Env::Vm => vec![],
@@ -666,11 +648,12 @@ pub fn print_density(d: &Density) {
             let phases: Vec<String> = r
                 .startup
                 .iter()
-                .map(|(p, p50, max)| {
+                .map(|s| {
                     format!(
-                        "{p} {}/{}",
-                        crate::hist::fmt_ns(*p50 as f64),
-                        crate::hist::fmt_ns(*max as f64)
+                        "{} {}/{}",
+                        s.name,
+                        crate::hist::fmt_ns(s.p50_ns as f64),
+                        crate::hist::fmt_ns(s.max_ns as f64)
                     )
                 })
                 .collect();
@@ -682,7 +665,6 @@ pub fn print_density(d: &Density) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::Phase;
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -712,28 +694,5 @@ mod tests {
         assert_eq!(vm_memory_mb(35 << 20), 512);
         assert_eq!(vm_memory_mb(135 << 20), 526);
         assert_eq!(vm_memory_mb((135 << 20) + 1), 528);
-    }
-
-    #[test]
-    fn phase_distribution_over_vms() {
-        let p = |name: &str, ms: u64, complete: bool| Phase {
-            name: name.into(),
-            ns: ms * 1_000_000,
-            complete,
-            guest_ns: None,
-        };
-        let runs = vec![
-            vec![p("vmm_setup", 10, true), p("kernel_boot", 300, true)],
-            vec![p("vmm_setup", 30, true), p("kernel_boot", 500, false)],
-            vec![p("vmm_setup", 20, true), p("kernel_boot", 400, true)],
-        ];
-        assert_eq!(
-            phase_distribution(&runs),
-            [
-                ("vmm_setup".to_string(), 20_000_000, 30_000_000),
-                ("kernel_boot".to_string(), 300_000_000, 400_000_000)
-            ]
-        );
-        assert!(phase_distribution(&[]).is_empty());
     }
 }

@@ -39,7 +39,7 @@ enum Command {
     Inject(profiler::inject::InjectArgs),
     /// Start-up latency in phases: containers (native, docker) or VMs.
     #[command(allow_negative_numbers = true)]
-    Boot(BootCli),
+    Boot(profiler::boot::cli::BootCli),
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
@@ -91,26 +91,6 @@ enum Command {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
-enum ContainerRuntime {
-    Native,
-    Docker,
-}
-
-#[derive(clap::Args, Debug)]
-struct BootCli {
-    /// Container runtime to start.
-    #[arg(long, value_enum, conflicts_with = "vm")]
-    container: Option<ContainerRuntime>,
-    /// --vm, --count, --json, --timeout, --accel
-    #[command(flatten)]
-    common: profiler::boot::BootArgs,
-    #[command(flatten)]
-    docker: profiler::docker::DockerBootArgs,
-    #[command(flatten)]
-    native: profiler::container::NativeArgs,
-}
-
 #[derive(Subcommand)]
 enum LabCommand {
     /// Build a lab and leave it up (until `lab down`).
@@ -138,6 +118,7 @@ enum LabCommand {
 }
 
 fn main() -> ExitCode {
+    profiler::startup::mark_process_start();
     // A native container's payload is this binary: before the signal thread, so it is nothing else.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(profiler::container::PAYLOAD_COMMAND) {
@@ -191,7 +172,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
-        Command::Boot(args) => boot(&args),
+        Command::Boot(args) => profiler::boot::cli::run(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
         Command::Run {
             env,
@@ -251,57 +232,6 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn boot(args: &BootCli) -> Result<()> {
-    let c = &args.common;
-    if c.count == 0 {
-        anyhow::bail!("--count must be at least 1");
-    }
-    let each = match args.container {
-        Some(ContainerRuntime::Docker) => Some(profiler::fit::Each::docker_container()),
-        Some(ContainerRuntime::Native) => Some(profiler::fit::Each::native_container()),
-        None => None,
-    };
-    if args.container == Some(ContainerRuntime::Native)
-        && c.count as usize > profiler::container::MAX_COUNT
-    {
-        anyhow::bail!(
-            "--count must be 1 to {}, not {}",
-            profiler::container::MAX_COUNT,
-            c.count
-        );
-    }
-    if let Some(each) = each {
-        let asked = format!("--count {}", c.count);
-        profiler::fit::require(c.force, &asked, c.count.into(), &each)?;
-    }
-    let json = match args.container {
-        Some(ContainerRuntime::Docker) => {
-            let timeout = std::time::Duration::from_secs_f64(c.timeout.max(1.0));
-            let r = profiler::docker::boot(&args.docker, c.count as usize, timeout)?;
-            profiler::docker::print(&r);
-            serde_json::to_vec_pretty(&r)?
-        }
-        Some(ContainerRuntime::Native) => {
-            let a = profiler::container::ContainerBootArgs::with(
-                c.count as usize,
-                None,
-                c.timeout,
-                &args.native,
-            );
-            let r = profiler::container::run(&a)?;
-            profiler::container::print(&r);
-            serde_json::to_vec_pretty(&r)?
-        }
-        None if c.vm.is_some() => return profiler::boot::cli(c),
-        None => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|micro"),
-    };
-    if let Some(path) = &c.json {
-        std::fs::write(path, json)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn trace(args: &profiler::trace::run::TraceArgs) -> Result<()> {

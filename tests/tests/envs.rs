@@ -251,12 +251,15 @@ fn density_of_vms_has_their_boot_phases() {
         assert_eq!(row["instances"], n);
         assert_eq!(row["events_per_sec"].as_array().unwrap().len(), n);
         let startup = row["startup"].as_array().unwrap();
-        let names: Vec<&str> = startup.iter().map(|p| p[0].as_str().unwrap()).collect();
+        let names: Vec<&str> = startup
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         for want in ["vmm_setup", "kernel_boot", "init", "workload"] {
             assert!(names.contains(&want), "{n}: {want} missing from {names:?}");
         }
         for p in startup {
-            let (p50, max) = (p[1].as_u64().unwrap(), p[2].as_u64().unwrap());
+            let (p50, max) = (p["p50_ns"].as_u64().unwrap(), p["max_ns"].as_u64().unwrap());
             assert!(0 < p50 && p50 <= max, "{n}: {p}");
         }
     }

@@ -48,6 +48,17 @@ pub struct Artefacts {
     pub built: bool,
 }
 
+impl Artefacts {
+    /// The setup lap's name: "artefacts (built)" or "(cached)".
+    pub fn lap_name(&self) -> &'static str {
+        if self.built {
+            "artefacts (built)"
+        } else {
+            "artefacts (cached)"
+        }
+    }
+}
+
 pub fn cache_dir() -> PathBuf {
     std::env::var_os(CACHE_ENV).map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from)
 }

@@ -13,11 +13,15 @@ use anyhow::{Context as _, Result, bail};
 use virt::{connect::Connect, domain::Domain};
 
 use super::{
-    AccelChoice, Boot, BootReport, Laps, Vm, artefacts, ns, phases,
+    AccelChoice, Boot, Booted, artefacts,
     qemu::{self, Accel, Marks},
     serial::LineSplitter,
 };
-use crate::{cleanup::Owner, probes::exec::SharedExecs};
+use crate::{
+    cleanup::Owner,
+    probes::exec::SharedExecs,
+    startup::{Laps, ns, phases},
+};
 
 pub const URI: &str = "qemu:///system";
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -476,17 +480,10 @@ fn boot(
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    started: Instant,
-) -> Result<BootReport> {
-    let backend = crate::kernel::kvm_backend();
+pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
     virt::error::clear_error_callback();
     let artefacts = artefacts::prepare()?;
-    let mut setup = Laps::new(started);
-    setup.artefacts(&artefacts);
+    laps.lap(artefacts.lap_name());
     {
         let mut conn = connect()?;
         reap_stale(&conn);
@@ -494,30 +491,24 @@ pub fn run(
     }
     // One exec tracer for all boots: QEMU's exec and vCPU thread, stamped in the kernel.
     let execs = SharedExecs::start().ok();
-    setup.lap("connect, reap, exec tracer");
+    laps.lap("connect, reap, exec tracer");
     // The same choice as `--vm qemu` (a KVM probe under auto): domain type 'kvm' or 'qemu'.
     let (accel, reason, kvm_probe) = qemu::choose(choice, &artefacts, timeout, None)?;
     if kvm_probe.is_some() {
-        setup.lap("kvm probe (plain qemu)");
+        laps.lap("kvm probe (plain qemu)");
     }
-    let boots_start = Instant::now();
     let boots = super::all_at_once(count, |i| {
         boot(i, &artefacts, accel, timeout, execs.as_ref())
     })?;
-    Ok(BootReport {
-        vm: Vm::Libvirt,
-        count,
+    laps.instances();
+    drop(execs);
+    laps.lap("exec tracer closed");
+    Ok(Booted {
         accelerator: accel.name().into(),
         accelerator_reason: reason,
-        kvm_backend: backend,
-        setup: setup.phases,
         kvm_probe,
         boots,
-        summary: Vec::new(),
-        boots_wall_ns: ns(boots_start.elapsed()),
-        wall_ns: 0,
         artefacts: Some(artefacts),
-        ok: false,
         error: None,
     })
 }

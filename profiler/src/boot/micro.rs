@@ -9,8 +9,9 @@ use anyhow::{Context as _, Result, bail};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 
-use super::{Boot, BootReport, Phase, Vm, ns};
+use super::{Boot, Booted};
 use crate::kvm::microvm::{self, Workload};
+use crate::startup::{Laps, ns, phases};
 
 pub const PHASES: [(&str, &str); 6] = [
     ("kvm_create_vm", "open /dev/kvm and KVM_CREATE_VM"),
@@ -54,7 +55,7 @@ fn boot(index: u32, deadline: Instant) -> Boot {
     Boot {
         index,
         accelerator: "kvm".into(),
-        phases: super::phases(&names, &offsets, end - t0, ready),
+        phases: phases(&names, &offsets, end - t0, ready),
         total_ns: ns(end - t0),
         ready,
         error: result.err().map(|e| format!("{e:#}")),
@@ -138,24 +139,14 @@ fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
     Ok(())
 }
 
-pub fn run(count: u32, timeout: Duration) -> Result<BootReport> {
-    let started = Instant::now();
-    let deadline = started + timeout;
+pub fn run(count: u32, timeout: Duration, laps: &mut Laps) -> Result<Booted> {
+    let deadline = Instant::now() + timeout;
     let boots = super::all_at_once(count, |i| Ok(boot(i, deadline)))?;
-    Ok(BootReport {
-        vm: Vm::Micro,
-        count,
+    laps.instances();
+    Ok(Booted {
         accelerator: "kvm".into(),
         accelerator_reason: "the micro-VM always runs on /dev/kvm".into(),
-        kvm_backend: crate::kernel::kvm_backend(),
-        setup: Vec::<Phase>::new(),
-        kvm_probe: None,
-        boots_wall_ns: ns(started.elapsed()),
         boots,
-        summary: Vec::new(),
-        wall_ns: 0,
-        artefacts: None,
-        ok: false,
-        error: None,
+        ..Default::default()
     })
 }

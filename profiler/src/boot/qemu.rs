@@ -17,9 +17,10 @@ use anyhow::{Context as _, Result};
 use crate::{probes::exec::SharedExecs, probes::kvm::KvmTracer};
 
 use super::{
-    AccelChoice, Boot, BootReport, Laps, Phase, PhaseExits, Vm, artefacts, ns, phases,
+    AccelChoice, Boot, Booted, PhaseExits, artefacts,
     serial::{self, LineSplitter},
 };
+use crate::startup::{Laps, Phase, ns, phases};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -730,16 +731,9 @@ fn boot_many(
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    started: Instant,
-) -> Result<BootReport> {
-    let backend = crate::kernel::kvm_backend();
-    let mut setup = Laps::new(started);
+pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
     let artefacts = artefacts::prepare()?;
-    setup.artefacts(&artefacts);
+    laps.lap(artefacts.lap_name());
     let limits = Limits {
         timeout,
         probe: false,
@@ -747,23 +741,22 @@ pub fn run(
     // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
     // BPF), vmm_setup stays whole.
     let execs = SharedExecs::start().ok();
-    setup.lap(if execs.is_some() {
+    laps.lap(if execs.is_some() {
         "exec tracer"
     } else {
         "exec tracer (failed)"
     });
     let (accel, reason, probe) = choose(choice, &artefacts, timeout, execs.as_ref())?;
-    if probe.is_some() {
-        setup.lap("kvm probe");
-    }
-    // One VM on KVM: the probe was the boot; more: they start together, after it.
+    // One VM on KVM: the probe was the boot (the instances' span); more: they start together,
+    // after it.
     let (kvm_probe, reused) = match probe {
         Some(p) if p.ready && count == 1 => (None, Some(p)),
         p => (p, None),
     };
+    if kvm_probe.is_some() {
+        laps.lap("kvm probe");
+    }
     let stopped = crate::cleanup::stop_requested();
-    let boots_start = Instant::now();
-    let reused_one = reused.is_some();
     let boots = match reused {
         Some(b) => vec![b],
         None if stopped => Vec::new(),
@@ -783,33 +776,19 @@ pub fn run(
         }
         None => boot_many(count, &artefacts, accel, &limits, execs.as_ref())?,
     };
-    let boots_wall_ns = match (reused_one, boots.first()) {
-        (true, Some(b)) => b.total_ns,
-        _ => ns(boots_start.elapsed()),
-    };
-    let mut report = BootReport {
-        vm: Vm::Qemu,
-        count,
+    laps.instances();
+    drop(execs);
+    laps.lap("exec tracer closed");
+    let error = (stopped && boots.is_empty())
+        .then(|| format!("{} before the boots", crate::cleanup::interrupted()));
+    Ok(Booted {
         accelerator: accel.name().into(),
         accelerator_reason: reason,
-        kvm_backend: backend,
-        setup: setup.phases,
         kvm_probe,
         boots,
-        summary: Vec::new(),
-        boots_wall_ns,
-        wall_ns: 0,
         artefacts: Some(artefacts),
-        ok: false,
-        error: None,
-    };
-    if stopped && report.boots.is_empty() {
-        report.error = Some(format!(
-            "{} before the boots",
-            crate::cleanup::interrupted()
-        ));
-    }
-    Ok(report)
+        error,
+    })
 }
 
 /// The accelerator `choice` asks for; under `auto`, KVM when a stock guest boots on it in a
