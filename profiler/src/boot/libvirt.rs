@@ -500,17 +500,14 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) 
     let boots = super::all_at_once(count, |i| {
         boot(i, &artefacts, accel, timeout, execs.as_ref())
     })?;
-    laps.instances();
-    drop(execs);
-    laps.lap("exec tracer closed");
-    Ok(Booted {
-        accelerator: accel.name().into(),
-        accelerator_reason: reason,
+    Ok(Booted::vm(
+        laps,
+        execs,
+        (accel, reason),
         kvm_probe,
         boots,
-        artefacts: Some(artefacts),
-        error: None,
-    })
+        artefacts,
+    ))
 }
 
 #[cfg(test)]

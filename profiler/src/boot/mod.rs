@@ -191,6 +191,31 @@ pub struct Booted {
     pub error: Option<String>,
 }
 
+impl Booted {
+    /// qemu or libvirt: the boots are over, so the instances' span ends and the exec tracer
+    /// closes (a teardown lap: closing its perf descriptors takes a while).
+    pub fn vm(
+        laps: &mut Laps,
+        execs: Option<crate::probes::exec::SharedExecs>,
+        accel: (qemu::Accel, String),
+        kvm_probe: Option<Boot>,
+        boots: Vec<Boot>,
+        artefacts: artefacts::Artefacts,
+    ) -> Self {
+        laps.instances();
+        drop(execs);
+        laps.lap("exec tracer closed");
+        Booted {
+            accelerator: accel.0.name().into(),
+            accelerator_reason: accel.1,
+            kvm_probe,
+            boots,
+            artefacts: Some(artefacts),
+            error: None,
+        }
+    }
+}
+
 impl Instance for Boot {
     fn complete_phases(&self) -> Vec<(&str, u64)> {
         self.phases.complete_phases()
@@ -457,14 +482,12 @@ pub fn print(r: &BootReport) {
             "phase", "count", "min", "p50", "p90", "max"
         );
         for s in &r.summary {
+            let cols = [s.min_ns, s.p50_ns, s.p90_ns, s.max_ns].map(|v| v as f64);
             println!(
-                "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  {}",
+                "  {:<24} {:>5} {}  {}",
                 s.name,
                 s.count,
-                fmt_ns(s.min_ns as f64),
-                fmt_ns(s.p50_ns as f64),
-                fmt_ns(s.p90_ns as f64),
-                fmt_ns(s.max_ns as f64),
+                crate::hist::columns(&cols),
                 s.what
             );
         }

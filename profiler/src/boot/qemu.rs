@@ -776,19 +776,10 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) 
         }
         None => boot_many(count, &artefacts, accel, &limits, execs.as_ref())?,
     };
-    laps.instances();
-    drop(execs);
-    laps.lap("exec tracer closed");
     let error = (stopped && boots.is_empty())
         .then(|| format!("{} before the boots", crate::cleanup::interrupted()));
-    Ok(Booted {
-        accelerator: accel.name().into(),
-        accelerator_reason: reason,
-        kvm_probe,
-        boots,
-        artefacts: Some(artefacts),
-        error,
-    })
+    let booted = Booted::vm(laps, execs, (accel, reason), kvm_probe, boots, artefacts);
+    Ok(Booted { error, ..booted })
 }
 
 /// The accelerator `choice` asks for; under `auto`, KVM when a stock guest boots on it in a

@@ -44,6 +44,20 @@ pub async fn connect() -> Result<Docker> {
         .with_context(|| format!("Docker at {SOCKET} does not answer"))
 }
 
+/// The current-thread runtime each call into the daemon runs on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The daemon, with what killed runs left removed first.
+async fn connect_reaped() -> Result<Docker> {
+    let d = connect().await?;
+    reap_stale(&d).await?;
+    Ok(d)
+}
+
 fn labels() -> HashMap<String, String> {
     HashMap::from([
         (LABEL.to_string(), "1".to_string()),
@@ -206,12 +220,8 @@ pub fn boot_from(
     mut laps: Laps,
 ) -> Result<DockerBootReport> {
     crate::kernel::require_root("profiler boot --container docker")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let d = connect().await?;
-        reap_stale(&d).await?;
+    runtime()?.block_on(async {
+        let d = connect_reaped().await?;
         laps.lap("connect, reap");
         let built = match &args.image {
             Some(i) => (i.clone(), false),
@@ -226,10 +236,7 @@ pub fn boot_from(
             built.clone(),
         );
         crate::cleanup::on_signal(&key, move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = runtime() else {
                 return;
             };
             rt.block_on(async {
@@ -457,14 +464,8 @@ pub fn print(r: &DockerBootReport) {
             "phase", "min", "p50", "p90", "max"
         );
         for s in &r.summary {
-            println!(
-                "  {:<10} {:>9} {:>9} {:>9} {:>9}",
-                s.name,
-                fmt_ns(s.min_ns as f64),
-                fmt_ns(s.p50_ns as f64),
-                fmt_ns(s.p90_ns as f64),
-                fmt_ns(s.max_ns as f64)
-            );
+            let cols = [s.min_ns, s.p50_ns, s.p90_ns, s.max_ns].map(|v| v as f64);
+            println!("  {:<10} {}", s.name, crate::hist::columns(&cols));
         }
     }
     if let Some(b) = r.boots.first() {
@@ -484,10 +485,7 @@ pub fn print(r: &DockerBootReport) {
 
 /// Network namespace inode -> container name, for naming namespaces in traces.
 pub fn netns_names() -> HashMap<u64, String> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = runtime() else {
         return HashMap::new();
     };
     rt.block_on(async {
@@ -532,12 +530,8 @@ pub fn run_self(
     timeout: Duration,
     on_start: &mut dyn FnMut(u32),
 ) -> Result<ContainerRun> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let d = connect().await?;
-        reap_stale(&d).await?;
+    runtime()?.block_on(async {
+        let d = connect_reaped().await?;
         let tag = format!("{}-self", std::process::id());
         let image = import(&d, image::rootfs_with_self()?, &tag).await?;
         let name = format!(

@@ -210,6 +210,12 @@ pub fn fmt_ns(ns: f64) -> String {
     format!("{sign}{u:.decimals$} {unit}")
 }
 
+/// Durations in ns as a table's columns: each [`fmt_ns`] right-aligned to 9, one space apart.
+pub fn columns(ns: &[f64]) -> String {
+    let cols: Vec<String> = ns.iter().map(|&v| format!("{:>9}", fmt_ns(v))).collect();
+    cols.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +340,12 @@ mod tests {
         assert!(s.p50.abs_diff(1_234_567) <= 1_234_567 / 1000, "{}", s.p50);
         assert_eq!(s.p99, 2_000_000_001);
         assert_eq!(s.mean, (1_234_567.0 + 2_000_000_001.0 + 7.0) / 3.0);
+    }
+
+    #[test]
+    fn columns_are_nine_wide() {
+        assert_eq!(columns(&[1_234.0, 2e9]), "  1.23 µs    2.00 s");
+        assert_eq!(columns(&[]), "");
     }
 
     #[test]
