@@ -14,7 +14,8 @@ use virt::{connect::Connect, domain::Domain};
 
 use super::{
     AccelChoice, Boot, Booted, artefacts,
-    qemu::{self, Accel, Marks},
+    console::{Console, READY, kill_reason},
+    qemu::{self, Accel},
     serial::LineSplitter,
 };
 use crate::{
@@ -322,8 +323,7 @@ fn boot(
         }
     };
     early[0] = Some(t0.elapsed());
-    let mut marks = Marks::default();
-    let mut tail: Vec<String> = Vec::new();
+    let mut console_lines = Console::new(false);
     let mut end = t0.elapsed();
     let mut qemu_exit = None;
     let mut notes = Vec::new();
@@ -352,13 +352,6 @@ fn boot(
         let mut buf = [0u8; 8192];
         let mut killed: Option<String> = None;
         let mut killed_at: Option<Instant> = None;
-        let mut on_line = |marks: &mut Marks, t: Instant, l: String| {
-            marks.note(t, &l);
-            if tail.len() == 8 {
-                tail.remove(0);
-            }
-            tail.push(l);
-        };
         loop {
             let now = Instant::now();
             let gone = match (&fd, &guard.domain) {
@@ -373,27 +366,18 @@ fn boot(
                     break;
                 }
                 for (t, l) in split.feed(&buf[..n], now) {
-                    on_line(&mut marks, t, l);
+                    console_lines.line(t, l);
                 }
             }
             if gone {
                 if let Some((t, l)) = split.finish() {
-                    on_line(&mut marks, t, l);
+                    console_lines.line(t, l);
                 }
                 qemu_exit = Some(now.saturating_duration_since(t0));
                 break;
             }
-            let why = if crate::cleanup::stop_requested() {
-                Some(crate::cleanup::interrupted())
-            } else if now - t0 >= timeout {
-                Some(format!(
-                    "not ready within {:.1} s (raise --timeout)",
-                    timeout.as_secs_f64()
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            let why = kill_reason(now - t0, timeout, &console_lines.marks, false, "QEMU");
+            if let Some((why, _)) = why {
                 match killed_at {
                     None => {
                         if let Some(d) = &guard.domain {
@@ -440,7 +424,7 @@ fn boot(
             std::thread::sleep(Duration::from_millis(2));
         }
         end = t0.elapsed();
-        ready = marks.at[5].is_some() && killed.is_none();
+        ready = console_lines.ready() && killed.is_none();
         error = killed.or_else(|| {
             (!ready).then(|| {
                 format!(
@@ -453,11 +437,7 @@ fn boot(
     let offsets: Vec<Option<Duration>> = early
         .iter()
         .copied()
-        .chain(
-            marks.at[..6]
-                .iter()
-                .map(|m| m.map(|t| t.saturating_duration_since(t0))),
-        )
+        .chain(console_lines.offsets(t0, READY + 1))
         .chain(std::iter::once(qemu_exit))
         .collect();
     if let Some(mut c) = conn {
@@ -473,8 +453,8 @@ fn boot(
         ready,
         error,
         exit_code: None,
-        guest_clock: marks.guest,
-        console_tail: if ready { Vec::new() } else { tail },
+        console_tail: console_lines.tail(ready),
+        guest_clock: console_lines.marks.guest,
         exits_by_phase: Vec::new(),
         notes,
     })

@@ -8,6 +8,7 @@
 
 pub mod artefacts;
 pub mod cli;
+pub mod console;
 pub mod cpio;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
