@@ -185,20 +185,16 @@ impl Laps {
         &self.setup
     }
 
-    /// Ends the run. What came after the last lap is a teardown lap `rest`, when it is not nothing.
+    /// Ends the run at the last lap's end (what follows is the report's own making).
     pub fn finish(mut self) -> Wall {
         if self.instances.is_none() {
             self.instances();
-        }
-        let now = Instant::now();
-        if now > self.mark {
-            self.teardown.push(Phase::new("rest", ns(now - self.mark)));
         }
         Wall {
             setup: self.setup,
             instances_wall_ns: self.instances.unwrap_or(0),
             teardown: self.teardown,
-            wall_ns: ns(now - self.start),
+            wall_ns: ns(self.mark - self.start),
         }
     }
 }
@@ -390,17 +386,16 @@ mod tests {
         l.instances();
         sleep(Duration::from_millis(5));
         l.lap("down");
-        sleep(Duration::from_millis(2));
         let w = l.finish();
         assert_eq!(w.setup.len(), 1);
         assert!(w.instances_wall_ns >= 5_000_000);
         let names: Vec<&str> = w.teardown.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["down", "rest"]);
+        assert_eq!(names, ["down"]);
         assert_eq!(
             w.setup_ns() + w.instances_wall_ns + w.teardown_ns(),
             w.wall_ns
         );
-        assert!(w.wall_ns >= 17_000_000);
+        assert!(w.wall_ns >= 15_000_000);
     }
 
     #[test]
