@@ -31,7 +31,8 @@ fn require_tools() {
     );
 }
 
-/// Our qemu processes (by the cache dir on their command line) still alive.
+/// Our qemu processes (by the cache dir on their command line; `migrate`'s VMs, named
+/// `profiler-migrate`, are another command's) still alive.
 fn our_qemus() -> Vec<String> {
     let cache = boot::artefacts::cache_dir();
     let cache = cache.to_string_lossy();
@@ -41,6 +42,7 @@ fn our_qemus() -> Vec<String> {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains(boot::qemu::QEMU) && c.contains(cache.as_ref()))
+        .filter(|c| !c.contains("-name profiler-migrate"))
         .collect()
 }
 
