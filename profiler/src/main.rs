@@ -188,11 +188,12 @@ fn run(command: Command) -> Result<()> {
                     workload.push("--force".into());
                 }
             }
-            let r = profiler::envs::run(
+            let r = profiler::envs::run_from(
                 env,
                 &workload,
                 std::time::Duration::from_secs(timeout),
                 accel,
+                profiler::startup::Laps::since_process_start(),
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())

@@ -525,15 +525,19 @@ pub struct ContainerRun {
 
 /// Runs this very binary with `args` in a Docker container (an image of it and its libraries,
 /// built here and removed after), and returns what it printed.
+/// The run's laps: connecting and the image's import, the container's run, its removal.
 pub fn run_self(
     args: &[String],
     timeout: Duration,
     on_start: &mut dyn FnMut(u32),
+    laps: &mut Laps,
 ) -> Result<ContainerRun> {
     runtime()?.block_on(async {
         let d = connect_reaped().await?;
+        laps.lap("connect, reap");
         let tag = format!("{}-self", std::process::id());
         let image = import(&d, image::rootfs_with_self()?, &tag).await?;
+        laps.lap("image import");
         let name = format!(
             "profiler-{}-run-{}",
             std::process::id(),
@@ -550,6 +554,7 @@ pub fn run_self(
                 .output();
         });
         let result = run_container(&d, &name, &image, args, timeout, on_start).await;
+        laps.instances();
         remove_container(&d, &name).await;
         let _ = d
             .remove_image(
@@ -559,6 +564,7 @@ pub fn run_self(
             )
             .await;
         crate::cleanup::forget(&key);
+        laps.lap("container and image removed");
         result
     })
 }

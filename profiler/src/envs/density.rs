@@ -110,7 +110,7 @@ pub fn density(
         for r in runs {
             let r = r?;
             eps.push(events_per_sec(&r.report)?);
-            wall.push(r.wall_ns);
+            wall.push(r.wall.wall_ns);
             if let Some(v) = r.vm {
                 vm_phases.push(v.phases);
             }

@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::startup::Laps;
+
 mod density;
 mod vm;
 
@@ -31,8 +33,11 @@ pub struct EnvRun {
     pub env: Env,
     /// The workload's own JSON report.
     pub report: serde_json::Value,
-    /// From asking the environment to run it to its report: start-up plus the run.
-    pub wall_ns: u64,
+    /// setup (the scheduler tracer; for docker the image; for vm the guest, its initramfs, the
+    /// KVM probe), the workload's run in its environment (start-up included), teardown: the
+    /// whole run.
+    #[serde(flatten)]
+    pub wall: crate::startup::Wall,
     /// What the environment cost the workload's threads: run-queue latency (wakeup or
     /// preemption to running), from the scheduler's tracepoints.
     pub sched: Option<crate::probes::sched::SchedReport>,
@@ -64,15 +69,26 @@ pub fn run(
     timeout: Duration,
     accel: crate::boot::AccelChoice,
 ) -> Result<EnvRun> {
+    run_from(env, workload, timeout, accel, Laps::new(Instant::now()))
+}
+
+/// [`run`] on a clock that started earlier (the `run` command: at the process's start).
+pub fn run_from(
+    env: Env,
+    workload: &[String],
+    timeout: Duration,
+    accel: crate::boot::AccelChoice,
+    mut laps: Laps,
+) -> Result<EnvRun> {
     let mut args = workload.to_vec();
     args.push("--json".into());
     let mut tracer = crate::probes::sched::SchedTracer::start().ok();
+    laps.lap("sched tracer");
     let mut watch = |pid: u32| {
         if let Some(t) = tracer.as_mut() {
             let _ = t.watch(pid);
         }
     };
-    let start = Instant::now();
     let mut throttled = None;
     let mut vm_run = None;
     let stdout = match env {
@@ -88,6 +104,7 @@ pub fn run(
                 .context("running the workload on the host")?;
             watch(child.id());
             let out = wait_with_timeout(child, timeout)?;
+            laps.instances();
             if !out.status.success() {
                 bail!(
                     "the workload failed on the host: {}",
@@ -96,24 +113,26 @@ pub fn run(
             }
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
-        Env::Docker => crate::docker::run_self(&args, timeout, &mut watch)?.stdout,
-        Env::Native => native(&args, timeout, &mut watch, &mut throttled)?,
+        Env::Docker => crate::docker::run_self(&args, timeout, &mut watch, &mut laps)?.stdout,
+        Env::Native => native(&args, timeout, &mut watch, &mut throttled, &mut laps)?,
         Env::Vm => {
-            let (stdout, r) = vm::vm(&args, timeout, start, &mut watch, accel)?;
+            let (stdout, r) = vm::vm(&args, timeout, &mut laps, &mut watch, accel)?;
             vm_run = Some(r);
             stdout
         }
     };
-    let wall_ns = start.elapsed().as_nanos() as u64;
     let json = stdout
         .find('{')
         .map(|i| &stdout[i..])
         .ok_or_else(|| anyhow!("the workload printed no JSON report: {}", stdout.trim()))?;
+    let report = serde_json::from_str(json).context("reading the workload's report")?;
+    let sched = tracer.and_then(|t| t.report().ok());
+    laps.lap("sched tracer read");
     Ok(EnvRun {
         env,
-        report: serde_json::from_str(json).context("reading the workload's report")?,
-        wall_ns,
-        sched: tracer.and_then(|t| t.report().ok()),
+        report,
+        wall: laps.finish(),
+        sched,
         throttled,
         accelerator: vm_run.as_ref().map(|v| v.0.name().to_string()),
         accelerator_reason: vm_run.as_ref().map(|v| v.1.clone()),
@@ -128,6 +147,7 @@ fn native(
     timeout: Duration,
     watch: &mut dyn FnMut(u32),
     throttled: &mut Option<(u64, u64)>,
+    laps: &mut Laps,
 ) -> Result<String> {
     use std::os::unix::process::CommandExt as _;
     let exe = self_exe()?;
@@ -162,9 +182,11 @@ fn native(
         })
         .ok();
     let waited = wait_with_timeout(child, timeout);
+    laps.instances();
     if let Some(cg) = &cg {
         *throttled = crate::probes::sched::throttling(cg);
         let _ = crate::container::cgroup::remove(cg);
+        laps.lap("cgroup removed");
     }
     let out = waited?;
     if !out.status.success() {

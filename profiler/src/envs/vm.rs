@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::startup::Laps;
+
 /// How a workload's VM went: what ran before it, its phases from qemu's spawn to its exit
 /// (start-up up to `init`, the run in `workload`), and its KVM exits.
 #[derive(Debug, Serialize)]
 pub struct VmRun {
-    /// Before the VM: the cached guest, this workload's initramfs, the KVM probe.
-    pub setup: Vec<crate::startup::Phase>,
     /// `shutdown` includes printing the result on the console.
     pub phases: Vec<crate::startup::Phase>,
     /// qemu's spawn to its exit: the sum of `phases`.
@@ -73,25 +73,21 @@ pub fn vm_memory_mb(initramfs_bytes: u64) -> u64 {
 pub(super) fn vm(
     args: &[String],
     timeout: Duration,
-    start: Instant,
+    laps: &mut Laps,
     watch: &mut dyn FnMut(u32),
     accel: crate::boot::AccelChoice,
 ) -> Result<(String, (crate::boot::qemu::Accel, String, VmRun))> {
-    use crate::{
-        boot::{artefacts, qemu},
-        startup::Laps,
-    };
+    use crate::boot::{artefacts, qemu};
     crate::kernel::require_root("profiler run --env vm")?;
     // Ctrl-C: the boot loop sees it, kills qemu, and the temp initramfs goes with this frame.
     crate::cleanup::set_interruptible();
-    let mut setup = Laps::new(start);
     let a = artefacts::prepare()?;
-    setup.lap("artefacts");
+    laps.lap("artefacts");
     let image = shared_image(&a, args)?;
-    setup.lap("workload initramfs");
+    laps.lap("workload initramfs");
     let (accel, reason, probed) = vm_accelerator(&a, timeout, accel)?;
     if probed {
-        setup.lap("kvm probe");
+        laps.lap("kvm probe");
     }
     if crate::cleanup::stop_requested() {
         bail!("{} before the VM started", crate::cleanup::interrupted());
@@ -120,6 +116,7 @@ pub(super) fn vm(
             }
         }
     })?;
+    laps.instances();
     let vm_exits = match kvm {
         Some((mut t, pid, since)) => {
             let seconds = since.elapsed().as_secs_f64();
@@ -144,6 +141,7 @@ pub(super) fn vm(
             None
         }
     };
+    laps.lap("vm exits read");
     let b = &run.boot;
     if !b.ready || b.error.is_some() {
         let why = b.error.as_deref().unwrap_or("not ready");
@@ -177,7 +175,6 @@ pub(super) fn vm(
         .stdout
         .ok_or_else(|| anyhow!("the workload's VM printed no result block"))?;
     let vm = VmRun {
-        setup: setup.setup().to_vec(),
         phases: b.phases.clone(),
         total_ns: b.total_ns,
         guest_clock: b.guest_clock.clone(),
@@ -188,6 +185,7 @@ pub(super) fn vm(
         notes,
     };
     drop(image);
+    laps.lap("initramfs released");
     Ok((stdout, (accel, reason, vm)))
 }
 
