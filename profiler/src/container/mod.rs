@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::{
     lab::{self, Lab, Mode, plan::PREFIX},
-    startup::Laps,
+    startup::{Laps, ns},
 };
 
 pub use cgroup::{leftovers as cgroup_leftovers, root as cgroup_root};
@@ -644,10 +644,6 @@ fn phases(start: Instant, marks: &[(Phase, Instant)]) -> Vec<PhaseTime> {
             p
         })
         .collect()
-}
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub use crate::kernel::monotonic_ns as mono_ns;
