@@ -215,6 +215,7 @@ fn run(command: Command) -> Result<()> {
                 std::time::Duration::from_secs(600),
                 accel,
                 force,
+                profiler::startup::Laps::since_process_start(),
             )?;
             profiler::envs::print_density(&d);
             if let Some(path) = json {

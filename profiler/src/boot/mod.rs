@@ -29,7 +29,7 @@ use crate::{
     startup::{Instance, Laps, PhaseStats, Wall, summary},
 };
 
-pub use crate::startup::Phase;
+use crate::startup::Phase;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,6 +7,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use super::{Env, EnvRun, check_fit, run, vm::vm_accelerator};
+use crate::startup::{Laps, Wall};
 
 /// `profiler density`: N identical instances at once, per N in the list.
 #[derive(Debug, Serialize)]
@@ -31,6 +32,10 @@ pub struct Density {
     pub workload: Vec<String>,
     pub baseline_events_per_sec: f64,
     pub rows: Vec<DensityRow>,
+    /// setup (the process's start, the KVM probe, the baseline on the host), the rows: the
+    /// whole run.
+    #[serde(flatten)]
+    pub wall: Wall,
 }
 
 fn events_per_sec(report: &serde_json::Value) -> Result<f64> {
@@ -47,6 +52,7 @@ pub fn density(
     timeout: Duration,
     accel: crate::boot::AccelChoice,
     force: bool,
+    mut laps: Laps,
 ) -> Result<Density> {
     if instances.is_empty() || instances.contains(&0) {
         bail!("--instances wants counts of at least 1, e.g. --instances 1,2,4");
@@ -65,8 +71,10 @@ pub fn density(
         crate::cleanup::set_interruptible();
         // The accelerator (auto: a KVM probe) once, before the rows: no row's time carries it.
         vm_accelerator(&crate::boot::artefacts::prepare()?, timeout, accel)?;
+        laps.lap("artefacts, kvm probe");
     }
     let baseline = events_per_sec(&run(Env::Host, workload, timeout, accel)?.report)?;
+    laps.lap("baseline on the host");
     let mut rows = vec![];
     for &n in instances {
         let runs: Vec<Result<EnvRun>> = std::thread::scope(|s| {
@@ -141,6 +149,7 @@ pub fn density(
         workload: workload.to_vec(),
         baseline_events_per_sec: baseline,
         rows,
+        wall: laps.finish(),
     })
 }
 
@@ -220,4 +229,10 @@ pub fn print_density(d: &Density) {
             println!("  {:>9}  {}", r.instances, phases.join(", "));
         }
     }
+    crate::boot::print_laps("setup", &d.wall.setup);
+    println!(
+        "  rows: {}, whole run: {}",
+        crate::hist::fmt_ns(d.wall.instances_wall_ns as f64),
+        crate::hist::fmt_ns(d.wall.wall_ns as f64)
+    );
 }
