@@ -17,6 +17,7 @@ pub mod kvm;
 pub mod lab;
 pub mod opts;
 pub mod probes;
+pub mod startup;
 pub mod sysbench;
 pub mod trace;
 pub mod workload;

@@ -43,7 +43,7 @@ enum Command {
     Agent(profiler::agent::AgentArgs),
     /// Start-up latency in phases: containers (native, docker) or VMs.
     #[command(allow_negative_numbers = true)]
-    Boot(BootCli),
+    Boot(profiler::boot::cli::BootCli),
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
@@ -84,7 +84,8 @@ enum Command {
         /// Seconds each instance runs.
         #[arg(long, default_value = "3", value_parser = profiler::opts::seconds_text)]
         time: String,
-        #[arg(long)]
+        /// The report as JSON: on stdout instead of the table (no FILE, or -) or into FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<std::path::PathBuf>,
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
@@ -93,26 +94,6 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
-enum ContainerRuntime {
-    Native,
-    Docker,
-}
-
-#[derive(clap::Args, Debug)]
-struct BootCli {
-    /// Container runtime to start.
-    #[arg(long, value_enum, conflicts_with = "vm")]
-    container: Option<ContainerRuntime>,
-    /// --vm, --count, --json, --timeout, --accel
-    #[command(flatten)]
-    common: profiler::boot::BootArgs,
-    #[command(flatten)]
-    docker: profiler::docker::DockerBootArgs,
-    #[command(flatten)]
-    native: profiler::container::NativeArgs,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +124,7 @@ enum LabCommand {
 }
 
 fn main() -> ExitCode {
+    profiler::startup::mark_process_start();
     // A native container's payload is this binary: before the signal thread, so it is nothing else.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(profiler::container::PAYLOAD_COMMAND) {
@@ -192,7 +174,7 @@ fn run(command: Command) -> Result<()> {
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Agent(args) => profiler::agent::run(&args),
-        Command::Boot(args) => boot(&args),
+        Command::Boot(args) => profiler::boot::cli::run(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
         Command::Run {
             env,
@@ -208,11 +190,12 @@ fn run(command: Command) -> Result<()> {
                     workload.push("--force".into());
                 }
             }
-            let r = profiler::envs::run(
+            let r = profiler::envs::run_from(
                 env,
                 &workload,
                 std::time::Duration::from_secs(timeout),
                 accel,
+                profiler::startup::Laps::since_process_start(),
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
@@ -234,70 +217,15 @@ fn run(command: Command) -> Result<()> {
                 std::time::Duration::from_secs(600),
                 accel,
                 force,
+                profiler::startup::Laps::since_process_start(),
             )?;
-            profiler::envs::print_density(&d);
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&d)?)
-                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-            }
-            Ok(())
+            profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
         }
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;
             profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)
         }
     }
-}
-
-fn boot(args: &BootCli) -> Result<()> {
-    let c = &args.common;
-    if c.count == 0 {
-        anyhow::bail!("--count must be at least 1");
-    }
-    let each = match args.container {
-        Some(ContainerRuntime::Docker) => Some(profiler::fit::Each::docker_container()),
-        Some(ContainerRuntime::Native) => Some(profiler::fit::Each::native_container()),
-        None => None,
-    };
-    if args.container == Some(ContainerRuntime::Native)
-        && c.count as usize > profiler::container::MAX_COUNT
-    {
-        anyhow::bail!(
-            "--count must be 1 to {}, not {}",
-            profiler::container::MAX_COUNT,
-            c.count
-        );
-    }
-    if let Some(each) = each {
-        let asked = format!("--count {}", c.count);
-        profiler::fit::require(c.force, &asked, c.count.into(), &each)?;
-    }
-    let json = match args.container {
-        Some(ContainerRuntime::Docker) => {
-            let timeout = std::time::Duration::from_secs_f64(c.timeout.max(1.0));
-            let r = profiler::docker::boot(&args.docker, c.count as usize, timeout)?;
-            profiler::docker::print(&r);
-            serde_json::to_vec_pretty(&r)?
-        }
-        Some(ContainerRuntime::Native) => {
-            let a = profiler::container::ContainerBootArgs::with(
-                c.count as usize,
-                None,
-                c.timeout,
-                &args.native,
-            );
-            let r = profiler::container::run(&a)?;
-            profiler::container::print(&r);
-            serde_json::to_vec_pretty(&r)?
-        }
-        None if c.vm.is_some() => return profiler::boot::cli(c),
-        None => anyhow::bail!("say what to boot: --container native|docker or --vm qemu|micro"),
-    };
-    if let Some(path) = &c.json {
-        std::fs::write(path, json)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {

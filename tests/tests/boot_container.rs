@@ -179,8 +179,8 @@ fn eight_containers_at_once() {
         check_phases(s, &expected(NetMode::Bridge, false));
     }
     let want = expected(NetMode::Bridge, false);
-    assert_eq!(r.phases.len(), want.len());
-    for (st, p) in r.phases.iter().zip(&want) {
+    assert_eq!(r.phases().len(), want.len());
+    for (st, p) in r.phases().iter().zip(&want) {
         assert_eq!(st.name, p.name());
         assert_eq!(st.count, 8, "{}", st.name);
         assert!(
@@ -189,7 +189,7 @@ fn eight_containers_at_once() {
         );
         assert!(st.p90_ns <= st.max_ns + st.max_ns / 500, "{st:?}");
     }
-    assert_eq!(r.total.count, 8);
+    assert_eq!(r.total().map(|t| t.count), Some(8));
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the --json file")).unwrap();
     assert_eq!(v["containers"].as_array().map(Vec::len), Some(8));
@@ -216,4 +216,63 @@ fn failure_halfway_leaves_nothing() {
     assert!(!msg.contains('\n'), "one line: {msg}");
     drop(host);
     assert_nothing_left(&lab, "pf-missing-payload");
+}
+
+/// `profiler boot --container native --json`: the report accounts for the whole run as timed
+/// from outside the process (exec, the lab, the containers, teardown) within 10%, and its
+/// laps add up to its own wall clock exactly.
+#[test]
+fn the_report_accounts_for_the_wall_clock_outside() {
+    require_root();
+    let json = std::env::temp_dir().join("pf-boot-container-wall.json");
+    for net in ["none", "bridge"] {
+        let t = Instant::now();
+        run_ok(
+            profiler()
+                .args(["boot", "--container", "native", "--net", net, "--json"])
+                .arg(&json),
+        );
+        let outside = t.elapsed().as_nanos() as f64;
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("the --json file")).unwrap();
+        let laps = |k: &str| -> u64 {
+            v[k].as_array()
+                .unwrap_or_else(|| panic!("{k}: {v}"))
+                .iter()
+                .map(|p| p["ns"].as_u64().unwrap())
+                .sum()
+        };
+        let wall = v["wall_ns"].as_u64().unwrap();
+        let inside = v["instances_wall_ns"].as_u64().unwrap();
+        assert_eq!(laps("setup") + inside + laps("teardown"), wall, "{v}");
+        let setup: Vec<&str> = v["setup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(setup.contains(&"lab and cgroups"), "{setup:?}");
+        let teardown = v["teardown"].as_array().unwrap();
+        assert!(
+            teardown.iter().any(|p| p["name"] == "lab removed"),
+            "{teardown:?}"
+        );
+        let total = v["containers"][0]["total_ns"].as_u64().unwrap();
+        assert!(0 < total && total <= inside, "{total} of {inside}");
+        let off = (outside - wall as f64).abs() / outside;
+        assert!(
+            net == "none" || off < 0.10,
+            "--net {net}: the report's wall clock {wall} ns, measured outside {outside} ns ({:.1}% apart)",
+            off * 100.0
+        );
+        eprintln!(
+            "--net {net}: outside {:.1} ms, report {:.1} ms ({:.1}% apart)",
+            outside / 1e6,
+            wall as f64 / 1e6,
+            off * 100.0
+        );
+        let labs = v["lab"].as_str().unwrap().to_string();
+        assert_nothing_left(&labs, container::PAYLOAD_COMMAND);
+    }
+    let _ = std::fs::remove_file(&json);
 }

@@ -48,7 +48,7 @@ fn docker_start_up_in_phases() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p[0].as_str().unwrap(), p[1].as_f64().unwrap()))
+        .map(|p| (p["name"].as_str().unwrap(), p["ns"].as_f64().unwrap()))
         .collect();
     let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
     assert_eq!(names, ["create", "start", "running", "ready"]);
@@ -57,7 +57,14 @@ fn docker_start_up_in_phases() {
     assert_eq!(sum, b["total_ns"].as_f64().unwrap());
     // The whole run: setup, the start-up, teardown, against the wall clock around the process
     // (which adds process start and exit).
-    let accounted = r["setup_ns"].as_f64().unwrap() + sum + r["teardown_ns"].as_f64().unwrap();
+    let laps = |k: &str| -> f64 {
+        r[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["ns"].as_f64().unwrap())
+            .sum()
+    };
+    let accounted = laps("setup") + sum + laps("teardown");
     assert!(
         (wall - accounted).abs() <= 0.05 * wall + 20e6,
         "accounted {accounted} ns of {wall} ns"
@@ -82,14 +89,19 @@ fn eight_at_once_have_distributions() {
     require_root();
     let (r, _) = boot(&["--count", "8"]);
     assert_eq!(r["boots"].as_array().unwrap().len(), 8);
-    for (phase, s) in r["distribution"]
-        .as_array()
-        .unwrap()
+    let summary = r["summary"].as_array().unwrap();
+    let names: Vec<&str> = summary
         .iter()
-        .map(|d| (&d[0], &d[1]))
-    {
-        assert_eq!(s["count"], 8, "{phase}");
-        assert!(s["min"].as_u64() <= s["max"].as_u64(), "{phase}: {s}");
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["create", "start", "running", "ready", "total"]);
+    for s in summary {
+        assert_eq!(s["count"], 8, "{s}");
+        let (min, p50, max) = (&s["min_ns"], &s["p50_ns"], &s["max_ns"]);
+        assert!(
+            min.as_u64() <= p50.as_u64() && p50.as_u64() <= max.as_u64(),
+            "{s}"
+        );
     }
     assert_eq!(leftovers(), (0, 0));
 }

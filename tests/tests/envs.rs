@@ -73,7 +73,7 @@ fn density_bends_after_the_core_count() {
 }
 
 /// Our workload VMs still alive: qemu with a workload initramfs on its command line (other
-/// qemus on this machine, e.g. libvirt's, are not ours).
+/// qemus on this machine, e.g. libvirt's or `migrate`'s, are not ours).
 fn workload_qemus() -> Vec<String> {
     std::fs::read_dir("/proc")
         .expect("/proc")
@@ -81,16 +81,23 @@ fn workload_qemus() -> Vec<String> {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains("qemu-system") && c.contains("-workload.cpio"))
+        .filter(|c| !c.contains("-name profiler-migrate"))
         .collect()
 }
 
-/// Temp files of workload VMs left in the cache dir.
+/// Temp files of workload VMs left in the cache dir: `tmp-<pid>-...` whose owner is gone (a
+/// live owner is another command still running, e.g. `migrate`).
 fn workload_temps() -> Vec<String> {
+    let owner_alive = |n: &str| {
+        n.split('-')
+            .nth(1)
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
     std::fs::read_dir(profiler::boot::artefacts::cache_dir())
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("tmp-"))
+                .filter(|n| n.starts_with("tmp-") && !owner_alive(n))
                 .collect()
         })
         .unwrap_or_default()
@@ -251,12 +258,15 @@ fn density_of_vms_has_their_boot_phases() {
         assert_eq!(row["instances"], n);
         assert_eq!(row["events_per_sec"].as_array().unwrap().len(), n);
         let startup = row["startup"].as_array().unwrap();
-        let names: Vec<&str> = startup.iter().map(|p| p[0].as_str().unwrap()).collect();
+        let names: Vec<&str> = startup
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         for want in ["vmm_setup", "kernel_boot", "init", "workload"] {
             assert!(names.contains(&want), "{n}: {want} missing from {names:?}");
         }
         for p in startup {
-            let (p50, max) = (p[1].as_u64().unwrap(), p[2].as_u64().unwrap());
+            let (p50, max) = (p["p50_ns"].as_u64().unwrap(), p["max_ns"].as_u64().unwrap());
             assert!(0 < p50 && p50 <= max, "{n}: {p}");
         }
     }

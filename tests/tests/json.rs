@@ -47,6 +47,9 @@ fn every_command_takes_json_with_and_without_a_file() {
     both_ways(&["kvm", "--micro-vm", "pio", "--count", "10"], |v| {
         assert_eq!(v["micro_vm"]["traced"], 10)
     });
+    both_ways(&["boot", "--container", "native", "--net", "none"], |v| {
+        assert!(v["wall_ns"].as_u64().unwrap() > 0, "{v}")
+    });
     let _g = LabGuard("js".into());
     let up = run_ok(profiler().args(["lab", "up", "--mode", "host", "--id", "js", "--json"]));
     let d: Value = serde_json::from_slice(&up.stdout).unwrap();

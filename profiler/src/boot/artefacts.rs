@@ -48,6 +48,17 @@ pub struct Artefacts {
     pub built: bool,
 }
 
+impl Artefacts {
+    /// The setup lap's name: "artefacts (built)" or "(cached)".
+    pub fn lap_name(&self) -> &'static str {
+        if self.built {
+            "artefacts (built)"
+        } else {
+            "artefacts (cached)"
+        }
+    }
+}
+
 pub fn cache_dir() -> PathBuf {
     std::env::var_os(CACHE_ENV).map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from)
 }
@@ -269,12 +280,13 @@ pub fn parse_guest_output(console: &[String]) -> GuestOutput {
     out
 }
 
-/// This program's shared libraries and loader, from `ldd` on its file.
-fn self_libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
+/// A program's shared libraries and loader, from `ldd` on its file (`elf`, its bytes): this
+/// program's for a VM's initramfs, or a container image's.
+pub fn libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
     let out = crate::cleanup::die_with_parent(&mut Command::new("ldd"))
         .arg(exe)
         .output()
-        .context("running ldd (libc-bin) on this program")?;
+        .context("running ldd (libc-bin)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs = parse_ldd(&text).with_context(|| format!("ldd {}", exe.display()))?;
     if !out.status.success() && libs.is_empty() && elf_interp(elf).is_some() {
@@ -397,7 +409,7 @@ pub fn workload_initramfs(a: &Artefacts, args: &[String]) -> Result<WorkloadImag
             .trim_end_matches(" (deleted)")
             .to_string(),
     );
-    let libs = self_libraries(&exe_path, &exe)?
+    let libs = libraries(&exe_path, &exe)?
         .into_iter()
         .map(|p| {
             let bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
@@ -835,7 +847,7 @@ mod tests {
         let Ok(elf) = fs::read(virsh) else {
             return;
         };
-        let libs = self_libraries(virsh, &elf).unwrap();
+        let libs = libraries(virsh, &elf).unwrap();
         let has = |n: &str| libs.iter().any(|l| l.to_string_lossy().ends_with(n));
         assert!(
             has("/libvirt.so.0") && has("/libc.so.6") && has("/libxml2.so.2"),

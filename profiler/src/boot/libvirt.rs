@@ -13,11 +13,16 @@ use anyhow::{Context as _, Result, bail};
 use virt::{connect::Connect, domain::Domain};
 
 use super::{
-    AccelChoice, Boot, BootReport, Laps, Vm, artefacts, ns, phases,
-    qemu::{self, Accel, Marks},
+    AccelChoice, Boot, Booted, artefacts,
+    console::{Console, READY, kill_reason},
+    qemu::{self, Accel},
     serial::LineSplitter,
 };
-use crate::{cleanup::Owner, probes::exec::SharedExecs};
+use crate::{
+    cleanup::Owner,
+    probes::exec::SharedExecs,
+    startup::{Laps, ns, phases},
+};
 
 pub const URI: &str = "qemu:///system";
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -318,8 +323,7 @@ fn boot(
         }
     };
     early[0] = Some(t0.elapsed());
-    let mut marks = Marks::default();
-    let mut tail: Vec<String> = Vec::new();
+    let mut console_lines = Console::new(false);
     let mut end = t0.elapsed();
     let mut qemu_exit = None;
     let mut notes = Vec::new();
@@ -348,13 +352,6 @@ fn boot(
         let mut buf = [0u8; 8192];
         let mut killed: Option<String> = None;
         let mut killed_at: Option<Instant> = None;
-        let mut on_line = |marks: &mut Marks, t: Instant, l: String| {
-            marks.note(t, &l);
-            if tail.len() == 8 {
-                tail.remove(0);
-            }
-            tail.push(l);
-        };
         loop {
             let now = Instant::now();
             let gone = match (&fd, &guard.domain) {
@@ -369,27 +366,18 @@ fn boot(
                     break;
                 }
                 for (t, l) in split.feed(&buf[..n], now) {
-                    on_line(&mut marks, t, l);
+                    console_lines.line(t, l);
                 }
             }
             if gone {
                 if let Some((t, l)) = split.finish() {
-                    on_line(&mut marks, t, l);
+                    console_lines.line(t, l);
                 }
                 qemu_exit = Some(now.saturating_duration_since(t0));
                 break;
             }
-            let why = if crate::cleanup::stop_requested() {
-                Some(crate::cleanup::interrupted())
-            } else if now - t0 >= timeout {
-                Some(format!(
-                    "not ready within {:.1} s (raise --timeout)",
-                    timeout.as_secs_f64()
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            let why = kill_reason(now - t0, timeout, &console_lines.marks, false, "QEMU");
+            if let Some((why, _)) = why {
                 match killed_at {
                     None => {
                         if let Some(d) = &guard.domain {
@@ -436,7 +424,7 @@ fn boot(
             std::thread::sleep(Duration::from_millis(2));
         }
         end = t0.elapsed();
-        ready = marks.at[5].is_some() && killed.is_none();
+        ready = console_lines.ready() && killed.is_none();
         error = killed.or_else(|| {
             (!ready).then(|| {
                 format!(
@@ -449,11 +437,7 @@ fn boot(
     let offsets: Vec<Option<Duration>> = early
         .iter()
         .copied()
-        .chain(
-            marks.at[..6]
-                .iter()
-                .map(|m| m.map(|t| t.saturating_duration_since(t0))),
-        )
+        .chain(console_lines.offsets(t0, READY + 1))
         .chain(std::iter::once(qemu_exit))
         .collect();
     if let Some(mut c) = conn {
@@ -469,24 +453,17 @@ fn boot(
         ready,
         error,
         exit_code: None,
-        guest_clock: marks.guest,
-        console_tail: if ready { Vec::new() } else { tail },
+        console_tail: console_lines.tail(ready),
+        guest_clock: console_lines.marks.guest,
         exits_by_phase: Vec::new(),
         notes,
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    started: Instant,
-) -> Result<BootReport> {
-    let backend = crate::kernel::kvm_backend();
+pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
     virt::error::clear_error_callback();
     let artefacts = artefacts::prepare()?;
-    let mut setup = Laps::new(started);
-    setup.artefacts(&artefacts);
+    laps.lap(artefacts.lap_name());
     {
         let mut conn = connect()?;
         reap_stale(&conn);
@@ -494,32 +471,23 @@ pub fn run(
     }
     // One exec tracer for all boots: QEMU's exec and vCPU thread, stamped in the kernel.
     let execs = SharedExecs::start().ok();
-    setup.lap("connect, reap, exec tracer");
+    laps.lap("connect, reap, exec tracer");
     // The same choice as `--vm qemu` (a KVM probe under auto): domain type 'kvm' or 'qemu'.
     let (accel, reason, kvm_probe) = qemu::choose(choice, &artefacts, timeout, None)?;
     if kvm_probe.is_some() {
-        setup.lap("kvm probe (plain qemu)");
+        laps.lap("kvm probe (plain qemu)");
     }
-    let boots_start = Instant::now();
     let boots = super::all_at_once(count, |i| {
         boot(i, &artefacts, accel, timeout, execs.as_ref())
     })?;
-    Ok(BootReport {
-        vm: Vm::Libvirt,
-        count,
-        accelerator: accel.name().into(),
-        accelerator_reason: reason,
-        kvm_backend: backend,
-        setup: setup.phases,
+    Ok(Booted::vm(
+        laps,
+        execs,
+        (accel, reason),
         kvm_probe,
         boots,
-        summary: Vec::new(),
-        boots_wall_ns: ns(boots_start.elapsed()),
-        wall_ns: 0,
-        artefacts: Some(artefacts),
-        ok: false,
-        error: None,
-    })
+        artefacts,
+    ))
 }
 
 #[cfg(test)]

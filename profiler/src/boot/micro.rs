@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::VcpuExit;
 
-use super::{Boot, BootReport, Phase, Vm, ns};
+use super::{Boot, Booted};
 use crate::kvm::microvm::{self, Workload};
+use crate::startup::{Laps, ns, phases};
 
 pub const PHASES: [(&str, &str); 6] = [
     ("kvm_create_vm", "open /dev/kvm and KVM_CREATE_VM"),
@@ -38,7 +38,7 @@ pub const PHASES: [(&str, &str); 6] = [
 
 /// Port writes the guest makes before it is "ready".
 const GUEST_OUTS: u32 = 16;
-use crate::kvm::microvm::{CODE_ADDR, GuestMemory as GuestRam, MEM_SIZE};
+use crate::kvm::microvm::GuestMemory as GuestRam;
 
 /// One micro-VM; `marks[i]` is when phase i ended.
 fn boot(index: u32, deadline: Instant) -> Boot {
@@ -54,7 +54,7 @@ fn boot(index: u32, deadline: Instant) -> Boot {
     Boot {
         index,
         accelerator: "kvm".into(),
-        phases: super::phases(&names, &offsets, end - t0, ready),
+        phases: phases(&names, &offsets, end - t0, ready),
         total_ns: ns(end - t0),
         ready,
         error: result.err().map(|e| format!("{e:#}")),
@@ -65,35 +65,15 @@ fn boot(index: u32, deadline: Instant) -> Boot {
 fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
     // Declared before the VM so that, on every path, the VM goes first and the RAM after it.
     let ram: GuestRam;
-    let kvm = Kvm::new().context("opening /dev/kvm (is KVM available and are you root?)")?;
+    let kvm = microvm::open()?;
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
     marks.push(Instant::now());
 
-    ram = GuestRam::new(MEM_SIZE)?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: ram.ptr as u64,
-        flags: 0,
-    };
-    // SAFETY: the mapping outlives the VM (see `ram`) and is MEM_SIZE bytes.
-    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
-    ram.write(
-        CODE_ADDR as usize,
-        &microvm::guest_code(Workload::Pio, GUEST_OUTS),
-    )?;
+    // SAFETY: `ram` is declared before `vm`, so it is dropped after it.
+    ram = unsafe { microvm::guest_ram(&vm, &microvm::guest_code(Workload::Pio, GUEST_OUTS)) }?;
     marks.push(Instant::now());
 
-    let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
-    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
-    let mut regs = vcpu.get_regs().context("KVM_GET_REGS")?;
-    regs.rip = CODE_ADDR;
-    regs.rflags = 2;
-    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    let mut vcpu = microvm::real_mode_vcpu(&vm, None)?;
     marks.push(Instant::now());
 
     let mut outs = 0u32;
@@ -114,12 +94,7 @@ fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
                 }
                 outs += 1;
             }
-            VcpuExit::FailEntry(reason, cpu) => {
-                bail!("KVM could not enter the guest (reason {reason:#x} on cpu {cpu})")
-            }
-            VcpuExit::InternalError => bail!("KVM internal error running the micro-VM"),
-            VcpuExit::Shutdown => bail!("the micro-VM shut down (triple fault)"),
-            other => bail!("the micro-VM exited unexpectedly: {other:?}"),
+            other => return Err(microvm::failed(&other)),
         }
         if now >= deadline {
             bail!("the micro-VM was not ready before the timeout");
@@ -138,24 +113,14 @@ fn stages(marks: &mut Vec<Instant>, deadline: Instant) -> Result<()> {
     Ok(())
 }
 
-pub fn run(count: u32, timeout: Duration) -> Result<BootReport> {
-    let started = Instant::now();
-    let deadline = started + timeout;
+pub fn run(count: u32, timeout: Duration, laps: &mut Laps) -> Result<Booted> {
+    let deadline = Instant::now() + timeout;
     let boots = super::all_at_once(count, |i| Ok(boot(i, deadline)))?;
-    Ok(BootReport {
-        vm: Vm::Micro,
-        count,
+    laps.instances();
+    Ok(Booted {
         accelerator: "kvm".into(),
         accelerator_reason: "the micro-VM always runs on /dev/kvm".into(),
-        kvm_backend: crate::kernel::kvm_backend(),
-        setup: Vec::<Phase>::new(),
-        kvm_probe: None,
-        boots_wall_ns: ns(started.elapsed()),
         boots,
-        summary: Vec::new(),
-        wall_ns: 0,
-        artefacts: None,
-        ok: false,
-        error: None,
+        ..Default::default()
     })
 }

@@ -7,6 +7,8 @@
 //! the built-in KVM micro-VM. Phases are consecutive, so they add up to spawn-to-exit.
 
 pub mod artefacts;
+pub mod cli;
+pub mod console;
 pub mod cpio;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
@@ -22,7 +24,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::hist::fmt_ns;
+use crate::{
+    hist::fmt_ns,
+    startup::{Instance, Laps, PhaseStats, Wall, summary},
+};
+
+use crate::startup::Phase;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,8 +62,9 @@ pub struct BootArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
-    /// Also write the report as JSON to FILE (written even when a boot fails).
-    #[arg(long, value_name = "FILE")]
+    /// The report as JSON (written even when a boot fails): on stdout instead of the table (no
+    /// FILE, or -) or into FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
     /// A VM not ready after this many seconds is killed and the run fails.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::opts::seconds)]
@@ -79,42 +87,6 @@ impl Default for BootArgs {
             accel: AccelChoice::Auto,
             force: false,
         }
-    }
-}
-
-/// Consecutive laps of what runs around the boots (artefacts, tracers, the KVM probe): each
-/// lap runs from the previous one's end, so they add up to the time since `start`.
-pub struct Laps {
-    mark: Instant,
-    pub phases: Vec<Phase>,
-}
-
-impl Laps {
-    pub fn new(start: Instant) -> Self {
-        Self {
-            mark: start,
-            phases: Vec::new(),
-        }
-    }
-
-    pub fn lap(&mut self, name: &str) {
-        let now = Instant::now();
-        self.phases.push(Phase {
-            name: name.into(),
-            ns: ns(now - self.mark),
-            complete: true,
-            guest_ns: None,
-        });
-        self.mark = now;
-    }
-
-    /// "artefacts (built)" or "(cached)".
-    pub fn artefacts(&mut self, a: &artefacts::Artefacts) {
-        self.lap(if a.built {
-            "artefacts (built)"
-        } else {
-            "artefacts (cached)"
-        });
     }
 }
 
@@ -173,19 +145,6 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
     })
 }
 
-/// One phase of one boot.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Phase {
-    /// Phase name; merged phases (a marker was never seen) are joined with `+`.
-    pub name: String,
-    pub ns: u64,
-    /// False for the phase a VM was in when it was killed or exited early.
-    pub complete: bool,
-    /// The same span on the guest kernel's own clock (printk timestamps), where both ends have one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_ns: Option<u64>,
-}
-
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Boot {
     pub index: u32,
@@ -222,17 +181,51 @@ pub struct PhaseExits {
     pub exits: BTreeMap<String, u64>,
 }
 
-/// One phase over all boots that completed it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PhaseStats {
-    pub name: String,
-    pub what: String,
-    pub count: u64,
-    pub min_ns: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub max_ns: u64,
-    pub mean_ns: u64,
+/// What a kind of boot ran: its accelerator and its boots; [`BootReport::new`] adds the clock.
+#[derive(Debug, Default)]
+pub struct Booted {
+    pub accelerator: String,
+    pub accelerator_reason: String,
+    pub kvm_probe: Option<Boot>,
+    pub boots: Vec<Boot>,
+    pub artefacts: Option<artefacts::Artefacts>,
+    /// Why the run ended before any boot.
+    pub error: Option<String>,
+}
+
+impl Booted {
+    /// qemu or libvirt: the boots are over, so the instances' span ends and the exec tracer
+    /// closes (a teardown lap: closing its perf descriptors takes a while).
+    pub fn vm(
+        laps: &mut Laps,
+        execs: Option<crate::probes::exec::SharedExecs>,
+        accel: (qemu::Accel, String),
+        kvm_probe: Option<Boot>,
+        boots: Vec<Boot>,
+        artefacts: artefacts::Artefacts,
+    ) -> Self {
+        laps.instances();
+        drop(execs);
+        laps.lap("exec tracer closed");
+        Booted {
+            accelerator: accel.0.name().into(),
+            accelerator_reason: accel.1,
+            kvm_probe,
+            boots,
+            artefacts: Some(artefacts),
+            error: None,
+        }
+    }
+}
+
+impl Instance for Boot {
+    fn complete_phases(&self) -> Vec<(&str, u64)> {
+        self.phases.complete_phases()
+    }
+
+    fn ready_total_ns(&self) -> Option<u64> {
+        self.ready.then_some(self.total_ns)
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -245,19 +238,15 @@ pub struct BootReport {
     pub accelerator_reason: String,
     /// KVM backend of this host (vmx, svm, pvm, ...).
     pub kvm_backend: crate::kernel::KvmBackend,
-    /// What ran before the boots: building the guest's artefacts, the KVM probe. With the
-    /// boots' phases they account for the whole run.
-    pub setup: Vec<Phase>,
+    /// setup (artefacts, tracers, the KVM probe), the boots together, teardown: the whole run.
+    #[serde(flatten)]
+    pub wall: Wall,
     /// The KVM attempt, when `--accel auto` fell back to TCG (how far KVM got).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvm_probe: Option<Boot>,
     pub boots: Vec<Boot>,
     /// Per phase over the boots (and `total`).
     pub summary: Vec<PhaseStats>,
-    /// From the first spawn to the last exit, all boots together.
-    pub boots_wall_ns: u64,
-    /// The whole run: setup and boots.
-    pub wall_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artefacts: Option<artefacts::Artefacts>,
     /// Every boot reached ready.
@@ -267,6 +256,40 @@ pub struct BootReport {
 }
 
 impl BootReport {
+    pub fn new(vm: Vm, count: u32, b: Booted, wall: Wall) -> Self {
+        let failed: Vec<String> = b
+            .boots
+            .iter()
+            .filter(|b| !b.ready)
+            .map(|b| {
+                format!(
+                    "VM {}: {}",
+                    b.index,
+                    b.error.as_deref().unwrap_or("not ready")
+                )
+            })
+            .collect();
+        let error = match b.error {
+            Some(e) => Some(e),
+            None if b.boots.is_empty() => Some("no VM booted".into()),
+            None => (!failed.is_empty()).then(|| failed.join("; ")),
+        };
+        BootReport {
+            vm,
+            count,
+            accelerator: b.accelerator,
+            accelerator_reason: b.accelerator_reason,
+            kvm_backend: crate::kernel::kvm_backend(),
+            wall,
+            kvm_probe: b.kvm_probe,
+            summary: summary(&b.boots, |n| describe(vm, n)),
+            boots: b.boots,
+            artefacts: b.artefacts,
+            ok: error.is_none(),
+            error,
+        }
+    }
+
     pub fn phase_sum_ns(&self, boot: usize) -> u64 {
         self.boots
             .get(boot)
@@ -277,6 +300,10 @@ impl BootReport {
 /// Runs the boots, writes `--json` when asked. A failed boot (timeout, Ctrl-C, a guest that
 /// never got ready) is a report with `ok: false`, not an error: its phases so far are in it.
 pub fn run(args: &BootArgs) -> Result<BootReport> {
+    run_from(args, Laps::new(Instant::now()))
+}
+
+fn run_from(args: &BootArgs, mut laps: Laps) -> Result<BootReport> {
     let Some(vm) = args.vm else {
         bail!("profiler boot needs --vm qemu|libvirt|micro");
     };
@@ -295,38 +322,44 @@ pub fn run(args: &BootArgs) -> Result<BootReport> {
     crate::kernel::require_root("profiler boot")?;
     crate::cleanup::set_interruptible();
     let timeout = Duration::from_secs_f64(args.timeout);
-    let started = Instant::now();
-    let mut report = match vm {
-        Vm::Qemu => qemu::run(args.count, timeout, args.accel, started)?,
+    let booted = match vm {
+        Vm::Qemu => qemu::run(args.count, timeout, args.accel, &mut laps)?,
         #[cfg(feature = "libvirt")]
-        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, started)?,
+        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, &mut laps)?,
         #[cfg(not(feature = "libvirt"))]
         Vm::Libvirt => bail!("this profiler was built without libvirt (the `libvirt` feature)"),
-        Vm::Micro => micro::run(args.count, timeout)?,
+        Vm::Micro => micro::run(args.count, timeout, &mut laps)?,
     };
-    report.wall_ns = ns(started.elapsed());
-    report.summary = summary(&report.boots, vm);
-    let failed: Vec<String> = report
-        .boots
-        .iter()
-        .filter(|b| !b.ready)
-        .map(|b| {
-            format!(
-                "VM {}: {}",
-                b.index,
-                b.error.as_deref().unwrap_or("not ready")
-            )
-        })
-        .collect();
-    report.ok = failed.is_empty();
-    if !report.ok {
-        report.error = Some(failed.join("; "));
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
+    let report = BootReport::new(vm, args.count, booted, laps.finish());
+    write_json(args.json.as_deref(), &report)?;
     Ok(report)
+}
+
+/// `--json [FILE]`, when asked: `-` is stdout (and the caller prints no table).
+pub fn write_json(path: Option<&std::path::Path>, r: &impl serde::Serialize) -> Result<()> {
+    match path {
+        Some(p) if crate::export::json::to_stdout(Some(p)) => {
+            println!("{}", serde_json::to_string_pretty(r)?)
+        }
+        Some(path) => {
+            let json = serde_json::to_vec_pretty(r)?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Whether the human table goes to stdout (not when the JSON does).
+pub fn table(json: Option<&std::path::Path>) -> bool {
+    !crate::export::json::to_stdout(json)
+}
+
+/// The laps around the instances, one a line.
+pub fn print_laps(what: &str, laps: &[Phase]) {
+    for s in laps {
+        println!("  {what}: {:<18} {:>9}", s.name, fmt_ns(s.ns as f64));
+    }
 }
 
 fn print_exits(phases: &[PhaseExits]) {
@@ -350,63 +383,16 @@ fn print_exits(phases: &[PhaseExits]) {
     }
 }
 
-/// run + print, failing (non-zero exit) when a VM did not get ready: what `main` calls.
-pub fn cli(args: &BootArgs) -> Result<()> {
-    let r = run(args)?;
-    print(&r);
+/// run + print, failing (non-zero exit) when a VM did not get ready: what `boot --vm` runs.
+pub fn cli(args: &BootArgs, laps: Laps) -> Result<()> {
+    let r = run_from(args, laps)?;
+    if table(args.json.as_deref()) {
+        print(&r);
+    }
     if let Some(e) = &r.error {
         bail!("boot failed: {e}");
     }
     Ok(())
-}
-
-pub(crate) fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Consecutive phases: `marks[i]` (offset from the start) ends phase `names[i]`; the last
-/// phase ends at `end`. A missing mark merges its phase into the next. When the VM did not
-/// finish (`finished` false), the phase after the last mark is cut at `end` and incomplete.
-/// The durations always add up to `end`.
-pub fn phases(
-    names: &[&str],
-    marks: &[Option<Duration>],
-    end: Duration,
-    finished: bool,
-) -> Vec<Phase> {
-    debug_assert_eq!(names.len(), marks.len() + 1);
-    let mut out = Vec::new();
-    let mut prev = Duration::ZERO;
-    let mut pending: Vec<&str> = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        pending.push(name);
-        let at = match marks.get(i) {
-            Some(m) => *m,
-            None if finished => Some(end),
-            None => None,
-        };
-        // Out of order or past the end (a late reader): treat as missing.
-        let Some(at) = at.filter(|&t| t >= prev && t <= end) else {
-            continue;
-        };
-        out.push(Phase {
-            name: pending.join("+"),
-            ns: ns(at - prev),
-            complete: true,
-            guest_ns: None,
-        });
-        pending.clear();
-        prev = at;
-    }
-    if !pending.is_empty() {
-        out.push(Phase {
-            name: pending[0].to_string(),
-            ns: ns(end - prev),
-            complete: false,
-            guest_ns: None,
-        });
-    }
-    out
 }
 
 /// What a phase name stands for, for the table.
@@ -437,45 +423,6 @@ pub fn describe(vm: Vm, name: &str) -> String {
         })
         .collect();
     parts.join("; ")
-}
-
-fn summary(boots: &[Boot], vm: Vm) -> Vec<PhaseStats> {
-    let mut order: Vec<String> = Vec::new();
-    let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for b in boots {
-        for p in b.phases.iter().filter(|p| p.complete) {
-            if !order.contains(&p.name) {
-                order.push(p.name.clone());
-            }
-            samples.entry(p.name.clone()).or_default().push(p.ns);
-        }
-        if b.ready {
-            samples.entry("total".into()).or_default().push(b.total_ns);
-        }
-    }
-    order.push("total".into());
-    order
-        .into_iter()
-        .filter_map(|name| {
-            let v = samples.get(&name)?;
-            let (min, max) = (*v.iter().min()?, *v.iter().max()?);
-            let mut h = hdrhistogram::Histogram::<u64>::new(3).ok()?;
-            for &x in v {
-                h.record(x.max(1)).ok()?;
-            }
-            Some(PhaseStats {
-                what: describe(vm, &name),
-                name,
-                count: h.len(),
-                // HDR quantiles are bucket edges: keep them within the exact min and max.
-                p50_ns: h.value_at_quantile(0.5).clamp(min, max),
-                p90_ns: h.value_at_quantile(0.9).clamp(min, max),
-                min_ns: min,
-                max_ns: max,
-                mean_ns: v.iter().sum::<u64>() / v.len() as u64,
-            })
-        })
-        .collect()
 }
 
 pub fn print(r: &BootReport) {
@@ -509,9 +456,7 @@ pub fn print(r: &BootReport) {
         println!("  kvm probe: {}", got.join(", "));
         print_exits(&p.exits_by_phase);
     }
-    for s in &r.setup {
-        println!("  setup: {:<18} {:>9}", s.name, fmt_ns(s.ns as f64));
-    }
+    print_laps("setup", &r.wall.setup);
     if r.count == 1
         && let Some(b) = r.boots.first()
     {
@@ -552,24 +497,26 @@ pub fn print(r: &BootReport) {
             "phase", "count", "min", "p50", "p90", "max"
         );
         for s in &r.summary {
+            let cols = [s.min_ns, s.p50_ns, s.p90_ns, s.max_ns].map(|v| v as f64);
             println!(
-                "  {:<24} {:>5} {:>9} {:>9} {:>9} {:>9}  {}",
+                "  {:<24} {:>5} {}  {}",
                 s.name,
                 s.count,
-                fmt_ns(s.min_ns as f64),
-                fmt_ns(s.p50_ns as f64),
-                fmt_ns(s.p90_ns as f64),
-                fmt_ns(s.max_ns as f64),
+                crate::hist::columns(&cols),
                 s.what
             );
         }
         println!(
             "  all {} boots together (first spawn to last exit): {}",
             r.count,
-            fmt_ns(r.boots_wall_ns as f64)
+            fmt_ns(r.wall.instances_wall_ns as f64)
         );
     }
-    println!("  whole run (setup + boots): {}", fmt_ns(r.wall_ns as f64));
+    print_laps("teardown", &r.wall.teardown);
+    println!(
+        "  whole run (setup + boots + teardown): {}",
+        fmt_ns(r.wall.wall_ns as f64)
+    );
     for b in r.boots.iter().filter(|b| !b.ready) {
         println!(
             "  VM {} failed: {}",
@@ -585,100 +532,6 @@ pub fn print(r: &BootReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const N: [&str; 4] = ["a", "b", "c", "d"];
-
-    fn ms(v: u64) -> Option<Duration> {
-        Some(Duration::from_millis(v))
-    }
-
-    fn sum(p: &[Phase]) -> u64 {
-        p.iter().map(|p| p.ns).sum()
-    }
-
-    #[test]
-    fn phases_are_consecutive_and_add_up() {
-        let p = phases(
-            &N,
-            &[ms(10), ms(30), ms(60)],
-            Duration::from_millis(100),
-            true,
-        );
-        let got: Vec<(&str, u64)> = p
-            .iter()
-            .map(|p| (p.name.as_str(), p.ns / 1_000_000))
-            .collect();
-        assert_eq!(got, [("a", 10), ("b", 20), ("c", 30), ("d", 40)]);
-        assert!(p.iter().all(|p| p.complete));
-        assert_eq!(sum(&p), 100_000_000);
-    }
-
-    #[test]
-    fn a_missing_mark_merges_phases() {
-        let p = phases(
-            &N,
-            &[ms(10), None, ms(60)],
-            Duration::from_millis(100),
-            true,
-        );
-        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["a", "b+c", "d"]);
-        assert_eq!(p[1].ns, 50_000_000);
-        assert_eq!(sum(&p), 100_000_000);
-    }
-
-    #[test]
-    fn a_killed_boot_ends_in_an_incomplete_phase() {
-        let p = phases(
-            &N,
-            &[ms(10), ms(30), None],
-            Duration::from_millis(5000),
-            false,
-        );
-        let last = p.last().unwrap();
-        assert_eq!((last.name.as_str(), last.complete), ("c", false));
-        assert_eq!(last.ns, 4_970_000_000);
-        assert_eq!(sum(&p), 5_000_000_000);
-        // Killed before any mark: one incomplete phase, the first.
-        let p = phases(&N, &[None, None, None], Duration::from_millis(7), false);
-        assert_eq!(p.len(), 1);
-        assert_eq!((p[0].name.as_str(), p[0].ns), ("a", 7_000_000));
-    }
-
-    #[test]
-    fn out_of_order_or_late_marks_are_dropped() {
-        let p = phases(
-            &N,
-            &[ms(30), ms(10), ms(200)],
-            Duration::from_millis(100),
-            true,
-        );
-        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["a", "b+c+d"]);
-        assert_eq!(sum(&p), 100_000_000);
-    }
-
-    #[test]
-    fn summary_has_percentiles_per_phase_and_total() {
-        let boot = |a: u64, b: u64| Boot {
-            phases: phases(&["x", "y"], &[ms(a)], Duration::from_millis(a + b), true),
-            total_ns: (a + b) * 1_000_000,
-            ready: true,
-            ..Default::default()
-        };
-        let boots = [boot(10, 100), boot(20, 100), boot(30, 100), boot(40, 100)];
-        let s = summary(&boots, Vm::Micro);
-        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["x", "y", "total"]);
-        assert_eq!(
-            (s[0].min_ns, s[0].max_ns, s[0].count),
-            (10_000_000, 40_000_000, 4)
-        );
-        let close = |v: u64, want: u64| v.abs_diff(want) <= want / 500;
-        assert!(close(s[0].p50_ns, 20_000_000), "{}", s[0].p50_ns);
-        assert!(close(s[0].p90_ns, 40_000_000), "{}", s[0].p90_ns);
-        assert!(close(s[2].p50_ns, 120_000_000));
-    }
 
     #[test]
     fn vm_is_required() {

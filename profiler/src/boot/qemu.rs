@@ -3,7 +3,7 @@
 //! `waitid(WNOWAIT)` on another, so a kill can never hit a reused pid.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _},
     os::unix::process::CommandExt as _,
     path::Path,
@@ -17,9 +17,11 @@ use anyhow::{Context as _, Result};
 use crate::{probes::exec::SharedExecs, probes::kvm::KvmTracer};
 
 use super::{
-    AccelChoice, Boot, BootReport, Laps, Phase, PhaseExits, Vm, artefacts, ns, phases,
-    serial::{self, LineSplitter},
+    AccelChoice, Boot, Booted, PhaseExits, artefacts,
+    console::{Console, DONE, FIRST_PRINTK, KERNEL_ENTRY, Marks, kill_reason},
+    serial::LineSplitter,
 };
+use crate::startup::{Laps, Phase, ns, phases};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -111,16 +113,6 @@ pub const WORKLOAD_PHASE: (&str, &str) = (
     "workload",
     "/init runs the workload to its exit (PROFILER_MARK done)",
 );
-
-/// Marks closing phases 0..=6 (the last phase ends at the process's exit); DONE only in a
-/// workload guest.
-const FIRST_BYTE: usize = 0;
-const FIRMWARE_DONE: usize = 1;
-const KERNEL_ENTRY: usize = 2;
-const FIRST_PRINTK: usize = 3;
-const INIT: usize = 4;
-const READY: usize = 5;
-const DONE: usize = 6;
 
 /// KVM probe: the kernel must print its first printk line this soon after its entry...
 const PROBE_AFTER_ENTRY: Duration = Duration::from_secs(3);
@@ -324,69 +316,20 @@ impl Accel {
     }
 }
 
-/// Marker times of one boot, fed line by line.
-#[derive(Default)]
-pub struct Marks {
-    pub at: [Option<Instant>; 7],
-    pub guest: BTreeMap<String, f64>,
-}
-
-impl Marks {
-    fn set(&mut self, i: usize, t: Instant) {
-        // Only in order: a mark after a later one is noise.
-        if self.at[i].is_none() && self.at[i + 1..].iter().all(Option::is_none) {
-            self.at[i] = Some(t);
-        }
-    }
-
-    /// Classifies one console line.
-    pub fn note(&mut self, t: Instant, line: &str) {
-        let printk = serial::printk_time(line);
-        let mark = serial::marker(line);
-        let firmware_done = serial::is_firmware_done(line);
-        if let (Some((secs, rest)), None) = (printk, mark)
-            && rest.starts_with("reboot: Power down")
-        {
-            self.guest.insert("power_down".into(), secs);
-        }
-        if firmware_done {
-            self.set(FIRMWARE_DONE, t);
-        } else if printk.is_none() && mark.is_none() {
-            if self.at[FIRMWARE_DONE].is_some() {
-                self.set(KERNEL_ENTRY, t);
-            } else {
-                self.set(FIRST_BYTE, t);
-            }
-        }
-        match (mark, printk) {
-            (None, Some((secs, _))) => {
-                if self.at[FIRST_PRINTK].is_none() && self.at[INIT].is_none() {
-                    self.guest.insert("first_printk".into(), secs);
-                }
-                self.set(FIRST_PRINTK, t);
-            }
-            (Some(name @ ("init" | "ready" | "done")), p) => {
-                let i = match name {
-                    "init" => INIT,
-                    "ready" => READY,
-                    _ => DONE,
-                };
-                if self.at[i].is_none()
-                    && let Some((secs, _)) = p
-                {
-                    self.guest.insert(name.into(), secs);
-                }
-                self.set(i, t);
-            }
-            _ => {}
-        }
-    }
-}
-
-struct Limits {
+/// How to run one boot.
+struct How {
+    accel: Accel,
     timeout: Duration,
     /// A KVM probe: give up early when the guest stops making progress.
     probe: bool,
+}
+
+/// The tracers a boot reads: KVM's exits (snapshotted at every mark; one boot at a time, as
+/// it sees all VMs) and QEMU's exec and vCPU thread (the VMM's marks).
+#[derive(Clone, Copy, Default)]
+struct Tracers<'a> {
+    exits: Option<&'a KvmTracer>,
+    execs: Option<&'a SharedExecs>,
 }
 
 /// What to boot: the stock guest of `boot --vm qemu`, or a workload's initramfs.
@@ -431,11 +374,12 @@ pub fn run_guest(
     timeout: Duration,
     on_spawn: &mut dyn FnMut(u32),
 ) -> Result<GuestRun> {
-    let limits = Limits {
+    let how = How {
+        accel,
         timeout,
         probe: false,
     };
-    boot(0, guest, accel, &limits, on_spawn, None, None)
+    boot(0, guest, &how, on_spawn, Tracers::default())
 }
 
 /// KVM's exit counters by name, now (see `kvm::report::exit_counts`).
@@ -482,19 +426,8 @@ fn exits_by_phase(
         .collect()
 }
 
-/// Boots one VM to its exit (or kill); errors only when qemu cannot be started.
-/// `exits`: a KVM exit tracer to snapshot at every mark (one boot at a time: it sees all VMs).
-fn boot(
-    index: u32,
-    guest: &Guest,
-    accel: Accel,
-    limits: &Limits,
-    on_spawn: &mut dyn FnMut(u32),
-    exits: Option<&KvmTracer>,
-    execs: Option<&SharedExecs>,
-) -> Result<GuestRun> {
-    let first_exits = exit_snapshot(exits);
-    let mut mark_exits: Vec<Option<BTreeMap<String, u64>>> = vec![None; Marks::default().at.len()];
+/// qemu's command line for `guest` on `accel`.
+fn command(guest: &Guest, accel: Accel) -> Command {
     let append = format!("{APPEND} {}", guest.append);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.name()])
@@ -517,6 +450,22 @@ fn boot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    cmd
+}
+
+/// Boots one VM to its exit (or kill); errors only when qemu cannot be started.
+fn boot(
+    index: u32,
+    guest: &Guest,
+    how: &How,
+    on_spawn: &mut dyn FnMut(u32),
+    tracers: Tracers,
+) -> Result<GuestRun> {
+    let Tracers { exits, execs } = tracers;
+    let accel = how.accel;
+    let first_exits = exit_snapshot(exits);
+    let mut mark_exits: Vec<Option<BTreeMap<String, u64>>> = vec![None; Marks::default().at.len()];
+    let mut cmd = command(guest, accel);
     // The child dies if the thread that spawned it does.
     crate::cleanup::die_with_parent(&mut cmd);
     if crate::cleanup::stop_requested() {
@@ -529,40 +478,23 @@ fn boot(
     // After the readers run: what the caller does here (load a tracer) must not delay the
     // console's time stamps.
     on_spawn(guard.pid as u32);
-    let mut marks = Marks::default();
-    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut console = Console::new(guest.workload);
     let mut stderr_lines: Vec<String> = Vec::new();
-    let mut console: Vec<String> = Vec::new();
     let mut last_output = t0;
     let mut killed: Option<String> = None;
     let mut timed_out = false;
-    let limit = if limits.probe {
-        limits.timeout.min(PROBE_LIMIT)
+    let limit = if how.probe {
+        how.timeout.min(PROBE_LIMIT)
     } else {
-        limits.timeout
-    };
-    let keep = guest.workload;
-    let on_line = |marks: &mut Marks,
-                   tail: &mut VecDeque<String>,
-                   console: &mut Vec<String>,
-                   t: Instant,
-                   l: String| {
-        marks.note(t, &l);
-        if keep {
-            console.push(l.clone());
-        }
-        if tail.len() == 8 {
-            tail.pop_front();
-        }
-        tail.push_back(l);
+        how.timeout
     };
     let exited = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Event::Line(t, l)) => {
                 last_output = last_output.max(t);
-                on_line(&mut marks, &mut tail, &mut console, t, l);
+                console.line(t, l);
                 if first_exits.is_some() {
-                    for (i, m) in marks.at.iter().enumerate() {
+                    for (i, m) in console.marks.at.iter().enumerate() {
                         if m.is_some() && mark_exits[i].is_none() {
                             mark_exits[i] = exit_snapshot(exits);
                         }
@@ -584,25 +516,13 @@ fn boot(
             continue;
         }
         let now = Instant::now();
-        let why = if crate::cleanup::stop_requested() {
-            Some(crate::cleanup::interrupted())
-        } else if now - t0 >= limit {
-            timed_out = true;
-            Some(match marks.at[READY] {
-                None => format!(
-                    "not ready within {:.1} s (raise --timeout)",
-                    limit.as_secs_f64()
-                ),
-                Some(_) if guest.workload && marks.at[DONE].is_none() => format!(
-                    "the workload did not finish within {:.1} s",
-                    limit.as_secs_f64()
-                ),
-                Some(_) => format!(
-                    "ready, but {QEMU} still running after {:.1} s",
-                    limit.as_secs_f64()
-                ),
-            })
-        } else if limits.probe && marks.at[FIRST_PRINTK].is_none() {
+        let marks = &console.marks;
+        let why = if let Some((why, limit_hit)) =
+            kill_reason(now - t0, limit, marks, guest.workload, QEMU)
+        {
+            timed_out = limit_hit;
+            Some(why)
+        } else if how.probe && marks.at[FIRST_PRINTK].is_none() {
             match marks.at[KERNEL_ENTRY] {
                 Some(entry) if now - entry >= PROBE_AFTER_ENTRY => Some(format!(
                     "no kernel log line {:.0} s after the kernel's entry",
@@ -628,13 +548,13 @@ fn boot(
     // closes) once they are read.
     while let Ok(ev) = rx.recv() {
         match ev {
-            Event::Line(t, l) => on_line(&mut marks, &mut tail, &mut console, t, l),
+            Event::Line(t, l) => console.line(t, l),
             Event::Stderr(l) => stderr_lines.push(l),
             Event::Exited(_) => {}
         }
     }
 
-    let ready = marks.at[READY].is_some() && killed.is_none();
+    let ready = console.ready() && killed.is_none();
     let vmm = execs.map(|x| vmm_marks(&x.seen(), guard.pid as u32, t0_mono));
     let names = names(vmm.is_some(), guest.workload);
     let marked = if guest.workload { DONE + 1 } else { DONE };
@@ -642,18 +562,21 @@ fn boot(
         .iter()
         .flatten()
         .copied()
-        .chain(
-            marks.at[..marked]
-                .iter()
-                .map(|m| m.map(|t| t.saturating_duration_since(t0))),
-        )
+        .chain(console.offsets(t0, marked))
         .collect();
     // qemu wrote every console byte before it exited: a line stamped later than the exit
     // only means its reader was scheduled late, so the exit is seen no earlier than it.
-    let last_mark = marks.at.iter().flatten().max().copied().unwrap_or(t0);
+    let last_mark = console
+        .marks
+        .at
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or(t0);
     let end = exited.max(last_mark).saturating_duration_since(t0);
     let mut phases = phases(&names, &offsets, end, ready);
-    fill_guest_clock(&mut phases, &marks.guest);
+    fill_guest_clock(&mut phases, &console.marks.guest);
     let exits_by_phase = match (&first_exits, &last_exits) {
         (Some(first), Some(last)) => {
             // Snapshots are taken at console marks; the VMM's marks come first in `names`.
@@ -687,16 +610,16 @@ fn boot(
         phases,
         total_ns: ns(end),
         ready,
-        console_tail: if ready { Vec::new() } else { tail.into() },
+        console_tail: console.tail(ready),
         error,
         exit_code: status.and_then(|s| s.code()),
-        guest_clock: marks.guest,
+        guest_clock: console.marks.guest,
         exits_by_phase,
         notes: Vec::new(),
     };
     Ok(GuestRun {
         boot,
-        console,
+        console: console.lines,
         timed_out,
     })
 }
@@ -721,95 +644,61 @@ fn fill_guest_clock(phases: &mut [Phase], guest: &BTreeMap<String, f64>) {
 fn boot_many(
     n: u32,
     a: &artefacts::Artefacts,
-    accel: Accel,
-    limits: &Limits,
+    how: &How,
     execs: Option<&SharedExecs>,
 ) -> Result<Vec<Boot>> {
+    let tracers = Tracers { exits: None, execs };
     super::all_at_once(n, |i| {
-        boot(i, &Guest::stock(a), accel, limits, &mut |_| {}, None, execs).map(|r| r.boot)
+        boot(i, &Guest::stock(a), how, &mut |_| {}, tracers).map(|r| r.boot)
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    started: Instant,
-) -> Result<BootReport> {
-    let backend = crate::kernel::kvm_backend();
-    let mut setup = Laps::new(started);
+pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
     let artefacts = artefacts::prepare()?;
-    setup.artefacts(&artefacts);
-    let limits = Limits {
-        timeout,
-        probe: false,
-    };
+    laps.lap(artefacts.lap_name());
     // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
     // BPF), vmm_setup stays whole.
     let execs = SharedExecs::start().ok();
-    setup.lap(if execs.is_some() {
+    laps.lap(if execs.is_some() {
         "exec tracer"
     } else {
         "exec tracer (failed)"
     });
     let (accel, reason, probe) = choose(choice, &artefacts, timeout, execs.as_ref())?;
-    if probe.is_some() {
-        setup.lap("kvm probe");
-    }
-    // One VM on KVM: the probe was the boot; more: they start together, after it.
+    // One VM on KVM: the probe was the boot (the instances' span); more: they start together,
+    // after it.
     let (kvm_probe, reused) = match probe {
         Some(p) if p.ready && count == 1 => (None, Some(p)),
         p => (p, None),
     };
+    if kvm_probe.is_some() {
+        laps.lap("kvm probe");
+    }
     let stopped = crate::cleanup::stop_requested();
-    let boots_start = Instant::now();
-    let reused_one = reused.is_some();
+    let how = How {
+        accel,
+        timeout,
+        probe: false,
+    };
     let boots = match reused {
         Some(b) => vec![b],
         None if stopped => Vec::new(),
         // One VM on KVM: its exits per phase (the tracer is loaded before the boot's clock).
         None if count == 1 && accel == Accel::Kvm => {
             let tracer = exit_tracer();
-            let b = boot(
-                0,
-                &Guest::stock(&artefacts),
-                accel,
-                &limits,
-                &mut |_| {},
-                tracer.as_ref(),
-                execs.as_ref(),
-            )?;
+            let tracers = Tracers {
+                exits: tracer.as_ref(),
+                execs: execs.as_ref(),
+            };
+            let b = boot(0, &Guest::stock(&artefacts), &how, &mut |_| {}, tracers)?;
             vec![b.boot]
         }
-        None => boot_many(count, &artefacts, accel, &limits, execs.as_ref())?,
+        None => boot_many(count, &artefacts, &how, execs.as_ref())?,
     };
-    let boots_wall_ns = match (reused_one, boots.first()) {
-        (true, Some(b)) => b.total_ns,
-        _ => ns(boots_start.elapsed()),
-    };
-    let mut report = BootReport {
-        vm: Vm::Qemu,
-        count,
-        accelerator: accel.name().into(),
-        accelerator_reason: reason,
-        kvm_backend: backend,
-        setup: setup.phases,
-        kvm_probe,
-        boots,
-        summary: Vec::new(),
-        boots_wall_ns,
-        wall_ns: 0,
-        artefacts: Some(artefacts),
-        ok: false,
-        error: None,
-    };
-    if stopped && report.boots.is_empty() {
-        report.error = Some(format!(
-            "{} before the boots",
-            crate::cleanup::interrupted()
-        ));
-    }
-    Ok(report)
+    let error = (stopped && boots.is_empty())
+        .then(|| format!("{} before the boots", crate::cleanup::interrupted()));
+    let booted = Booted::vm(laps, execs, (accel, reason), kvm_probe, boots, artefacts);
+    Ok(Booted { error, ..booted })
 }
 
 /// The accelerator `choice` asks for; under `auto`, KVM when a stock guest boots on it in a
@@ -829,21 +718,17 @@ pub fn choose(
             (Accel::Tcg, "/dev/kvm is absent".to_string(), None)
         }
         AccelChoice::Auto => {
-            let limits = Limits {
+            let how = How {
+                accel: Accel::Kvm,
                 timeout,
                 probe: true,
             };
             let tracer = exit_tracer();
-            let probe = boot(
-                0,
-                &Guest::stock(a),
-                Accel::Kvm,
-                &limits,
-                &mut |_| {},
-                tracer.as_ref(),
+            let tracers = Tracers {
+                exits: tracer.as_ref(),
                 execs,
-            )?
-            .boot;
+            };
+            let probe = boot(0, &Guest::stock(a), &how, &mut |_| {}, tracers)?.boot;
             if probe.ready {
                 let why = format!(
                     "a stock guest booted on KVM ({}) in the probe",
@@ -875,6 +760,7 @@ fn backend_name(b: crate::kernel::KvmBackend) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::console::READY;
 
     const CONSOLE: &[&str] = &[
         "SeaBIOS (version 1.16.2-debian-1.16.2-1)",

@@ -24,11 +24,14 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::lab::{self, Lab, Mode, plan::PREFIX};
+use crate::{
+    lab::{self, Lab, Mode, plan::PREFIX},
+    startup::{Laps, ns},
+};
 
 pub use cgroup::{leftovers as cgroup_leftovers, root as cgroup_root};
 pub use payload::payload_main;
-pub use report::{ContainerBootReport, PhaseStats, Startup, print};
+pub use report::{ContainerBootReport, Startup, print};
 
 /// The hidden subcommand main.rs dispatches to [`payload_main`].
 pub const PAYLOAD_COMMAND: &str = "__container-payload";
@@ -139,18 +142,24 @@ impl ContainerBootArgs {
 
 /// Builds the lab, starts `count` containers at once, tears everything down, reports.
 pub fn run(args: &ContainerBootArgs) -> Result<ContainerBootReport> {
+    run_from(args, Laps::new(Instant::now()))
+}
+
+/// [`run`] on a clock that started earlier (`boot`'s CLI: at the process's start).
+pub fn run_from(args: &ContainerBootArgs, mut laps: Laps) -> Result<ContainerBootReport> {
     if args.count == 0 || args.count > MAX_COUNT {
         bail!("--count must be 1 to {MAX_COUNT}, not {}", args.count);
     }
     crate::cleanup::set_interruptible();
     let host = Host::prepare(args)?;
-    let startups = host.start_all(args.count)?;
-    let report = ContainerBootReport::new(&host, startups);
+    laps.lap("lab and cgroups");
+    let startups = host.start_all(args.count, &mut laps)?;
+    laps.lap("containers removed");
+    let info = report::HostInfo::of(&host);
     drop(host);
-    if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
+    laps.lap("lab removed");
+    let report = ContainerBootReport::new(info, startups, laps.finish());
+    crate::boot::write_json(args.json.as_deref(), &report)?;
     Ok(report)
 }
 
@@ -281,7 +290,8 @@ impl Host {
     }
 
     /// Starts `count` containers at once, one thread each; all are torn down before returning.
-    fn start_all(&self, count: usize) -> Result<Vec<Startup>> {
+    /// The instances' span on `laps` ends when the last container is ready, before teardown.
+    fn start_all(&self, count: usize, laps: &mut Laps) -> Result<Vec<Startup>> {
         let barrier = Gate::new(count);
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| -> Result<Vec<Startup>> {
@@ -317,6 +327,7 @@ impl Host {
             }
             drop(tx);
             let mut results: Vec<(usize, Result<Startup>)> = rx.iter().collect();
+            laps.instances();
             drop(releases);
             if let Some(e) = failed {
                 return Err(e);
@@ -506,6 +517,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Clone,
+        Phase::Cgroup,
+        Phase::Netns,
+        Phase::Veth,
+        Phase::Bridge,
+        Phase::Addr,
+        Phase::Exec,
+        Phase::Ready,
+        Phase::ExecReady,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Clone => "clone",
@@ -621,10 +644,6 @@ fn phases(start: Instant, marks: &[(Phase, Instant)]) -> Vec<PhaseTime> {
             p
         })
         .collect()
-}
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub use crate::kernel::monotonic_ns as mono_ns;

@@ -1,10 +1,12 @@
 //! The boot report: per phase the distribution over containers, and each container's phases.
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{Clock, Host, NetMode, Phase, PhaseTime};
-use crate::hist::fmt_ns;
+use crate::{
+    hist::fmt_ns,
+    startup::{Instance, PhaseStats, Wall, summary},
+};
 
 /// One container's start-up.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -29,56 +31,13 @@ impl Startup {
     }
 }
 
-/// One phase's distribution over the containers (`total`: spawn to ready).
-#[derive(Clone, Debug, Serialize)]
-pub struct PhaseStats {
-    pub name: String,
-    pub what: String,
-    pub clock: Option<Clock>,
-    pub count: u64,
-    pub min_ns: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub max_ns: u64,
-    pub mean_ns: u64,
-}
+impl Instance for Startup {
+    fn complete_phases(&self) -> Vec<(&str, u64)> {
+        self.phases.iter().map(|p| (p.name, p.ns)).collect()
+    }
 
-impl PhaseStats {
-    /// min and max exact; p50 and p90 from an HDR histogram (3 significant digits).
-    pub fn of(name: &str, what: &str, clock: Option<Clock>, values: &[u64]) -> PhaseStats {
-        // Up to an hour; longer start-ups saturate (min and max stay exact).
-        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
-            .expect("constant bounds are valid");
-        for &v in values {
-            h.saturating_record(v);
-        }
-        let (min, max) = (
-            values.iter().copied().min().unwrap_or(0),
-            values.iter().copied().max().unwrap_or(0),
-        );
-        // Kept within the exact extremes, which a bucket's midpoint can overshoot.
-        let q = |q: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.median_equivalent(h.value_at_quantile(q)).clamp(min, max)
-            }
-        };
-        let mean = match values.len() {
-            0 => 0,
-            n => (values.iter().map(|&v| v as u128).sum::<u128>() / n as u128) as u64,
-        };
-        PhaseStats {
-            name: name.to_string(),
-            what: what.to_string(),
-            clock,
-            count: values.len() as u64,
-            min_ns: min,
-            p50_ns: q(0.5),
-            p90_ns: q(0.9),
-            max_ns: max,
-            mean_ns: mean,
-        }
+    fn ready_total_ns(&self) -> Option<u64> {
+        Some(self.total_ns)
     }
 }
 
@@ -93,50 +52,81 @@ pub struct ContainerBootReport {
     pub payload: Vec<String>,
     /// Which clock each phase boundary comes from.
     pub clocks: &'static str,
-    pub phases: Vec<PhaseStats>,
-    pub total: PhaseStats,
+    /// setup (the process's start, the lab, cgroups), the containers, teardown: the whole run.
+    #[serde(flatten)]
+    pub wall: Wall,
+    /// Per phase (in phase order) over the containers, then `total` (spawn to ready).
+    pub summary: Vec<PhaseStats>,
     pub containers: Vec<Startup>,
 }
 
 pub const CLOCKS: &str = "phase ends are the parent's Instant (CLOCK_MONOTONIC), except the end \
     of exec: the payload's own CLOCK_MONOTONIC at main() entry";
 
-impl ContainerBootReport {
-    pub(super) fn new(host: &Host, containers: Vec<Startup>) -> Self {
-        let (phases, total) = distributions(&containers);
-        ContainerBootReport {
-            runtime: "native",
+/// What the report says of the host, read before it is torn down.
+pub(super) struct HostInfo {
+    pub net: NetMode,
+    pub lab: String,
+    pub cgroup_root: String,
+    pub payload: Vec<String>,
+}
+
+impl HostInfo {
+    pub(super) fn of(host: &Host) -> Self {
+        Self {
             net: host.net(),
-            count: containers.len(),
             lab: host.lab_id().to_string(),
             cgroup_root: host.cgroup_root().display().to_string(),
             payload: host.payload().to_vec(),
-            clocks: CLOCKS,
-            phases,
-            total,
-            containers,
         }
     }
 }
 
-/// Per phase (in phase order, those any container has) and for the totals.
-pub fn distributions(containers: &[Startup]) -> (Vec<PhaseStats>, PhaseStats) {
-    let mut seen: Vec<Phase> = containers
+impl ContainerBootReport {
+    pub(super) fn new(host: HostInfo, containers: Vec<Startup>, wall: Wall) -> Self {
+        ContainerBootReport {
+            runtime: "native",
+            net: host.net,
+            count: containers.len(),
+            lab: host.lab,
+            cgroup_root: host.cgroup_root,
+            payload: host.payload,
+            clocks: CLOCKS,
+            wall,
+            summary: summary(&containers, what),
+            containers,
+        }
+    }
+
+    /// The per-phase rows, without `total`.
+    pub fn phases(&self) -> &[PhaseStats] {
+        let n = self.summary.len();
+        &self.summary[..n.saturating_sub(1)]
+    }
+
+    pub fn total(&self) -> Option<&PhaseStats> {
+        self.summary.last().filter(|s| s.name == "total")
+    }
+}
+
+/// What a phase (or `total`) stands for.
+fn what(name: &str) -> String {
+    match Phase::ALL.iter().find(|p| p.name() == name) {
+        Some(p) => p.what().to_string(),
+        None => "spawn to ready".to_string(),
+    }
+}
+
+fn clock_of(name: &str) -> &'static str {
+    match Phase::ALL
         .iter()
-        .flat_map(|c| c.phases.iter().map(|p| p.phase))
-        .collect();
-    seen.sort();
-    seen.dedup();
-    let phases = seen
-        .into_iter()
-        .map(|p| {
-            let v: Vec<u64> = containers.iter().filter_map(|c| c.phase(p)).collect();
-            PhaseStats::of(p.name(), p.what(), Some(p.clock()), &v)
-        })
-        .collect();
-    let totals: Vec<u64> = containers.iter().map(|c| c.total_ns).collect();
-    let total = PhaseStats::of("total", "spawn to ready", None, &totals);
-    (phases, total)
+        .find(|p| p.name() == name)
+        .map(|p| p.clock())
+    {
+        Some(Clock::Parent) => "parent",
+        Some(Clock::Payload) => "payload",
+        None => "",
+    }
 }
 
 pub fn print(r: &ContainerBootReport) {
@@ -153,12 +143,8 @@ pub fn print(r: &ContainerBootReport) {
         "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} what",
         "phase", "min", "p50", "p90", "max", "clock"
     );
-    for s in r.phases.iter().chain(std::iter::once(&r.total)) {
-        let clock = match s.clock {
-            Some(Clock::Parent) => "parent",
-            Some(Clock::Payload) => "payload",
-            None => "",
-        };
+    for s in &r.summary {
+        let clock = clock_of(&s.name);
         println!(
             "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} {}",
             s.name,
@@ -172,7 +158,7 @@ pub fn print(r: &ContainerBootReport) {
     }
     println!("  ({})", r.clocks);
     println!();
-    let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = r.phases().iter().map(|p| p.name.as_str()).collect();
     print!("  {:<10}", "container");
     for n in &names {
         print!("{n:>11}");
@@ -180,7 +166,7 @@ pub fn print(r: &ContainerBootReport) {
     println!("{:>11}", "total");
     for c in &r.containers {
         print!("  {:<10}", format!("k{}", c.index));
-        for p in &r.phases {
+        for p in r.phases() {
             let v = c
                 .phases
                 .iter()
@@ -191,4 +177,15 @@ pub fn print(r: &ContainerBootReport) {
         }
         println!("{:>11}", f(c.total_ns));
     }
+    crate::boot::print_laps("setup", &r.wall.setup);
+    println!(
+        "  {} containers together (first spawn to last ready): {}",
+        r.count,
+        f(r.wall.instances_wall_ns)
+    );
+    crate::boot::print_laps("teardown", &r.wall.teardown);
+    println!(
+        "  whole run (setup + containers + teardown): {}",
+        f(r.wall.wall_ns)
+    );
 }

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Anchor, Clock, Phase, phases,
-    report::{PhaseStats, Startup, distributions},
+    report::Startup,
     spawn::{Status, parse_entry, parse_status},
 };
 
@@ -86,9 +86,10 @@ fn distributions_per_phase_and_total() {
             )
         })
         .collect();
-    let (phases, total) = distributions(&cs);
-    let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["clone", "exec", "ready"]);
+    let s = crate::startup::summary(&cs, |_| String::new());
+    let names: Vec<&str> = s.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["clone", "exec", "ready", "total"]);
+    let (phases, total) = (&s[..3], &s[3]);
     let clone = &phases[0];
     assert_eq!(clone.count, 10);
     assert_eq!(clone.min_ns, 1_000_000);
@@ -111,7 +112,7 @@ fn distributions_per_phase_and_total() {
 
 #[test]
 fn empty_distribution_is_zero() {
-    let s = PhaseStats::of("x", "", None, &[]);
+    let s = crate::startup::PhaseStats::of("x", "", &[]);
     assert_eq!((s.count, s.min_ns, s.p50_ns, s.max_ns), (0, 0, 0, 0));
 }
 

@@ -69,20 +69,6 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The payload listens here; ready = its first HTTP answer.
 pub const PORT: u16 = 8080;
 
-/// The shared libraries a dynamically linked program needs, as `ldd` resolves them.
-fn libraries(exe: &str) -> Result<Vec<String>> {
-    let out = crate::cleanup::die_with_parent(&mut std::process::Command::new("ldd"))
-        .arg(exe)
-        .output()
-        .context("running ldd (glibc's libc-bin)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(str::to_string)
-        .collect())
-}
-
 /// Adds `path` (absolute) to the archive with every parent directory.
 fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Result<()> {
     let rel = path.trim_start_matches('/');
@@ -115,10 +101,10 @@ pub fn rootfs_with(exe: &str) -> Result<Vec<u8>> {
     let mut t = Tar::new();
     let mut dirs = vec![];
     add_path(&mut t, &mut dirs, BUSYBOX, 0o755)?;
-    for lib in libraries(exe)? {
-        add_path(&mut t, &mut dirs, &lib, 0o755)?;
-    }
     let data = std::fs::read(exe).with_context(|| format!("reading {exe}"))?;
+    for lib in crate::boot::artefacts::libraries(std::path::Path::new(exe), &data)? {
+        add_path(&mut t, &mut dirs, &lib.to_string_lossy(), 0o755)?;
+    }
     t.file("profiler", 0o755, &data)?;
     t.dir("tmp")?;
     Ok(t.finish())

@@ -23,8 +23,9 @@ use serde::Serialize;
 
 use crate::{
     cleanup::Owner,
-    hist::{Summary, fmt_ns},
+    hist::fmt_ns,
     probes::exec::{ExecTracer, monotonic_ns},
+    startup::{Instance, Laps, Phase, PhaseStats, Wall, summary},
 };
 
 pub const SOCKET: &str = "/var/run/docker.sock";
@@ -41,6 +42,20 @@ pub async fn connect() -> Result<Docker> {
     d.negotiate_version()
         .await
         .with_context(|| format!("Docker at {SOCKET} does not answer"))
+}
+
+/// The current-thread runtime each call into the daemon runs on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The daemon, with what killed runs left removed first.
+async fn connect_reaped() -> Result<Docker> {
+    let d = connect().await?;
+    reap_stale(&d).await?;
+    Ok(d)
 }
 
 fn labels() -> HashMap<String, String> {
@@ -137,10 +152,20 @@ pub struct DockerBootArgs {
 #[derive(Debug, Serialize, Clone)]
 pub struct DockerBoot {
     pub name: String,
-    /// (phase, duration ns): create, start, running, ready.
-    pub phases: Vec<(&'static str, u64)>,
+    /// create, start, running, ready.
+    pub phases: Vec<Phase>,
     pub total_ns: u64,
     pub ready_by: &'static str,
+}
+
+impl Instance for DockerBoot {
+    fn complete_phases(&self) -> Vec<(&str, u64)> {
+        self.phases.complete_phases()
+    }
+
+    fn ready_total_ns(&self) -> Option<u64> {
+        Some(self.total_ns)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -148,32 +173,61 @@ pub struct DockerBootReport {
     pub image: String,
     pub network: String,
     pub boots: Vec<DockerBoot>,
-    /// Before the first create: connecting, reaping leftovers, importing the payload image.
-    pub setup_ns: u64,
-    /// After the last ready: removing the containers and the image.
-    pub teardown_ns: u64,
+    /// setup (connecting, reaping leftovers, importing the payload image), the containers,
+    /// teardown (removing the containers and the image): the whole run.
+    #[serde(flatten)]
+    pub wall: Wall,
     /// Execs the kernel saw while the containers started (all of them, in order): offset ns
     /// from the first create request, and the program (`exe` is dockerd re-executing itself
     /// to set up namespaces).
     pub kernel: Vec<(u64, String)>,
-    /// Per phase, across boots.
-    pub distribution: Vec<(&'static str, Summary)>,
+    /// Per phase across boots, then `total`.
+    pub summary: Vec<PhaseStats>,
+}
+
+/// What each phase stands for.
+pub const PHASES: [(&str, &str); 4] = [
+    ("create", "the create request to its answer"),
+    ("start", "the start request to its answer"),
+    (
+        "running",
+        "to the first inspect that shows it running with a pid",
+    ),
+    (
+        "ready",
+        "to the first HTTP answer from the container's address",
+    ),
+];
+
+fn what(name: &str) -> String {
+    PHASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("create request to ready", |(_, w)| *w)
+        .to_string()
 }
 
 /// Starts `count` containers at once and times each start-up.
 pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<DockerBootReport> {
+    boot_from(args, count, timeout, Laps::new(std::time::Instant::now()))
+}
+
+/// [`boot`] on a clock that started earlier (`boot`'s CLI: at the process's start).
+pub fn boot_from(
+    args: &DockerBootArgs,
+    count: usize,
+    timeout: Duration,
+    mut laps: Laps,
+) -> Result<DockerBootReport> {
     crate::kernel::require_root("profiler boot --container docker")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let t_setup = monotonic_ns();
-        let d = connect().await?;
-        reap_stale(&d).await?;
+    runtime()?.block_on(async {
+        let d = connect_reaped().await?;
+        laps.lap("connect, reap");
         let built = match &args.image {
             Some(i) => (i.clone(), false),
             None => (build_image(&d).await?, true),
         };
+        laps.lap(if built.1 { "image import" } else { "image" });
         let key = format!("docker-{}", std::process::id());
         let (names, image) = (
             (0..count)
@@ -182,10 +236,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             built.clone(),
         );
         crate::cleanup::on_signal(&key, move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = runtime() else {
                 return;
             };
             rt.block_on(async {
@@ -206,7 +257,7 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             });
         });
         let mut execs = ExecTracer::start().ok();
-        let setup_ns = monotonic_ns() - t_setup;
+        laps.lap("exec tracer");
         let names: Vec<String> = (0..count)
             .map(|n| format!("profiler-{}-{n}", std::process::id()))
             .collect();
@@ -216,10 +267,11 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
                 .map(|name| boot_one(&d, name, &built.0, &args.network, timeout)),
         )
         .await;
-        let t_teardown = monotonic_ns();
+        laps.instances();
         for name in &names {
             remove_container(&d, name).await;
         }
+        laps.lap("containers removed");
         if built.1 {
             let _ = d
                 .remove_image(
@@ -228,13 +280,15 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
                     None,
                 )
                 .await;
+            laps.lap("image removed");
         }
         let seen = match execs.as_mut() {
             Some(t) => t.drain().unwrap_or_default(),
             None => vec![],
         };
+        drop(execs);
         crate::cleanup::forget(&key);
-        let teardown_ns = monotonic_ns() - t_teardown;
+        laps.lap("exec tracer closed");
         let mut boots = vec![];
         let (mut first, mut last) = (u64::MAX, 0);
         for r in runs {
@@ -259,26 +313,13 @@ pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<Do
             })
             .map(|e| (e.ts - first, e.comm.clone()))
             .collect();
-        let distribution = ["create", "start", "running", "ready"]
-            .iter()
-            .map(|p| {
-                let mut h = crate::hist::empty();
-                for b in &boots {
-                    if let Some((_, ns)) = b.phases.iter().find(|(n, _)| n == p) {
-                        let _ = h.record((*ns).max(1));
-                    }
-                }
-                (*p, Summary::of(&h))
-            })
-            .collect();
         Ok(DockerBootReport {
             image: built.0,
             network: args.network.clone(),
+            summary: summary(&boots, what),
             boots,
-            setup_ns,
-            teardown_ns,
+            wall: laps.finish(),
             kernel,
-            distribution,
         })
     })
 }
@@ -356,10 +397,10 @@ async fn boot_one(
         DockerBoot {
             name: name.to_string(),
             phases: vec![
-                ("create", t_create - t0),
-                ("start", t_start - t_create),
-                ("running", t_running - t_start),
-                ("ready", t_ready - t_running),
+                Phase::new("create", t_create - t0),
+                Phase::new("start", t_start - t_create),
+                Phase::new("running", t_running - t_start),
+                Phase::new("ready", t_ready - t_running),
             ],
             total_ns: t_ready - t0,
             ready_by,
@@ -400,7 +441,7 @@ pub fn print(r: &DockerBootReport) {
         let phases: Vec<String> = b
             .phases
             .iter()
-            .map(|(n, ns)| format!("{n} {}", fmt_ns(*ns as f64)))
+            .map(|p| format!("{} {}", p.name, fmt_ns(p.ns as f64)))
             .collect();
         println!(
             "  {:<24} total {:>9}: {}",
@@ -422,33 +463,29 @@ pub fn print(r: &DockerBootReport) {
             "  {:<10} {:>9} {:>9} {:>9} {:>9}",
             "phase", "min", "p50", "p90", "max"
         );
-        for (p, s) in &r.distribution {
-            println!(
-                "  {:<10} {:>9} {:>9} {:>9} {:>9}",
-                p,
-                fmt_ns(s.min as f64),
-                fmt_ns(s.p50 as f64),
-                fmt_ns(s.p90 as f64),
-                fmt_ns(s.max as f64)
-            );
+        for s in &r.summary {
+            let cols = [s.min_ns, s.p50_ns, s.p90_ns, s.max_ns].map(|v| v as f64);
+            println!("  {:<10} {}", s.name, crate::hist::columns(&cols));
         }
     }
     if let Some(b) = r.boots.first() {
         println!("  ready = {}", b.ready_by);
     }
+    crate::boot::print_laps("setup", &r.wall.setup);
     println!(
-        "  around them: setup (connect, reap, image import) {}, teardown {}",
-        fmt_ns(r.setup_ns as f64),
-        fmt_ns(r.teardown_ns as f64)
+        "  containers together (first create to last ready): {}",
+        fmt_ns(r.wall.instances_wall_ns as f64)
+    );
+    crate::boot::print_laps("teardown", &r.wall.teardown);
+    println!(
+        "  whole run (setup + containers + teardown): {}",
+        fmt_ns(r.wall.wall_ns as f64)
     );
 }
 
 /// Network namespace inode -> container name, for naming namespaces in traces.
 pub fn netns_names() -> HashMap<u64, String> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = runtime() else {
         return HashMap::new();
     };
     rt.block_on(async {
@@ -488,19 +525,19 @@ pub struct ContainerRun {
 
 /// Runs this very binary with `args` in a Docker container (an image of it and its libraries,
 /// built here and removed after), and returns what it printed.
+/// The run's laps: connecting and the image's import, the container's run, its removal.
 pub fn run_self(
     args: &[String],
     timeout: Duration,
     on_start: &mut dyn FnMut(u32),
+    laps: &mut Laps,
 ) -> Result<ContainerRun> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let d = connect().await?;
-        reap_stale(&d).await?;
+    runtime()?.block_on(async {
+        let d = connect_reaped().await?;
+        laps.lap("connect, reap");
         let tag = format!("{}-self", std::process::id());
         let image = import(&d, image::rootfs_with_self()?, &tag).await?;
+        laps.lap("image import");
         let name = format!(
             "profiler-{}-run-{}",
             std::process::id(),
@@ -517,6 +554,7 @@ pub fn run_self(
                 .output();
         });
         let result = run_container(&d, &name, &image, args, timeout, on_start).await;
+        laps.instances();
         remove_container(&d, &name).await;
         let _ = d
             .remove_image(
@@ -526,6 +564,7 @@ pub fn run_self(
             )
             .await;
         crate::cleanup::forget(&key);
+        laps.lap("container and image removed");
         result
     })
 }

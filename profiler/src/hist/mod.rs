@@ -150,6 +150,40 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Of exact samples (start-up phases, up to an hour): min, max and mean exact, quantiles
+    /// from a 3-digit HDR histogram, each a bucket's midpoint kept within the exact min and max.
+    pub fn of_samples(values: &[u64]) -> Summary {
+        let (Some(&min), Some(&max)) = (values.iter().min(), values.iter().max()) else {
+            return Summary::default();
+        };
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+            .expect("constant bounds are valid");
+        for &v in values {
+            h.saturating_record(v);
+        }
+        let q = |q: f64| h.median_equivalent(h.value_at_quantile(q)).clamp(min, max);
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        Summary {
+            count: values.len() as u64,
+            min,
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p99_9: q(0.999),
+            max,
+            mean,
+            stddev: var.sqrt(),
+        }
+    }
+}
+
 /// A duration in ns as ns, µs, ms or s with 3 significant digits: `"999 ns"`, `"1.23 µs"`,
 /// `"45.6 ms"`, `"2.00 s"`.
 pub fn fmt_ns(ns: f64) -> String {
@@ -174,6 +208,12 @@ pub fn fmt_ns(ns: f64) -> String {
     let u = v / div;
     let decimals = (2 - u.log10().floor() as i32).max(0) as usize;
     format!("{sign}{u:.decimals$} {unit}")
+}
+
+/// Durations in ns as a table's columns: each [`fmt_ns`] right-aligned to 9, one space apart.
+pub fn columns(ns: &[f64]) -> String {
+    let cols: Vec<String> = ns.iter().map(|&v| format!("{:>9}", fmt_ns(v))).collect();
+    cols.join(" ")
 }
 
 #[cfg(test)]
@@ -290,6 +330,22 @@ mod tests {
     #[test]
     fn empty_summary_is_zero() {
         assert_eq!(Summary::of(&empty()), Summary::default());
+        assert_eq!(Summary::of_samples(&[]), Summary::default());
+    }
+
+    #[test]
+    fn samples_keep_exact_extremes() {
+        let s = Summary::of_samples(&[1_234_567, 2_000_000_001, 7]);
+        assert_eq!((s.count, s.min, s.max), (3, 7, 2_000_000_001));
+        assert!(s.p50.abs_diff(1_234_567) <= 1_234_567 / 1000, "{}", s.p50);
+        assert_eq!(s.p99, 2_000_000_001);
+        assert_eq!(s.mean, (1_234_567.0 + 2_000_000_001.0 + 7.0) / 3.0);
+    }
+
+    #[test]
+    fn columns_are_nine_wide() {
+        assert_eq!(columns(&[1_234.0, 2e9]), "  1.23 µs    2.00 s");
+        assert_eq!(columns(&[]), "");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// Guest code lives here (guest physical); the data segment points at unbacked memory.
 pub(crate) const CODE_ADDR: u64 = 0x1000;
@@ -79,31 +79,13 @@ pub fn run(workload: Workload, count: u32) -> Result<RunReport> {
     if count == 0 {
         bail!("--count must be at least 1");
     }
-    let kvm = Kvm::new().context("opening /dev/kvm (is KVM available and are you root?)")?;
+    // Declared before the VM so that, on every path, the VM goes first and the RAM after it.
+    let mem: GuestMemory;
+    let kvm = open()?;
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
-    let mem = GuestMemory::new(MEM_SIZE)?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem.ptr as u64,
-        flags: 0,
-    };
-    // SAFETY: the mapping outlives the VM (dropped after it, below) and is MEM_SIZE bytes.
-    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
-    mem.write(CODE_ADDR as usize, &guest_code(workload, count))?;
-
-    let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
-    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    sregs.ds.base = MMIO_ADDR;
-    sregs.ds.selector = (MMIO_ADDR >> 4) as u16;
-    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
-    let mut regs = vcpu.get_regs().context("KVM_GET_REGS")?;
-    regs.rip = CODE_ADDR;
-    regs.rflags = 2;
-    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    // SAFETY: `mem` is declared before `vm`, so it is dropped after it.
+    mem = unsafe { guest_ram(&vm, &guest_code(workload, count)) }?;
+    let mut vcpu = real_mode_vcpu(&vm, Some(MMIO_ADDR))?;
 
     let mut report = RunReport::default();
     let start = Instant::now();
@@ -119,11 +101,9 @@ pub fn run(workload: Workload, count: u32) -> Result<RunReport> {
             VcpuExit::IoOut(..) => report.pio_exits += 1,
             VcpuExit::MmioWrite(..) | VcpuExit::MmioRead(..) => report.mmio_exits += 1,
             VcpuExit::Hlt => report.hlt_exits += 1,
-            VcpuExit::FailEntry(reason, cpu) => {
-                bail!("KVM could not enter the guest (reason {reason:#x} on cpu {cpu})")
+            e @ (VcpuExit::FailEntry(..) | VcpuExit::InternalError | VcpuExit::Shutdown) => {
+                return Err(failed(&e));
             }
-            VcpuExit::InternalError => bail!("KVM internal error running the micro-VM"),
-            VcpuExit::Shutdown => bail!("the micro-VM shut down (triple fault)"),
             _ => report.other_exits += 1,
         }
         if report.other_exits > 1000 {
@@ -133,7 +113,61 @@ pub fn run(workload: Workload, count: u32) -> Result<RunReport> {
     report.wall = start.elapsed();
     drop(vcpu);
     drop(vm);
+    drop(mem);
     Ok(report)
+}
+
+pub(crate) fn open() -> Result<Kvm> {
+    Kvm::new().context("opening /dev/kvm (is KVM available and are you root?)")
+}
+
+/// Guest RAM of [`MEM_SIZE`] with `code` at [`CODE_ADDR`], registered as `vm`'s slot 0.
+///
+/// # Safety
+/// The caller drops `vm` before the returned memory.
+pub(crate) unsafe fn guest_ram(vm: &VmFd, code: &[u8]) -> Result<GuestMemory> {
+    let mem = GuestMemory::new(MEM_SIZE)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.ptr as u64,
+        flags: 0,
+    };
+    // SAFETY: MEM_SIZE bytes, and the caller keeps them mapped while the VM lives.
+    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
+    mem.write(CODE_ADDR as usize, code)?;
+    Ok(mem)
+}
+
+/// vCPU 0 in real mode at [`CODE_ADDR`]; `ds`, the data segment's base when the guest stores.
+pub(crate) fn real_mode_vcpu(vm: &VmFd, ds: Option<u64>) -> Result<VcpuFd> {
+    let vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
+    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    if let Some(base) = ds {
+        sregs.ds.base = base;
+        sregs.ds.selector = (base >> 4) as u16;
+    }
+    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    let mut regs = vcpu.get_regs().context("KVM_GET_REGS")?;
+    regs.rip = CODE_ADDR;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    Ok(vcpu)
+}
+
+/// The error for an exit that ends a micro-VM (it could not enter, or it broke).
+pub(crate) fn failed(exit: &VcpuExit) -> anyhow::Error {
+    match exit {
+        VcpuExit::FailEntry(reason, cpu) => {
+            anyhow::anyhow!("KVM could not enter the guest (reason {reason:#x} on cpu {cpu})")
+        }
+        VcpuExit::InternalError => anyhow::anyhow!("KVM internal error running the micro-VM"),
+        VcpuExit::Shutdown => anyhow::anyhow!("the micro-VM shut down (triple fault)"),
+        other => anyhow::anyhow!("the micro-VM exited unexpectedly: {other:?}"),
+    }
 }
 
 /// Anonymous memory handed to KVM as guest RAM.

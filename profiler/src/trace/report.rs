@@ -227,16 +227,12 @@ pub fn without_tracer(r: &mut NetReport, per_hook_ns: f64) {
 
 fn print_row(r: &Row) {
     let s = &r.summary;
+    let q = [s.p50, s.p90, s.p99, s.p99_9, s.max].map(|v| v as f64);
     println!(
-        "  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6.1}%{}",
+        "  {:<44} {:>8} {} {:>6.1}%{}",
         r.layer,
         s.count,
-        fmt_ns(s.p50 as f64),
-        fmt_ns(s.p90 as f64),
-        fmt_ns(s.p99 as f64),
-        fmt_ns(s.p99_9 as f64),
-        fmt_ns(s.max as f64),
-        fmt_ns(s.mean),
+        crate::hist::columns(&[q[0], q[1], q[2], q[3], q[4], s.mean]),
         r.share * 100.0,
         if r.crossings > 1 {
             format!(" (x{})", r.crossings)

@@ -141,22 +141,14 @@ fn data_err(e: io::Error, what: &str) -> anyhow::Error {
     }
 }
 
-fn tcp_stream(s: &TcpStream, opts: &Options) -> Result<Measured> {
-    let mut s = s;
-    let buf = vec![0u8; opts.send_size];
+/// Calls `op` back to back for the test's duration, recording the time of each call.
+fn each_call(opts: &Options, mut op: impl FnMut(&mut Measured) -> Result<()>) -> Result<Measured> {
     let mut m = Measured::new(histogram());
     let start = Instant::now();
     let deadline = start + opts.duration;
     let mut t0 = start;
     loop {
-        match s.write(&buf) {
-            Ok(k) => {
-                m.bytes_tx += k as u64;
-                m.msgs_tx += 1;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(data_err(e, "sending")),
-        }
+        op(&mut m)?;
         let t = Instant::now();
         m.hist.saturating_record(sock::nanos(t - t0));
         t0 = t;
@@ -165,6 +157,23 @@ fn tcp_stream(s: &TcpStream, opts: &Options) -> Result<Measured> {
         }
     }
     m.elapsed = t0 - start;
+    Ok(m)
+}
+
+fn tcp_stream(s: &TcpStream, opts: &Options) -> Result<Measured> {
+    let mut s = s;
+    let buf = vec![0u8; opts.send_size];
+    let m = each_call(opts, |m| {
+        match s.write(&buf) {
+            Ok(k) => {
+                m.bytes_tx += k as u64;
+                m.msgs_tx += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(data_err(e, "sending")),
+        }
+        Ok(())
+    })?;
     // The server counts to EOF.
     let _ = s.shutdown(Shutdown::Write);
     Ok(m)
@@ -173,11 +182,8 @@ fn tcp_stream(s: &TcpStream, opts: &Options) -> Result<Measured> {
 fn tcp_maerts(s: &TcpStream, opts: &Options) -> Result<Measured> {
     let mut s = s;
     let mut buf = vec![0u8; opts.send_size.max(super::TCP_SEND_SIZE)];
-    let mut m = Measured::new(histogram());
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    let mut t0 = start;
-    loop {
+    // Closing with unread data resets the connection, which ends the server's send loop.
+    each_call(opts, |m| {
         match s.read(&mut buf) {
             Ok(0) => bail!("the workload server ended the stream early"),
             Ok(k) => {
@@ -187,16 +193,8 @@ fn tcp_maerts(s: &TcpStream, opts: &Options) -> Result<Measured> {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(data_err(e, "receiving")),
         }
-        let t = Instant::now();
-        m.hist.saturating_record(sock::nanos(t - t0));
-        t0 = t;
-        if t >= deadline {
-            break;
-        }
-    }
-    m.elapsed = t0 - start;
-    // Closing with unread data resets the connection, which ends the server's send loop.
-    Ok(m)
+        Ok(())
+    })
 }
 
 fn tcp_rr(s: &TcpStream, opts: &Options) -> Result<Measured> {
@@ -307,11 +305,7 @@ fn udp_dropped(e: &io::Error) -> bool {
 
 pub(super) fn udp_stream(u: &UdpSocket, opts: &Options) -> Result<Measured> {
     let buf = vec![0u8; opts.send_size];
-    let mut m = Measured::new(histogram());
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    let mut t0 = start;
-    loop {
+    each_call(opts, |m| {
         match u.send(&buf) {
             Ok(k) => {
                 m.bytes_tx += k as u64;
@@ -320,15 +314,8 @@ pub(super) fn udp_stream(u: &UdpSocket, opts: &Options) -> Result<Measured> {
             Err(e) if udp_dropped(&e) => m.local_drops += 1,
             Err(e) => return Err(udp_err(e)),
         }
-        let t = Instant::now();
-        m.hist.saturating_record(sock::nanos(t - t0));
-        t0 = t;
-        if t >= deadline {
-            break;
-        }
-    }
-    m.elapsed = t0 - start;
-    Ok(m)
+        Ok(())
+    })
 }
 
 /// `burst` requests in flight, each carrying a sequence number the server echoes. One
