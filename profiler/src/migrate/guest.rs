@@ -139,6 +139,7 @@ fn run(args: &[String]) -> Result<()> {
     let slice = SLICE.as_nanos() as u64;
     let mut next = mono_ns();
     let mut report = next;
+    let mut last = next;
     loop {
         next += slice;
         sleep_until(next);
@@ -146,7 +147,10 @@ fn run(args: &[String]) -> Result<()> {
         if now > next + slice {
             next = now;
         }
-        owed = (owed + per_slice).min(per_slice * MAX_BACKLOG);
+        // Owed by the time that passed (a late wake-up owes more), at most a few slices.
+        let passed = (now - last) as f64 / slice as f64;
+        last = now;
+        owed = (owed + per_slice * passed).min(per_slice * MAX_BACKLOG);
         while owed >= 1.0 {
             // SAFETY: `at` < pages; volatile so every store happens.
             unsafe { std::ptr::write_volatile(set.as_mut_ptr().add(at * PAGE as usize), value) };

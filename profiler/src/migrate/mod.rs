@@ -151,6 +151,8 @@ pub struct MigrateReport {
     pub accelerator: String,
     pub accelerator_reason: String,
     pub memory_mib: u64,
+    /// QEMU's `-m` (under TCG 8 KiB short of --memory: see `migrate::vm::TCG_RAM_SHORT_KIB`).
+    pub qemu_memory: String,
     pub dirty_mib_per_s: u64,
     pub dirty_set_mib: u64,
     /// What the guest dirtied during the warm-up, and from the migration's start to the stop
@@ -165,6 +167,8 @@ pub struct MigrateReport {
     /// The migration: `migrate` sent to the destination's RESUME, consecutive.
     pub phases: Vec<phases::Phase>,
     pub rounds: Vec<phases::Round>,
+    /// Pre-copy rounds: the dirty-bitmap syncs less the final one (with the vCPUs stopped).
+    pub precopy_rounds: u64,
     pub stop_copy: phases::StopCopy,
     pub total_ns: u64,
     pub downtime: Downtime,
@@ -201,9 +205,8 @@ pub fn check(args: &MigrateArgs) -> Result<()> {
     }
     let asked = format!("--memory {}", args.memory);
     let each = crate::fit::Each::qemu(args.memory, 1);
-    crate::fit::require(args.force, &asked, 2, &each).map_err(|e| {
-        anyhow::anyhow!("{e} (a migration runs two QEMUs of --memory at once)")
-    })?;
+    crate::fit::require(args.force, &asked, 2, &each)
+        .map_err(|e| anyhow::anyhow!("{e} (a migration runs two QEMUs of --memory at once)"))?;
     Ok(())
 }
 
@@ -290,7 +293,7 @@ impl Consoles {
                 if l.contains(guest::READY) && self.ready_us.is_none() {
                     self.ready_us = Some(at);
                 }
-                if self.tail[i].len() == 10 {
+                if self.tail[i].len() == 12 {
                     self.tail[i].pop_front();
                 }
                 self.tail[i].push_back(l);
@@ -410,12 +413,8 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     let mut laps = boot::Laps::new(started);
     let a = artefacts::prepare()?;
     laps.artefacts(&a);
-    let (accel, accel_reason, probe) = boot::qemu::choose(
-        args.accel,
-        &a,
-        Duration::from_secs_f64(args.timeout),
-        None,
-    )?;
+    let (accel, accel_reason, probe) =
+        boot::qemu::choose(args.accel, &a, Duration::from_secs_f64(args.timeout), None)?;
     if probe.is_some() {
         laps.lap("kvm probe");
     }
@@ -426,7 +425,10 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     )?;
     laps.lap("guest image");
     let dir = RunDir::create()?;
-    let (src_sock, dst_sock) = (dir.path.join("source.qmp"), dir.path.join("destination.qmp"));
+    let (src_sock, dst_sock) = (
+        dir.path.join("source.qmp"),
+        dir.path.join("destination.qmp"),
+    );
     let (tx, rx) = mpsc::channel();
     let mut con = Consoles::default();
 
@@ -446,7 +448,10 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     while con.ready_us.is_none() {
         con.pump(&rx, Duration::from_millis(20));
         if let Some(why) = con.why_exited(Side::Source) {
-            bail!("{why} before the guest was ready: {}", con.console_tail(Side::Source));
+            bail!(
+                "{why} before the guest was ready: {}",
+                con.console_tail(Side::Source)
+            );
         }
         deadline
             .check("the guest's workload")
@@ -609,7 +614,20 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
         if alive && Instant::now() >= after_end {
             break;
         }
-        deadline.check("the guest's ticks on the destination")?;
+        if let Some(why) = con.why_exited(Side::Destination) {
+            bail!(
+                "{why} after the guest resumed there: {}",
+                con.console_tail(Side::Destination)
+            );
+        }
+        deadline
+            .check("the guest's ticks on the destination")
+            .map_err(|e| {
+                e.context(format!(
+                    "its console: {}",
+                    con.console_tail(Side::Destination)
+                ))
+            })?;
     }
     let watched_to = realtime_us();
     let final_query = sq.execute("query-migrate", None)?;
@@ -670,7 +688,9 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
     let find = |ev: &[qmp::Event], name: &str, status: Option<&str>| {
         ev.iter()
             .find(|e| {
-                e.name == name && e.ts_us >= c.command_us && (status.is_none() || e.status() == status)
+                e.name == name
+                    && e.ts_us >= c.command_us
+                    && (status.is_none() || e.status() == status)
             })
             .map(|e| e.ts_us)
     };
@@ -697,7 +717,12 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         rounds,
         stop_copy,
         total_ns,
-    } = phases::cut(&marks, &phases::passes(&passes, &c.samples), &c.samples, &c.last);
+    } = phases::cut(
+        &marks,
+        &phases::passes(&passes, &c.samples),
+        &c.samples,
+        &c.last,
+    );
     let q = &c.final_query;
     let ram = q.get("ram").cloned().unwrap_or(Value::Null);
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
@@ -734,13 +759,30 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         }
     }
     events.sort_by_key(|e| e.at_ns);
-    let mut gaps: Vec<i64> = c.samples.windows(2).map(|w| w[1].at_us - w[0].at_us).collect();
+    let mut gaps: Vec<i64> = c
+        .samples
+        .windows(2)
+        .map(|w| w[1].at_us - w[0].at_us)
+        .collect();
     gaps.sort_unstable();
-    let poll_interval_ns = gaps.get(gaps.len() / 2).map_or(0, |g| (*g).max(0) as u64 * 1000);
+    let poll_interval_ns = gaps
+        .get(gaps.len() / 2)
+        .map_or(0, |g| (*g).max(0) as u64 * 1000);
     let mut notes = vec![
         "device state: sent inside stop_and_copy after the last RAM pages; QMP has no event between them (only pause-before-switchover, which would lengthen the downtime)".to_string(),
     ];
-    if downtime.guest_side.across_guest_clock_ns.is_some_and(|g| g < downtime.ours_ns / 2) {
+    if c.accel == "tcg" {
+        notes.push(format!(
+            "TCG: the guest has {} KiB less RAM than --memory (-m {}), so QEMU syncs the dirty bitmap page by page and re-arms TCG's TLB; on its aligned fast path (QEMU before 9.0) stores after a sync are lost and the destination's kernel crashes after a multi-round migration",
+            vm::TCG_RAM_SHORT_KIB,
+            vm::memory_arg(c.accel, args.memory)
+        ));
+    }
+    if downtime
+        .guest_side
+        .across_guest_clock_ns
+        .is_some_and(|g| g < downtime.ours_ns / 2)
+    {
         notes.push(
             "the guest's clock did not see the freeze: QEMU stops the guest's clocks with its vCPUs and the destination carries them on; the console gap is the freeze seen in the guest's output".into(),
         );
@@ -750,6 +792,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         accelerator: c.accel.into(),
         accelerator_reason: c.accel_reason,
         memory_mib: args.memory,
+        qemu_memory: vm::memory_arg(c.accel, args.memory),
         dirty_mib_per_s: args.dirty_mib_per_s,
         dirty_set_mib: args.dirty_set_mib,
         guest_dirty_mib_per_s_warmup: c.warm_rate,
@@ -757,6 +800,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         parameters: c.parameters,
         setup: c.laps,
         phases,
+        precopy_rounds: qemu.dirty_sync_count.saturating_sub(1),
         rounds,
         stop_copy,
         total_ns,
@@ -859,23 +903,25 @@ pub fn print(r: &MigrateReport) {
     let g = &d.guest_side;
     let opt = |v: Option<u64>| v.map_or("?".into(), |v| fmt_ns(v as f64));
     println!(
-        "  seen from inside (a tick every {}): across the switch {} on the guest's clock, {} on the console; largest gap {} / {}",
+        "  seen from inside (a tick every {}): across the switch {} on the guest's clock, {} on the console; largest gap {} / {} (from {} after `migrate`)",
         fmt_ns(g.tick_ns as f64),
         opt(g.across_guest_clock_ns),
         opt(g.across_console_ns),
         fmt_ns(g.largest_guest_clock_gap_ns as f64),
-        fmt_ns(g.largest_console_gap_ns as f64)
+        fmt_ns(g.largest_console_gap_ns as f64),
+        fmt_ns(g.largest_console_gap_at_ns.max(0) as f64)
     );
     let q = &r.qemu;
     println!(
-        "  QEMU: total {} ms, setup {} ms, downtime {} ms, {} transferred ({} pages, {} zero), dirty sync count {}",
+        "  QEMU: total {} ms, setup {} ms, downtime {} ms, {} transferred ({} pages, {} zero), dirty sync count {} ({} pre-copy rounds)",
         q.total_time_ms,
         q.setup_time_ms,
         q.downtime_ms,
         mib(q.transferred_bytes),
         q.normal_pages,
         q.zero_pages,
-        q.dirty_sync_count
+        q.dirty_sync_count,
+        r.precopy_rounds
     );
     println!(
         "  {} query-migrate samples, one every {}; guest alive on the destination: {}",

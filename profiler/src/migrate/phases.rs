@@ -96,6 +96,8 @@ pub struct Round {
     /// no sample fell inside the round (it is then counted with the round before).
     pub dirtied_pages: Option<u64>,
     pub send_mib_per_s: f64,
+    /// The dirtied pages over the time between the two samples that counted them (this
+    /// round's and the next's; the last round's to STOP).
     pub dirty_mib_per_s: Option<f64>,
     /// QEMU's `dirty-pages-rate` (pages/s) in the last sample of the round.
     pub qemu_dirty_pages_rate: u64,
@@ -180,28 +182,44 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
     bounds.sort_by_key(|b| b.1);
     let zero = Sample::default();
     // The last sample before `t`: what had been sent by then.
-    let before = |t: i64| pre.iter().rev().find(|s| s.at_us < t).copied().unwrap_or(&zero);
+    let before = |t: i64| {
+        pre.iter()
+            .rev()
+            .find(|s| s.at_us < t)
+            .copied()
+            .unwrap_or(&zero)
+    };
     // Pages still dirty plus pages sent only grows, at a sync, by what it found newly dirty.
     let level = |s: &Sample| s.remaining as i64 / page + s.pages();
 
     let mut rounds: Vec<Round> = Vec::new();
     let mut start = active;
     let mut number = 1u64;
-    // (round index, level) of the last round with a sample in it.
-    let mut seen: Option<(usize, i64)> = None;
+    // (round index, level, its sample's time) of the last round with a sample in it.
+    let mut seen: Option<(usize, i64, i64)> = None;
+    let mut dirty_us: Vec<i64> = Vec::new();
     let mut ends: Vec<(u64, i64)> = bounds.clone();
     ends.push((0, stop));
     for (next, end) in ends {
         let (from, to) = (before(start), before(end));
-        let mut r = round(number.to_string(), start - m.command_us, end - start, from, to, page);
+        let mut r = round(
+            number.to_string(),
+            start - m.command_us,
+            end - start,
+            from,
+            to,
+            page,
+        );
         // A sample of this round has this round's sync count (one taken just before the sync
         // may be stamped just after it).
         let inside = pre.iter().rev().find(|s| s.sync == number);
+        dirty_us.push(0);
         if let Some(s) = inside {
-            if let Some((i, l)) = seen {
+            if let Some((i, l, t)) = seen {
                 rounds[i].dirtied_pages = Some((level(s) - l).max(0) as u64);
+                dirty_us[i] = s.at_us - t;
             }
-            seen = Some((rounds.len(), level(s)));
+            seen = Some((rounds.len(), level(s), s.at_us));
         }
         r.qemu_dirty_pages_rate = to.dirty_pages_rate;
         rounds.push(r);
@@ -209,22 +227,27 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
         number = if next > 0 { next } else { number + 1 };
     }
     // The final sync, with the vCPUs stopped, found what the last rounds dirtied.
-    if let Some((i, l)) = seen {
+    if let Some((i, l, t)) = seen {
         rounds[i].dirtied_pages = Some((last.pages() - l).max(0) as u64);
+        dirty_us[i] = stop - t;
     }
     let end = before(stop);
     // The stream's own split (QEMU 7.0+): what the rounds sent in all, and while stopped.
     if last.precopy_bytes > 0 {
-        let earlier: u64 = rounds[..rounds.len() - 1].iter().map(|r| r.sent_bytes).sum();
+        let earlier: u64 = rounds[..rounds.len() - 1]
+            .iter()
+            .map(|r| r.sent_bytes)
+            .sum();
         if let Some(r) = rounds.last_mut() {
             r.sent_bytes = last.precopy_bytes.saturating_sub(earlier);
         }
     }
-    for r in &mut rounds {
+    // A dirty count is the growth between two samples' levels: its rate is over their distance.
+    for (r, us) in rounds.iter_mut().zip(dirty_us) {
         r.send_mib_per_s = mib_per_s(r.sent_bytes as f64, r.ns);
         r.dirty_mib_per_s = r
             .dirtied_pages
-            .map(|d| mib_per_s((d as i64 * page) as f64, r.ns));
+            .map(|d| mib_per_s((d as i64 * page) as f64, ns(us)));
     }
     let stop_copy = StopCopy {
         sent_bytes: if last.downtime_bytes > 0 {
@@ -270,7 +293,14 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
     }
 }
 
-fn round(name: String, start_us: i64, len_us: i64, from: &Sample, to: &Sample, _page: i64) -> Round {
+fn round(
+    name: String,
+    start_us: i64,
+    len_us: i64,
+    from: &Sample,
+    to: &Sample,
+    _page: i64,
+) -> Round {
     let sent_bytes = to.transferred.saturating_sub(from.transferred);
     Round {
         name,
@@ -304,11 +334,31 @@ pub struct GuestSide {
     /// The largest gap between consecutive ticks over the whole migration, on each clock.
     pub largest_guest_clock_gap_ns: u64,
     pub largest_console_gap_ns: u64,
+    /// Where the largest console gap began (its tick's arrival, from the `migrate` command),
+    /// to find its phase.
+    pub largest_console_gap_at_ns: i64,
+    /// The last ticks from the source and the first from the destination.
+    pub around_switch: Vec<TickSeen>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TickSeen {
+    pub side: &'static str,
+    pub seq: u64,
+    /// Its arrival on the host, from the `migrate` command.
+    pub at_ns: i64,
+    /// The guest's CLOCK_MONOTONIC in it.
+    pub guest_ns: u64,
 }
 
 /// Ticks as read from both consoles: (side, arrival µs, tick). Only ticks from `from_us`
 /// to `to_us` (arrival) count; a tick read twice (the UART's FIFO migrates) counts once.
-pub fn guest_side(ticks: &[(Side, i64, Tick)], tick_ns: u64, from_us: i64, to_us: i64) -> GuestSide {
+pub fn guest_side(
+    ticks: &[(Side, i64, Tick)],
+    tick_ns: u64,
+    from_us: i64,
+    to_us: i64,
+) -> GuestSide {
     let mut t: Vec<&(Side, i64, Tick)> = ticks
         .iter()
         .filter(|(_, at, _)| *at >= from_us && *at <= to_us)
@@ -324,8 +374,21 @@ pub fn guest_side(ticks: &[(Side, i64, Tick)], tick_ns: u64, from_us: i64, to_us
     for w in t.windows(2) {
         let gap = w[1].2.guest_ns.saturating_sub(w[0].2.guest_ns);
         g.largest_guest_clock_gap_ns = g.largest_guest_clock_gap_ns.max(gap);
-        g.largest_console_gap_ns = g.largest_console_gap_ns.max(ns(w[1].1 - w[0].1));
+        if ns(w[1].1 - w[0].1) > g.largest_console_gap_ns {
+            g.largest_console_gap_ns = ns(w[1].1 - w[0].1);
+            g.largest_console_gap_at_ns = (w[0].1 - from_us) * 1000;
+        }
         if w[0].0 == Side::Source && w[1].0 == Side::Destination && g.last_source_seq.is_none() {
+            let i = t.iter().position(|x| std::ptr::eq(*x, w[1])).unwrap_or(0);
+            g.around_switch = t[i.saturating_sub(3)..(i + 3).min(t.len())]
+                .iter()
+                .map(|(side, at, tick)| TickSeen {
+                    side: side.name(),
+                    seq: tick.seq,
+                    at_ns: (at - from_us) * 1000,
+                    guest_ns: tick.guest_ns,
+                })
+                .collect();
             g.last_source_seq = Some(w[0].2.seq);
             g.first_destination_seq = Some(w[1].2.seq);
             g.across_guest_clock_ns = Some(gap);
@@ -388,7 +451,10 @@ mod tests {
         assert_eq!(p, [(2, 55_000)]);
         let c = cut(&M, &p, &samples, &last);
         let names: Vec<&str> = c.phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["setup", "round 1", "round 2", "stop_and_copy", "resume"]);
+        assert_eq!(
+            names,
+            ["setup", "round 1", "round 2", "stop_and_copy", "resume"]
+        );
         let sum: u64 = c.phases.iter().map(|p| p.ns).sum();
         assert_eq!(sum, c.total_ns);
         assert_eq!(c.total_ns, 120_000_000);
@@ -491,11 +557,27 @@ mod tests {
         ];
         let g = guest_side(&ticks, 2_000_000, 0, 50_000);
         assert_eq!((g.ticks_source, g.ticks_destination), (3, 2));
-        assert_eq!((g.last_source_seq, g.first_destination_seq), (Some(2), Some(3)));
+        assert_eq!(
+            (g.last_source_seq, g.first_destination_seq),
+            (Some(2), Some(3))
+        );
         assert_eq!(g.across_guest_clock_ns, Some(2_000_000));
         assert_eq!(g.across_console_ns, Some(40_000_000));
         assert_eq!(g.largest_guest_clock_gap_ns, 2_000_000);
         assert_eq!(g.largest_console_gap_ns, 40_000_000);
+        assert_eq!(g.largest_console_gap_at_ns, 5_000_000);
+        let seqs: Vec<(&str, u64)> = g.around_switch.iter().map(|t| (t.side, t.seq)).collect();
+        assert_eq!(
+            seqs,
+            [
+                ("source", 0),
+                ("source", 1),
+                ("source", 2),
+                ("destination", 3),
+                ("destination", 4)
+            ]
+        );
+        assert_eq!(g.around_switch[3].at_ns, 45_000_000);
     }
 
     #[test]

@@ -166,7 +166,10 @@ impl Qmp {
 
     /// Every event so far.
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The first event `name` (with MIGRATION status `status`) at or after `since_us`.
@@ -175,7 +178,9 @@ impl Qmp {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|e| e.name == name && e.ts_us >= since_us && (status.is_none() || e.status() == status))
+            .find(|e| {
+                e.name == name && e.ts_us >= since_us && (status.is_none() || e.status() == status)
+            })
             .cloned()
     }
 }
@@ -198,7 +203,10 @@ mod tests {
         )
         .unwrap();
         let e = parse_event(&stop).unwrap();
-        assert_eq!((e.name.as_str(), e.ts_us, e.status()), ("STOP", 1_000_002, None));
+        assert_eq!(
+            (e.name.as_str(), e.ts_us, e.status()),
+            ("STOP", 1_000_002, None)
+        );
         assert!(parse_event(&json!({"return": {}})).is_none());
     }
 }
