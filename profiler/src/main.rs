@@ -165,6 +165,7 @@ fn main() -> ExitCode {
     };
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::reap_stale();
+    profiler::migrate::reap_stale();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

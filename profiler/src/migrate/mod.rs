@@ -243,8 +243,12 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes run directories whose owner (pid + start time) is gone.
+/// Removes run directories whose owner (pid + start time) is gone (root only; every command
+/// runs it at its start, after `cleanup::reap_stale`).
 pub fn reap_stale() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(RUN_DIR) else {
         return;
     };

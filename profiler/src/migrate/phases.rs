@@ -84,7 +84,9 @@ pub struct Phase {
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Round {
-    /// 1 for the first pass over all of RAM; "3+4" when two syncs fell between two samples.
+    /// The round's number: round k starts at dirty-bitmap sync k (round 1 at MIGRATION
+    /// active, after the setup's sync 1). Without MIGRATION_PASS events a number may be
+    /// missing: two syncs fell between two samples.
     pub name: String,
     pub start_ns: u64,
     pub ns: u64,
@@ -208,7 +210,6 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
             end - start,
             from,
             to,
-            page,
         );
         // A sample of this round has this round's sync count (one taken just before the sync
         // may be stamped just after it).
