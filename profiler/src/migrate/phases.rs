@@ -294,14 +294,7 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
     }
 }
 
-fn round(
-    name: String,
-    start_us: i64,
-    len_us: i64,
-    from: &Sample,
-    to: &Sample,
-    _page: i64,
-) -> Round {
+fn round(name: String, start_us: i64, len_us: i64, from: &Sample, to: &Sample) -> Round {
     let sent_bytes = to.transferred.saturating_sub(from.transferred);
     Round {
         name,
