@@ -861,6 +861,7 @@ pub fn print(r: &MigrateReport) {
                     rd.zero_pages.to_string(),
                     match (rd.dirtied_pages, rd.dirty_mib_per_s) {
                         (Some(d), Some(r)) => format!("{d} ({r:.0} MiB/s)"),
+                        (Some(d), None) => d.to_string(),
                         _ => "-".into(),
                     },
                     format!("{:.0} MiB/s", rd.send_mib_per_s),

@@ -98,8 +98,8 @@ pub struct Round {
     /// no sample fell inside the round (it is then counted with the round before).
     pub dirtied_pages: Option<u64>,
     pub send_mib_per_s: f64,
-    /// The dirtied pages over the time between the two samples that counted them (this
-    /// round's and the next's; the last round's to STOP).
+    /// The dirtied pages over the time they were dirtied in: this round (with the rounds
+    /// after it that had no sample), the last to STOP; None under 1 ms.
     pub dirty_mib_per_s: Option<f64>,
     /// QEMU's `dirty-pages-rate` (pages/s) in the last sample of the round.
     pub qemu_dirty_pages_rate: u64,
@@ -197,7 +197,7 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
     let mut rounds: Vec<Round> = Vec::new();
     let mut start = active;
     let mut number = 1u64;
-    // (round index, level, its sample's time) of the last round with a sample in it.
+    // (round index, level, the round's start) of the last round with a sample in it.
     let mut seen: Option<(usize, i64, i64)> = None;
     let mut dirty_us: Vec<i64> = Vec::new();
     let mut ends: Vec<(u64, i64)> = bounds.clone();
@@ -218,9 +218,9 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
         if let Some(s) = inside {
             if let Some((i, l, t)) = seen {
                 rounds[i].dirtied_pages = Some((level(s) - l).max(0) as u64);
-                dirty_us[i] = s.at_us - t;
+                dirty_us[i] = start - t;
             }
-            seen = Some((rounds.len(), level(s), s.at_us));
+            seen = Some((rounds.len(), level(s), start));
         }
         r.qemu_dirty_pages_rate = to.dirty_pages_rate;
         rounds.push(r);
@@ -233,21 +233,42 @@ pub fn cut(m: &Marks, passes: &[(u64, i64)], samples: &[Sample], last: &Sample) 
         dirty_us[i] = stop - t;
     }
     let end = before(stop);
-    // The stream's own split (QEMU 7.0+): what the rounds sent in all, and while stopped.
-    if last.precopy_bytes > 0 {
-        let earlier: u64 = rounds[..rounds.len() - 1]
-            .iter()
-            .map(|r| r.sent_bytes)
-            .sum();
-        if let Some(r) = rounds.last_mut() {
-            r.sent_bytes = last.precopy_bytes.saturating_sub(earlier);
+    // The stream's own split (QEMU 7.0+): what went out before the stop beyond the last
+    // sample is spread over the rounds after that sample, by time (the stream runs at its
+    // rate limit), so the rounds add up to QEMU's precopy-bytes.
+    let tail = last.precopy_bytes.saturating_sub(end.transferred);
+    let from = if end.at_us > active {
+        end.at_us
+    } else {
+        active
+    };
+    if last.precopy_bytes > 0 && tail > 0 && stop > from {
+        let span = (stop - from) as f64;
+        let mut given = 0u64;
+        let n = rounds.len();
+        for (i, r) in rounds.iter_mut().enumerate() {
+            let (a, b) = (
+                m.command_us + (r.start_ns / 1000) as i64,
+                m.command_us + ((r.start_ns + r.ns) / 1000) as i64,
+            );
+            let overlap = (b.min(stop) - a.max(from)).max(0) as f64;
+            let share = if i + 1 == n {
+                tail - given
+            } else {
+                ((tail as f64) * overlap / span) as u64
+            };
+            given += share;
+            r.sent_bytes += share;
         }
     }
-    // A dirty count is the growth between two samples' levels: its rate is over their distance.
+    // A dirty count is what the syncs from round i's end to round j's start found: dirtied
+    // between syncs i and j, so its rate is over the rounds from i's start to j's.
     for (r, us) in rounds.iter_mut().zip(dirty_us) {
         r.send_mib_per_s = mib_per_s(r.sent_bytes as f64, r.ns);
+        // Over less than a millisecond a count is not a rate (a sync's stragglers).
         r.dirty_mib_per_s = r
             .dirtied_pages
+            .filter(|_| us >= 1000)
             .map(|d| mib_per_s((d as i64 * page) as f64, ns(us)));
     }
     let stop_copy = StopCopy {
@@ -459,6 +480,11 @@ mod tests {
         // Round 2 ends at STOP: 100 pages sent stopped, 10 of them were left over.
         assert_eq!(c.rounds[1].sent_pages, 300);
         assert_eq!(c.rounds[1].dirtied_pages, Some(90));
+        // Dirtied over the round they were dirtied in: 300 pages in 53 ms, 90 in 45 ms.
+        let mib = |pages: f64, ms: f64| pages * 4096.0 / (1u64 << 20) as f64 / (ms / 1e3);
+        let rate = |i: usize| c.rounds[i].dirty_mib_per_s.unwrap();
+        assert!((rate(0) - mib(300.0, 53.0)).abs() < 1e-9, "{}", rate(0));
+        assert!((rate(1) - mib(90.0, 45.0)).abs() < 1e-9, "{}", rate(1));
         assert_eq!(c.stop_copy.sent_pages, 100);
         assert_eq!(c.stop_copy.sent_bytes, 4096 * 100);
         let starts: Vec<u64> = c.phases.iter().map(|p| p.start_ns / 1_000_000).collect();
@@ -473,9 +499,14 @@ mod tests {
         ];
         let mut last = s(120_000, 3, 4096 * 1100, 0, 1100);
         last.status = "completed".into();
+        // 100 pages went out after the last sample, before the stop (QEMU's precopy-bytes).
+        last.precopy_bytes = 4096 * 1000;
         // Sync 1 in setup, 2 just before the stop, 3 with the vCPUs stopped.
         let p = [(1, 1_900), (2, 99_850), (3, 100_200)];
         let c = cut(&M, &p, &samples, &last);
+        // Spread by time over 50..100 ms: round 1 has 49.85 ms of it, round 2 the rest.
+        assert_eq!(c.rounds[0].sent_bytes, 4096 * 900 + 408_371);
+        assert_eq!(c.rounds[1].sent_bytes, 1_229);
         let names: Vec<&str> = c.rounds.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["1", "2"]);
         assert_eq!((c.rounds[0].ns, c.rounds[1].ns), (97_850_000, 150_000));
