@@ -350,6 +350,15 @@ impl Consoles {
     }
 }
 
+/// A timeout's error followed by what explains it; an interruption's as it is.
+fn with(e: anyhow::Error, why: impl FnOnce() -> String) -> anyhow::Error {
+    if crate::cleanup::stop_requested() {
+        e
+    } else {
+        anyhow::anyhow!("{e:#}: {}", why())
+    }
+}
+
 struct Deadline {
     end: Instant,
     secs: f64,
@@ -457,9 +466,11 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
                 con.console_tail(Side::Source)
             );
         }
-        deadline
-            .check("the guest's workload")
-            .map_err(|e| e.context(con.console_tail(Side::Source)))?;
+        deadline.check("the guest's workload").map_err(|e| {
+            with(e, || {
+                format!("its console: {}", con.console_tail(Side::Source))
+            })
+        })?;
     }
     laps.lap("source boot");
 
@@ -575,9 +586,11 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
         if let Err(e) = deadline.check("the migration") {
             let _ = sq.execute_within("migrate_cancel", None, Duration::from_secs(5));
             let rounds = samples.last().map_or(0, |s| s.sync);
-            return Err(e.context(format!(
-                "it had synced its dirty bitmap {rounds} times: the guest dirties faster than the stream sends; lower --dirty-mib-per-s or --dirty-set-mib, or raise --downtime-limit-ms or --max-bandwidth-mib-per-s"
-            )));
+            return Err(with(e, || {
+                format!(
+                    "it had synced its dirty bitmap {rounds} times: the guest dirties faster than the stream sends; lower --dirty-mib-per-s or --dirty-set-mib, or raise --downtime-limit-ms or --max-bandwidth-mib-per-s"
+                )
+            }));
         }
         let next = began + poll;
         loop {
@@ -627,10 +640,9 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
         deadline
             .check("the guest's ticks on the destination")
             .map_err(|e| {
-                e.context(format!(
-                    "its console: {}",
-                    con.console_tail(Side::Destination)
-                ))
+                with(e, || {
+                    format!("its console: {}", con.console_tail(Side::Destination))
+                })
             })?;
     }
     let watched_to = realtime_us();
