@@ -15,6 +15,7 @@ pub mod inject;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod migrate;
 pub mod opts;
 pub mod probes;
 pub mod startup;

@@ -44,6 +44,9 @@ enum Command {
     /// Start-up latency in phases: containers (native, docker) or VMs.
     #[command(allow_negative_numbers = true)]
     Boot(profiler::boot::cli::BootCli),
+    /// Live migration of a VM in phases: setup, pre-copy rounds, stop-and-copy, resume.
+    #[command(allow_negative_numbers = true)]
+    Migrate(profiler::migrate::MigrateArgs),
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
@@ -130,6 +133,10 @@ fn main() -> ExitCode {
     if argv.get(1).map(String::as_str) == Some(profiler::container::PAYLOAD_COMMAND) {
         profiler::container::payload_main(&argv[2..]);
     }
+    // The migrated guest's workload (this binary, in its initramfs).
+    if argv.get(1).map(String::as_str) == Some(profiler::migrate::guest::GUEST_COMMAND) {
+        profiler::migrate::guest::main(&argv[2..]);
+    }
     profiler::cleanup::install_signal_teardown();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
     };
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::reap_stale();
+    profiler::migrate::reap_stale();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -175,6 +183,7 @@ fn run(command: Command) -> Result<()> {
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Agent(args) => profiler::agent::run(&args),
         Command::Boot(args) => profiler::boot::cli::run(&args),
+        Command::Migrate(args) => profiler::migrate::cli(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
         Command::Run {
             env,

@@ -1,0 +1,442 @@
+//! `profiler migrate --vm qemu`: real live migrations between two real QEMUs over loopback
+//! (TCG: this host's KVM is PVM). Needs qemu-system-x86, busybox-static and Debian's kernel
+//! package (the artefacts of `boot --vm qemu`); without them these tests fail, loudly.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use profiler::{boot, migrate};
+use profiler_tests::require_root;
+use serde_json::Value;
+
+/// One migration at a time: two QEMUs each, and the process checks must see only ours.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn require_tools() {
+    require_root();
+    let qemu = Command::new(boot::qemu::QEMU).arg("--version").output();
+    assert!(
+        qemu.is_ok_and(|o| o.status.success()),
+        "{} is missing: `apt-get install qemu-system-x86` (cargo xtask setup)",
+        boot::qemu::QEMU
+    );
+    boot::artefacts::prepare().expect("the guest's artefacts (kernel package, busybox)");
+}
+
+/// QEMUs of profiler `pid`: their QMP sockets live in its run directory.
+fn qemus_of(pid: u32) -> Vec<(u32, String)> {
+    let dir = format!("{}/{pid}-", migrate::RUN_DIR);
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(boot::qemu::QEMU) && cmd.contains(&dir) && !matches!(state, 'Z' | 'X'))
+                .then_some((p, cmd))
+        })
+        .collect()
+}
+
+/// What a run of profiler `pid` may leave: its run directory and its initramfs in the cache.
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut left: Vec<String> = Vec::new();
+    let prefix = format!("{pid}-");
+    if let Ok(d) = std::fs::read_dir(migrate::RUN_DIR) {
+        left.extend(
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .map(|n| format!("{}/{n}", migrate::RUN_DIR)),
+        );
+    }
+    let tmp = format!("tmp-{pid}-");
+    if let Ok(d) = std::fs::read_dir(boot::artefacts::cache_dir()) {
+        left.extend(
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&tmp)),
+        );
+    }
+    left.extend(
+        qemus_of(pid)
+            .into_iter()
+            .map(|(p, c)| format!("qemu {p}: {c}")),
+    );
+    left
+}
+
+fn spawn(args: &[&str]) -> Child {
+    profiler_tests::profiler()
+        .args(["migrate", "--vm", "qemu", "--accel", "tcg"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning profiler")
+}
+
+struct Run {
+    json: Value,
+    stdout: String,
+    /// QEMU pids seen while it ran.
+    qemus: Vec<u32>,
+}
+
+/// Runs a migration to its end, watching its QEMUs; fails on a non-zero exit or leftovers.
+fn migrate_ok(args: &[&str]) -> Run {
+    let json_path = PathBuf::from(format!(
+        "/tmp/profiler-migrate-test-{}.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&json_path);
+    let mut all: Vec<&str> = args.to_vec();
+    let p = json_path.to_string_lossy().into_owned();
+    all.extend(["--json", &p]);
+    let mut child = spawn(&all);
+    let pid = child.id();
+    let mut qemus: Vec<u32> = Vec::new();
+    let t = Instant::now();
+    let status = loop {
+        for (q, _) in qemus_of(pid) {
+            if !qemus.contains(&q) {
+                qemus.push(q);
+            }
+        }
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(150),
+            "{args:?}: still running after 150 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{args:?} in {:?}:\n{stdout}{stderr}", t.elapsed());
+    assert!(status.success(), "{args:?}: {status}: {stderr}");
+    assert!(
+        leftovers(pid).is_empty(),
+        "{args:?} left {:?}",
+        leftovers(pid)
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("--json written")).expect("JSON");
+    let _ = std::fs::remove_file(&json_path);
+    Run {
+        json,
+        stdout,
+        qemus,
+    }
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
+fn rounds(r: &Value) -> &Vec<Value> {
+    r["rounds"].as_array().expect("rounds")
+}
+
+const MS: u64 = 1_000_000;
+
+#[test]
+fn a_migration_in_phases_that_add_up_with_qemus_downtime_and_the_guests() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    let run = migrate_ok(&["--dirty-mib-per-s", "16", "--dirty-set-mib", "64"]);
+    let r = &run.json;
+    // Two QEMUs, source and destination, both gone (migrate_ok checked).
+    assert_eq!(run.qemus.len(), 2, "QEMUs seen: {:?}", run.qemus);
+    assert!(run.stdout.contains("stop_and_copy"), "{}", run.stdout);
+
+    // Phases: setup, rounds, stop-and-copy, resume, adding up to the total within 1%.
+    let phases = r["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"setup"), "{names:?}");
+    assert_eq!(
+        &names[names.len() - 2..],
+        ["stop_and_copy", "resume"],
+        "{names:?}"
+    );
+    assert!(names[1].starts_with("round 1"), "{names:?}");
+    let total = u(r, "/total_ns");
+    let sum: u64 = phases.iter().map(|p| u(p, "/ns")).sum();
+    assert!(
+        sum.abs_diff(total) * 100 <= total,
+        "phases {sum} ns, total {total} ns"
+    );
+    // Each phase starts where the one before ended.
+    let mut at = 0;
+    for p in phases {
+        assert!(
+            u(p, "/start_ns").abs_diff(at) <= 1000,
+            "{p} starts off {at}"
+        );
+        at = u(p, "/start_ns") + u(p, "/ns");
+    }
+    // QEMU's own total (its start to its completion on the source) is ours less the resume.
+    let resume = u(phases.last().unwrap(), "/ns");
+    let qemu_total = u(r, "/qemu/total_time_ms") * MS;
+    let ours = total - resume;
+    assert!(
+        ours.abs_diff(qemu_total) <= total / 100 + 2 * MS,
+        "ours to completion {ours} ns, QEMU's total-time {qemu_total} ns"
+    );
+    // One round per dirty-bitmap sync before the stop.
+    assert_eq!(rounds(r).len() as u64, u(r, "/precopy_rounds"), "{r}");
+    assert_eq!(u(r, "/precopy_rounds") + 1, u(r, "/qemu/dirty_sync_count"));
+    // The rounds and the stop-and-copy sent what QEMU says it transferred.
+    let sent: u64 =
+        rounds(r).iter().map(|x| u(x, "/sent_bytes")).sum::<u64>() + u(r, "/stop_copy/sent_bytes");
+    let transferred = u(r, "/qemu/transferred_bytes");
+    assert!(
+        sent.abs_diff(transferred) * 100 <= transferred,
+        "rounds + stop-and-copy {sent} B, QEMU transferred {transferred} B"
+    );
+
+    // Downtime: ours (STOP to completed, QEMU's µs event stamps) against QEMU's own figure,
+    // whole ms of a span that contains ours: it starts before the vCPUs are paused (STOP) and
+    // ends after its migration thread retakes the BQL, after the completed event. So it is at
+    // least ours less its 1 ms resolution, and above ours by those two waits: tens of µs on a
+    // quiet host, here up to one scheduler tick (4 ms at HZ=250) when the 2 cores are busy.
+    let ours = u(r, "/downtime/ours_ns");
+    let qemu = u(r, "/downtime/qemu_ms") * MS;
+    assert!(ours > 0, "{r}");
+    assert!(
+        ours <= qemu + MS && qemu <= ours + MS + 5 * MS,
+        "downtime: ours {ours} ns, QEMU's {qemu} ns"
+    );
+    // Seen from inside: the ticks stopped while no vCPU ran, and started again there.
+    let g = &r["downtime"]["guest_side"];
+    let stopped = u(r, "/downtime/guest_stopped_ns");
+    let console = u(g, "/across_console_ns");
+    let _guest_clock = u(g, "/across_guest_clock_ns");
+    assert!(
+        console + 5 * MS >= stopped,
+        "the console showed ticks while the guest was stopped: gap {console} ns, stopped {stopped} ns"
+    );
+    assert!(u(g, "/first_destination_seq") > u(g, "/last_source_seq"));
+    assert!(
+        u(g, "/ticks_source") > 100 && u(g, "/ticks_destination") >= 5,
+        "{g}"
+    );
+    assert_eq!(r["guest_alive_after"], Value::Bool(true));
+    let warm = r["guest_dirty_mib_per_s_warmup"]
+        .as_f64()
+        .expect("warm-up rate");
+    assert!(warm >= 0.9 * 16.0, "the guest dirtied {warm} MiB/s of 16");
+}
+
+#[test]
+fn pre_copy_rounds_and_transferred_pages_grow_with_the_dirty_rate() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    let idle = migrate_ok(&["--dirty-mib-per-s", "0", "--dirty-set-mib", "128"]).json;
+    let busy = migrate_ok(&["--dirty-mib-per-s", "48", "--dirty-set-mib", "128"]).json;
+    let n = |r: &Value| u(r, "/precopy_rounds");
+    let bytes = |r: &Value| u(r, "/qemu/transferred_bytes");
+    let pages = |r: &Value| u(r, "/qemu/normal_pages");
+    let dirtied = |r: &Value| -> u64 {
+        rounds(r)
+            .iter()
+            .filter_map(|x| x["dirtied_pages"].as_u64())
+            .sum()
+    };
+    eprintln!(
+        "idle: {} rounds, {} B, {} pages, {} dirtied; busy: {} rounds, {} B, {} pages, {} dirtied",
+        n(&idle),
+        bytes(&idle),
+        pages(&idle),
+        dirtied(&idle),
+        n(&busy),
+        bytes(&busy),
+        pages(&busy),
+        dirtied(&busy)
+    );
+    assert!(
+        n(&busy) > n(&idle),
+        "rounds: idle {}, busy {}",
+        n(&idle),
+        n(&busy)
+    );
+    // The busy guest's working set (128 MiB) is sent again at least once more.
+    assert!(
+        bytes(&busy) >= bytes(&idle) + (64 << 20),
+        "transferred: idle {}, busy {}",
+        bytes(&idle),
+        bytes(&busy)
+    );
+    assert!(pages(&busy) >= pages(&idle) + 16_384);
+    assert!(
+        dirtied(&busy) >= 16_384 && dirtied(&idle) < 4_096,
+        "dirtied: idle {}, busy {}",
+        dirtied(&idle),
+        dirtied(&busy)
+    );
+    let rate = busy["guest_dirty_mib_per_s_warmup"].as_f64().unwrap_or(0.0);
+    assert!(
+        rate >= 0.9 * 48.0,
+        "the busy guest dirtied {rate} MiB/s of 48"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line() {
+    require_root();
+    let refusals: [(&[&str], &str); 5] = [
+        (&["--memory", "100000000"], "--memory 100000000 needs"),
+        (
+            &["--memory", "64"],
+            "'--memory <MIB>': expected a whole number of at least 128",
+        ),
+        (
+            &["--dirty-set-mib", "300"],
+            "--dirty-set-mib 300 is more than half of --memory 512",
+        ),
+        (
+            &["--dirty-mib-per-s", "fast"],
+            "'--dirty-mib-per-s <N>': expected a whole number",
+        ),
+        (
+            &["--dirty-mib-per-s", "2000000"],
+            "--dirty-mib-per-s 2000000 is beyond any memory",
+        ),
+    ];
+    for (args, needle) in refusals {
+        let mut all = vec!["migrate", "--vm", "qemu"];
+        all.extend(args);
+        profiler_tests::assert_refused_in_one_line(&all, needle);
+    }
+    profiler_tests::assert_refused_in_one_line(&["migrate"], "--vm");
+}
+
+#[test]
+fn a_dirty_rate_the_guest_cannot_reach_is_one_line_and_leaves_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    let child = spawn(&["--dirty-mib-per-s", "100000"]);
+    let pid = child.id();
+    let t = Instant::now();
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{:?}: {err}", t.elapsed());
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("--dirty-mib-per-s 100000: the guest dirtied only"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "printed a report");
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
+
+/// Waits for `child` at most `limit`; None if it is still running then (it is killed).
+fn wait_at_most(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Waits until profiler `pid` runs `n` QEMUs (the destination is the second).
+fn wait_for_qemus(pid: u32, n: usize, limit: Duration) {
+    let t = Instant::now();
+    while qemus_of(pid).len() < n {
+        assert!(t.elapsed() < limit, "no {n} QEMUs within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_end_the_run_within_seconds_and_both_qemus_die() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    profiler_tests::become_subreaper();
+    // SIGINT while migrating (the destination is up), SIGTERM while the source boots.
+    for (sig, code, qemus, after) in [
+        (libc::SIGINT, 130, 2, Duration::from_millis(400)),
+        (libc::SIGTERM, 143, 1, Duration::from_millis(500)),
+    ] {
+        let mut child = spawn(&["--dirty-mib-per-s", "32", "--dirty-set-mib", "128"]);
+        let pid = child.id();
+        wait_for_qemus(pid, qemus, Duration::from_secs(60));
+        std::thread::sleep(after);
+        let running = qemus_of(pid);
+        assert_eq!(running.len(), qemus, "{running:?}");
+        let t = Instant::now();
+        profiler_tests::signal(pid, sig);
+        let status = wait_at_most(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("signal {sig}: still running 10 s after it"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!(
+            "signal {sig}: exited {status} after {:?}: {}",
+            t.elapsed(),
+            err.trim()
+        );
+        assert_eq!(status.code(), Some(code), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        profiler_tests::reap_orphans();
+        for (q, _) in &running {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{q}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{q}/stat"))
+                        .is_ok_and(|s| s.contains(") Z")),
+                "QEMU {q} alive after the run"
+            );
+        }
+        assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    }
+}
+
+#[test]
+fn kill_9_leaves_no_qemu_alive_and_the_next_run_reaps_its_directory() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    profiler_tests::become_subreaper();
+    let mut child = spawn(&[]);
+    let pid = child.id();
+    wait_for_qemus(pid, 2, Duration::from_secs(60));
+    child.kill().expect("kill -9");
+    let t = Instant::now();
+    while !qemus_of(pid).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "QEMUs alive {:?} after kill -9: {:?}",
+            t.elapsed(),
+            qemus_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait().expect("reaping");
+    profiler_tests::reap_orphans();
+    // Its run directory and initramfs outlive it, until the next command's reaper.
+    assert!(
+        !leftovers(pid).is_empty(),
+        "a kill -9 left nothing to reap?"
+    );
+    let _ = profiler_tests::profiler().args(["lab", "list"]).output();
+    assert!(
+        leftovers(pid).is_empty(),
+        "left after the next run: {:?}",
+        leftovers(pid)
+    );
+}
