@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     hist::fmt_ns,
@@ -335,32 +335,8 @@ fn run_from(args: &BootArgs, mut laps: Laps) -> Result<BootReport> {
     Ok(report)
 }
 
-/// `--json [FILE]`, when asked: `-` is stdout (and the caller prints no table).
-pub fn write_json(path: Option<&std::path::Path>, r: &impl serde::Serialize) -> Result<()> {
-    match path {
-        Some(p) if crate::export::json::to_stdout(Some(p)) => {
-            println!("{}", serde_json::to_string_pretty(r)?)
-        }
-        Some(path) => {
-            let json = serde_json::to_vec_pretty(r)?;
-            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => {}
-    }
-    Ok(())
-}
-
-/// Whether the human table goes to stdout (not when the JSON does).
-pub fn table(json: Option<&std::path::Path>) -> bool {
-    !crate::export::json::to_stdout(json)
-}
-
-/// The laps around the instances, one a line.
-pub fn print_laps(what: &str, laps: &[Phase]) {
-    for s in laps {
-        println!("  {what}: {:<18} {:>9}", s.name, fmt_ns(s.ns as f64));
-    }
-}
+pub use crate::export::json::{table, write as write_json};
+pub use crate::startup::print_laps;
 
 fn print_exits(phases: &[PhaseExits]) {
     if phases.is_empty() {

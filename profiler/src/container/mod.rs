@@ -159,7 +159,7 @@ pub fn run_from(args: &ContainerBootArgs, mut laps: Laps) -> Result<ContainerBoo
     drop(host);
     laps.lap("lab removed");
     let report = ContainerBootReport::new(info, startups, laps.finish());
-    crate::boot::write_json(args.json.as_deref(), &report)?;
+    crate::export::json::write(args.json.as_deref(), &report)?;
     Ok(report)
 }
 

@@ -177,13 +177,13 @@ pub fn print(r: &ContainerBootReport) {
         }
         println!("{:>11}", f(c.total_ns));
     }
-    crate::boot::print_laps("setup", &r.wall.setup);
+    crate::startup::print_laps("setup", &r.wall.setup);
     println!(
         "  {} containers together (first spawn to last ready): {}",
         r.count,
         f(r.wall.instances_wall_ns)
     );
-    crate::boot::print_laps("teardown", &r.wall.teardown);
+    crate::startup::print_laps("teardown", &r.wall.teardown);
     println!(
         "  whole run (setup + containers + teardown): {}",
         f(r.wall.wall_ns)

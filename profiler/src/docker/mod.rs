@@ -471,12 +471,12 @@ pub fn print(r: &DockerBootReport) {
     if let Some(b) = r.boots.first() {
         println!("  ready = {}", b.ready_by);
     }
-    crate::boot::print_laps("setup", &r.wall.setup);
+    crate::startup::print_laps("setup", &r.wall.setup);
     println!(
         "  containers together (first create to last ready): {}",
         fmt_ns(r.wall.instances_wall_ns as f64)
     );
-    crate::boot::print_laps("teardown", &r.wall.teardown);
+    crate::startup::print_laps("teardown", &r.wall.teardown);
     println!(
         "  whole run (setup + containers + teardown): {}",
         fmt_ns(r.wall.wall_ns as f64)

@@ -27,3 +27,23 @@ pub fn emit<T: Serialize>(json: Option<&PathBuf>, value: &T, human: impl FnOnce(
     }
     Ok(())
 }
+
+/// `--json [FILE]`, when asked: `-` is stdout (and the caller prints no table).
+pub fn write(path: Option<&std::path::Path>, r: &impl serde::Serialize) -> Result<()> {
+    match path {
+        Some(p) if to_stdout(Some(p)) => {
+            println!("{}", serde_json::to_string_pretty(r)?)
+        }
+        Some(path) => {
+            let json = serde_json::to_vec_pretty(r)?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Whether the human table goes to stdout (not when the JSON does).
+pub fn table(json: Option<&std::path::Path>) -> bool {
+    !to_stdout(json)
+}

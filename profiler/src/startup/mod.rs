@@ -299,6 +299,17 @@ pub fn summary<'a, I: Instance + ?Sized + 'a>(
         .collect()
 }
 
+/// One line per lap, for the human tables.
+pub fn print_laps(what: &str, laps: &[Phase]) {
+    for s in laps {
+        println!(
+            "  {what}: {:<18} {:>9}",
+            s.name,
+            crate::hist::fmt_ns(s.ns as f64)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::thread::sleep;
