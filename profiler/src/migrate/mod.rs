@@ -502,7 +502,7 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
                 args.dirty_mib_per_s,
                 args.warmup,
                 accel.name(),
-                (got * RATE_SHARE).floor()
+                got.floor()
             );
         }
     }
