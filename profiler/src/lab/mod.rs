@@ -195,7 +195,7 @@ pub fn existing_or_new(id: Option<&str>, mode: Mode) -> Result<(Description, Opt
     match id {
         Some(id) => Ok((find(id)?, None)),
         None => {
-            eprintln!("profiler: building a {mode} lab...");
+            eprintln!("profiler: building the {mode} lab...");
             let l = Lab::up(mode, None)?;
             Ok((l.desc.clone(), Some(l)))
         }
