@@ -30,6 +30,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("qemu-system-x86", "boot --vm qemu (with seabios)"),
     (
+        "qemu-utils",
+        "qemu-img, kept: the same suite's qemu-system-x86 replaces a newer one (say so below)",
+    ),
+    (
         "busybox-static",
         "the VM initramfs and the Docker payload image",
     ),
@@ -89,10 +93,10 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn packages() -> Result<bool> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<String> = PACKAGES
         .iter()
         .filter(|(p, _)| !installed(p))
-        .map(|(p, _)| *p)
+        .map(|(p, _)| p.to_string())
         .collect();
     eprintln!(
         "setup: Debian packages: {} of {} present",
@@ -103,7 +107,10 @@ fn packages() -> Result<bool> {
         return Ok(false);
     }
     for p in &missing {
-        let why = PACKAGES.iter().find(|(n, _)| n == p).map_or("", |(_, w)| w);
+        let why = PACKAGES
+            .iter()
+            .find(|(n, _)| n == p)
+            .map_or("", |(_, w)| *w);
         eprintln!("setup:   missing {p}: {why}");
     }
     if Command::new("apt-get").arg("--version").output().is_err() {
@@ -113,6 +120,37 @@ fn packages() -> Result<bool> {
         );
     }
     sh(Command::new("apt-get").args(["update", "-q"]))?;
+    // What apt would remove or downgrade, said before it does.
+    let plan = output(
+        Command::new("apt-get")
+            .args(["-s", "install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .unwrap_or_default();
+    for line in plan.lines() {
+        if let Some(rest) = line.strip_prefix("Remv ") {
+            let name = rest.split_whitespace().next().unwrap_or(rest);
+            match PACKAGES.iter().find(|(p, _)| *p == name) {
+                // One of ours (qemu-utils when the image's is newer than the suite's
+                // qemu-system-x86): installed again, in the version that fits.
+                Some((p, _)) => {
+                    let v = suite_version(p);
+                    eprintln!(
+                        "setup: apt would remove {rest}; installing the suite's {p} {} in its place",
+                        v.as_deref().unwrap_or("")
+                    );
+                    missing.push(v.map_or(p.to_string(), |v| format!("{p}={v}")));
+                }
+                None => eprintln!("setup: apt will REMOVE {rest} to install the packages above"),
+            }
+        }
+        if let Some(rest) = line.strip_prefix("Inst ")
+            && rest.contains('[')
+            && plan_downgrades(rest)
+        {
+            eprintln!("setup: apt will DOWNGRADE {rest}");
+        }
+    }
     sh(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
@@ -132,6 +170,29 @@ fn python_packages() -> Result<bool> {
     eprintln!("setup: PyPI hdrhistogram missing: the --hdr-log test decodes with it");
     sh(Command::new("python3").args(["-m", "pip", "install", "-q", "hdrhistogram"]))?;
     Ok(true)
+}
+
+/// The newest version of `pkg` the configured suites offer (`apt-cache madison`'s first row).
+fn suite_version(pkg: &str) -> Option<String> {
+    let out = output(Command::new("apt-cache").args(["madison", pkg]))?;
+    let row = out.lines().next()?;
+    Some(row.split('|').nth(1)?.trim().to_string())
+}
+
+/// `Inst pkg [old] (new suite [arch])`: a downgrade when new sorts below old (dpkg's order).
+fn plan_downgrades(rest: &str) -> bool {
+    let old = rest.split('[').nth(1).and_then(|s| s.split(']').next());
+    let new = rest
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next());
+    match (old, new) {
+        (Some(o), Some(n)) => Command::new("dpkg")
+            .args(["--compare-versions", n, "lt", o])
+            .status()
+            .is_ok_and(|s| s.success()),
+        _ => false,
+    }
 }
 
 fn nightly() -> Result<bool> {
