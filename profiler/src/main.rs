@@ -157,6 +157,7 @@ fn main() -> ExitCode {
         }
     };
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
+    profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -503,8 +503,13 @@ fn boot(
         .arg("-smp")
         .arg(guest.smp.max(1).to_string())
         .args(["-nographic", "-no-reboot"])
-        // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark.
-        .args(["-name", "profiler,debug-threads=on"])
+        // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark. The
+        // name carries the owner: the reaper kills a QEMU that outlived it.
+        .arg("-name")
+        .arg(format!(
+            "{},debug-threads=on",
+            crate::cleanup::owner::name(&crate::cleanup::Owner::me(), index)
+        ))
         .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(guest.kernel)
