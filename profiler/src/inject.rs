@@ -60,7 +60,7 @@ pub struct InjectArgs {
     #[arg(long, value_name = "DURATION")]
     pub delay: String,
     /// Only packets with this source or destination port (TCP or UDP); default all.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", value_parser = crate::opts::at_least::<u16, 1>)]
     pub port: Option<u16>,
     /// How long to stay attached, in seconds (an "ms" suffix works); default until Ctrl-C.
     #[arg(short = 'l', long, value_name = "SECS")]

@@ -566,3 +566,52 @@ fn inject() {
 fn trace_self_check() {
     three_kills(&["trace", "--self-check"], [200, 2500, 12000], true);
 }
+
+/// A QEMU that outlived its owner (PR_SET_PDEATHSIG lost, or another tool re-parented it) is
+/// killed by the next command's reaper, found by the owner in its `-name`; one whose owner
+/// lives is left alone.
+#[test]
+fn the_reaper_kills_a_qemu_whose_owner_is_gone_and_spares_a_live_owners() {
+    require_root();
+    become_subreaper();
+    let me = std::process::id();
+    let start = start_time(me).expect("my start time");
+    let spawn = |name: String| {
+        std::process::Command::new(profiler::boot::qemu::QEMU)
+            .args(["-machine", "none", "-S", "-nographic", "-monitor", "none"])
+            .args(["-serial", "none", "-name"])
+            .arg(format!("{name},debug-threads=on"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning qemu")
+    };
+    // The same pid with another start time: a former holder of this pid, gone.
+    let mut orphan = spawn(format!("profiler-{me}-{}-0", start + 1));
+    let mut live = spawn(format!("profiler-{me}-{start}-0"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        orphan.try_wait().expect("try_wait").is_none(),
+        "qemu -machine none did not stay up"
+    );
+    let t = Instant::now();
+    let out = run_ok(profiler().args(["lab", "list"]));
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let status = orphan.wait().expect("waiting for the orphan");
+    let alive = live.try_wait().expect("try_wait").is_none();
+    let _ = live.kill();
+    let _ = live.wait();
+    eprintln!("lab list took {took:?}: {}", err.trim());
+    assert!(
+        err.contains(&format!("killed QEMU {}", orphan.id())),
+        "no word of the orphan: {err}"
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    assert!(alive, "the reaper killed a QEMU whose owner lives");
+}
