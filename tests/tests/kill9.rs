@@ -415,7 +415,7 @@ fn kill_at(args: &[&str], at: Duration, docker: bool) -> Option<(Vec<String>, us
 }
 
 /// Three kills of one command; fails with every leftover of every cycle. `bpf`: the command
-/// holds BPF programs at the last moment (so the program check had something to judge).
+/// held BPF programs at one of the moments at least (so the program check judged something).
 fn three_kills(args: &[&str], at_ms: [u64; 3], bpf: bool) {
     require_root();
     become_subreaper();
@@ -431,7 +431,7 @@ fn three_kills(args: &[&str], at_ms: [u64; 3], bpf: bool) {
         let mut ms = first;
         let left = loop {
             if let Some((left, h)) = kill_at(args, Duration::from_millis(ms), docker_running()) {
-                held = h;
+                held = held.max(h);
                 break left;
             }
             assert!(ms > 10, "{args:?} ends within {ms} ms: nothing to kill");
@@ -443,8 +443,7 @@ fn three_kills(args: &[&str], at_ms: [u64; 3], bpf: bool) {
     }
     assert!(
         !bpf || held > 0,
-        "{args:?} held no BPF program at {} ms: the kill missed its measurement",
-        at_ms[2]
+        "{args:?} held no BPF program at any of {at_ms:?} ms: the kills missed its measurement"
     );
     assert!(failures.is_empty(), "{args:?} left: {failures:#?}");
 }
