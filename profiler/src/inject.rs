@@ -60,7 +60,7 @@ pub struct InjectArgs {
     #[arg(long, value_name = "DURATION")]
     pub delay: String,
     /// Only packets with this source or destination port (TCP or UDP); default all.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", value_parser = crate::opts::at_least::<u16, 1>)]
     pub port: Option<u16>,
     /// How long to stay attached, in seconds (an "ms" suffix works); default until Ctrl-C.
     #[arg(short = 'l', long, value_name = "SECS")]
@@ -131,6 +131,8 @@ pub fn run(args: &InjectArgs) -> Result<()> {
         .transpose()?;
     let desc = lab::find(&args.lab)?;
     let netns = args.namespace(&desc)?;
+    // Written before the attach: a `kill -9` leaves a record the next run's reaper reads.
+    let record = Record::write(&netns, &args.dev, args.ingress)?;
     let inj = Injector::attach(&netns, &args.dev, args.ingress, delay, args.port)?;
     crate::cleanup::set_interruptible();
     let which = match args.port {
@@ -160,8 +162,94 @@ pub fn run(args: &InjectArgs) -> Result<()> {
     }
     let n = inj.injected()?;
     drop(inj);
+    drop(record);
     println!("profiler inject: {n} packets delayed; detached");
     Ok(())
+}
+
+/// Where the injector records what it attached, one file per run, named by its owner.
+const RECORDS: &str = "/run/profiler/inject";
+
+/// What one `inject` run attached where: on kernels before 6.6 its TC filter outlives a
+/// `kill -9` (from 6.6 on it is a TCX link, gone with the process), and [`reap_stale`]
+/// detaches it by the program's name.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    netns: String,
+    dev: String,
+    ingress: bool,
+    #[serde(skip)]
+    path: std::path::PathBuf,
+}
+
+impl Record {
+    fn write(netns: &str, dev: &str, ingress: bool) -> Result<Record> {
+        let me = crate::cleanup::Owner::me();
+        let path = std::path::Path::new(RECORDS).join(format!("{}-{}.json", me.pid, me.start));
+        let r = Record {
+            netns: netns.into(),
+            dev: dev.into(),
+            ingress,
+            path,
+        };
+        std::fs::create_dir_all(RECORDS)
+            .and_then(|()| std::fs::write(&r.path, serde_json::to_vec(&r)?))
+            .map_err(|e| anyhow!("recording the injector in {RECORDS}: {e}"))?;
+        Ok(r)
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Detaches the TC filters of `inject` runs whose owner is dead (for the reaper), on devices
+/// of labs that are still up (a lab that is gone took its devices and filters with it).
+pub fn reap_stale() {
+    let Ok(dir) = std::fs::read_dir(RECORDS) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name.strip_suffix(".json").and_then(|n| {
+            n.replacen('-', ":", 1)
+                .parse::<crate::cleanup::Owner>()
+                .ok()
+        }) else {
+            continue;
+        };
+        if owner.alive() {
+            continue;
+        }
+        let record: Option<Record> = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let _ = std::fs::remove_file(e.path());
+        let Some(r) = record else { continue };
+        if !lab::netns::list().contains(&r.netns) {
+            continue;
+        }
+        let (dev, ingress) = (r.dev.clone(), r.ingress);
+        let detached = lab::netns::run_in(&r.netns, move || {
+            let hook = if ingress {
+                aya::programs::TcAttachType::Ingress
+            } else {
+                aya::programs::TcAttachType::Egress
+            };
+            Ok(aya::programs::tc::qdisc_detach_program(&dev, hook, "inject_delay").is_ok())
+        });
+        if detached.unwrap_or(false) {
+            eprintln!(
+                "profiler: detached the injector left on {} ({}) of {} by pid {}",
+                r.dev,
+                hook_name(r.ingress),
+                r.netns,
+                owner.pid
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,3 +22,32 @@ pub mod startup;
 pub mod sysbench;
 pub mod trace;
 pub mod workload;
+
+/// What a killed run of each room leaves, removed by `cleanup::reap_stale` at every command's
+/// start (after QEMU processes, before Docker and libvirt): `main` registers these, so
+/// `cleanup` names no room.
+pub const REAPERS: &[cleanup::Reaper] = &[
+    cleanup::Reaper {
+        what: "labs",
+        reap: || {
+            lab::reap_stale();
+        },
+    },
+    cleanup::Reaper {
+        what: "cgroups",
+        reap: || {
+            if let Ok(root) = container::cgroup::root() {
+                let live: Vec<String> = lab::list().into_iter().map(|d| d.id).collect();
+                container::cgroup::reap_stale(&root, &live);
+            }
+        },
+    },
+    cleanup::Reaper {
+        what: "temp files",
+        reap: boot::artefacts::reap_stale,
+    },
+    cleanup::Reaper {
+        what: "injector filters",
+        reap: inject::reap_stale,
+    },
+];

@@ -30,6 +30,7 @@ enum Command {
         command: LabCommand,
     },
     /// Per-packet latency attributed to each network layer (builds a lab and drives traffic).
+    #[command(allow_negative_numbers = true)]
     Trace(profiler::trace::cli::TraceArgs),
     /// netperf-style workloads across a lab (or against `profiler serve` with -H).
     #[command(allow_negative_numbers = true)]
@@ -151,6 +152,7 @@ fn main() -> ExitCode {
         }
     };
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
+    profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
     profiler::migrate::reap_stale();
     match run(cli.command) {
@@ -177,14 +179,31 @@ fn run(command: Command) -> Result<()> {
             profiler::kernel::require_root("profiler lab")?;
             lab_command(command)
         }
-        Command::Trace(args) => profiler::trace::cli::main(&args),
+        Command::Trace(args) => {
+            // What would only fail at the end, or trace nothing, is refused before the start.
+            profiler::opts::output_file(args.json.as_deref(), "--json")?;
+            profiler::opts::output_file(args.html.as_deref(), "--html")?;
+            if args.attach_only {
+                profiler::opts::attach_only_filter(args.port, args.netns.as_deref(), args.ifindex)?;
+            }
+            profiler::trace::cli::main(&args)
+        }
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Agent(args) => profiler::agent::run(&args),
-        Command::Boot(args) => profiler::boot::cli::run(&args),
-        Command::Migrate(args) => profiler::migrate::cli(&args),
-        Command::Kvm(args) => profiler::kvm::cli::run(&args),
+        Command::Boot(args) => {
+            profiler::opts::output_file(args.common.json.as_deref(), "--json")?;
+            profiler::boot::cli::run(&args)
+        }
+        Command::Migrate(args) => {
+            profiler::opts::output_file(args.json.as_deref(), "--json")?;
+            profiler::migrate::cli(&args)
+        }
+        Command::Kvm(args) => {
+            profiler::opts::output_file(args.json.as_deref(), "--json")?;
+            profiler::kvm::cli::run(&args)
+        }
         Command::Run {
             env,
             timeout,
@@ -192,6 +211,7 @@ fn run(command: Command) -> Result<()> {
             force,
             mut workload,
         } => {
+            workload_parses(&workload)?;
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -218,7 +238,9 @@ fn run(command: Command) -> Result<()> {
             accel,
             force,
         } => {
+            profiler::opts::output_file(json.as_deref(), "--json")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
+            workload_parses(&w)?;
             let d = profiler::envs::density(
                 env,
                 &w,
@@ -234,6 +256,21 @@ fn run(command: Command) -> Result<()> {
             let r = profiler::sysbench::run(&args)?;
             profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)
         }
+    }
+}
+
+/// A workload's arguments, checked here before an environment is started for it (the
+/// workload parses them again where it runs).
+fn workload_parses(workload: &[String]) -> Result<()> {
+    let argv = std::iter::once("profiler").chain(workload.iter().map(String::as_str));
+    match Cli::try_parse_from(argv) {
+        Ok(_) => Ok(()),
+        // `--help` or `--version` in a workload: its environment prints them.
+        Err(e) if !e.use_stderr() => Ok(()),
+        Err(e) => anyhow::bail!(
+            "the workload's arguments: {}",
+            profiler::opts::one_line(&e.render().to_string())
+        ),
     }
 }
 

@@ -47,9 +47,116 @@ pub fn one_line(rendered: &str) -> String {
     line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
+/// A report's output file (`--json FILE`), checked before the run rather than after it: its
+/// directory must exist, and the path must not be a directory.
+pub fn output_file(path: Option<&std::path::Path>, option: &str) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    if crate::export::json::to_stdout(Some(path)) {
+        return Ok(());
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "{option} {}: that is a directory; name a file, e.g. {option} report.json",
+            path.display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{option} {}: directory {} does not exist; create it or write elsewhere",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An `--attach-only` filter that can match nothing is refused up front: port 0, interface
+/// index 0, or an index no interface has in the namespace the packets are born in.
+pub fn attach_only_filter(
+    port: Option<u16>,
+    netns: Option<&str>,
+    ifindex: Option<u32>,
+) -> anyhow::Result<()> {
+    if port == Some(0) {
+        anyhow::bail!(
+            "--port 0 matches no packet: pass the port your traffic uses, e.g. --port 5201"
+        );
+    }
+    let Some(index) = ifindex else { return Ok(()) };
+    let place = netns.map_or("the root namespace".to_string(), |n| {
+        format!("namespace {n}")
+    });
+    let name = match netns {
+        Some(ns) => crate::lab::netns::run_in(ns, move || Ok(interface_name(index)))?,
+        None => interface_name(index),
+    };
+    if name.is_none() {
+        let list = netns.map_or("ip -o link".to_string(), |n| format!("ip -n {n} -o link"));
+        anyhow::bail!(
+            "--ifindex {index}: no interface has that index in {place} (`{list}` lists them); the filter would match nothing"
+        );
+    }
+    Ok(())
+}
+
+/// The interface with `index` in the calling thread's network namespace.
+fn interface_name(index: u32) -> Option<String> {
+    if index == 0 {
+        return None;
+    }
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_files_are_checked_before_the_run() {
+        use std::path::Path;
+        assert!(output_file(None, "--json").is_ok());
+        assert!(output_file(Some(Path::new("report.json")), "--json").is_ok());
+        assert!(output_file(Some(Path::new("/tmp/report.json")), "--json").is_ok());
+        let e = output_file(Some(Path::new("/nonexistent/dir/x.json")), "--json").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--json /nonexistent/dir/x.json: directory /nonexistent/dir does not exist; create it or write elsewhere"
+        );
+        let e = output_file(Some(Path::new("/tmp")), "--json").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_filter_that_matches_nothing_is_refused() {
+        assert!(attach_only_filter(Some(80), None, None).is_ok());
+        // Loopback is 1 in every namespace.
+        assert!(attach_only_filter(Some(80), None, Some(1)).is_ok());
+        let e = attach_only_filter(Some(0), None, None).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--port 0 matches no packet"),
+            "{e}"
+        );
+        for index in [0, 999_999] {
+            let e = attach_only_filter(Some(80), None, Some(index)).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("--ifindex {index}: no interface")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn counts() {

@@ -24,16 +24,10 @@ use crate::{
     startup::{Laps, ns, phases},
 };
 
-pub const URI: &str = "qemu:///system";
-const SOCKET: &str = "/run/libvirt/libvirt-sock";
-/// Serial console files of running domains.
-const RUN_DIR: &str = "/run/profiler/libvirt";
-/// libvirtd's per-domain QEMU log, which it keeps after the domain is gone.
-const LOG_DIR: &str = "/var/log/libvirt/qemu";
+pub use crate::cleanup::libvirt::URI;
+use crate::cleanup::libvirt::{LOG_DIR, RUN_DIR, SOCKET};
 /// How long a destroyed domain's QEMU may take to go.
 const DESTROY_GRACE: Duration = Duration::from_secs(30);
-/// Every domain this tool creates is named `profiler-<pid>-<starttime>-<index>`.
-const PREFIX: &str = "profiler-";
 
 /// The libvirt-side phases; the guest's follow from [`qemu::PHASES`] (firmware on).
 pub const PHASES: [(&str, &str); 5] = [
@@ -88,16 +82,12 @@ pub fn describe(name: &str) -> &'static str {
 }
 
 fn domain_name(owner: &Owner, index: u32) -> String {
-    format!("{PREFIX}{}-{}-{index}", owner.pid, owner.start)
+    crate::cleanup::owner::name(owner, index)
 }
 
 /// The owner a domain name carries, if it is one of ours.
 pub fn owner_of(name: &str) -> Option<Owner> {
-    let mut it = name.strip_prefix(PREFIX)?.split('-');
-    let pid = it.next()?.parse().ok()?;
-    let start = it.next()?.parse().ok()?;
-    it.next()?.parse::<u32>().ok()?;
-    it.next().is_none().then_some(Owner { pid, start })
+    crate::cleanup::owner::of_name(name)
 }
 
 fn xml_escape(s: &str) -> String {
@@ -160,35 +150,7 @@ fn connect() -> Result<Connect> {
 
 /// Destroys running domains whose owner is gone (a `kill -9` of an earlier run).
 pub fn reap_stale(conn: &Connect) {
-    let Ok(domains) = conn.list_all_domains(0) else {
-        return;
-    };
-    for d in domains {
-        let Ok(name) = d.get_name() else { continue };
-        if let Some(o) = owner_of(&name).filter(|o| !o.alive())
-            && d.is_active().unwrap_or(false)
-            && d.destroy().is_ok()
-        {
-            eprintln!(
-                "profiler: destroyed libvirt domain {name}, left running by pid {}",
-                o.pid
-            );
-        }
-    }
-    for (dir, suffix) in [(RUN_DIR, ".console"), (LOG_DIR, ".log")] {
-        let Ok(dir) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for f in dir.flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(suffix) else {
-                continue;
-            };
-            if owner_of(stem).is_some_and(|o| !o.alive()) {
-                let _ = std::fs::remove_file(f.path());
-            }
-        }
-    }
+    crate::cleanup::libvirt::reap(conn);
 }
 
 /// Owns one running domain and its console file: destroyed and removed on drop and on a

@@ -426,8 +426,8 @@ fn exits_by_phase(
         .collect()
 }
 
-/// qemu's command line for `guest` on `accel`.
-fn command(guest: &Guest, accel: Accel) -> Command {
+/// qemu's command line for `guest` on `accel`, named for its owner and index.
+fn command(index: u32, guest: &Guest, accel: Accel) -> Command {
     let append = format!("{APPEND} {}", guest.append);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.name()])
@@ -436,8 +436,13 @@ fn command(guest: &Guest, accel: Accel) -> Command {
         .arg("-smp")
         .arg(guest.smp.max(1).to_string())
         .args(["-nographic", "-no-reboot"])
-        // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark.
-        .args(["-name", "profiler,debug-threads=on"])
+        // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark. The
+        // name carries the owner: the reaper kills a QEMU that outlived it.
+        .arg("-name")
+        .arg(format!(
+            "{},debug-threads=on",
+            crate::cleanup::owner::name(&crate::cleanup::Owner::me(), index)
+        ))
         .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(guest.kernel)
@@ -465,7 +470,7 @@ fn boot(
     let accel = how.accel;
     let first_exits = exit_snapshot(exits);
     let mut mark_exits: Vec<Option<BTreeMap<String, u64>>> = vec![None; Marks::default().at.len()];
-    let mut cmd = command(guest, accel);
+    let mut cmd = command(index, guest, accel);
     // The child dies if the thread that spawned it does.
     crate::cleanup::die_with_parent(&mut cmd);
     if crate::cleanup::stop_requested() {

@@ -14,8 +14,8 @@ use bollard::{
     Docker,
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
-        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-        RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+        RemoveImageOptionsBuilder,
     },
 };
 use futures::StreamExt as _;
@@ -28,10 +28,8 @@ use crate::{
     startup::{Instance, Laps, Phase, PhaseStats, Wall, summary},
 };
 
-pub const SOCKET: &str = "/var/run/docker.sock";
-const LABEL: &str = "profiler";
-const OWNER_LABEL: &str = "profiler.owner";
-const IMAGE: &str = "profiler-payload";
+pub use crate::cleanup::docker::SOCKET;
+use crate::cleanup::docker::{IMAGE, LABEL, OWNER_LABEL};
 
 pub async fn connect() -> Result<Docker> {
     if !std::path::Path::new(SOCKET).exists() {
@@ -67,40 +65,7 @@ fn labels() -> HashMap<String, String> {
 
 /// Removes containers and images the profiler made whose owner process is gone.
 pub async fn reap_stale(d: &Docker) -> Result<Vec<String>> {
-    let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
-    let list = d
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    let mut removed = vec![];
-    for c in list {
-        let owner = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(OWNER_LABEL))
-            .and_then(|o| o.parse::<Owner>().ok());
-        if owner.is_some_and(|o| o.alive()) {
-            continue;
-        }
-        if let Some(id) = c.id {
-            remove_container(d, &id).await;
-            removed.push(id);
-        }
-    }
-    if !removed.is_empty() {
-        let _ = d
-            .remove_image(
-                IMAGE,
-                Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                None,
-            )
-            .await;
-    }
-    Ok(removed)
+    crate::cleanup::docker::reap(d).await
 }
 
 async fn remove_container(d: &Docker, id: &str) {
@@ -129,6 +94,7 @@ async fn import(d: &Docker, tar: Vec<u8>, tag_suffix: &str) -> Result<String> {
                 image::PORT
             ),
             format!("LABEL {LABEL}=1"),
+            format!("LABEL {OWNER_LABEL}={}", Owner::me()),
         ])
         .build();
     let mut s = d.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);

@@ -145,7 +145,12 @@ impl Lab {
         };
         topology::check_kernel(mode)?;
         let desc = registry::claim(&id, mode)?;
-        crate::cleanup::own_lab(&id);
+        let undo = id.clone();
+        crate::cleanup::on_signal_last(&signal_key(&id), move || {
+            if let Err(e) = remove(&undo) {
+                eprintln!("profiler: tearing down lab {undo}: {e:#}");
+            }
+        });
         let mut lab = Lab { desc, keep: false };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -163,9 +168,14 @@ impl Lab {
         self.desc.owner = None;
         registry::save(&self.desc)?;
         self.keep = true;
-        crate::cleanup::disown_lab(&self.desc.id);
+        crate::cleanup::forget(&signal_key(&self.desc.id));
         Ok(self.desc.clone())
     }
+}
+
+/// The key of a lab's teardown on a signal.
+fn signal_key(id: &str) -> String {
+    format!("lab:{id}")
 }
 
 impl Drop for Lab {
@@ -176,7 +186,7 @@ impl Drop for Lab {
         if let Err(e) = remove(&self.desc.id) {
             eprintln!("profiler: tearing down lab {}: {e:#}", self.desc.id);
         }
-        crate::cleanup::disown_lab(&self.desc.id);
+        crate::cleanup::forget(&signal_key(&self.desc.id));
     }
 }
 

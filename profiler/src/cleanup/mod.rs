@@ -4,6 +4,19 @@
 //! (a second signal: at once), exiting 128 + the signal. After a `kill -9`, [`reap_stale`] at
 //! the next command's start removes what the dead owner left, and its children died with it
 //! ([`die_with_parent`]).
+//!
+//! This is a floor below the rooms: it names none of them. Rooms register what to undo on a
+//! signal ([`on_signal`], [`on_signal_last`]) and how to reap their leftovers ([`Reaper`],
+//! registered once by `main` from `profiler::REAPERS`); what needs no room (QEMU processes,
+//! Docker, libvirt) it reaps itself.
+
+pub mod docker;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+pub mod owner;
+mod qemu;
+
+pub use owner::Owner;
 
 use std::{
     sync::{
@@ -15,10 +28,11 @@ use std::{
 
 use nix::sys::signal::{SigSet, Signal};
 
-static OWNED_LABS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 type Hook = Box<dyn FnOnce() + Send>;
-/// Other things to undo on a signal (containers, VMs), by a key the owner removes them with.
+/// What to undo on a signal (containers, VMs), by a key the owner removes them with.
 static HOOKS: Mutex<Vec<(String, Hook)>> = Mutex::new(Vec::new());
+/// What to undo after every [`HOOKS`] entry ran (labs: containers and VMs may sit in them).
+static LAST_HOOKS: Mutex<Vec<(String, Hook)>> = Mutex::new(Vec::new());
 /// How long the undo hooks may take together on a signal.
 const HOOK_LIMIT: Duration = Duration::from_secs(10);
 
@@ -30,11 +44,21 @@ pub fn on_signal(key: &str, undo: impl FnOnce() + Send + 'static) {
         .push((key.to_string(), Box::new(undo)));
 }
 
-pub fn forget(key: &str) {
-    HOOKS
+/// Like [`on_signal`], run after every hook [`on_signal`] registered has ended (labs).
+pub fn on_signal_last(key: &str, undo: impl FnOnce() + Send + 'static) {
+    LAST_HOOKS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .retain(|(k, _)| k != key);
+        .push((key.to_string(), Box::new(undo)));
+}
+
+pub fn forget(key: &str) {
+    for hooks in [&HOOKS, &LAST_HOOKS] {
+        hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, _)| k != key);
+    }
 }
 /// Set by a command that reports what it has on the first signal (trace); a second signal
 /// still tears down and exits at once.
@@ -193,22 +217,53 @@ fn teardown_bounded(set: &SigSet, limit: Duration) {
 /// Set on the workloads this tool runs as its own children: they leave reaping to it.
 pub const WORKLOAD_ENV: &str = "PROFILER_WORKLOAD";
 
+/// How a room removes what a killed run of it left (its owner is dead).
+#[derive(Clone, Copy)]
+pub struct Reaper {
+    pub what: &'static str,
+    pub reap: fn(),
+}
+
+static REAPERS: Mutex<Vec<Reaper>> = Mutex::new(Vec::new());
+
+/// The rooms' reapers [`reap_stale`] runs, in order (`main` registers `profiler::REAPERS`).
+pub fn register_reapers(reapers: &[Reaper]) {
+    let mut r = REAPERS.lock().unwrap_or_else(|e| e.into_inner());
+    for x in reapers {
+        if !r.iter().any(|y| y.what == x.what) {
+            r.push(*x);
+        }
+    }
+}
+
 /// The one reaper, which every command runs at its start: removes what a run of this tool left
-/// when it was killed (its owner, pid + start time, is dead): labs (namespaces and files, a
-/// half-built one too), cgroups of every name (`profiler-<lab>-<n>`, `profiler-run-*`), and
-/// temp files and initramfs copies in the artefacts cache. (Docker containers and libvirt
-/// domains need their daemons: `boot --container docker` and `boot --vm libvirt` reap those.)
-/// Root only; silent unless it removes something.
+/// when it was killed (its owner, pid + start time, is dead): QEMU processes (by the owner in
+/// their `-name`), then the registered rooms' leftovers (labs, a half-built one too; cgroups of
+/// every name; temp files and initramfs copies; the injector's TC filters), then Docker
+/// containers and images labelled by owner (when a daemon answers) and libvirt domains named by
+/// owner (when libvirtd answers). Root only; silent unless it removes something; a few ms when
+/// there is nothing to remove.
 pub fn reap_stale() {
     if !nix::unistd::geteuid().is_root() || std::env::var_os(WORKLOAD_ENV).is_some() {
         return;
     }
-    crate::lab::reap_stale();
-    if let Ok(root) = crate::container::cgroup::root() {
-        let live: Vec<String> = crate::lab::list().into_iter().map(|d| d.id).collect();
-        crate::container::cgroup::reap_stale(&root, &live);
+    // Docker's round trips (a few ms) overlap the rest.
+    let docker = std::thread::Builder::new()
+        .name("reap-docker".into())
+        .spawn(docker::reap_stale);
+    qemu::reap_stale();
+    let reapers = REAPERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for r in reapers {
+        (r.reap)();
     }
-    crate::boot::artefacts::reap_stale();
+    #[cfg(feature = "libvirt")]
+    libvirt::reap_stale();
+    match docker {
+        Ok(t) => {
+            let _ = t.join();
+        }
+        Err(_) => docker::reap_stale(),
+    }
 }
 
 /// Makes `cmd`'s child die (SIGKILL) with the thread that spawns it, so a `kill -9` of this
@@ -231,24 +286,18 @@ pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Co
     }
 }
 
-pub fn own_lab(id: &str) {
-    OWNED_LABS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(id.to_string());
-}
-
-pub fn disown_lab(id: &str) {
-    OWNED_LABS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|x| x != id);
-}
-
 /// Runs every undo hook at once (each may talk to a daemon that hangs: bounded by `limit`
-/// together), then removes the labs this process owns.
+/// together), then the last ones (labs) the same way in what is left of `limit`.
 fn teardown_owned(limit: Duration) {
+    let end = Instant::now() + limit;
     let hooks = std::mem::take(&mut *HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    run_hooks(hooks, end);
+    // Labs get their second even when a daemon's hook used up the time.
+    let last = std::mem::take(&mut *LAST_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    run_hooks(last, end.max(Instant::now() + Duration::from_secs(1)));
+}
+
+fn run_hooks(hooks: Vec<(String, Hook)>, end: Instant) {
     let (done, wait) = std::sync::mpsc::channel();
     let mut pending = Vec::new();
     for (key, undo) in hooks {
@@ -264,7 +313,6 @@ fn teardown_owned(limit: Duration) {
         }
     }
     drop(done);
-    let end = Instant::now() + limit;
     while !pending.is_empty() {
         let left = end.saturating_duration_since(Instant::now());
         match wait.recv_timeout(left) {
@@ -274,88 +322,7 @@ fn teardown_owned(limit: Duration) {
     }
     for key in pending {
         say(&format!(
-            "undoing {key} took over {} s: left for the next run to reap",
-            limit.as_secs()
+            "undoing {key} took too long: left for the next run to reap"
         ));
-    }
-    let ids = std::mem::take(&mut *OWNED_LABS.lock().unwrap_or_else(|e| e.into_inner()));
-    for id in ids {
-        if let Err(e) = crate::lab::remove(&id) {
-            say(&format!("tearing down lab {id}: {e:#}"));
-        }
-    }
-}
-
-/// A process, identified beyond its pid by its start time (pids are reused).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    pub start: u64,
-}
-
-impl Owner {
-    pub fn me() -> Owner {
-        let pid = std::process::id();
-        Owner {
-            pid,
-            start: start_time(pid).unwrap_or(0),
-        }
-    }
-
-    pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
-    }
-}
-
-/// Field 22 of /proc/PID/stat: start time in clock ticks since boot; None once it is dead.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after its ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // A zombie (killed, not yet reaped) owns nothing any more.
-    if rest.starts_with('Z') || rest.starts_with('X') {
-        return None;
-    }
-    rest.split(' ').nth(19)?.parse().ok()
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.pid, self.start)
-    }
-}
-
-impl std::str::FromStr for Owner {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Owner, ()> {
-        let (pid, start) = s.split_once(':').ok_or(())?;
-        Ok(Owner {
-            pid: pid.parse().map_err(|_| ())?,
-            start: start.parse().map_err(|_| ())?,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn my_start_time_is_readable_and_i_am_alive() {
-        let me = Owner::me();
-        assert!(me.start > 0);
-        assert!(me.alive());
-        let ghost = Owner {
-            pid: me.pid,
-            start: me.start + 1,
-        };
-        assert!(!ghost.alive(), "a reused pid must not pass for the owner");
-    }
-
-    #[test]
-    fn owner_round_trips_through_a_label() {
-        let me = Owner::me();
-        assert_eq!(me.to_string().parse::<Owner>(), Ok(me));
-        assert!("garbage".parse::<Owner>().is_err());
     }
 }
