@@ -8,6 +8,7 @@ pub mod container;
 pub mod docker;
 pub mod doctor;
 pub mod envs;
+pub mod exe;
 pub mod export;
 pub mod fit;
 pub mod hist;

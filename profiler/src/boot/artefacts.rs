@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::cpio::{self, Entry};
+pub use crate::exe::{elf_interp, libraries, parse_ldd};
 
 pub const DEFAULT_CACHE: &str = "/var/cache/profiler/vm";
 /// Overrides [`DEFAULT_CACHE`].
@@ -181,57 +182,6 @@ pub fn encode_args(args: &[String]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The files `ldd` resolved (libraries and the loader), in its order; an unresolved library
-/// is an error, a static executable has none.
-pub fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if line.contains("not a dynamic executable") || line.contains("statically linked") {
-            continue;
-        }
-        let target = match line.split_once("=>") {
-            Some((name, rest)) => {
-                let rest = rest.trim();
-                if rest.starts_with("not found") {
-                    bail!("ldd: {} not found", name.trim());
-                }
-                rest
-            }
-            None => line,
-        };
-        // "/lib/x/libc.so.6 (0x7f...)"; the vDSO has no path.
-        let path = target.split(" (").next().unwrap_or("").trim();
-        if path.starts_with('/') && !out.iter().any(|p| p == Path::new(path)) {
-            out.push(PathBuf::from(path));
-        }
-    }
-    Ok(out)
-}
-
-/// PT_INTERP of a 64-bit little-endian ELF: the dynamic loader it names.
-pub fn elf_interp(elf: &[u8]) -> Option<String> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
-        return None;
-    }
-    let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
-    (0..phnum as usize).find_map(|i| {
-        let at = usize::try_from(phoff).ok()? + i * phentsize as usize;
-        if elf.get(at..at + 4)? != 3u32.to_le_bytes() {
-            return None;
-        }
-        let (off, size) = (u64_at(at + 8)? as usize, u64_at(at + 32)? as usize);
-        let raw = elf.get(off..off.checked_add(size)?)?;
-        let s = raw.split(|&b| b == 0).next()?;
-        Some(String::from_utf8_lossy(s).into_owned())
-    })
-}
-
 /// What a workload guest printed between its markers.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct GuestOutput {
@@ -278,26 +228,6 @@ pub fn parse_guest_output(console: &[String]) -> GuestOutput {
         }
     }
     out
-}
-
-/// A program's shared libraries and loader, from `ldd` on its file (`elf`, its bytes): this
-/// program's for a VM's initramfs, or a container image's.
-pub fn libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
-    let out = crate::cleanup::die_with_parent(&mut Command::new("ldd"))
-        .arg(exe)
-        .output()
-        .context("running ldd (libc-bin)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut libs = parse_ldd(&text).with_context(|| format!("ldd {}", exe.display()))?;
-    if !out.status.success() && libs.is_empty() && elf_interp(elf).is_some() {
-        bail!("ldd {} failed: {}", exe.display(), last_line(&out.stderr));
-    }
-    if let Some(interp) = elf_interp(elf)
-        && !libs.iter().any(|l| l == Path::new(&interp))
-    {
-        libs.push(PathBuf::from(interp));
-    }
-    Ok(libs)
 }
 
 /// Every directory above `path` (relative, parents first), for the cpio: the kernel does not

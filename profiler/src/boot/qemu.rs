@@ -8,7 +8,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{Mutex, mpsc},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -125,19 +125,8 @@ pub const GUEST_MB: u64 = 256;
 
 pub const APPEND: &str = "console=ttyS0 earlyprintk=serial loglevel=4 panic=-1";
 
-/// Children this process has running: killed (SIGKILL) by [`kill_children`] and by their
-/// guards' drop. PR_SET_PDEATHSIG covers a sudden exit of this process.
-static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-/// Kills every qemu this process started and has not reaped (for a signal handler).
-pub fn kill_children() {
-    for &pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        // SAFETY: the pid is ours and unreaped (removed from the list before reaping).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-/// Owns a spawned qemu: registered in [`CHILDREN`] while unreaped, killed and reaped on drop.
+/// Owns a spawned qemu: registered with `cleanup::children` while unreaped (a signal's teardown
+/// kills it), killed and reaped on drop.
 struct ChildGuard {
     child: Child,
     pid: i32,
@@ -147,7 +136,7 @@ struct ChildGuard {
 impl ChildGuard {
     fn new(child: Child) -> Self {
         let pid = child.id() as i32;
-        CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        crate::cleanup::children::add(pid);
         Self {
             child,
             pid,
@@ -163,10 +152,7 @@ impl ChildGuard {
     }
 
     fn reap(&mut self) -> Option<std::process::ExitStatus> {
-        CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|&p| p != self.pid);
+        crate::cleanup::children::remove(self.pid);
         let status = self.child.wait().ok();
         self.reaped = true;
         status

@@ -10,6 +10,7 @@
 //! registered once by `main` from `profiler::REAPERS`); what needs no room (QEMU processes,
 //! Docker, libvirt) it reaps itself.
 
+pub mod children;
 pub mod docker;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
@@ -187,7 +188,7 @@ pub fn install_signal_teardown() {
 
 /// [`teardown_owned`] within `limit`, cut short by a further signal.
 fn teardown_bounded(set: &SigSet, limit: Duration) {
-    crate::boot::qemu::kill_children();
+    children::kill_all();
     let (done, wait) = std::sync::mpsc::channel();
     let worker = std::thread::Builder::new().spawn(move || {
         teardown_owned(limit);

@@ -102,7 +102,7 @@ pub fn rootfs_with(exe: &str) -> Result<Vec<u8>> {
     let mut dirs = vec![];
     add_path(&mut t, &mut dirs, BUSYBOX, 0o755)?;
     let data = std::fs::read(exe).with_context(|| format!("reading {exe}"))?;
-    for lib in crate::boot::artefacts::libraries(std::path::Path::new(exe), &data)? {
+    for lib in crate::exe::libraries(std::path::Path::new(exe), &data)? {
         add_path(&mut t, &mut dirs, &lib.to_string_lossy(), 0o755)?;
     }
     t.file("profiler", 0o755, &data)?;
