@@ -79,8 +79,8 @@ pub fn libraries(exe: &Path, elf: &[u8]) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// The last non-empty line a tool printed.
-fn last_line(stderr: &[u8]) -> String {
+/// The last non-empty line a tool printed (apt's and ldd's errors are there).
+pub fn last_line(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
         .lines()
         .rev()

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::cpio::{self, Entry};
-pub use crate::exe::{elf_interp, libraries, parse_ldd};
+pub use crate::exe::{elf_interp, last_line, libraries, parse_ldd};
 
 pub const DEFAULT_CACHE: &str = "/var/cache/profiler/vm";
 /// Overrides [`DEFAULT_CACHE`].
@@ -476,16 +476,6 @@ pub fn is_static_x86_64(elf: &[u8]) -> bool {
     })
 }
 
-/// The last non-empty line a tool printed: apt's error is there.
-fn last_line(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
 
 fn apt(argv: &[&str]) -> Result<String> {
     let out = crate::cleanup::die_with_parent(&mut Command::new(argv[0]))
