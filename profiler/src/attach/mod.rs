@@ -184,6 +184,20 @@ const BY_DEVICE: &str = "by device kind: the per-device net tracepoint on this l
 // The packet tracer's tracepoints are raw tracepoints: the skb argument is a plain number there,
 // hashed without a probe read (profiler-ebpf/src/net.rs), so tp_btf is not its candidate.
 
+/// A layer's function (fentry, then kprobe) and the per-device net tracepoint that cuts it
+/// where no function probe works.
+macro_rules! ways {
+    ($func:literal, $tp:literal, $program:expr, $precision:expr) => {
+        const {
+            &[
+                func(Fentry, $func, EXACT),
+                func(Kprobe, $func, EXACT),
+                tp(RawTracepoint, "net", $tp, $program, $precision),
+            ]
+        }
+    };
+}
+
 impl Hook {
     pub const ALL: [Hook; 8] = [
         Hook::VethXmit,
@@ -213,65 +227,23 @@ impl Hook {
     pub fn candidates(self) -> &'static [Candidate] {
         match self {
             Hook::VethXmit => {
-                const {
-                    &[
-                        func(Fentry, "veth_xmit", EXACT),
-                        func(Kprobe, "veth_xmit", EXACT),
-                        tp(
-                            RawTracepoint,
-                            "net",
-                            "net_dev_queue",
-                            prog::NET_QUEUE,
-                            BY_DEVICE,
-                        ),
-                    ]
-                }
+                ways!("veth_xmit", "net_dev_queue", prog::NET_QUEUE, BY_DEVICE)
             }
             Hook::BridgeForward => {
-                const {
-                    &[
-                        func(Fentry, "br_forward", EXACT),
-                        func(Kprobe, "br_forward", EXACT),
-                        tp(
-                            RawTracepoint,
-                            "net",
-                            "net_dev_queue",
-                            prog::NET_QUEUE,
-                            BY_DEVICE,
-                        ),
-                    ]
-                }
+                ways!("br_forward", "net_dev_queue", prog::NET_QUEUE, BY_DEVICE)
             }
-            Hook::VxlanEncap => {
-                const {
-                    &[
-                        func(Fentry, "vxlan_xmit", EXACT),
-                        func(Kprobe, "vxlan_xmit", EXACT),
-                        tp(
-                            RawTracepoint,
-                            "net",
-                            "net_dev_queue",
-                            prog::NET_QUEUE,
-                            "by device kind: vxlan encap + route + netfilter out in one segment",
-                        ),
-                    ]
-                }
-            }
-            Hook::VxlanDecap => {
-                const {
-                    &[
-                        func(Fentry, "vxlan_rcv", EXACT),
-                        func(Kprobe, "vxlan_rcv", EXACT),
-                        tp(
-                            RawTracepoint,
-                            "net",
-                            "netif_receive_skb",
-                            prog::NET_RECV,
-                            "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment",
-                        ),
-                    ]
-                }
-            }
+            Hook::VxlanEncap => ways!(
+                "vxlan_xmit",
+                "net_dev_queue",
+                prog::NET_QUEUE,
+                "by device kind: vxlan encap + route + netfilter out in one segment"
+            ),
+            Hook::VxlanDecap => ways!(
+                "vxlan_rcv",
+                "netif_receive_skb",
+                prog::NET_RECV,
+                "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment"
+            ),
             Hook::Conntrack => {
                 const {
                     &[

@@ -476,7 +476,6 @@ pub fn is_static_x86_64(elf: &[u8]) -> bool {
     })
 }
 
-
 fn apt(argv: &[&str]) -> Result<String> {
     let out = crate::cleanup::die_with_parent(&mut Command::new(argv[0]))
         .args(&argv[1..])

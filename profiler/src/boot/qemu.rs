@@ -224,7 +224,7 @@ fn spawn_alone(mut cmd: Command, tx: mpsc::Sender<Event>) -> Result<(Child, Inst
             // SAFETY: our unreaped child; the guard that would have reaped it is gone.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let _ = tx.send(Event::Exited(wait_exit(pid)));
+        let _ = tx.send(Event::Exited(crate::cleanup::children::wait_exit(pid)));
         for r in readers {
             let _ = r.join();
         }
@@ -265,26 +265,6 @@ fn readers(
         }
     })?;
     Ok([console, errors])
-}
-
-/// Blocks until `pid` exits, leaving it unreaped (a zombie) so its pid stays ours.
-fn wait_exit(pid: i32) -> Instant {
-    loop {
-        // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: plain syscall on our own child.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Instant::now();
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -125,7 +125,7 @@ impl Vm {
                 }));
             }
             let _ = spawned_tx.send(Ok(pid as u32));
-            wait_exit(pid);
+            crate::cleanup::children::wait_exit(pid);
             let status = {
                 let mut done = r.lock().unwrap_or_else(|e| e.into_inner());
                 *done = true;
@@ -180,26 +180,6 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.end();
-    }
-}
-
-/// Blocks until `pid` exits, leaving it unreaped (a zombie) so its pid stays ours.
-fn wait_exit(pid: i32) {
-    loop {
-        // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: plain syscall on our own child.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
-        }
     }
 }
 
