@@ -2,11 +2,13 @@
 
 pub mod attach;
 pub mod boot;
+pub mod check;
 pub mod cleanup;
 pub mod container;
 pub mod docker;
 pub mod doctor;
 pub mod envs;
+pub mod experiment;
 pub mod fit;
 pub mod hist;
 pub mod inject;

@@ -35,6 +35,9 @@ enum Command {
     Bench(profiler::workload::BenchArgs),
     /// The server side of `bench -H`, for measuring two real hosts.
     Serve(profiler::workload::ServeArgs),
+    /// A paper's tables reproduced from an experiment file (configs/*.toml): the paper's
+    /// figures, ours, and both ratios against host, with the layers that explain each mode.
+    Experiment(profiler::experiment::ExperimentArgs),
     /// Delay packets on one hook of one lab device (a TC program; netem where absent).
     Inject(profiler::inject::InjectArgs),
     /// Start-up latency in phases: containers (native, docker) or VMs.
@@ -191,6 +194,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench(&args),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
+        Command::Experiment(args) => profiler::experiment::main(&args),
         Command::Boot(args) => boot(&args),
         Command::Kvm(args) => profiler::kvm::cli::run(&args),
         Command::Run {
