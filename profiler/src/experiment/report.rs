@@ -67,6 +67,9 @@ pub struct DirectionDiff {
     pub name: String,
     pub one_way_p50_ns: Option<f64>,
     pub host_one_way_p50_ns: Option<f64>,
+    /// The host direction compared with: the same one, or requests where host traced none in
+    /// this direction (on loopback the tracer sees both ways as one).
+    pub host_direction: String,
     /// Every layer either side has, largest difference first: p50 x crossings (without the
     /// tracer's own cost where calibrated), ns.
     pub layers: Vec<LayerDiff>,
@@ -95,10 +98,7 @@ fn layer_sums(r: &TraceReport, dir: usize) -> Vec<(String, u64, f64)> {
 }
 
 /// Every layer of either side, by how much more it costs in `mode` than in host.
-pub fn diff_layers(
-    mode: &[(String, u64, f64)],
-    host: &[(String, u64, f64)],
-) -> Vec<LayerDiff> {
+pub fn diff_layers(mode: &[(String, u64, f64)], host: &[(String, u64, f64)]) -> Vec<LayerDiff> {
     let mut out: Vec<LayerDiff> = mode
         .iter()
         .map(|(l, c, ns)| {
@@ -186,7 +186,11 @@ pub fn build(spec: &Spec, file: &str, quick: bool, res: &Results) -> ExperimentR
         let (bp, bo) = (base.and_then(|b| b.paper), base.and_then(|b| b.ours));
         for r in &mut rows {
             if r.paper_ratio.is_none() {
-                r.paper_ratio = r.paper.zip(bp).filter(|(_, b)| *b > 0.0).map(|(p, b)| p / b);
+                r.paper_ratio = r
+                    .paper
+                    .zip(bp)
+                    .filter(|(_, b)| *b > 0.0)
+                    .map(|(p, b)| p / b);
             }
             r.ours_ratio = r.ours.zip(bo).filter(|(_, b)| *b > 0.0).map(|(o, b)| o / b);
         }
@@ -216,11 +220,19 @@ pub fn build(spec: &Spec, file: &str, quick: bool, res: &Results) -> ExperimentR
                 round_trip_p50_us: rtt(t),
                 host_round_trip_p50_us: rtt(h),
                 directions: (0..t.net.directions.len())
-                    .map(|d| DirectionDiff {
-                        name: t.net.directions[d].name.to_string(),
-                        one_way_p50_ns: one_way(t, d),
-                        host_one_way_p50_ns: one_way(h, d),
-                        layers: diff_layers(&layer_sums(t, d), &layer_sums(h, d)),
+                    .map(|d| {
+                        let hd = if one_way(h, d).is_some() { d } else { 0 };
+                        DirectionDiff {
+                            name: t.net.directions[d].name.to_string(),
+                            one_way_p50_ns: one_way(t, d),
+                            host_one_way_p50_ns: one_way(h, hd),
+                            host_direction: h
+                                .net
+                                .directions
+                                .get(hd)
+                                .map_or(String::new(), |x| x.name.to_string()),
+                            layers: diff_layers(&layer_sums(t, d), &layer_sums(h, hd)),
+                        }
                     })
                     .collect(),
             },
@@ -280,7 +292,7 @@ pub fn print(r: &ExperimentReport) {
 
 pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
     let _ = writeln!(
-            o,
+        o,
         "profiler experiment — {}{} ({} repetition(s), {} s per network run)",
         r.paper,
         if r.quick { " (--quick)" } else { "" },
@@ -295,7 +307,11 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
             t.title,
             t.unit,
             t.baseline,
-            if t.higher_is_better { "higher" } else { "lower" }
+            if t.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            }
         );
         let _ = writeln!(
             o,
@@ -312,7 +328,7 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
                 }
             };
             let _ = writeln!(
-            o,
+                o,
                 "  {:<16} {:>10} {:>10} {:>17} {:>12} {:>12}",
                 row.setup,
                 opt(row.paper),
@@ -322,12 +338,10 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
                 ratio(row.ours_ratio)
             );
             if let Some(why) = &row.why {
-                let _ = writeln!(
-            o,"  {:<16} not run here: {why}", "");
+                let _ = writeln!(o, "  {:<16} not run here: {why}", "");
             }
             for n in &row.notes {
-                let _ = writeln!(
-            o,"  {:<16} {n}", "");
+                let _ = writeln!(o, "  {:<16} {n}", "");
             }
         }
     }
@@ -336,15 +350,14 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
     }
     let _ = writeln!(o);
     let _ = writeln!(
-            o,
+        o,
         "Why each mode differs from host: one traced tcp_rr per mode, each layer's p50 x its \
          crossings (without the tracer's own cost), the largest differences from host"
     );
     for e in &r.explanations {
         let _ = writeln!(o);
         if let Some(err) = &e.error {
-            let _ = writeln!(
-            o,"  {}: no trace: {err}", e.mode);
+            let _ = writeln!(o, "  {}: no trace: {err}", e.mode);
             continue;
         }
         let _ = writeln!(
@@ -358,15 +371,23 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
         );
         for d in &e.directions {
             let _ = writeln!(
-            o,
-                "    {}: one-way p50 {} against host {}",
+                o,
+                "    {}: one-way p50 {} against host {}{}",
                 d.name,
                 d.one_way_p50_ns.map_or("-".into(), fmt_ns),
-                d.host_one_way_p50_ns.map_or("-".into(), fmt_ns)
+                d.host_one_way_p50_ns.map_or("-".into(), fmt_ns),
+                if d.host_direction != d.name {
+                    format!(
+                        " (host's {}: on loopback it traces both ways as one)",
+                        d.host_direction
+                    )
+                } else {
+                    String::new()
+                }
             );
             for l in d.layers.iter().take(4) {
                 let _ = writeln!(
-            o,
+                    o,
                     "      {:<46} {:>10} against {:>10} on host: {}{}",
                     format!("{} (x{})", l.layer, l.crossings),
                     fmt_ns(l.ns),

@@ -141,7 +141,9 @@ pub fn run_all(spec: &Spec, quick: bool) -> Result<Results> {
         }
         let t = match labs.get(mode) {
             Ok(desc) => {
-                eprintln!("profiler: experiment: tracing tcp_rr in {mode} for the per-layer explanation");
+                eprintln!(
+                    "profiler: experiment: tracing tcp_rr in {mode} for the per-layer explanation"
+                );
                 trace(desc, length).map_err(|e| one_line(&e))
             }
             Err(e) => Err(e),
@@ -172,7 +174,10 @@ pub fn describe(run: &Run) -> String {
         }
         Run::VmBoot { count } => format!("boot --vm qemu --count {count}"),
         Run::ContainerBoot { net, count } => {
-            format!("boot --container native --net {} --count {count}", net.name())
+            format!(
+                "boot --container native --net {} --count {count}",
+                net.name()
+            )
         }
         Run::Sysbench {
             env,
@@ -227,7 +232,9 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
             if !r.ok {
                 bail!(
                     "not every VM booted: {}",
-                    r.error.as_deref().unwrap_or("a guest never reached its ready mark")
+                    r.error
+                        .as_deref()
+                        .unwrap_or("a guest never reached its ready mark")
                 );
             }
             let shutdown = |b: &crate::boot::Boot| {
@@ -337,8 +344,14 @@ fn net_metrics(r: &workload::Report, m: &mut Measured) {
         m.push("p99_us", r.latency.p99_us);
     }
     if r.duration_secs > 0.0 {
-        m.push("client_cpu_pct", r.client_cpu_secs / r.duration_secs * 100.0);
-        m.push("server_cpu_pct", r.server_cpu_secs / r.duration_secs * 100.0);
+        m.push(
+            "client_cpu_pct",
+            r.client_cpu_secs / r.duration_secs * 100.0,
+        );
+        m.push(
+            "server_cpu_pct",
+            r.server_cpu_secs / r.duration_secs * 100.0,
+        );
     }
     if r.transactions > 0 {
         let per = |cpu: f64| cpu * 1e6 / r.transactions as f64;

@@ -374,9 +374,9 @@ impl Table {
             Kind::Sysbench => {
                 let env: Env = parse_enum(
                     "env",
-                    row.env
-                        .as_deref()
-                        .ok_or_else(|| anyhow!("a sysbench row needs env = \"host\" (or native, docker, vm)"))?,
+                    row.env.as_deref().ok_or_else(|| {
+                        anyhow!("a sysbench row needs env = \"host\" (or native, docker, vm)")
+                    })?,
                 )?;
                 let time_s = if quick {
                     spec.quick.time_s
@@ -423,7 +423,10 @@ baseline = "host"
 rows = [{ setup = "host", mode = "hots" }]
 "#;
         let e = Spec::parse(text).unwrap_err().to_string();
-        assert!(e.contains("table 't', row 'host'") && e.contains("unknown mode 'hots'"), "{e}");
+        assert!(
+            e.contains("table 't', row 'host'") && e.contains("unknown mode 'hots'"),
+            "{e}"
+        );
         let e = Spec::parse(&text.replace("rr_latency_us", "latency"))
             .unwrap_err()
             .to_string();
@@ -451,7 +454,11 @@ rows = [{ setup = "host", mode = "hots" }]
         assert_eq!(runs[2], None);
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/suo2018.toml");
         let spec = Spec::load(&p).unwrap();
-        let t = spec.tables.iter().find(|t| t.id == "table6-launch").unwrap();
+        let t = spec
+            .tables
+            .iter()
+            .find(|t| t.id == "table6-launch")
+            .unwrap();
         assert!(matches!(
             t.run_of(&t.rows[0], &spec, true).unwrap(),
             Some(Run::ContainerBoot { count: 1, .. })

@@ -86,6 +86,10 @@ pub struct TraceArgs {
     /// check that each lands in the layer holding its hook and nowhere else.
     #[arg(long)]
     pub self_check: bool,
+    /// Trace N runs one after another and report all N (`{"repeat": N, "runs": [...]}` in
+    /// --json), so `profiler check` can tell a regression from run-to-run spread.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 }
 
 /// The sampling policy the arguments ask for.
@@ -137,6 +141,11 @@ pub(super) fn prelude(args: &TraceArgs, what: &str) -> Result<()> {
 
 /// Runs the mode the arguments ask for, prints it, and writes `--json`.
 pub fn main(args: &TraceArgs) -> Result<()> {
+    if args.repeat > 1 && (args.self_check || args.compare.is_some() || args.ablation) {
+        bail!(
+            "--repeat works with a single traced run, not with --self-check, --compare or --ablation"
+        );
+    }
     let json = if args.self_check {
         let c = self_check::self_check(args)?;
         self_check::print(&c);
@@ -153,6 +162,18 @@ pub fn main(args: &TraceArgs) -> Result<()> {
         let a = ablation::ablation(args)?;
         ablation::print(&a);
         serde_json::to_vec_pretty(&a)?
+    } else if args.repeat > 1 {
+        let mut runs = vec![];
+        for i in 0..args.repeat {
+            if cleanup::stop_requested() {
+                break;
+            }
+            eprintln!("profiler: trace run {}/{}", i + 1, args.repeat);
+            let r = run::run(args)?;
+            run::print(&r);
+            runs.push(r);
+        }
+        serde_json::to_vec_pretty(&serde_json::json!({ "repeat": args.repeat, "runs": runs }))?
     } else {
         let r = run::run(args)?;
         run::print(&r);
