@@ -134,7 +134,7 @@ fn dhar2016_quick_boots_vms_and_containers() {
     assert!(stdout.contains("not run here: the native runtime times start-up phases only"));
 }
 
-fn trace(lab: &str, repeat: u32, json: &PathBuf) {
+fn trace(lab: &str, repeat: u32, json: &std::path::Path) {
     run_ok(profiler().args([
         "trace",
         "--lab",
