@@ -17,7 +17,7 @@ pub enum Better {
 pub struct Metric {
     /// e.g. `p99`, `throughput`, `one_way@requests`, `layer:bridge@requests`, `experiment:table2-rr/H-H`.
     pub name: String,
-    pub unit: &'static str,
+    pub unit: String,
     pub better: Better,
     /// One value per run.
     pub values: Vec<f64>,
@@ -65,7 +65,7 @@ pub fn extract(v: &Value) -> Result<Report> {
                 i + 1
             );
         }
-        let mut add = |name: String, unit: &'static str, better: Better, x: Option<f64>| {
+        let mut add = |name: String, unit: &str, better: Better, x: Option<f64>| {
             let Some(x) = x.filter(|x| x.is_finite()) else {
                 return;
             };
@@ -73,7 +73,7 @@ pub fn extract(v: &Value) -> Result<Report> {
                 Some(m) => m.values.push(x),
                 None => metrics.push(Metric {
                     name,
-                    unit,
+                    unit: unit.to_string(),
                     better,
                     values: vec![x],
                 }),
@@ -140,7 +140,7 @@ pub fn extract(v: &Value) -> Result<Report> {
                     .flatten()
                 {
                     let id = t.get("id").and_then(Value::as_str).unwrap_or("?");
-                    let unit = "";
+                    let unit = t.get("unit").and_then(Value::as_str).unwrap_or("");
                     let better = if t.get("higher_is_better").and_then(Value::as_bool) == Some(true)
                     {
                         Better::Higher
@@ -174,7 +174,7 @@ pub fn extract(v: &Value) -> Result<Report> {
     })
 }
 
-fn workload(w: &Value, add: &mut dyn FnMut(String, &'static str, Better, Option<f64>)) {
+fn workload(w: &Value, add: &mut dyn FnMut(String, &str, Better, Option<f64>)) {
     let f = |p: &str| w.pointer(p).and_then(Value::as_f64);
     let rr = matches!(
         w.get("test").and_then(Value::as_str),

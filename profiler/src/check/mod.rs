@@ -59,7 +59,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub metric: String,
-    pub unit: &'static str,
+    pub unit: String,
     pub baseline: f64,
     pub current: Option<f64>,
     /// (current - baseline) / baseline.
@@ -105,7 +105,7 @@ pub fn main(args: &CheckArgs) -> Result<bool> {
     let cur = load(&args.current, "current report")?;
     if base.kind != cur.kind {
         bail!(
-            "the baseline {} is a {} report and {} a {} report: compare reports of the same kind",
+            "the baseline {} is a {} report and {} is a {} report: compare reports of the same kind",
             args.baseline.display(),
             base.kind,
             args.current.display(),
@@ -145,7 +145,7 @@ pub fn compare(base: &Report, cur: &Report, rules: &[Rule], bname: &str, cname: 
         let Some(c) = cur.metrics.iter().find(|m| m.name == b.name) else {
             outcomes.push(Outcome {
                 metric: b.name.clone(),
-                unit: b.unit,
+                unit: b.unit.clone(),
                 baseline: bm,
                 current: None,
                 change: None,
@@ -163,7 +163,7 @@ pub fn compare(base: &Report, cur: &Report, rules: &[Rule], bname: &str, cname: 
         };
         outcomes.push(Outcome {
             metric: b.name.clone(),
-            unit: b.unit,
+            unit: b.unit.clone(),
             baseline: bm,
             current: Some(cm),
             change,
@@ -282,7 +282,7 @@ mod tests {
     fn m(name: &str, better: Better, values: &[f64]) -> Metric {
         Metric {
             name: name.into(),
-            unit: "µs",
+            unit: "µs".into(),
             better,
             values: values.to_vec(),
         }

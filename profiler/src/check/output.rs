@@ -139,7 +139,7 @@ pub fn junit(c: &Check) -> String {
                 xml(&o.metric),
                 num(o.baseline),
                 cur(o),
-                xml(o.unit),
+                xml(&o.unit),
                 change(o),
                 xml(&o.reason)
             );
