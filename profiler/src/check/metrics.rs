@@ -174,7 +174,10 @@ pub fn extract(v: &Value) -> Result<Report> {
     })
 }
 
-fn workload(w: &Value, add: &mut dyn FnMut(String, &str, Better, Option<f64>)) {
+/// Records one value of a metric: (name, unit, which way is better, the value if present).
+type Add<'a> = dyn FnMut(String, &str, Better, Option<f64>) + 'a;
+
+fn workload(w: &Value, add: &mut Add<'_>) {
     let f = |p: &str| w.pointer(p).and_then(Value::as_f64);
     let rr = matches!(
         w.get("test").and_then(Value::as_str),
