@@ -264,3 +264,34 @@ fn check_refuses_a_malformed_baseline_in_one_line_with_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad --max-regress rule 'p99=ten%'"));
 }
+
+#[test]
+fn check_compares_bench_reports_of_repeated_runs() {
+    require_root();
+    let mut files = vec![];
+    for n in ["bench1.json", "bench2.json"] {
+        let o = run_ok(profiler().args(["bench", "tcp_rr", "-l", "1", "--repeat", "2", "--json"]));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["repeat"], 2);
+        assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+        let p = tmp(n);
+        std::fs::write(&p, &o.stdout).unwrap();
+        files.push(p);
+    }
+    let o = profiler()
+        .args([
+            "check",
+            "--baseline",
+            files[0].to_str().unwrap(),
+            files[1].to_str().unwrap(),
+        ])
+        .args(["--max-regress", LOOSE])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("bench report") && stdout.contains("(2 run(s))"),
+        "{stdout}"
+    );
+}
