@@ -78,6 +78,7 @@ pub struct DirectionDiff {
 #[derive(Debug, Serialize, Clone, PartialEq)]
 pub struct LayerDiff {
     pub layer: String,
+    /// Crossings in the mode, or on host's path for a layer only host has.
     pub crossings: u64,
     pub ns: f64,
     pub host_ns: f64,
@@ -112,11 +113,12 @@ pub fn diff_layers(mode: &[(String, u64, f64)], host: &[(String, u64, f64)]) -> 
             }
         })
         .collect();
-    for (l, _, h) in host {
+    for (l, c, h) in host {
         if !mode.iter().any(|(ml, _, _)| ml == l) {
             out.push(LayerDiff {
                 layer: l.clone(),
-                crossings: 0,
+                // Host's: the layer is only on host's path.
+                crossings: *c,
                 ns: 0.0,
                 host_ns: *h,
                 diff_ns: -h,
@@ -420,6 +422,6 @@ mod tests {
         assert_eq!(names, ["socket", "bridge", "vxlan", "loopback"]);
         assert_eq!(d[0].diff_ns, 12_000.0);
         assert_eq!(d[3].diff_ns, -500.0);
-        assert_eq!(d[3].crossings, 0);
+        assert_eq!(d[3].crossings, 1);
     }
 }
