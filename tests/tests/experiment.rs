@@ -270,10 +270,10 @@ fn check_compares_bench_reports_of_repeated_runs() {
     require_root();
     let mut files = vec![];
     for n in ["bench1.json", "bench2.json"] {
-        let o = run_ok(profiler().args(["bench", "tcp_rr", "-l", "1", "--repeat", "2", "--json"]));
+        let o = run_ok(profiler().args(["bench", "tcp_rr", "-l", "1", "--repeat", "3", "--json"]));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["repeat"], 2);
-        assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(v["repeat"], 3);
+        assert_eq!(v["runs"].as_array().unwrap().len(), 3);
         let p = tmp(n);
         std::fs::write(&p, &o.stdout).unwrap();
         files.push(p);
@@ -285,13 +285,15 @@ fn check_compares_bench_reports_of_repeated_runs() {
             files[0].to_str().unwrap(),
             files[1].to_str().unwrap(),
         ])
-        .args(["--max-regress", LOOSE])
+        // Loopback tcp_rr on 2 cores shared with other builds: its p50 was seen to triple
+        // between two 1 s runs, so this checks the plumbing and the spread, loosely.
+        .args(["--max-regress", &format!("{LOOSE},p50=400%,throughput=75%")])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("bench report") && stdout.contains("(2 run(s))"),
+        stdout.contains("bench report") && stdout.contains("(3 run(s))"),
         "{stdout}"
     );
 }
