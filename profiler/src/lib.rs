@@ -3,12 +3,14 @@
 pub mod agent;
 pub mod attach;
 pub mod boot;
+pub mod check;
 pub mod cleanup;
 pub mod container;
 pub mod docker;
 pub mod doctor;
 pub mod envs;
 pub mod exe;
+pub mod experiment;
 pub mod export;
 pub mod fit;
 pub mod hist;

@@ -34,9 +34,23 @@ enum Command {
     Trace(profiler::trace::cli::TraceArgs),
     /// netperf-style workloads across a lab (or against `profiler serve` with -H).
     #[command(allow_negative_numbers = true)]
-    Bench(profiler::workload::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: profiler::workload::BenchArgs,
+        /// Run N times (in one lab) and report all N, `{"repeat": N, "runs": [...]}` with
+        /// --json, for `profiler check`'s run-to-run spread.
+        #[arg(long, default_value_t = 1, value_name = "N",
+              value_parser = profiler::opts::at_least::<u32, 1>)]
+        repeat: u32,
+    },
     /// The server side of `bench -H`, for measuring two real hosts.
     Serve(profiler::workload::ServeArgs),
+    /// A paper's tables reproduced from an experiment file (configs/*.toml): the paper's
+    /// figures, ours, and both ratios against host, with the layers that explain each mode.
+    Experiment(profiler::experiment::ExperimentArgs),
+    /// Compare a report with a baseline (trace, bench, experiment): exit 1 on a regression,
+    /// naming it; 2 on bad input.
+    Check(profiler::check::CheckArgs),
     /// Delay packets on one hook of one lab device (a TC program; netem where absent).
     Inject(profiler::inject::InjectArgs),
     /// Trace continuously within the overhead budget and serve Prometheus metrics.
@@ -151,6 +165,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The gate reads two files and needs nothing else: exit 1 is a regression, 2 bad input.
+    if let Command::Check(args) = &cli.command {
+        return match profiler::check::main(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!(
+                    "profiler check: {}",
+                    profiler::opts::one_line(&format!("{e:#}"))
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
@@ -188,10 +216,12 @@ fn run(command: Command) -> Result<()> {
             }
             profiler::trace::cli::main(&args)
         }
-        Command::Bench(args) => bench(&args),
+        Command::Bench { args, repeat } => bench(&args, repeat),
         Command::Serve(args) => args.run(),
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Agent(args) => profiler::agent::run(&args),
+        Command::Experiment(args) => profiler::experiment::main(&args),
+        Command::Check(_) => unreachable!("dispatched before"),
         Command::Boot(args) => {
             profiler::opts::output_file(args.common.json.as_deref(), "--json")?;
             profiler::boot::cli::run(&args)
@@ -274,12 +304,15 @@ fn workload_parses(workload: &[String]) -> Result<()> {
     }
 }
 
-fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {
+fn bench(args: &profiler::workload::BenchArgs, repeat: u32) -> Result<()> {
     use clap::ValueEnum as _;
     use profiler::workload::{self, Endpoints};
     let opts = args.options()?;
-    let report = if let Some(host) = args.remote()? {
-        workload::run_remote(host, args.port, &opts)?
+    let mut reports = vec![];
+    if let Some(host) = args.remote()? {
+        for _ in 0..repeat {
+            reports.push(workload::run_remote(host, args.port, &opts)?);
+        }
     } else {
         profiler::kernel::require_root("profiler bench across a lab")?;
         let mode = Mode::from_str(&args.mode, true).map_err(|_| {
@@ -292,9 +325,24 @@ fn bench(args: &profiler::workload::BenchArgs) -> Result<()> {
         })?;
         let (desc, _owned) = lab::existing_or_new(args.lab.as_deref(), mode)?;
         let endpoints = Endpoints::in_lab(&desc);
-        workload::run(&endpoints, &opts)?
-    };
-    profiler::export::json::emit(args.json.as_ref(), &report, workload::print)
+        for i in 0..repeat {
+            if profiler::cleanup::stop_requested() {
+                anyhow::bail!("interrupted");
+            }
+            if repeat > 1 {
+                eprintln!("profiler: bench run {}/{repeat}", i + 1);
+            }
+            reports.push(workload::run(&endpoints, &opts)?);
+        }
+    }
+    match reports.as_slice() {
+        [one] => profiler::export::json::emit(args.json.as_ref(), one, workload::print),
+        all => profiler::export::json::emit(
+            args.json.as_ref(),
+            &serde_json::json!({ "repeat": repeat, "runs": all }),
+            |_| all.iter().for_each(workload::print),
+        ),
+    }
 }
 
 fn lab_command(command: LabCommand) -> Result<()> {

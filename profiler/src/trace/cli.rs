@@ -94,6 +94,10 @@ pub struct TraceArgs {
     /// check that each lands in the layer holding its hook and nowhere else.
     #[arg(long)]
     pub self_check: bool,
+    /// Trace N runs one after another and report all N (`{"repeat": N, "runs": [...]}` in
+    /// --json), so `profiler check` can tell a regression from run-to-run spread.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 }
 
 /// The sampling policy the arguments ask for.
@@ -161,6 +165,11 @@ pub(super) fn prelude(args: &TraceArgs, what: &str) -> Result<()> {
 pub fn main(args: &TraceArgs) -> Result<()> {
     use crate::export::json::emit;
     let json = args.json.as_ref();
+    if args.repeat > 1 && (args.self_check || args.compare.is_some() || args.ablation) {
+        bail!(
+            "--repeat works with a single traced run, not with --self-check, --compare or --ablation"
+        );
+    }
     if args.self_check {
         let c = self_check::self_check(args)?;
         emit(json, &c, self_check::print)?;
@@ -174,11 +183,32 @@ pub fn main(args: &TraceArgs) -> Result<()> {
         emit(json, &rows, |r| compare::print(r))
     } else if args.ablation {
         emit(json, &ablation::ablation(args)?, ablation::print)
+    } else if args.repeat > 1 {
+        let mut runs = vec![];
+        for i in 0..args.repeat {
+            if cleanup::stop_requested() {
+                break;
+            }
+            eprintln!("profiler: trace run {}/{}", i + 1, args.repeat);
+            runs.push(run::run(args)?);
+        }
+        let all = Repeated {
+            repeat: args.repeat,
+            runs,
+        };
+        emit(json, &all, |all| all.runs.iter().for_each(run::print))
     } else {
         let r = run::run(args)?;
         html(args, || super::html::trace(&r))?;
         emit(json, &r, run::print)
     }
+}
+
+/// `--repeat N`: the runs, interleaved in time, as one report (`profiler check` reads it).
+#[derive(serde::Serialize)]
+struct Repeated {
+    repeat: u32,
+    runs: Vec<run::TraceReport>,
 }
 
 fn html(args: &TraceArgs, page: impl FnOnce() -> String) -> Result<()> {

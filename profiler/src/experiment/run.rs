@@ -1,0 +1,388 @@
+//! Runs an experiment's matrix: every distinct run once per repetition, interleaved (each
+//! repetition runs the whole matrix before the next starts), one lab per mode kept up for the
+//! whole experiment; then one traced tcp_rr per mode for the per-layer explanation.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use anyhow::{Result, anyhow, bail};
+use clap::Parser as _;
+use serde::Serialize;
+
+use super::spec::{Placement, Run, Spec};
+use crate::{
+    cleanup,
+    lab::{self, Mode, Role},
+    trace::{cli::TraceArgs, run::TraceReport},
+    workload::{self, Endpoints, Options},
+};
+
+/// What one run measured, per repetition.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    /// metric -> one value per repetition that produced it.
+    pub values: BTreeMap<String, Vec<f64>>,
+    /// What the reader should know (the accelerator and why, the placement used).
+    pub notes: Vec<String>,
+    /// The first repetition's error, in one line; the run is not repeated after one.
+    pub error: Option<String>,
+}
+
+impl Measured {
+    fn push(&mut self, metric: &str, v: f64) {
+        if v.is_finite() {
+            self.values.entry(metric.into()).or_default().push(v);
+        }
+    }
+
+    fn note(&mut self, n: String) {
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
+    }
+}
+
+/// Everything the matrix measured, by run.
+pub struct Results {
+    pub runs: Vec<(Run, Measured)>,
+    /// One traced tcp_rr per mode (host first), or why it could not run.
+    pub traces: Vec<(Mode, Result<TraceReport, String>)>,
+}
+
+impl Results {
+    pub fn get(&self, run: &Run) -> Option<&Measured> {
+        self.runs.iter().find(|(r, _)| r == run).map(|(_, m)| m)
+    }
+}
+
+/// The lab of each mode, built on first use and kept to the end (or why it failed).
+#[derive(Default)]
+struct Labs(BTreeMap<&'static str, Result<(lab::Description, Option<lab::Lab>), String>>);
+
+impl Labs {
+    fn get(&mut self, mode: Mode) -> Result<&lab::Description, String> {
+        self.0
+            .entry(mode.name())
+            .or_insert_with(|| {
+                eprintln!("profiler: experiment: building a {mode} lab");
+                lab::existing_or_new(None, mode).map_err(|e| one_line(&e))
+            })
+            .as_ref()
+            .map(|(d, _)| d)
+            .map_err(Clone::clone)
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    crate::opts::one_line(&format!("{e:#}"))
+}
+
+/// The runs the tables need, in first-use order, without repeats.
+pub fn matrix(spec: &Spec, quick: bool) -> Result<Vec<Run>> {
+    let mut runs: Vec<Run> = vec![];
+    for t in &spec.tables {
+        for r in t.rows.iter().filter(|r| r.unsupported.is_none()) {
+            if let Some(run) = t.run_of(r, spec, quick)?
+                && !runs.contains(&run)
+            {
+                runs.push(run);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+pub fn run_all(spec: &Spec, quick: bool) -> Result<Results> {
+    crate::kernel::require_root("profiler experiment")?;
+    lab::reap_stale();
+    cleanup::set_interruptible();
+    let runs = matrix(spec, quick)?;
+    let reps = spec.repetitions(quick);
+    let length = Duration::from_secs_f64(spec.length_s(quick));
+    let mut labs = Labs::default();
+    let mut measured: Vec<Measured> = vec![Measured::default(); runs.len()];
+    let total = runs.len() as u32 * reps;
+    let mut step = 0;
+    for rep in 1..=reps {
+        for (run, m) in runs.iter().zip(measured.iter_mut()) {
+            step += 1;
+            if cleanup::stop_requested() {
+                bail!("interrupted");
+            }
+            if m.error.is_some() {
+                continue;
+            }
+            eprintln!(
+                "profiler: experiment [{step}/{total}] {} (repetition {rep}/{reps})",
+                describe(run)
+            );
+            if let Err(e) = run_one(run, length, &mut labs, m) {
+                eprintln!("profiler: experiment: {}: {}", describe(run), one_line(&e));
+                m.error = Some(one_line(&e));
+            }
+        }
+    }
+    // The explanation: the tracer in each mode a net row used, host first.
+    let mut modes: Vec<Mode> = vec![];
+    for r in &runs {
+        if let Run::Net { mode, .. } = r
+            && !modes.contains(mode)
+        {
+            modes.push(*mode);
+        }
+    }
+    if !modes.is_empty() && !modes.contains(&Mode::Host) {
+        modes.insert(0, Mode::Host);
+    }
+    modes.sort_by_key(|m| *m != Mode::Host);
+    let mut traces = vec![];
+    for mode in modes {
+        if cleanup::stop_requested() {
+            bail!("interrupted");
+        }
+        let t = match labs.get(mode) {
+            Ok(desc) => {
+                eprintln!(
+                    "profiler: experiment: tracing tcp_rr in {mode} for the per-layer explanation"
+                );
+                trace(desc, length).map_err(|e| one_line(&e))
+            }
+            Err(e) => Err(e),
+        };
+        traces.push((mode, t));
+    }
+    Ok(Results {
+        runs: runs.into_iter().zip(measured).collect(),
+        traces,
+    })
+}
+
+pub fn describe(run: &Run) -> String {
+    match run {
+        Run::Net {
+            mode,
+            placement,
+            test,
+            rr,
+            send_size,
+        } => {
+            let size = match (test.is_rr(), send_size) {
+                (true, _) => format!(" -r {rr}"),
+                (false, Some(m)) => format!(" -m {m}"),
+                (false, None) => String::new(),
+            };
+            format!("{test}{size} in {mode} ({})", placement.name())
+        }
+        Run::VmBoot { count } => format!("boot --vm qemu --count {count}"),
+        Run::ContainerBoot { net, count } => {
+            format!(
+                "boot --container native --net {} --count {count}",
+                net.name()
+            )
+        }
+        Run::Sysbench {
+            env,
+            max_prime,
+            time_s,
+        } => format!(
+            "run --env {} sysbench cpu --cpu-max-prime {max_prime} --time {time_s}",
+            serde_json::to_value(env)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Result<()> {
+    match run {
+        Run::Net {
+            mode,
+            placement,
+            test,
+            rr,
+            send_size,
+        } => {
+            let desc = labs.get(*mode).map_err(|e| anyhow!("{e}"))?;
+            let endpoints = placed(desc, *placement)?;
+            let mut opts = Options::new(*test);
+            opts.duration = length;
+            (opts.request, opts.response) = workload::parse_rr(rr)?;
+            if let Some(s) = send_size {
+                opts.send_size = workload::parse_size(s)?;
+            }
+            opts.validate()?;
+            let r = workload::run(&endpoints, &opts)?;
+            net_metrics(&r, m);
+            if *placement != Placement::ContainerContainer && *placement != Placement::HostHost {
+                m.note(format!(
+                    "{}: one end on the lab host's bridge address",
+                    placement.name()
+                ));
+            }
+        }
+        Run::VmBoot { count } => {
+            let args = crate::boot::BootArgs {
+                vm: Some(crate::boot::Vm::Qemu),
+                count: *count,
+                timeout: 180.0,
+                ..Default::default()
+            };
+            let r = crate::boot::run(&args)?;
+            m.note(format!("{}: {}", r.accelerator, r.accelerator_reason));
+            if !r.ok {
+                bail!(
+                    "not every VM booted: {}",
+                    r.error
+                        .as_deref()
+                        .unwrap_or("a guest never reached its ready mark")
+                );
+            }
+            let shutdown = |b: &crate::boot::Boot| {
+                b.phases
+                    .iter()
+                    .filter(|p| p.name.split('+').any(|n| n == "shutdown"))
+                    .map(|p| p.ns)
+                    .sum::<u64>()
+            };
+            let boots: Vec<f64> = r
+                .boots
+                .iter()
+                .map(|b| (b.total_ns - shutdown(b)) as f64 / 1e9)
+                .collect();
+            let downs: Vec<f64> = r.boots.iter().map(|b| shutdown(b) as f64 / 1e9).collect();
+            m.push("boot_s", median(&boots));
+            m.push("shutdown_s", median(&downs));
+        }
+        Run::ContainerBoot { net, count } => {
+            let args = crate::container::ContainerBootArgs {
+                count: *count as usize,
+                net: *net,
+                ..Default::default()
+            };
+            let r = crate::container::run(&args)?;
+            m.push("boot_s", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e9);
+            m.push("boot_ms", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e6);
+        }
+        Run::Sysbench {
+            env,
+            max_prime,
+            time_s,
+        } => {
+            let w: Vec<String> = [
+                "sysbench".to_string(),
+                "cpu".into(),
+                "--cpu-max-prime".into(),
+                max_prime.to_string(),
+                "--time".into(),
+                time_s.to_string(),
+            ]
+            .into();
+            let r = crate::envs::run(
+                *env,
+                &w,
+                Duration::from_secs(600),
+                crate::boot::AccelChoice::Auto,
+            )?;
+            if let (Some(a), Some(why)) = (&r.accelerator, &r.accelerator_reason) {
+                m.note(format!("{a}: {why}"));
+            }
+            let eps = r
+                .report
+                .pointer("/run/events_per_sec")
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| anyhow!("the workload's report has no run.events_per_sec"))?;
+            m.push("events_per_sec", eps);
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints for a placement: the lab's two ends (C-C, and H-H in the host lab), or one
+/// end moved to the lab host, on its bridge's gateway address (bridge labs).
+fn placed(desc: &lab::Description, p: Placement) -> Result<Endpoints> {
+    let lab_ends = Endpoints::in_lab(desc);
+    let host_side = || -> Result<(String, IpAddr)> {
+        let br = desc
+            .device(Role::Bridge)
+            .next()
+            .ok_or_else(|| anyhow!("placement {} needs a bridge lab", p.name()))?;
+        let addr = br
+            .addr
+            .as_deref()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("the lab's bridge {} has no address", br.name))?;
+        Ok((br.netns.clone(), addr))
+    };
+    Ok(match p {
+        Placement::HostHost | Placement::ContainerContainer => lab_ends,
+        Placement::ContainerHost => {
+            let (ns, addr) = host_side()?;
+            Endpoints {
+                server_netns: Some(ns),
+                server_bind: addr,
+                connect: addr,
+                ..lab_ends
+            }
+        }
+        Placement::HostContainer => {
+            let (ns, _) = host_side()?;
+            Endpoints {
+                client_netns: Some(ns),
+                ..lab_ends
+            }
+        }
+    })
+}
+
+fn net_metrics(r: &workload::Report, m: &mut Measured) {
+    m.push("throughput_mbps", r.throughput_mbps);
+    m.push("throughput_gbps", r.throughput_mbps / 1e3);
+    if r.test.is_rr() {
+        m.push("transactions_per_sec", r.transactions_per_sec);
+        m.push("rr_latency_us", r.latency.mean_us);
+        m.push("p99_us", r.latency.p99_us);
+    }
+    if r.duration_secs > 0.0 {
+        m.push(
+            "client_cpu_pct",
+            r.client_cpu_secs / r.duration_secs * 100.0,
+        );
+        m.push(
+            "server_cpu_pct",
+            r.server_cpu_secs / r.duration_secs * 100.0,
+        );
+    }
+    if r.transactions > 0 {
+        let per = |cpu: f64| cpu * 1e6 / r.transactions as f64;
+        m.push("client_sd_us", per(r.client_cpu_secs));
+        m.push("server_sd_us", per(r.server_cpu_secs));
+    }
+}
+
+/// One traced tcp_rr in the lab, as `profiler trace --lab ID -l S` does it.
+fn trace(desc: &lab::Description, length: Duration) -> Result<TraceReport> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: TraceArgs,
+    }
+    let secs = format!("{}", length.as_secs_f64().max(2.0));
+    let w = Wrap::try_parse_from(["trace", "--lab", &desc.id, "-t", "tcp_rr", "-l", &secs])
+        .map_err(|e| anyhow!("{}", crate::opts::one_line(&e.to_string())))?;
+    crate::trace::run::run(&w.args)
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
