@@ -166,11 +166,20 @@ fn attach_only_on_a_docker_bridge_names_layers_and_the_container() {
         .expect("docker import");
     import.stdin.take().unwrap().write_all(&rootfs).unwrap();
     assert!(import.wait().unwrap().success(), "docker import failed");
+    // Labelled as the tool labels its own, with this test as the owner: kept while the test
+    // lives (every profiler command reaps containers of a dead owner), reaped if it dies.
+    let owner = format!(
+        "{}={}",
+        profiler::cleanup::docker::OWNER_LABEL,
+        profiler::cleanup::Owner::me()
+    );
     let run = docker(&[
         "run",
         "-d",
         "--label",
         "profiler=1",
+        "--label",
+        &owner,
         "--name",
         &server.name,
         &server.image,
