@@ -95,6 +95,10 @@ impl Default for BootArgs {
 /// boot is an error naming its VM. After a signal no further boot starts; a thread that cannot
 /// start stops the others and is the run's error.
 pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<Vec<Boot>> {
+    // The VM whose failure stopped the others: its error is the run's, not theirs
+    // ("interrupted before its start").
+    let first = std::sync::atomic::AtomicU32::new(u32::MAX);
+    let first = &first;
     std::thread::scope(|s| {
         let boot = &boot;
         let mut handles = Vec::new();
@@ -110,6 +114,12 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
                     let r = boot(i);
                     // A VM that could not start ends the run: the others stop too.
                     if r.is_err() {
+                        let _ = first.compare_exchange(
+                            u32::MAX,
+                            i,
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                        );
                         crate::cleanup::request_stop();
                     }
                     r
@@ -122,17 +132,22 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
                 }
             }
         }
-        let mut boots: Vec<Boot> = handles
+        let mut results: Vec<Result<Boot>> = handles
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of VM {i} panicked")))
             })
-            .collect::<Result<_>>()?;
+            .collect();
         if let Some(e) = failed {
             return Err(e);
         }
+        let first = first.load(std::sync::atomic::Ordering::SeqCst) as usize;
+        if first < results.len() && results[first].is_err() {
+            results.swap_remove(first)?;
+        }
+        let mut boots: Vec<Boot> = results.into_iter().collect::<Result<_>>()?;
         // The VMs a signal kept from starting: failed boots, so the report says so.
         for i in boots.len() as u32..n {
             boots.push(Boot {
