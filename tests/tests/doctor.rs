@@ -127,29 +127,22 @@ fn doctor_plan_matches_what_the_tracer_attaches() {
     run_ok(profiler().args(["kvm", "--micro-vm", "pio", "--count", "10", "--json", &file]));
     let k: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let _ = std::fs::remove_file(&file);
-    let mut traced: Vec<(String, String)> = k["attached"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["event"].as_str().unwrap().into(),
-                a["how"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    let mut planned: Vec<(String, String)> = r["attach"]["kvm"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["event"].as_str().unwrap().into(),
-                a["how"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    traced.sort();
-    planned.sort();
+    // (event, how), sorted: the KVM tracer reports its points in attach order.
+    let sorted = |v: &Value| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["event"].as_str().unwrap().into(),
+                    a["how"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let (traced, planned) = (sorted(&k["attached"]), sorted(&r["attach"]["kvm"]));
     assert_eq!(traced, planned, "the KVM tracer against the doctor");
 }
