@@ -151,8 +151,11 @@ fn packages() -> Result<bool> {
             eprintln!("setup: apt will DOWNGRADE {rest}");
         }
     }
+    // A pinned `pkg=version` of ours is a downgrade apt refuses under -y unless told; said above.
+    let pinned = missing.iter().any(|p| p.contains('='));
     sh(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(true)
@@ -181,7 +184,9 @@ fn suite_version(pkg: &str) -> Option<String> {
 
 /// `Inst pkg [old] (new suite [arch])`: a downgrade when new sorts below old (dpkg's order).
 fn plan_downgrades(rest: &str) -> bool {
-    let old = rest.split('[').nth(1).and_then(|s| s.split(']').next());
+    // `[old]` only before the `(`: a fresh install has none, and `[arch]` is not a version.
+    let head = rest.split('(').next().unwrap_or(rest);
+    let old = head.split('[').nth(1).and_then(|s| s.split(']').next());
     let new = rest
         .split('(')
         .nth(1)
