@@ -262,6 +262,10 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
             let r = crate::container::run(&args)?;
             m.push("boot_s", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e9);
             m.push("boot_ms", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e6);
+            m.push(
+                "shutdown_s",
+                r.shutdown.as_ref().map_or(0, |t| t.p50_ns) as f64 / 1e9,
+            );
         }
         Run::Sysbench {
             env,
