@@ -123,7 +123,7 @@ fn builtin_secs(lab: &str, test: &str, secs: &str) -> Result<serde_json::Value> 
     json(&mut c)
 }
 
-fn iperf3(lab: &LabUp) -> Result<f64> {
+fn iperf3(lab: &LabUp) -> Result<Side> {
     let mut server = spawn_quiet({
         let mut c = in_ns(&lab.s("server_ns"), "iperf3");
         c.args(["-s", "-1", "-p", "20001"]);
@@ -142,10 +142,22 @@ fn iperf3(lab: &LabUp) -> Result<f64> {
     let _ = server.kill();
     let _ = server.wait();
     let v = out?;
-    v["end"]["sum_received"]["bits_per_second"]
+    let end = &v["end"];
+    let rate = end["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e6)
-        .ok_or_else(|| anyhow!("no throughput in iperf3's JSON"))
+        .ok_or_else(|| anyhow!("no throughput in iperf3's JSON"))?;
+    // Percent of one CPU over the test, per end.
+    let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(f64::NAN);
+    let cpu = end["cpu_utilization_percent"]["host_total"]
+        .as_f64()
+        .zip(end["cpu_utilization_percent"]["remote_total"].as_f64())
+        .map(|(h, r)| (h + r) / 100.0 * secs);
+    let gb = end["sum_received"]["bytes"].as_f64().unwrap_or(f64::NAN) / 1e9;
+    Ok(Side {
+        rate,
+        cpu_ms_per_gb: cpu.map(|c| c * 1e3 / gb),
+    })
 }
 
 /// sockperf ping-pong round trips per second.
@@ -205,33 +217,98 @@ fn write_doc(name: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+/// Interleaved (built-in, peer) pairs per mode and test; the order within a pair alternates so
+/// neither side always runs second on a drifting machine.
+const WORKLOAD_PAIRS: usize = 5;
+
+/// One side of a pair: its rate, and for streams the CPU it spent per GB moved (both ends).
+struct Side {
+    rate: f64,
+    cpu_ms_per_gb: Option<f64>,
+}
+
+fn ours(lab: &LabUp, test: &str) -> Result<Side> {
+    let v = builtin(&lab.id, test)?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Ok(if test == "tcp_stream" {
+        let gb = f("bytes") / 1e9;
+        Side {
+            rate: f("throughput_mbps"),
+            cpu_ms_per_gb: Some((f("client_cpu_secs") + f("server_cpu_secs")) * 1e3 / gb),
+        }
+    } else {
+        Side {
+            rate: f("transactions_per_sec"),
+            cpu_ms_per_gb: None,
+        }
+    })
+}
+
+fn peer(lab: &LabUp, test: &str) -> Result<Side> {
+    Ok(match test {
+        "tcp_stream" => iperf3(lab)?,
+        t => Side {
+            rate: sockperf(lab, t == "tcp_rr")?,
+            cpu_ms_per_gb: None,
+        },
+    })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 pub fn workloads() -> Result<()> {
     let mut md = format!(
-        "# bench-workloads\n\nMachine: {}\n\nBuilt-in generator against the peers, same lab, {SECS} s each (`cargo xtask bench-workloads`).\n\n| mode | test | built-in | peer | peer result | ratio |\n|---|---|---|---|---|---|\n",
-        machine()
+        "# bench-workloads\n\nMachine: {}\n\nBuilt-in generator against the peers, same lab, {SECS} s per run, {WORKLOAD_PAIRS} \
+         interleaved pairs per row (the order alternates within pairs); medians, with the pairs' \
+         min-max (`cargo xtask bench-workloads`). Load average at the start: {}. CPU per GB is \
+         both ends' user + system time over the bytes moved (ours: the client's and server's \
+         threads; iperf3: its own `cpu_utilization_percent`, host + remote).\n\n\
+         | mode | test | built-in | peer | peer result | ratio (pairs) | CPU ms/GB built-in / peer |\n\
+         |---|---|---|---|---|---|---|\n",
+        machine(),
+        load_average()
     );
     for mode in ["host", "overlay"] {
         let lab = LabUp::new(mode, &format!("bw{}", &mode[..1]))?;
-        let ours = builtin(&lab.id, "tcp_stream")?["throughput_mbps"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let peer = iperf3(&lab)?;
-        md += &format!(
-            "| {mode} | tcp_stream | {ours:.0} Mbit/s | iperf3 | {peer:.0} Mbit/s | {:.2} |\n",
-            ours / peer
-        );
-        for (test, tcp) in [("tcp_rr", true), ("udp_rr", false)] {
-            let ours = builtin(&lab.id, test)?["transactions_per_sec"]
-                .as_f64()
-                .unwrap_or(0.0);
-            let peer = sockperf(&lab, tcp)?;
+        for (test, peer_name, unit) in [
+            ("tcp_stream", "iperf3", "Mbit/s"),
+            ("tcp_rr", "sockperf pp --tcp", "trans/s"),
+            ("udp_rr", "sockperf pp", "trans/s"),
+        ] {
+            let (mut us, mut them, mut ratios) = (vec![], vec![], vec![]);
+            let (mut us_cpu, mut them_cpu) = (vec![], vec![]);
+            for i in 0..WORKLOAD_PAIRS {
+                let (a, b) = if i % 2 == 0 {
+                    let a = ours(&lab, test)?;
+                    (a, peer(&lab, test)?)
+                } else {
+                    let b = peer(&lab, test)?;
+                    (ours(&lab, test)?, b)
+                };
+                ratios.push(a.rate / b.rate);
+                us.push(a.rate);
+                them.push(b.rate);
+                us_cpu.extend(a.cpu_ms_per_gb);
+                them_cpu.extend(b.cpu_ms_per_gb);
+            }
+            let cpu = if us_cpu.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} / {}", spread(&us_cpu, 0), spread(&them_cpu, 0))
+            };
             md += &format!(
-                "| {mode} | {test} | {ours:.0} trans/s | sockperf pp{} | {peer:.0} round trips/s | {:.2} |\n",
-                if tcp { " --tcp" } else { "" },
-                ours / peer
+                "| {mode} | {test} | {} {unit} | {peer_name} | {} {unit} | {} | {cpu} |\n",
+                spread(&us, 0),
+                spread(&them, 0),
+                spread(&ratios, 2),
             );
         }
     }
+    md += &format!("\nLoad average at the end: {}.\n", load_average());
     println!("{md}");
     write_doc("workloads", &md)
 }
