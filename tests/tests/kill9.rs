@@ -314,6 +314,7 @@ impl Check<'_> {
             (Path::new("/run/profiler/inject"), format!("{tag}.json")),
             (Path::new("/run/profiler/libvirt"), marker.clone()),
             (Path::new("/tmp"), format!("profiler-tar-{pid}.tar")),
+            (Path::new("/tmp"), format!("profiler-srv-nginx-{tag}-")),
         ] {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -518,6 +519,24 @@ fn run_env_docker() {
     three_kills(
         &["run", "--env", "docker", "sysbench", "cpu", "--time", "5"],
         [150, 1200, 4000],
+        false,
+    );
+}
+
+#[test]
+fn web_env_native() {
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "native",
+            "--connections",
+            "4",
+            "-l",
+            "3",
+            "--no-trace",
+        ],
+        [100, 700, 2500],
         false,
     );
 }

@@ -52,6 +52,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "bench-sysbench peer and the sysbench comparison test",
     ),
     (
+        "nginx",
+        "the server `profiler web` starts with its own config (Debian's 1.22)",
+    ),
+    (
+        "wrk",
+        "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
+    ),
+    (
         "chromium",
         "renders the --html report in the HTML test (headless)",
     ),

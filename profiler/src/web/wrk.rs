@@ -1,7 +1,9 @@
 //! wrk (Debian's 4.1) as the load generator: HTTP/1.1 keep-alive, `-c` connections over `-t`
 //! epoll threads. Its `done()` hook prints what its summary rounds away: the request count,
-//! errors, and the whole latency record (wrk keeps one count per microsecond value), which
-//! becomes an HDR histogram here.
+//! errors, and the whole latency record (wrk keeps one count per microsecond value, after its
+//! coordinated-omission correction), which becomes an HDR histogram here. wrk rather than a
+//! client of our own: it is the reference figure others quote, and on two shared cores a
+//! client's own CPU is the server's competitor, so the leanest one (C, epoll) is the fairest.
 
 use std::{
     process::{Command, Stdio},
@@ -41,7 +43,10 @@ pub struct WrkRun {
     pub requests_per_sec: f64,
     /// connect, read, write, non-2xx/3xx status, timeout.
     pub errors: Errors,
-    /// Response time (request written to response read), ns.
+    /// Response time (request written to response read), ns: wrk's record, which includes
+    /// its coordinated-omission correction (for each response slower than twice the mean
+    /// interval per connection, the ones that would have waited behind it), so `count` can
+    /// exceed `requests`.
     pub latency: Summary,
     /// Non-empty buckets of wrk's record: [value_ns, count].
     pub histogram: Vec<(u64, u64)>,
