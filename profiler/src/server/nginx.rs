@@ -128,6 +128,75 @@ pub fn start(
     })
 }
 
+/// Where the configuration and files live inside a Docker image.
+pub const IMAGE_DIR: &str = "/srv/nginx";
+
+/// A root filesystem for a Docker image: the installed nginx and the libraries it links, the
+/// users its workers switch to, and `dir`'s configuration and document root (prepared with
+/// [`IMAGE_DIR`] as the path the server sees) under [`IMAGE_DIR`].
+pub fn rootfs(dir: &Workdir) -> Result<Vec<u8>> {
+    use crate::docker::image::{Tar, add_path};
+    let mut t = Tar::new();
+    let mut dirs = vec![];
+    add_path(&mut t, &mut dirs, BINARY, 0o755)?;
+    let elf = std::fs::read(BINARY).with_context(|| format!("reading {BINARY}"))?;
+    for lib in crate::exe::libraries(std::path::Path::new(BINARY), &elf)? {
+        add_path(&mut t, &mut dirs, &lib.to_string_lossy(), 0o755)?;
+    }
+    t.dir("etc")?;
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/:/bin/false\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    t.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\n",
+    )?;
+    // nginx opens its compiled-in error log before it reads the configuration.
+    for d in [
+        "var",
+        "var/log",
+        "var/log/nginx",
+        "var/lib",
+        "var/lib/nginx",
+        "tmp",
+    ] {
+        t.dir(d)?;
+    }
+    let base = IMAGE_DIR.trim_start_matches('/');
+    t.dir("srv")?;
+    t.dir(base)?;
+    t.dir(&format!("{base}/tmp"))?;
+    t.dir(&format!("{base}/html"))?;
+    t.file(
+        &format!("{base}/nginx.conf"),
+        0o644,
+        &std::fs::read(dir.join("nginx.conf"))?,
+    )?;
+    t.file(
+        &format!("{base}/html/index.html"),
+        0o644,
+        &std::fs::read(dir.join("html/index.html"))?,
+    )?;
+    Ok(t.finish())
+}
+
+/// nginx's command line in an image built by [`rootfs`].
+pub fn image_command() -> Vec<String> {
+    [
+        BINARY,
+        "-p",
+        IMAGE_DIR,
+        "-c",
+        &format!("{IMAGE_DIR}/nginx.conf"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// One HTTP/1.0 GET of the served file answered with 200.
 pub fn http_ok(addr: SocketAddr) -> bool {
     use std::io::{Read as _, Write as _};

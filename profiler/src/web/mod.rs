@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::{
     hist::{Summary, fmt_ns},
     lab::{Lab, Mode},
-    server::{Place, nginx},
+    server::{Place, Workdir, nginx},
 };
 
 /// Where the server runs.
@@ -181,7 +181,6 @@ pub struct EnvReport {
     pub env: WebEnv,
     /// Where the server listened and where the client ran.
     pub server: String,
-    pub client: String,
     /// The server's cgroup (host-side accounting).
     pub cgroup: String,
     pub runs: Vec<WebRun>,
@@ -222,10 +221,7 @@ pub fn run(args: &WebArgs) -> Result<WebReport> {
             bail!("{}", crate::cleanup::interrupted());
         }
         eprintln!("profiler web: {}", env.name());
-        envs.push(match env {
-            WebEnv::Host | WebEnv::Native => one_env(args, env, workers)?,
-            WebEnv::Docker => bail!("--env docker is not built yet"),
-        });
+        envs.push(one_env(args, env, workers)?);
     }
     Ok(WebReport {
         server,
@@ -244,24 +240,53 @@ fn port() -> u16 {
     40_000 + (std::process::id() % 20_000) as u16
 }
 
-/// The lab-or-host places of one environment.
-struct Places {
-    server: Place,
+/// Where the server and the client run, and the server once it runs.
+struct Setup {
     client: Place,
-    listen: SocketAddr,
     connect: SocketAddr,
+    server_at: String,
+    server: Running,
+    /// Torn down after the server (fields drop in order).
     _lab: Option<Lab>,
 }
 
-fn places(env: WebEnv) -> Result<Places> {
+/// The server, as each environment runs it.
+enum Running {
+    /// nginx as our child, on the host or in a native container.
+    Local(nginx::Nginx),
+    /// nginx in a Docker container; the work directory holds what went into its image.
+    Docker(crate::docker::service::Service, Workdir),
+}
+
+impl Running {
+    fn dir(&self) -> &Workdir {
+        match self {
+            Running::Local(n) => &n.dir,
+            Running::Docker(_, d) => d,
+        }
+    }
+
+    fn cgroup(&self) -> Option<PathBuf> {
+        match self {
+            Running::Local(n) => Some(n.server.cgroup.clone()),
+            Running::Docker(s, _) => s.cgroup.clone(),
+        }
+    }
+
+    fn cpu_usec(&self) -> Option<u64> {
+        crate::docker::service::cpu_usec(&self.cgroup()?)
+    }
+}
+
+fn setup(env: WebEnv, workers: usize, connections: usize, size: usize) -> Result<Setup> {
     Ok(match env {
         WebEnv::Host => {
             let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port());
-            Places {
-                server: Place::Host,
+            Setup {
                 client: Place::Host,
-                listen: a,
                 connect: a,
+                server_at: format!("{a} in the host's namespaces"),
+                server: Running::Local(nginx::start(&Place::Host, a, workers, connections, size)?),
                 _lab: None,
             }
         }
@@ -269,46 +294,87 @@ fn places(env: WebEnv) -> Result<Places> {
             let lab = Lab::up(Mode::Bridge, None)?;
             let d = &lab.desc;
             let p = d.ports.0;
-            Places {
-                server: Place::Container(d.server.netns.clone()),
+            let listen = SocketAddr::new(d.server.addr, p);
+            let place = Place::Container(d.server.netns.clone());
+            Setup {
                 client: Place::Netns(d.client.netns.clone()),
-                listen: SocketAddr::new(d.server.addr, p),
                 connect: SocketAddr::new(d.connect, p),
+                server_at: format!(
+                    "{listen} in a native container on bridge lab {} (netns {}); client in netns {}",
+                    d.id, d.server.netns, d.client.netns
+                ),
+                server: Running::Local(nginx::start(&place, listen, workers, connections, size)?),
                 _lab: Some(lab),
             }
         }
-        WebEnv::Docker => bail!("--env docker is not built yet"),
+        WebEnv::Docker => {
+            let dir = Workdir::new("nginx")?;
+            let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port());
+            nginx::prepare(&dir, nginx::IMAGE_DIR, listen, workers, connections, size)?;
+            let svc = crate::docker::service::start(
+                nginx::rootfs(&dir)?,
+                "web",
+                nginx::image_command(),
+                "bridge",
+                // The document root from the work directory: this host's Docker stores images
+                // on fuse-overlayfs, where each open() of the file is a trip to user space.
+                vec![format!(
+                    "{}:{}/html:ro",
+                    dir.join("html").display(),
+                    nginx::IMAGE_DIR
+                )],
+                Duration::from_secs(30),
+            )?;
+            let connect = SocketAddr::new(svc.ip, listen.port());
+            let t0 = std::time::Instant::now();
+            while !nginx::http_ok(connect) {
+                if crate::cleanup::stop_requested() {
+                    bail!("{}", crate::cleanup::interrupted());
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "nginx in container {} did not answer on {connect} within 10 s",
+                        svc.name
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Setup {
+                client: Place::Host,
+                connect,
+                server_at: format!(
+                    "{connect} in Docker container {} (image {}, network bridge, document root bind-mounted; images on {}); client on the host",
+                    svc.name, svc.image, svc.storage_driver
+                ),
+                server: Running::Docker(svc, dir),
+                _lab: None,
+            }
+        }
     })
 }
 
-fn place_name(p: &Place, addr: SocketAddr) -> String {
-    match p {
-        Place::Host => format!("{addr} in the host's namespaces"),
-        Place::Container(ns) => format!("{addr} in a native container (netns {ns})"),
-        Place::Netns(ns) => format!("netns {ns}, to {addr}"),
-    }
-}
-
 fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
-    let pl = places(env)?;
     let max = *args.connections.iter().max().unwrap_or(&1);
-    let ngx = nginx::start(&pl.server, pl.listen, workers, max, args.size)?;
-    let script = ngx.dir.join("report.lua");
+    let st = setup(env, workers, max, args.size)?;
+    let script = st.server.dir().join("report.lua");
     std::fs::write(&script, wrk::SCRIPT)?;
-    let url = format!("http://{}{}", pl.connect, nginx::PATH);
+    let url = format!("http://{}{}", st.connect, nginx::PATH);
     let length = Duration::from_secs(args.length);
+    let cgroup = st.server.cgroup().ok_or_else(|| {
+        anyhow!(
+            "the {} server's cgroup was not found: no CPU time to read",
+            env.name()
+        )
+    })?;
     let mut runs = vec![];
     for &c in &args.connections {
-        let cpu0 = ngx.server.cpu_usec();
+        let cpu0 = st.server.cpu_usec();
         let t = std::time::Instant::now();
-        let w = wrk::run(&pl.client, &url, c, length, &script)?;
+        let w = wrk::run(&st.client, &url, c, length, &script)?;
         let wall = t.elapsed().as_secs_f64();
-        let cpu = match (cpu0, ngx.server.cpu_usec()) {
+        let cpu = match (cpu0, st.server.cpu_usec()) {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
-            _ => bail!(
-                "reading the server's CPU time ({})",
-                ngx.server.cgroup.display()
-            ),
+            _ => bail!("reading the server's CPU time ({})", cgroup.display()),
         };
         // wrk's own duration excludes its start-up; the server's CPU is over the same span.
         let secs = w.seconds.min(wall).max(1e-9);
@@ -328,7 +394,7 @@ fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
     let (traced, trace_error) = if args.no_trace {
         (None, None)
     } else {
-        match traced_run(args, &pl, &url, &script) {
+        match traced_run(args, &st, &url, &script) {
             Ok(t) => (Some(t), None),
             Err(e) if crate::cleanup::stop_requested() => return Err(e),
             Err(e) => (None, Some(format!("{e:#}"))),
@@ -336,9 +402,8 @@ fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
     };
     Ok(EnvReport {
         env,
-        server: place_name(&pl.server, pl.listen),
-        client: place_name(&pl.client, pl.connect),
-        cgroup: ngx.server.cgroup.display().to_string(),
+        server: st.server_at.clone(),
+        cgroup: cgroup.display().to_string(),
         runs,
         traced,
         trace_error,
@@ -346,14 +411,14 @@ fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
 }
 
 /// wrk at the first connection count while the packet tracer follows the server's port.
-fn traced_run(args: &WebArgs, pl: &Places, url: &str, script: &std::path::Path) -> Result<Traced> {
+fn traced_run(args: &WebArgs, st: &Setup, url: &str, script: &std::path::Path) -> Result<Traced> {
     #[derive(clap::Parser)]
     struct Wrap {
         #[command(flatten)]
         args: crate::trace::cli::TraceArgs,
     }
     let c = args.connections[0];
-    let port = pl.listen.port().to_string();
+    let port = st.connect.port().to_string();
     let secs = format!("{}", args.trace_length);
     let w = <Wrap as clap::Parser>::try_parse_from([
         "trace",
@@ -366,7 +431,7 @@ fn traced_run(args: &WebArgs, pl: &Places, url: &str, script: &std::path::Path) 
     .map_err(|e| anyhow!("{}", crate::opts::one_line(&e.to_string())))?;
     // wrk runs past the trace on both sides: the tracer's load and its detach.
     let load = Duration::from_secs(args.trace_length + 4);
-    let (client, url, script) = (pl.client.clone(), url.to_string(), script.to_path_buf());
+    let (client, url, script) = (st.client.clone(), url.to_string(), script.to_path_buf());
     let worker = crate::cleanup::spawn("web-traced-wrk", move || {
         wrk::run(&client, &url, c, load, &script)
     })?;
@@ -453,12 +518,7 @@ pub fn print(r: &WebReport) {
         }
     }
     for e in &r.envs {
-        println!(
-            "  {}: server {}; client {}",
-            e.env.name(),
-            e.server,
-            e.client
-        );
+        println!("  {}: server {}", e.env.name(), e.server);
         if let Some(err) = &e.trace_error {
             println!("    traced run failed: {err}");
         }
