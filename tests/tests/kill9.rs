@@ -542,6 +542,24 @@ fn web_env_native() {
 }
 
 #[test]
+fn web_env_docker() {
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "docker",
+            "--connections",
+            "4",
+            "-l",
+            "3",
+            "--no-trace",
+        ],
+        [150, 1200, 4000],
+        false,
+    );
+}
+
+#[test]
 fn density_env_native() {
     three_kills(
         &[

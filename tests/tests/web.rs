@@ -123,6 +123,50 @@ fn host_and_native_serve_with_a_histogram_cpu_and_layers() {
 }
 
 #[test]
+fn docker_serves_with_cpu_from_its_cgroup() {
+    require_root();
+    let child = profiler()
+        .args([
+            "web",
+            "--env",
+            "docker",
+            "--connections",
+            "4",
+            "-l",
+            "1",
+            "--no-trace",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &r["envs"][0];
+    assert_eq!(e["env"], "docker");
+    let run = &e["runs"][0];
+    assert!(run["requests_per_sec"].as_f64().unwrap() > 100.0, "{run}");
+    assert!(run["latency"]["count"].as_u64().unwrap() > 0);
+    assert!(run["server_cpu_s"].as_f64().unwrap() > 0.0, "{run}");
+    // The server's own cgroup, not a root that counts every process.
+    let cg = e["cgroup"].as_str().unwrap();
+    assert!(cg.contains("docker"), "{cg}");
+    assert!(leftovers(pid).is_empty(), "left: {:?}", leftovers(pid));
+    let owner = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name=profiler-{pid}-")])
+        .output()
+        .unwrap();
+    assert!(owner.stdout.is_empty(), "its container is still there");
+}
+
+#[test]
 fn sigint_stops_nginx_and_removes_its_files() {
     require_root();
     become_subreaper();
