@@ -209,6 +209,8 @@ pub fn main(args: &WebArgs) -> Result<()> {
 }
 
 pub fn run(args: &WebArgs) -> Result<WebReport> {
+    // Again for callers other than `main` (an experiment's rows).
+    check(args)?;
     let server = nginx::version()?;
     let generator = format!("wrk {}", wrk::version()?);
     raise_nofile();
