@@ -446,13 +446,51 @@ mod tests {
 
     #[test]
     fn the_shipped_files_parse() {
-        for f in ["amaral2015.toml", "suo2018.toml", "dhar2016.toml"] {
+        for f in [
+            "amaral2015.toml",
+            "suo2018.toml",
+            "dhar2016.toml",
+            "zheng.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(f);
             let spec = Spec::load(&path).unwrap_or_else(|e| panic!("{f}: {e:#}"));
             assert!(!spec.tables.is_empty());
         }
+    }
+
+    #[test]
+    fn a_web_row_needs_an_environment_and_connections() {
+        let table = |row: &str, conns: &str| {
+            format!(
+                "paper = \"x\"\n[[table]]\nid = \"t\"\ntitle = \"t\"\nkind = \"web\"\n\
+                 metric = \"server_cpu_pct\"\nunit = \"%\"\nbaseline = \"d\"\n{conns}\
+                 rows = [{row}]\n"
+            )
+        };
+        let ok = Spec::parse(&table(
+            "{ setup = \"d\", env = \"docker\" }",
+            "connections = 8\n",
+        ))
+        .unwrap();
+        let t = &ok.tables[0];
+        assert_eq!(
+            t.run_of(&t.rows[0], &ok, false).unwrap(),
+            Some(Run::Web {
+                env: crate::web::WebEnv::Docker,
+                connections: 8,
+                size: 1024
+            })
+        );
+        let e = Spec::parse(&table(
+            "{ setup = \"d\", env = \"vm\" }",
+            "connections = 8\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown env 'vm'"), "{e}");
+        let e = Spec::parse(&table("{ setup = \"d\", env = \"host\" }", "")).unwrap_err();
+        assert!(e.to_string().contains("connections"), "{e}");
     }
 
     #[test]
