@@ -150,7 +150,10 @@ pub fn cpu_usec(dir: &std::path::Path) -> Option<u64> {
     if let Ok(ns) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
         return ns.trim().parse::<u64>().ok().map(|ns| ns / 1000);
     }
-    crate::server::cgroup_cpu_usec(dir)
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Removes the container and its image (blocking; each call a runtime of its own).
