@@ -166,6 +166,16 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian's nginx starts a site on the host's port 80 when installed: this project only
+    // runs nginx with its own config, and leaves the host's network alone.
+    if missing.iter().any(|p| p.split('=').next() == Some("nginx"))
+        && output(Command::new("systemctl").args(["is-enabled", "nginx"])).is_some()
+    {
+        eprintln!("setup: stopping and disabling the nginx.service Debian's package started");
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "nginx"])
+            .status();
+    }
     Ok(true)
 }
 
