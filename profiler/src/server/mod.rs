@@ -282,9 +282,17 @@ pub fn wait_ready(
         if place.run_in(move || Ok(r()))? {
             return Ok(t0.elapsed());
         }
+        // The line that says why (nginx ends a failed bind with "still could not bind()").
         let tail = || {
             std::fs::read_to_string(log)
-                .map(|s| s.lines().last().unwrap_or("").to_string())
+                .map(|s| {
+                    let mut lines = s.lines().rev();
+                    let last = s.lines().last().unwrap_or("");
+                    lines
+                        .find(|l| l.contains("failed"))
+                        .unwrap_or(last)
+                        .to_string()
+                })
                 .unwrap_or_default()
         };
         if let Some(st) = server.exited() {

@@ -94,6 +94,12 @@ fn check(args: &WebArgs) -> Result<()> {
             max + 256
         );
     }
+    if args.env.contains(&WebEnv::Docker) && !std::path::Path::new(crate::docker::SOCKET).exists() {
+        bail!(
+            "--env docker: no Docker daemon ({} is missing): start dockerd, or leave docker out of --env",
+            crate::docker::SOCKET
+        );
+    }
     let mut seen = vec![];
     for e in &args.env {
         if seen.contains(e) {
@@ -283,12 +289,23 @@ impl Running {
 fn setup(env: WebEnv, workers: usize, connections: usize, size: usize) -> Result<Setup> {
     Ok(match env {
         WebEnv::Host => {
-            let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port());
+            // The host's loopback is shared with everyone: another port when ours is taken.
+            let mut tries = 0;
+            let (a, ngx) = loop {
+                let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port() + tries * 7);
+                match nginx::start(&Place::Host, a, workers, connections, size) {
+                    Ok(n) => break (a, n),
+                    Err(e) if tries < 3 && format!("{e:#}").contains("bind()") => {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             Setup {
                 client: Place::Host,
                 connect: a,
                 server_at: format!("{a} in the host's namespaces"),
-                server: Running::Local(nginx::start(&Place::Host, a, workers, connections, size)?),
+                server: Running::Local(ngx),
                 _lab: None,
             }
         }
