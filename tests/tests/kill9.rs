@@ -542,6 +542,26 @@ fn web_env_native() {
 }
 
 #[test]
+fn web_env_host_traced() {
+    // The last kill lands in the traced run: the tracer's programs must go with the process.
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "host",
+            "--connections",
+            "2",
+            "-l",
+            "1",
+            "--trace-length",
+            "4",
+        ],
+        [300, 900, 3500],
+        true,
+    );
+}
+
+#[test]
 fn web_env_docker() {
     three_kills(
         &[
