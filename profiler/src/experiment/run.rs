@@ -330,6 +330,7 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
             m.push("response_p99_ms", l.p99 as f64 / 1e6);
             m.push("server_cpu_pct", run.server_cpu_pct);
             m.push("server_cpu_machine_pct", run.server_cpu_machine_pct);
+            m.push("client_cpu_pct", run.client_cpu_pct);
             m.note(format!("{}, {}", r.server, r.generator));
         }
     }

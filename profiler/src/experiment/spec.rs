@@ -225,6 +225,7 @@ pub fn metrics(kind: Kind) -> &'static [&'static str] {
             "response_p99_ms",
             "server_cpu_pct",
             "server_cpu_machine_pct",
+            "client_cpu_pct",
         ],
     }
 }

@@ -146,6 +146,19 @@ pub struct WebRun {
     pub server_cpu_pct: f64,
     /// The same, % of the machine (all CPUs), as a VM's or container's CPU% is usually given.
     pub server_cpu_machine_pct: f64,
+    /// wrk's CPU time over the run (this process's waited-for children), % of one CPU: on a
+    /// machine this small the client competes with the server for the same CPUs.
+    pub client_cpu_pct: f64,
+}
+
+/// CPU time of this process's terminated and waited-for children so far, s.
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage fills a struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 /// One layer under the traced run, per direction.
@@ -388,9 +401,11 @@ fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
     let mut runs = vec![];
     for &c in &args.connections {
         let cpu0 = st.server.cpu_usec();
+        let client0 = children_cpu_s();
         let t = std::time::Instant::now();
         let w = wrk::run(&st.client, &url, c, length, &script)?;
         let wall = t.elapsed().as_secs_f64();
+        let client = children_cpu_s() - client0;
         let cpu = match (cpu0, st.server.cpu_usec()) {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
             _ => bail!("reading the server's CPU time ({})", cgroup.display()),
@@ -407,6 +422,7 @@ fn one_env(args: &WebArgs, env: WebEnv, workers: usize) -> Result<EnvReport> {
             server_cpu_s: cpu,
             server_cpu_pct: cpu / secs * 100.0,
             server_cpu_machine_pct: cpu / secs * 100.0 / wrk::num_cpus() as f64,
+            client_cpu_pct: client / wall.max(1e-9) * 100.0,
             wrk: w,
         });
     }
@@ -507,7 +523,7 @@ pub fn print(r: &WebReport) {
         for run in &e.runs {
             let l = &run.wrk.latency;
             println!(
-                "  {:<7} {:>6} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13.1}% {:>9.1}%",
+                "  {:<7} {:>6} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13.1}% {:>9.1}% {:>7.0}%",
                 e.env.name(),
                 run.wrk.connections,
                 run.wrk.requests_per_sec,
@@ -517,7 +533,8 @@ pub fn print(r: &WebReport) {
                 fmt_ns(l.max as f64),
                 run.wrk.errors.total(),
                 run.server_cpu_pct,
-                run.server_cpu_machine_pct
+                run.server_cpu_machine_pct,
+                run.client_cpu_pct
             );
         }
     }
