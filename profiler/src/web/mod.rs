@@ -512,12 +512,22 @@ fn traced_run(args: &WebArgs, st: &Setup, url: &str, script: &std::path::Path) -
 
 pub fn print(r: &WebReport) {
     println!(
-        "web: {} serving {} B ({} workers), {} keep-alive, {} s per run, {} CPUs; server CPU from its cgroup, host-side",
+        "web: {} serving {} B ({} workers), {} keep-alive, {} s per run, {} CPUs; server CPU (% of one CPU, of the machine) from its cgroup, host-side; wrk's % of one CPU",
         r.server, r.size_bytes, r.workers, r.generator, r.length_s, r.cpus
     );
     println!(
-        "  {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>14} {:>10}",
-        "env", "conns", "req/s", "p50", "p90", "p99", "max", "errors", "CPU (one CPU)", "(machine)"
+        "  {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>14} {:>10} {:>8}",
+        "env",
+        "conns",
+        "req/s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "errors",
+        "server CPU",
+        "(machine)",
+        "wrk CPU"
     );
     for e in &r.envs {
         for run in &e.runs {

@@ -1,7 +1,10 @@
 //! wrk (Debian's 4.1) as the load generator: HTTP/1.1 keep-alive, `-c` connections over `-t`
 //! epoll threads. Its `done()` hook prints what its summary rounds away: the request count,
-//! errors, and the whole latency record (wrk keeps one count per microsecond value, after its
-//! coordinated-omission correction), which becomes an HDR histogram here. wrk rather than a
+//! errors, min, max, mean and deviation, percentiles on a fine grid, and, when that is cheap,
+//! the whole latency record (wrk keeps one count per microsecond value, after its
+//! coordinated-omission correction), which becomes an HDR histogram here. wrk's Lua hands the
+//! record out one value at a time, each a scan from the smallest: quadratic, so a run with a
+//! stall of seconds (a range of millions of µs) gets the percentiles only. wrk rather than a
 //! client of our own: it is the reference figure others quote, and on two shared cores a
 //! client's own CPU is the server's competitor, so the leanest one (C, epoll) is the fairest.
 
@@ -17,17 +20,30 @@ use crate::{hist::Summary, server::Place};
 
 pub const BINARY: &str = "/usr/bin/wrk";
 
-/// wrk's Lua `done()`: one summary line and one line of `value_us:count` pairs.
+/// wrk's Lua `done()`: the summary line, min/max/mean/stdev, percentiles (each a scan of at
+/// most the range), and the exact record when its cost (distinct values x range) is small.
 pub const SCRIPT: &str = r#"done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("PROFILER_WRK %d %d %d %d %d %d %d %d\n", summary.duration,
     summary.requests, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout))
-  io.write("PROFILER_HIST")
-  for i = 1, #latency do
-    local v, c = latency(i)
-    io.write(string.format(" %d:%d", v, c))
-  end
+  if summary.requests == 0 then return end
+  io.write(string.format("PROFILER_LAT %d %d %.3f %.3f\n", latency.min, latency.max,
+    latency.mean, latency.stdev))
+  io.write("PROFILER_PCT")
+  local ps = {}
+  for i = 1, 199 do ps[#ps + 1] = i / 2 end
+  for _, p in ipairs({99.6, 99.7, 99.8, 99.9, 99.95, 99.99, 99.999}) do ps[#ps + 1] = p end
+  for _, p in ipairs(ps) do io.write(string.format(" %g:%d", p, latency:percentile(p))) end
   io.write("\n")
+  local n = #latency
+  if n * (latency.max - latency.min + 1) < 300000000 then
+    io.write("PROFILER_HIST")
+    for i = 1, n do
+      local v, c = latency(i)
+      io.write(string.format(" %d:%d", v, c))
+    end
+    io.write("\n")
+  end
 end
 "#;
 
@@ -48,8 +64,11 @@ pub struct WrkRun {
     /// interval per connection, the ones that would have waited behind it), so `count` can
     /// exceed `requests`.
     pub latency: Summary,
-    /// Non-empty buckets of wrk's record: [value_ns, count].
+    /// Non-empty buckets of wrk's record: [value_ns, count]; empty when the record was too
+    /// costly to hand over (see the module's note): `percentiles` then.
     pub histogram: Vec<(u64, u64)>,
+    /// [percent, value_ns] on a grid: every 0.5%, then 99.6 to 99.999.
+    pub percentiles: Vec<(f64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -105,9 +124,18 @@ pub fn parse(stdout: &str, connections: usize, threads: usize) -> Result<WrkRun>
     else {
         bail!("wrk's summary has {} fields, expected 8", nums.len());
     };
-    let mut h = crate::hist::empty();
+    let opt = |tag: &str| stdout.lines().find_map(|l| l.strip_prefix(tag));
+    let mut percentiles = vec![];
+    for pair in opt("PROFILER_PCT").unwrap_or("").split_whitespace() {
+        let (p, v) = pair
+            .split_once(':')
+            .ok_or_else(|| anyhow!("wrk's percentiles: {pair}"))?;
+        let (p, v_us): (f64, u64) = (p.parse()?, v.parse()?);
+        percentiles.push((p, v_us.saturating_mul(1000)));
+    }
     let mut histogram = vec![];
-    for pair in line("PROFILER_HIST")?.split_whitespace() {
+    let mut h = crate::hist::empty();
+    for pair in opt("PROFILER_HIST").unwrap_or("").split_whitespace() {
         let (v, c) = pair
             .split_once(':')
             .ok_or_else(|| anyhow!("wrk's histogram: {pair}"))?;
@@ -116,6 +144,42 @@ pub fn parse(stdout: &str, connections: usize, threads: usize) -> Result<WrkRun>
         h.saturating_record_n(ns, c);
         histogram.push((ns, c));
     }
+    let latency = if !histogram.is_empty() {
+        Summary::of(&h)
+    } else if let Some(lat) = opt("PROFILER_LAT ") {
+        let f: Vec<f64> = lat
+            .split_whitespace()
+            .map(|v| v.parse().context("wrk's latency line"))
+            .collect::<Result<_>>()?;
+        let [min, max, mean, stdev] = f[..] else {
+            bail!("wrk's latency line has {} fields, expected 4", f.len());
+        };
+        let at = |q: f64| {
+            percentiles
+                .iter()
+                .find(|(p, _)| (*p - q).abs() < 1e-9)
+                .map_or(0, |(_, v)| *v)
+        };
+        Summary {
+            count: requests,
+            min: (min * 1000.0) as u64,
+            p50: at(50.0),
+            p90: at(90.0),
+            p99: at(99.0),
+            p99_9: at(99.9),
+            max: (max * 1000.0) as u64,
+            mean: mean * 1000.0,
+            stddev: stdev * 1000.0,
+        }
+    } else {
+        if requests > 0 {
+            bail!(
+                "wrk printed no latency for {requests} requests: {}",
+                stdout.trim()
+            );
+        }
+        Summary::default()
+    };
     let seconds = duration_us as f64 / 1e6;
     Ok(WrkRun {
         connections,
@@ -135,8 +199,9 @@ pub fn parse(stdout: &str, connections: usize, threads: usize) -> Result<WrkRun>
             status,
             timeout,
         },
-        latency: Summary::of(&h),
+        latency,
         histogram,
+        percentiles,
     })
 }
 
@@ -187,6 +252,8 @@ mod tests {
     fn parses_what_the_script_prints() {
         let out = "Running 2s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  167.00us\n\
                    PROFILER_WRK 2018200 100 117000 0 1 0 2 0\n\
+                   PROFILER_LAT 11 5000 300.5 900.1\n\
+                   PROFILER_PCT 50:12 90:100 99:5000\n\
                    PROFILER_HIST 11:30 12:40 100:25 5000:5\n";
         let r = parse(out, 16, 2).unwrap();
         assert_eq!(r.requests, 100);
@@ -202,6 +269,32 @@ mod tests {
         );
         assert!(r.latency.max >= 4_990_000 && r.latency.max <= 5_010_000);
         assert_eq!(r.histogram[0], (11_000, 30));
+        assert_eq!(r.percentiles[1], (90.0, 100_000));
+    }
+
+    #[test]
+    fn without_the_record_the_summary_comes_from_the_percentiles() {
+        let out = "PROFILER_WRK 1000000 400 1000 0 0 0 0 0\n\
+                   PROFILER_LAT 10 8000000 20.5 400.25\n\
+                   PROFILER_PCT 50:15 90:40 99:900 99.9:7000000\n";
+        let r = parse(out, 4, 2).unwrap();
+        assert!(r.histogram.is_empty());
+        let l = r.latency;
+        assert_eq!((l.count, l.min, l.max), (400, 10_000, 8_000_000_000));
+        assert_eq!(
+            (l.p50, l.p90, l.p99, l.p99_9),
+            (15_000, 40_000, 900_000, 7_000_000_000)
+        );
+        assert!((l.mean - 20_500.0).abs() < 1e-6 && (l.stddev - 400_250.0).abs() < 1e-6);
+        // Requests with no latency at all is wrk's output cut short.
+        assert!(parse("PROFILER_WRK 1000000 400 1000 0 0 0 0 0\n", 4, 2).is_err());
+        assert_eq!(
+            parse("PROFILER_WRK 1000000 0 0 5 0 0 0 0\n", 4, 2)
+                .unwrap()
+                .latency
+                .count,
+            0
+        );
     }
 
     #[test]
