@@ -68,6 +68,10 @@ enum Command {
     /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
     #[command(allow_negative_numbers = true)]
     Sysbench(profiler::sysbench::SysbenchArgs),
+    /// nginx serving across environments (host, native, docker) under wrk: requests/s, the
+    /// response-time histogram, the server's CPU, and the network layers under it.
+    #[command(allow_negative_numbers = true)]
+    Web(profiler::web::WebArgs),
     /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -282,6 +286,7 @@ fn run(command: Command) -> Result<()> {
             )?;
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
         }
+        Command::Web(args) => profiler::web::main(&args),
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;
             profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)

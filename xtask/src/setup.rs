@@ -52,6 +52,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "bench-sysbench peer and the sysbench comparison test",
     ),
     (
+        "nginx",
+        "the server `profiler web` starts with its own config (Debian's 1.22)",
+    ),
+    (
+        "wrk",
+        "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
+    ),
+    (
         "chromium",
         "renders the --html report in the HTML test (headless)",
     ),
@@ -158,6 +166,16 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian's nginx starts a site on the host's port 80 when installed: this project only
+    // runs nginx with its own config, and leaves the host's network alone.
+    if missing.iter().any(|p| p.split('=').next() == Some("nginx"))
+        && output(Command::new("systemctl").args(["is-enabled", "nginx"])).is_some()
+    {
+        eprintln!("setup: stopping and disabling the nginx.service Debian's package started");
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "nginx"])
+            .status();
+    }
     Ok(true)
 }
 

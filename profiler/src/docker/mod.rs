@@ -6,6 +6,7 @@
 //! later run removes what a killed one left (`reap_stale`).
 
 pub mod image;
+pub mod service;
 
 use std::{collections::HashMap, time::Duration};
 
