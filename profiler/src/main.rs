@@ -212,7 +212,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(args.json.as_deref(), "--json")?;
             profiler::opts::output_file(args.html.as_deref(), "--html")?;
             if args.attach_only {
-                profiler::opts::attach_only_filter(args.port, args.netns.as_deref(), args.ifindex)?;
+                args.filter.check()?;
             }
             profiler::trace::cli::main(&args)
         }

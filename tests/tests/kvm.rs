@@ -12,7 +12,7 @@ const N: u32 = 10_000;
 
 fn micro_vm(w: Workload, count: u32) -> KvmReport {
     require_root();
-    let r = cli::micro_vm(w, count).unwrap_or_else(|e| panic!("micro-VM {w:?}: {e:#}"));
+    let r = cli::micro_vm(w, count, false).unwrap_or_else(|e| panic!("micro-VM {w:?}: {e:#}"));
     // Shown with --nocapture.
     profiler::kvm::report::print(&r);
     r
@@ -120,7 +120,7 @@ fn cli_reports_exactly_100000_port_exits() {
 fn tracing_a_running_vmm_sees_its_exits() {
     require_root();
     let pid = std::process::id();
-    let tracer = std::thread::spawn(move || cli::trace_vms(Some(pid), 2.0));
+    let tracer = std::thread::spawn(move || cli::trace_vms(Some(pid), 2.0, false));
     let mut runs = 0;
     while !tracer.is_finished() {
         micro_vm_untraced(Workload::Pio, 1_000);

@@ -34,6 +34,10 @@ pub struct KvmArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
+    /// Print the kernel side's messages on rare conditions (a field that does not read, an
+    /// exit reason out of range, a full map) on stderr as `bpf warn: ...`.
+    #[arg(long)]
+    pub debug_bpf: bool,
 }
 
 pub fn run(args: &KvmArgs) -> Result<()> {
@@ -46,8 +50,8 @@ pub fn measure(args: &KvmArgs) -> Result<KvmReport> {
     kernel::require_root("profiler kvm")?;
     require_kvm()?;
     match args.micro_vm {
-        Some(w) => micro_vm(w, args.count),
-        None => trace_vms(args.pid, args.length),
+        Some(w) => micro_vm(w, args.count, args.debug_bpf),
+        None => trace_vms(args.pid, args.length, args.debug_bpf),
     }
 }
 
@@ -62,11 +66,12 @@ fn require_kvm() -> Result<KvmBackend> {
 
 /// Runs the micro-VM on this thread with the tracer following only this thread, and checks
 /// the tracer's count of its exits against the VMM's.
-pub fn micro_vm(workload: Workload, count: u32) -> Result<KvmReport> {
+pub fn micro_vm(workload: Workload, count: u32, debug_bpf: bool) -> Result<KvmReport> {
     let backend = require_kvm()?;
     let filter = Filter {
         tgid: std::process::id(),
         tid: nix::unistd::gettid().as_raw() as u32,
+        debug_bpf,
     };
     let mut tracer = KvmTracer::start(filter)?;
     let start = Instant::now();
@@ -87,7 +92,7 @@ pub fn micro_vm(workload: Workload, count: u32) -> Result<KvmReport> {
 }
 
 /// Traces the VMs of `pid` (or all) for `seconds`; the first Ctrl-C ends it early.
-pub fn trace_vms(pid: Option<u32>, seconds: f64) -> Result<KvmReport> {
+pub fn trace_vms(pid: Option<u32>, seconds: f64, debug_bpf: bool) -> Result<KvmReport> {
     let backend = require_kvm()?;
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("-l must be a positive number of seconds");
@@ -100,6 +105,7 @@ pub fn trace_vms(pid: Option<u32>, seconds: f64) -> Result<KvmReport> {
     let mut tracer = KvmTracer::start(Filter {
         tgid: pid.unwrap_or(0),
         tid: 0,
+        debug_bpf,
     })?;
     crate::cleanup::set_interruptible();
     let start = Instant::now();
