@@ -594,3 +594,124 @@ pub fn sysbench() -> Result<()> {
     println!("{md}");
     write_doc("sysbench", &md)
 }
+
+/// Rounds of `bench-trace-ab`, each one untraced run and four traced ones.
+const AB_ROUNDS: usize = 10;
+const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask bench-trace-ab`)";
+
+/// `cargo xtask bench-trace-ab BEFORE`: the tracer of this build against BEFORE (another
+/// build's profiler binary), interleaved in one run on one lab, so the VM's drift falls on
+/// both alike. Each round runs, in an order that rotates: the untraced workload, then each
+/// build with the default budget (followed / not-followed ns per run and the rate ratio) and
+/// with `--follow-every 1 --bpf-stats` (every net program's ns per run, every packet
+/// followed). Replaces its own section of docs/benchmarks/trace.md.
+pub fn trace_ab(before: &str) -> Result<()> {
+    let before = std::fs::canonicalize(before).with_context(|| format!("{before}: no binary"))?;
+    let after = std::fs::canonicalize(PROFILER)?;
+    let lab = LabUp::new("overlay", "ab")?;
+    let traced = |bin: &std::path::Path, test: &str, extra: &[&str]| -> Result<serde_json::Value> {
+        let file = "/tmp/profiler-bench-trace-ab.json";
+        let mut c = Command::new(bin);
+        c.args(["trace", "--lab", &lab.id, "-t", test, "-l", PAIR_SECS]);
+        if test.ends_with("rr") {
+            c.args(["-r", "14,14"]);
+        }
+        let ok = c
+            .args(extra)
+            .args(["--json", file])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("{} trace {extra:?} failed", bin.display());
+        }
+        let v = serde_json::from_slice(&std::fs::read(file)?)?;
+        let _ = std::fs::remove_file(file);
+        Ok(v)
+    };
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mut md = format!(
+        "{AB_SECTION}\n\nMachine: {}. Before: `{}`; after: this build. One overlay lab, {AB_ROUNDS} rounds per test, {PAIR_SECS} s per run; each round runs the untraced workload and the four traced runs below in an order rotated by one each round. Median (range) over the rounds; ratios are traced rate over the same round's untraced rate.\n\n",
+        machine(),
+        before.display()
+    );
+    let mut per_prog = String::new();
+    for (test, key) in [
+        ("tcp_rr", "transactions_per_sec"),
+        ("tcp_stream", "throughput_mbps"),
+    ] {
+        // [before, after] x [defaults, every packet]
+        let mut ratio: [[Vec<f64>; 2]; 2] = Default::default();
+        let mut followed: [Vec<f64>; 2] = Default::default();
+        let mut unfollowed: [Vec<f64>; 2] = Default::default();
+        let mut floor: [Vec<f64>; 2] = Default::default();
+        let mut progs: std::collections::BTreeMap<String, [Vec<f64>; 2]> = Default::default();
+        for round in 0..AB_ROUNDS {
+            let mut results: Vec<Option<serde_json::Value>> = vec![None; 5];
+            for k in 0..5 {
+                let which = (k + round) % 5;
+                let bin = if which % 2 == 1 { &before } else { &after };
+                results[which] = Some(match which {
+                    0 => builtin_secs(&lab.id, test, PAIR_SECS)?,
+                    1 | 2 => traced(bin, test, &[])?,
+                    _ => traced(bin, test, &["--follow-every", "1", "--bpf-stats"])?,
+                });
+            }
+            let r: Vec<serde_json::Value> = results.into_iter().map(Option::unwrap).collect();
+            let untraced = f(&r[0], key);
+            for (b, (d, e)) in [(0, (1, 3)), (1, (2, 4))] {
+                ratio[b][0].push(f(&r[d]["workload"], key) / untraced);
+                ratio[b][1].push(f(&r[e]["workload"], key) / untraced);
+                let c = &r[d]["tracer"];
+                followed[b].push(f(c, "followed_ns_per_run"));
+                unfollowed[b].push(f(c, "unfollowed_ns_per_run"));
+                floor[b].push(f(c, "floor_ns_per_run"));
+                for p in r[e]["tracer"]["programs"].as_array().into_iter().flatten() {
+                    let name = p["program"].as_str().unwrap_or("?").to_string();
+                    progs.entry(name).or_default()[b].push(f(p, "ns_per_run"));
+                }
+            }
+            eprintln!(
+                "bench-trace-ab: {test} round {}: ratio before {:.3} after {:.3}",
+                round + 1,
+                ratio[0][0].last().unwrap(),
+                ratio[1][0].last().unwrap()
+            );
+        }
+        md += &format!(
+            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n\n",
+            spread(&ratio[0][0], 3),
+            spread(&ratio[1][0], 3),
+            spread(&ratio[0][1], 3),
+            spread(&ratio[1][1], 3),
+            spread(&followed[0], 0),
+            spread(&followed[1], 0),
+            spread(&unfollowed[0], 0),
+            spread(&unfollowed[1], 0),
+            spread(&floor[0], 0),
+            spread(&floor[1], 0),
+        );
+        per_prog += &format!(
+            "\n{test}, `--follow-every 1 --bpf-stats`, ns per run:\n\n| program | before | after |\n|---|---|---|\n"
+        );
+        for (name, [b, a]) in &progs {
+            per_prog += &format!("| {name} | {} | {} |\n", spread(b, 0), spread(a, 0));
+        }
+    }
+    md += &per_prog;
+    println!("{md}");
+    let path = "docs/benchmarks/trace.md";
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    // Keep what else the file says; this section is replaced up to the next one.
+    let kept = match doc.find(AB_SECTION) {
+        Some(start) => {
+            let rest = &doc[start + AB_SECTION.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(doc.len(), |e| start + AB_SECTION.len() + e + 1);
+            format!("{}{}", &doc[..start], &doc[end..])
+        }
+        None => doc,
+    };
+    write_doc("trace", &format!("{}\n\n{md}", kept.trim_end()))
+}

@@ -26,6 +26,11 @@ enum Chore {
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
     BenchTrace,
+    /// The tracer of this build against BEFORE (another build's binary), interleaved (root).
+    BenchTraceAb {
+        /// The earlier build's profiler binary.
+        before: String,
+    },
     /// The built-in sysbench workloads against Debian's sysbench (root).
     BenchSysbench,
 }
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
         Chore::Demo => demo(),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
+        Chore::BenchTraceAb { before } => release().and_then(|_| bench::trace_ab(&before)),
         Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
     };
     match result {
