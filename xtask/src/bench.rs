@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-const PROFILER: &str = "target/release/profiler";
+pub const PROFILER: &str = "target/release/profiler";
 const SECS: &str = "5";
 
 fn profiler() -> Command {
@@ -605,10 +605,18 @@ const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask ben
 /// build with the default budget (followed / not-followed ns per run and the rate ratio) and
 /// with `--follow-every 1 --bpf-stats` (every net program's ns per run, every packet
 /// followed). Replaces its own section of docs/benchmarks/trace.md.
-pub fn trace_ab(before: &str) -> Result<()> {
+pub fn trace_ab(before: &str, after: &str) -> Result<()> {
     let before = std::fs::canonicalize(before).with_context(|| format!("{before}: no binary"))?;
-    let after = std::fs::canonicalize(PROFILER)?;
+    let after = std::fs::canonicalize(after).with_context(|| format!("{after}: no binary"))?;
     let lab = LabUp::new("overlay", "ab")?;
+    let untraced = |test: &str| -> Result<serde_json::Value> {
+        let mut c = Command::new(&after);
+        c.args(["bench", test, "--lab", &lab.id, "-l", PAIR_SECS, "--json"]);
+        if test.ends_with("rr") {
+            c.args(["-r", "14,14"]);
+        }
+        json(&mut c)
+    };
     let traced = |bin: &std::path::Path, test: &str, extra: &[&str]| -> Result<serde_json::Value> {
         let file = "/tmp/profiler-bench-trace-ab.json";
         let mut c = Command::new(bin);
@@ -631,9 +639,10 @@ pub fn trace_ab(before: &str) -> Result<()> {
     };
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = format!(
-        "{AB_SECTION}\n\nMachine: {}. Before: `{}`; after: this build. One overlay lab, {AB_ROUNDS} rounds per test, {PAIR_SECS} s per run; each round runs the untraced workload and the four traced runs below in an order rotated by one each round. Median (range) over the rounds; ratios are traced rate over the same round's untraced rate.\n\n",
+        "{AB_SECTION}\n\nMachine: {}. Before: `{}`; after: `{}`. One overlay lab, {AB_ROUNDS} rounds per test, {PAIR_SECS} s per run; each round runs the untraced workload and the four traced runs below in an order rotated by one each round. Median (range) over the rounds; ratios are traced rate over the same round's untraced rate.\n\n",
         machine(),
-        before.display()
+        before.display(),
+        after.display()
     );
     let mut per_prog = String::new();
     for (test, key) in [
@@ -652,7 +661,7 @@ pub fn trace_ab(before: &str) -> Result<()> {
                 let which = (k + round) % 5;
                 let bin = if which % 2 == 1 { &before } else { &after };
                 results[which] = Some(match which {
-                    0 => builtin_secs(&lab.id, test, PAIR_SECS)?,
+                    0 => untraced(test)?,
                     1 | 2 => traced(bin, test, &[])?,
                     _ => traced(bin, test, &["--follow-every", "1", "--bpf-stats"])?,
                 });

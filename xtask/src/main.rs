@@ -30,6 +30,9 @@ enum Chore {
     BenchTraceAb {
         /// The earlier build's profiler binary.
         before: String,
+        /// This build's binary (default: build target/release/profiler). Both builds embed a
+        /// release eBPF object either way; give two debug binaries to skip a release build.
+        after: Option<String>,
     },
     /// The built-in sysbench workloads against Debian's sysbench (root).
     BenchSysbench,
@@ -42,7 +45,10 @@ fn main() -> ExitCode {
         Chore::Demo => demo(),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
-        Chore::BenchTraceAb { before } => release().and_then(|_| bench::trace_ab(&before)),
+        Chore::BenchTraceAb { before, after } => match after {
+            Some(after) => bench::trace_ab(&before, &after),
+            None => release().and_then(|_| bench::trace_ab(&before, bench::PROFILER)),
+        },
         Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
     };
     match result {
