@@ -242,6 +242,7 @@ fn run(command: Command) -> Result<()> {
             mut workload,
         } => {
             workload_parses(&workload)?;
+            profiler::sysbench::validate_workload(&workload)?;
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -271,6 +272,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(json.as_deref(), "--json")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
+            profiler::sysbench::validate_workload(&w)?;
             let d = profiler::envs::density(
                 env,
                 &w,

@@ -103,6 +103,7 @@ fn cli_reports_exactly_100000_port_exits() {
         json: None,
         micro_vm: Some(Workload::Pio),
         count: 100_000,
+        debug_bpf: false,
     };
     let r = cli::measure(&args).unwrap_or_else(|e| panic!("{e:#}"));
     profiler::kvm::report::print(&r);
@@ -120,6 +121,8 @@ fn cli_reports_exactly_100000_port_exits() {
 fn tracing_a_running_vmm_sees_its_exits() {
     require_root();
     let pid = std::process::id();
+    // A VMM holds /dev/kvm before its first VM: `--pid` refuses a process without a KVM fd.
+    let _kvm = std::fs::File::open("/dev/kvm").unwrap();
     let tracer = std::thread::spawn(move || cli::trace_vms(Some(pid), 2.0, false));
     let mut runs = 0;
     while !tracer.is_finished() {
@@ -161,7 +164,12 @@ fn bad_kvm_input_is_one_line_naming_the_option() {
         ),
         (
             &["kvm", "--pid", "4194305", "-l", "1"][..],
-            "no process 4194305",
+            "--pid 4194305: no such process",
+        ),
+        // A process that is not a VMM: it was traced, and reported nothing.
+        (
+            &["kvm", "--pid", "1", "-l", "1"][..],
+            "is not a VMM: it holds no KVM file descriptor",
         ),
     ] {
         profiler_tests::assert_refused_in_one_line(args, needle);

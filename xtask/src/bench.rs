@@ -78,15 +78,22 @@ pub fn machine() -> String {
 struct LabUp {
     id: String,
     desc: serde_json::Value,
+    bin: std::path::PathBuf,
 }
 
 impl LabUp {
     fn new(mode: &str, id: &str) -> Result<LabUp> {
-        let _ = profiler().args(["lab", "down", id]).output();
-        let desc = json(profiler().args(["lab", "up", "--mode", mode, "--id", id, "--json"]))?;
+        Self::with(PROFILER.as_ref(), mode, id)
+    }
+    /// A lab made and removed by the profiler binary `bin`.
+    fn with(bin: &std::path::Path, mode: &str, id: &str) -> Result<LabUp> {
+        let _ = Command::new(bin).args(["lab", "down", id]).output();
+        let desc =
+            json(Command::new(bin).args(["lab", "up", "--mode", mode, "--id", id, "--json"]))?;
         Ok(LabUp {
             id: id.into(),
             desc,
+            bin: bin.into(),
         })
     }
     fn s(&self, k: &str) -> String {
@@ -105,7 +112,9 @@ impl LabUp {
 
 impl Drop for LabUp {
     fn drop(&mut self) {
-        let _ = profiler().args(["lab", "down", &self.id]).output();
+        let _ = Command::new(&self.bin)
+            .args(["lab", "down", &self.id])
+            .output();
     }
 }
 
@@ -608,7 +617,7 @@ const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask ben
 pub fn trace_ab(before: &str, after: &str) -> Result<()> {
     let before = std::fs::canonicalize(before).with_context(|| format!("{before}: no binary"))?;
     let after = std::fs::canonicalize(after).with_context(|| format!("{after}: no binary"))?;
-    let lab = LabUp::new("overlay", "ab")?;
+    let lab = LabUp::with(&after, "overlay", "ab")?;
     let untraced = |test: &str| -> Result<serde_json::Value> {
         let mut c = Command::new(&after);
         c.args(["bench", test, "--lab", &lab.id, "-l", PAIR_SECS, "--json"]);

@@ -64,6 +64,30 @@ fn require_kvm() -> Result<KvmBackend> {
     }
 }
 
+/// Refuses a pid that is not a VMM: one holding no KVM file descriptor (/dev/kvm, a kvm-vm or
+/// kvm-vcpu inode) would be traced for nothing. `--pid 1` was accepted and reported no exits.
+fn require_vmm(pid: u32) -> Result<()> {
+    let fds = std::path::PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = match std::fs::read_dir(&fds) {
+        Ok(e) => e,
+        Err(_) => bail!("--pid {pid}: no such process"),
+    };
+    let kvm = entries.flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            t == "/dev/kvm" || t.starts_with("anon_inode:kvm-")
+        })
+    });
+    if !kvm {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        bail!(
+            "--pid {pid} ({}) is not a VMM: it holds no KVM file descriptor (/dev/kvm, kvm-vm, kvm-vcpu); pass a QEMU or other VMM's pid, or leave --pid out to trace every VM",
+            comm.trim()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the micro-VM on this thread with the tracer following only this thread, and checks
 /// the tracer's count of its exits against the VMM's.
 pub fn micro_vm(workload: Workload, count: u32, debug_bpf: bool) -> Result<KvmReport> {
@@ -97,10 +121,8 @@ pub fn trace_vms(pid: Option<u32>, seconds: f64, debug_bpf: bool) -> Result<KvmR
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("-l must be a positive number of seconds");
     }
-    if let Some(p) = pid
-        && !std::path::Path::new(&format!("/proc/{p}")).exists()
-    {
-        bail!("no process {p}");
+    if let Some(p) = pid {
+        require_vmm(p)?;
     }
     let mut tracer = KvmTracer::start(Filter {
         tgid: pid.unwrap_or(0),
