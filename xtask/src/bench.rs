@@ -617,6 +617,13 @@ const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask ben
 pub fn trace_ab(before: &str, after: &str) -> Result<()> {
     let before = std::fs::canonicalize(before).with_context(|| format!("{before}: no binary"))?;
     let after = std::fs::canonicalize(after).with_context(|| format!("{after}: no binary"))?;
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(String::from))
+            .unwrap_or_default()
+    };
+    let load_start = load();
     let lab = LabUp::with(&after, "overlay", "ab")?;
     let untraced = |test: &str| -> Result<serde_json::Value> {
         let mut c = Command::new(&after);
@@ -663,7 +670,9 @@ pub fn trace_ab(before: &str, after: &str) -> Result<()> {
         let mut followed: [Vec<f64>; 2] = Default::default();
         let mut unfollowed: [Vec<f64>; 2] = Default::default();
         let mut floor: [Vec<f64>; 2] = Default::default();
-        let mut progs: std::collections::BTreeMap<String, [Vec<f64>; 2]> = Default::default();
+        // before, after, and after / before within each round (the drift cancels there).
+        let mut progs: std::collections::BTreeMap<String, [Vec<f64>; 3]> = Default::default();
+        let mut paired: [Vec<f64>; 2] = Default::default();
         for round in 0..AB_ROUNDS {
             let mut results: Vec<Option<serde_json::Value>> = vec![None; 5];
             for k in 0..5 {
@@ -689,6 +698,23 @@ pub fn trace_ab(before: &str, after: &str) -> Result<()> {
                     progs.entry(name).or_default()[b].push(f(p, "ns_per_run"));
                 }
             }
+            let ns = |i: usize, name: &str| {
+                r[i]["tracer"]["programs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["program"] == name)
+                    .map_or(f64::NAN, |p| f(p, "ns_per_run"))
+            };
+            for (name, v) in progs.iter_mut() {
+                v[2].push(ns(4, name) / ns(3, name));
+            }
+            for (k, key) in ["followed_ns_per_run", "unfollowed_ns_per_run"]
+                .iter()
+                .enumerate()
+            {
+                paired[k].push(f(&r[2]["tracer"], key) / f(&r[1]["tracer"], key));
+            }
             eprintln!(
                 "bench-trace-ab: {test} round {}: ratio before {:.3} after {:.3}",
                 round + 1,
@@ -697,7 +723,7 @@ pub fn trace_ab(before: &str, after: &str) -> Result<()> {
             );
         }
         md += &format!(
-            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n\n",
+            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n| after / before within a round: followed, not followed | {} | {} |\n\n",
             spread(&ratio[0][0], 3),
             spread(&ratio[1][0], 3),
             spread(&ratio[0][1], 3),
@@ -708,15 +734,26 @@ pub fn trace_ab(before: &str, after: &str) -> Result<()> {
             spread(&unfollowed[1], 0),
             spread(&floor[0], 0),
             spread(&floor[1], 0),
+            spread(&paired[0], 3),
+            spread(&paired[1], 3),
         );
         per_prog += &format!(
-            "\n{test}, `--follow-every 1 --bpf-stats`, ns per run:\n\n| program | before | after |\n|---|---|---|\n"
+            "\n{test}, `--follow-every 1 --bpf-stats`, ns per run, and after / before within each round:\n\n| program | before | after | after / before |\n|---|---|---|---|\n"
         );
-        for (name, [b, a]) in &progs {
-            per_prog += &format!("| {name} | {} | {} |\n", spread(b, 0), spread(a, 0));
+        for (name, [b, a, ab]) in &progs {
+            per_prog += &format!(
+                "| {name} | {} | {} | {} |\n",
+                spread(b, 0),
+                spread(a, 0),
+                spread(ab, 3)
+            );
         }
     }
     md += &per_prog;
+    md += &format!(
+        "\nLoad average (1 min) at the start and the end: {load_start} and {}.\n",
+        load()
+    );
     println!("{md}");
     let path = "docs/benchmarks/trace.md";
     let doc = std::fs::read_to_string(path).unwrap_or_default();
