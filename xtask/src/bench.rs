@@ -723,7 +723,7 @@ pub fn trace_ab(before: &str, after: &str) -> Result<()> {
             );
         }
         md += &format!(
-            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n| after / before within a round: followed, not followed | {} | {} |\n\n",
+            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n| after / before within each round: followed hook | | {} |\n| after / before within each round: hook not followed | | {} |\n\n",
             spread(&ratio[0][0], 3),
             spread(&ratio[1][0], 3),
             spread(&ratio[0][1], 3),
