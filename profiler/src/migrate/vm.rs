@@ -217,24 +217,6 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tcg_ram_is_no_multiple_of_256_kib() {
-        assert_eq!(memory_arg("kvm", 512), "512");
-        let kib: u64 = memory_arg("tcg", 512)
-            .trim_end_matches('K')
-            .parse()
-            .unwrap();
-        assert_eq!(kib, 512 * 1024 - 8);
-        // QEMU rounds -m up to 8 KiB: it stays as given, and short of a 256 KiB multiple.
-        assert_eq!(kib % 8, 0);
-        assert_ne!(kib % 256, 0);
-    }
-}
-
 /// A thread handing each line of `pipe` to `each` as soon as it is read, until the pipe ends.
 fn lines_of<R: std::io::Read + Send + 'static>(
     name: &str,
@@ -253,4 +235,22 @@ fn lines_of<R: std::io::Read + Send + 'static>(
             each(&String::from_utf8_lossy(&buf));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcg_ram_is_no_multiple_of_256_kib() {
+        assert_eq!(memory_arg("kvm", 512), "512");
+        let kib: u64 = memory_arg("tcg", 512)
+            .trim_end_matches('K')
+            .parse()
+            .unwrap();
+        assert_eq!(kib, 512 * 1024 - 8);
+        // QEMU rounds -m up to 8 KiB: it stays as given, and short of a 256 KiB multiple.
+        assert_eq!(kib % 8, 0);
+        assert_ne!(kib % 256, 0);
+    }
 }
