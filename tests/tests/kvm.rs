@@ -175,3 +175,24 @@ fn bad_kvm_input_is_one_line_naming_the_option() {
         profiler_tests::assert_refused_in_one_line(args, needle);
     }
 }
+
+/// `--debug-bpf` loads the KVM programs with their log calls (the verifier takes them) and
+/// counts as exactly as without; a normal run hits no rare condition, so the kernel says
+/// nothing.
+#[test]
+fn debug_bpf_loads_and_a_normal_run_logs_nothing() {
+    require_root();
+    let out = profiler_tests::run_ok(profiler_tests::profiler().args([
+        "kvm",
+        "--micro-vm",
+        "pio",
+        "--count",
+        "1000",
+        "--debug-bpf",
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["micro_vm"]["traced"], 1000, "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("bpf "), "{stderr}");
+}
