@@ -216,7 +216,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(args.json.as_deref(), "--json")?;
             profiler::opts::output_file(args.html.as_deref(), "--html")?;
             if args.attach_only {
-                profiler::opts::attach_only_filter(args.port, args.netns.as_deref(), args.ifindex)?;
+                args.filter.check()?;
             }
             profiler::trace::cli::main(&args)
         }
@@ -246,6 +246,7 @@ fn run(command: Command) -> Result<()> {
             mut workload,
         } => {
             workload_parses(&workload)?;
+            profiler::sysbench::validate_workload(&workload)?;
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -275,6 +276,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(json.as_deref(), "--json")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
+            profiler::sysbench::validate_workload(&w)?;
             let d = profiler::envs::density(
                 env,
                 &w,
