@@ -86,8 +86,8 @@ pub(super) fn trace_in(
     connect: std::net::IpAddr,
     args: &TraceArgs,
 ) -> Result<TraceReport> {
-    let test: Test = args.test.parse()?;
-    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    let test = opts.test;
     let filter = Filter {
         ports: args.port.map_or(desc.ports, |p| (p, p)),
         client_netns: inode(&desc.client.netns)?,
@@ -104,15 +104,6 @@ pub(super) fn trace_in(
         None
     };
     let mut tracer = NetTracer::start(&filter)?;
-    let endpoints = Endpoints {
-        connect,
-        ..Endpoints::in_lab(desc)
-    };
-    let mut opts = Options::new(test);
-    opts.duration = length(args)?;
-    opts.request = rq;
-    opts.response = rs;
-    opts.validate()?;
     eprintln!(
         "profiler: tracing {} in lab {} ({}) for {:.1} s",
         test.name(),
@@ -135,6 +126,37 @@ pub(super) fn trace_in(
         None // interrupted: report what the tracer has
     };
     finish(&tracer, cost, args, Some((desc, test)), workload, hdr)
+}
+
+/// The workload `trace_in` runs: from the lab's client to `connect`, as the arguments ask.
+fn workload_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<(Endpoints, Options)> {
+    let test: Test = args.test.parse()?;
+    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let endpoints = Endpoints {
+        connect,
+        ..Endpoints::in_lab(desc)
+    };
+    let mut opts = Options::new(test);
+    opts.duration = length(args)?;
+    opts.request = rq;
+    opts.response = rs;
+    opts.validate()?;
+    Ok((endpoints, opts))
+}
+
+/// The same workload as `trace_in`, with nothing attached: the figures the tracer's cost is
+/// not in (`--compare`'s throughput ratios).
+pub(super) fn untraced_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<workload::Report> {
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    workload::run(&endpoints, &opts)
 }
 
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
