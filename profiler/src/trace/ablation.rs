@@ -61,8 +61,9 @@ pub enum Verdict {
 #[derive(Serialize, Debug)]
 pub struct Cost {
     pub name: &'static str,
-    /// Which variants' difference: "with - without".
-    pub difference: String,
+    /// The variants whose difference it is: with the feature, and without.
+    pub with: &'static str,
+    pub without: &'static str,
     /// Each round's paired difference of the forward p50s, ns.
     pub differences_ns: Vec<f64>,
     /// None: fewer complete rounds than a 95% interval needs (interrupted).
@@ -75,7 +76,11 @@ const NO_NAT: &str = "no nat (conntrack on)";
 const NOTRACK: &str = "no conntrack (NOTRACK)";
 
 /// The variants in their order within a round: (name, NAT on, conntrack on).
-const VARIANTS: [(&str, bool, bool); 3] = [(NAT, true, true), (NO_NAT, false, true), (NOTRACK, false, false)];
+const VARIANTS: [(&str, bool, bool); 3] = [
+    (NAT, true, true),
+    (NO_NAT, false, true),
+    (NOTRACK, false, false),
+];
 
 pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
     prelude(args, "profiler trace --ablation")?;
@@ -125,7 +130,8 @@ pub fn ablation(args: &TraceArgs) -> Result<Ablation> {
         Cost {
             verdict: interval.as_ref().map(verdict),
             name,
-            difference: format!("{} - {}", VARIANTS[a].0, VARIANTS[b].0),
+            with: VARIANTS[a].0,
+            without: VARIANTS[b].0,
             differences_ns,
             interval,
         }
@@ -224,8 +230,7 @@ pub fn describe(c: &Cost) -> String {
         Some(Verdict::Measured) => format!("costs {} per packet ({interval})", fmt_ns(i.median)),
         Some(Verdict::BelowZero) => format!(
             "not measurable here: {} was faster than {} in this run ({interval}), which no cost explains: drift or noise larger than the cost",
-            VARIANTS.iter().find(|v| c.difference.starts_with(v.0)).map_or("the first", |v| v.0),
-            c.difference.split(" - ").nth(1).unwrap_or("the second")
+            c.with, c.without
         ),
         _ => format!("not measurable here (interval spans 0): {interval}"),
     }
@@ -265,10 +270,7 @@ mod tests {
 
     #[test]
     fn min_rounds_is_the_fewest_with_a_95_percent_interval() {
-        assert_eq!(
-            MIN_ROUNDS,
-            crate::hist::repeats::repeats_for(CONFIDENCE)
-        );
+        assert_eq!(MIN_ROUNDS, crate::hist::repeats::repeats_for(CONFIDENCE));
     }
 
     fn cost(d: &[f64]) -> Cost {
@@ -276,7 +278,8 @@ mod tests {
         let verdict = interval.as_ref().map(verdict);
         Cost {
             name: "NAT",
-            difference: format!("{NAT} - {NO_NAT}"),
+            with: NAT,
+            without: NO_NAT,
             differences_ns: d.to_vec(),
             interval,
             verdict,
@@ -288,7 +291,10 @@ mod tests {
         let m = describe(&cost(&[100.0, 120.0, 90.0, 130.0, 110.0, 105.0]));
         assert!(m.starts_with("costs 108 ns per packet"), "{m}");
         let z = describe(&cost(&[-944.0, 120.0, 90.0, -30.0, 110.0, 105.0]));
-        assert!(z.starts_with("not measurable here (interval spans 0)"), "{z}");
+        assert!(
+            z.starts_with("not measurable here (interval spans 0)"),
+            "{z}"
+        );
         let n = describe(&cost(&[-944.0, -120.0, -90.0, -30.0, -110.0, -105.0]));
         assert!(n.starts_with("not measurable here: nat was faster"), "{n}");
         assert!(!n.contains("costs"), "{n}");

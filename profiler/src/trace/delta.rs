@@ -116,7 +116,11 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
     let delivered = ow.summary.count as f64;
     let per_hook = r.tracer.followed_ns_per_run.filter(|c| c.is_finite());
     let corrected = per_hook.is_some() && ow.p50_without_tracer_ns.is_some();
-    let per_hook = if corrected { per_hook.unwrap_or(0.0) } else { 0.0 };
+    let per_hook = if corrected {
+        per_hook.unwrap_or(0.0)
+    } else {
+        0.0
+    };
     // Segments only a few packets took (handshakes) are not on the per-packet path.
     let on_path = d.layers.iter().filter(|l| l.crossings > 0);
     let mut parts = vec![];
@@ -385,7 +389,10 @@ mod tests {
         assert_eq!(l[2].p50_delta_ns, 2_600.0);
         assert_eq!(l[3].mean_delta_ns, 1_000.0);
         // A baseline-only layer after a shared one follows it.
-        let l = layers(&[part("a", 1, 1.0)], &[part("a", 1, 1.0), part("b", 1, 2.0)]);
+        let l = layers(
+            &[part("a", 1, 1.0)],
+            &[part("a", 1, 1.0), part("b", 1, 2.0)],
+        );
         assert_eq!(l[1].layer, "b");
     }
 
@@ -395,14 +402,21 @@ mod tests {
             "requests".into(),
             "requests".into(),
             false,
-            (5_000.0, 6_000.0, &[part("x", 1, 3_000.0), part("s", 1, 1_500.0)]),
+            (
+                5_000.0,
+                6_000.0,
+                &[part("x", 1, 3_000.0), part("s", 1, 1_500.0)],
+            ),
             (2_000.0, 2_500.0, &[part("s", 1, 1_400.0)]),
         );
         assert_eq!(d.p50.total_ns, 3_000.0);
         assert_eq!(d.p50.layers_ns, 3_100.0);
         assert_eq!(d.p50.rest_ns, -100.0);
         let s = line("overlay", "host", &d, Stat::P50);
-        assert!(s.starts_with("overlay - host, requests p50 = +3.00 µs: x"), "{s}");
+        assert!(
+            s.starts_with("overlay - host, requests p50 = +3.00 µs: x"),
+            "{s}"
+        );
         assert!(s.ends_with("the rest -100 ns"), "{s}");
     }
 

@@ -9,8 +9,8 @@ use super::{
     report::Direction,
     run::TraceReport,
 };
-use crate::hist::repeats::Spread;
 use crate::export::html::{cdfs, esc, fmt_ns, page, waterfall};
+use crate::hist::repeats::Spread;
 
 fn direction(d: &Direction, id: &str, out: &mut String) {
     let total = d.one_way.as_ref().map_or(0.0, |o| o.summary.p50 as f64);
