@@ -110,7 +110,13 @@ struct Path {
 fn path(r: &TraceReport, dir: usize) -> Option<Path> {
     let d = r.net.directions.get(dir)?;
     let ow = d.one_way.as_ref()?;
-    if ow.summary.count == 0 {
+    let delivered_in =
+        |d: &super::report::Direction| d.one_way.as_ref().map_or(0, |o| o.summary.count);
+    let busiest = r.net.directions.iter().map(delivered_in).max().unwrap_or(0);
+    // A direction with a tenth of the other's packets is not the workload's traffic (on
+    // loopback the tracer counts both ways as requests; a few stray packets are not the
+    // responses), nor stream ACKs.
+    if ow.summary.count == 0 || ow.summary.count * 10 < busiest {
         return None;
     }
     let delivered = ow.summary.count as f64;
