@@ -117,7 +117,10 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Compare> {
                 if traced {
                     r.traced.push(trace_in(desc, desc.connect, args)?);
                 } else {
-                    r.untraced.push(untraced_in(desc, desc.connect, args)?);
+                    match untraced_in(desc, desc.connect, args)? {
+                        Some(w) => r.untraced.push(w),
+                        None => break 'rounds,
+                    }
                 }
             }
         }

@@ -88,9 +88,17 @@ pub(super) fn trace_in(
 ) -> Result<TraceReport> {
     let (endpoints, opts) = workload_in(desc, connect, args)?;
     let test = opts.test;
+    let client_netns = inode(&desc.client.netns)?;
     let filter = Filter {
         ports: args.port.map_or(desc.ports, |p| (p, p)),
-        client_netns: inode(&desc.client.netns)?,
+        // Every lab serves on the same ports: where both ends share one namespace (host),
+        // packets born elsewhere are other labs' traffic, not responses.
+        netns: if desc.client.netns == desc.server.netns {
+            client_netns
+        } else {
+            0
+        },
+        client_netns,
         print_every: args.print_every.unwrap_or(0),
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         empty_programs: args.empty_programs,
@@ -149,14 +157,26 @@ fn workload_in(
 }
 
 /// The same workload as `trace_in`, with nothing attached: the figures the tracer's cost is
-/// not in (`--compare`'s throughput ratios).
+/// not in (`--compare`'s throughput ratios). None when a signal came first (the workload's
+/// threads are left to end with the process, as `trace_in` leaves them).
 pub(super) fn untraced_in(
     desc: &lab::Description,
     connect: std::net::IpAddr,
     args: &TraceArgs,
-) -> Result<workload::Report> {
+) -> Result<Option<workload::Report>> {
     let (endpoints, opts) = workload_in(desc, connect, args)?;
-    workload::run(&endpoints, &opts)
+    let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
+    while !worker.is_finished() {
+        if cleanup::stop_requested() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Some(
+        worker
+            .join()
+            .map_err(|_| anyhow!("the workload panicked"))??,
+    ))
 }
 
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
