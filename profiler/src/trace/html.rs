@@ -140,7 +140,25 @@ fn deltas(mode: &str, base: &str, d: &ModeDelta, out: &mut String) {
                 ""
             }
         );
-        out.push_str("<table><tr><th>layer</th><th>crossings</th><th>p50 difference</th><th>mean difference</th></tr>");
+        out.push_str("<table><tr><th>layer</th><th>crossings</th><th>p50 difference</th><th>mean difference</th><th>p50 difference, to scale</th></tr>");
+        let widest = x
+            .layers
+            .iter()
+            .map(|l| l.p50_delta_ns.abs())
+            .chain([x.p50.rest_ns.abs()])
+            .fold(1.0, f64::max);
+        // A bar either side of a middle line: longer than the baseline to the right.
+        let bar = |v: f64| {
+            let w = v.abs() / widest * 100.0;
+            let (at, fill) = if v >= 0.0 {
+                (100.0, "#c0504d")
+            } else {
+                (100.0 - w, "#4f81bd")
+            };
+            format!(
+                "<svg width=\"200\" height=\"10\"><rect x=\"{at:.1}\" y=\"0\" width=\"{w:.1}\" height=\"10\" fill=\"{fill}\"/><line x1=\"100\" x2=\"100\" y1=\"0\" y2=\"10\" stroke=\"#000\"/></svg>"
+            )
+        };
         for l in &x.layers {
             let only = match l.on {
                 On::Both => "",
@@ -149,18 +167,20 @@ fn deltas(mode: &str, base: &str, d: &ModeDelta, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "<tr><td>{}{only}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}{only}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(l.layer),
                 l.crossings,
                 signed(l.p50_delta_ns),
-                signed(l.mean_delta_ns)
+                signed(l.mean_delta_ns),
+                bar(l.p50_delta_ns)
             );
         }
         let _ = write!(
             out,
-            "<tr><td>the rest</td><td></td><td>{}</td><td>{}</td></tr></table>",
+            "<tr><td>the rest</td><td></td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
             signed(x.p50.rest_ns),
-            signed(x.mean.rest_ns)
+            signed(x.mean.rest_ns),
+            bar(x.p50.rest_ns)
         );
     }
 }
