@@ -59,8 +59,35 @@ pub struct CompareRow {
     pub delta_round: Option<usize>,
     /// The difference from the baseline, layer by layer (none for the baseline itself).
     pub delta: Option<ModeDelta>,
+    /// What makes a figure doubtful, said once (e.g. other traffic in the responses).
+    pub warnings: Vec<String>,
     /// The traced runs, one per round.
     pub reports: Vec<TraceReport>,
+}
+
+/// In an rr test every request has its response: a direction holding far more packets than
+/// the other holds other traffic. Every lab serves on the same ports and a lab's tracer
+/// follows them in any namespace, so labs running at the same time (other tests, other
+/// sessions) land in the direction not born in the client's namespace.
+fn foreign_traffic(r: &TraceReport) -> Option<String> {
+    if !r.test.is_some_and(|t| t.is_rr()) {
+        return None;
+    }
+    let n: Vec<u64> = r
+        .net
+        .directions
+        .iter()
+        .map(|d| d.one_way.as_ref().map_or(0, |o| o.summary.count))
+        .collect();
+    let (lo, hi) = (*n.iter().min()?, *n.iter().max()?);
+    (n.len() == 2 && hi as f64 > 1.5 * lo.max(1) as f64).then(|| {
+        format!(
+            "the traced {} run delivered {} requests and {} responses: one direction holds other traffic on the lab's ports (another lab running at the same time), so its decomposition and the round trip's are not this workload's alone",
+            r.mode.map_or("?", |m| m.name()),
+            n[0],
+            n[1]
+        )
+    })
 }
 
 /// Where a mode's runs go.
@@ -192,6 +219,14 @@ fn rows(test: Test, baseline: Mode, runs: Vec<Runs>) -> Vec<CompareRow> {
             .filter_map(|d| d.round_trip.as_ref().map(|x| x.mean.total_ns))
             .collect();
         let shown = delta_round.or((!r.traced.is_empty()).then_some(0));
+        let mut warnings: Vec<String> = shown
+            .and_then(|i| r.traced.get(i))
+            .and_then(foreign_traffic)
+            .into_iter()
+            .collect();
+        if let (Some(i), Some(b)) = (delta_round, base.filter(|b| b.mode != r.mode)) {
+            warnings.extend(b.traced.get(i).and_then(foreign_traffic));
+        }
         out.push(CompareRow {
             mode: r.mode,
             unit: if rr { "trans/s" } else { "Mbit/s" },
@@ -211,6 +246,7 @@ fn rows(test: Test, baseline: Mode, runs: Vec<Runs>) -> Vec<CompareRow> {
             round_trip_delta_ns: Spread::of(&rt),
             delta_round,
             delta: delta_round.and_then(|i| deltas.into_iter().nth(i)),
+            warnings,
             reports: vec![],
         });
     }
@@ -280,6 +316,9 @@ pub fn print(c: &Compare) {
                     fmt_spread(&r.round_trip_delta_ns, fmt_ns)
                 ))
         );
+        for w in &r.warnings {
+            println!("    note: {w}");
+        }
         let (m, b) = (r.mode.name(), c.baseline.name());
         for x in d.directions.iter().chain(&d.round_trip) {
             if x.base_name != x.name {

@@ -219,6 +219,9 @@ pub fn compare(c: &Compare) -> String {
     for r in &c.rows {
         if let Some(d) = &r.delta {
             let _ = write!(b, "<h2>{} - {}</h2>", r.mode.name(), c.baseline.name());
+            for w in &r.warnings {
+                let _ = write!(b, "<p class=\"note\">note: {}</p>", esc(w));
+            }
             deltas(r.mode.name(), c.baseline.name(), d, &mut b);
         }
     }
