@@ -110,13 +110,12 @@ struct Path {
 fn path(r: &TraceReport, dir: usize) -> Option<Path> {
     let d = r.net.directions.get(dir)?;
     let ow = d.one_way.as_ref()?;
-    let delivered_in =
-        |d: &super::report::Direction| d.one_way.as_ref().map_or(0, |o| o.summary.count);
-    let busiest = r.net.directions.iter().map(delivered_in).max().unwrap_or(0);
-    // A direction with a tenth of the other's packets is not the workload's traffic (on
-    // loopback the tracer counts both ways as requests; a few stray packets are not the
-    // responses), nor stream ACKs.
-    if ow.summary.count == 0 || ow.summary.count * 10 < busiest {
+    // Requests are born in the client's namespace: always the workload's. Responses with a
+    // tenth of the requests' packets are not its responses: a few stray packets where the
+    // tracer counts both ways as requests (loopback), or stream ACKs, which end unread.
+    let requests = r.net.directions.first().and_then(|d| d.one_way.as_ref());
+    let requests = requests.map_or(0, |o| o.summary.count);
+    if ow.summary.count == 0 || (dir > 0 && ow.summary.count * 10 < requests) {
         return None;
     }
     let delivered = ow.summary.count as f64;
