@@ -77,11 +77,19 @@ pub(super) fn trace_in(
     connect: std::net::IpAddr,
     args: &TraceArgs,
 ) -> Result<TraceReport> {
-    let test: Test = args.test.parse()?;
-    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    let test = opts.test;
+    let client_netns = crate::opts::netns_inode(&desc.client.netns)?;
     let filter = Filter {
         ports: args.filter.port.map_or(desc.ports, |p| (p, p)),
-        client_netns: crate::opts::netns_inode(&desc.client.netns)?,
+        // Every lab serves on the same ports: where both ends share one namespace (host),
+        // packets born elsewhere are other labs' traffic, not responses.
+        netns: if desc.client.netns == desc.server.netns {
+            client_netns
+        } else {
+            0
+        },
+        client_netns,
         print_every: args.print_every.unwrap_or(0),
         host: args.filter.host_be(),
         empty_programs: args.empty_programs,
@@ -96,15 +104,6 @@ pub(super) fn trace_in(
         None
     };
     let mut tracer = NetTracer::start(&filter)?;
-    let endpoints = Endpoints {
-        connect,
-        ..Endpoints::in_lab(desc)
-    };
-    let mut opts = Options::new(test);
-    opts.duration = length(args)?;
-    opts.request = rq;
-    opts.response = rs;
-    opts.validate()?;
     eprintln!(
         "profiler: tracing {} in lab {} ({}) for {:.1} s",
         test.name(),
@@ -127,6 +126,49 @@ pub(super) fn trace_in(
         None // interrupted: report what the tracer has
     };
     finish(&tracer, cost, args, Some((desc, test)), workload, hdr)
+}
+
+/// The workload `trace_in` runs: from the lab's client to `connect`, as the arguments ask.
+fn workload_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<(Endpoints, Options)> {
+    let test: Test = args.test.parse()?;
+    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let endpoints = Endpoints {
+        connect,
+        ..Endpoints::in_lab(desc)
+    };
+    let mut opts = Options::new(test);
+    opts.duration = length(args)?;
+    opts.request = rq;
+    opts.response = rs;
+    opts.validate()?;
+    Ok((endpoints, opts))
+}
+
+/// The same workload as `trace_in`, with nothing attached: the figures the tracer's cost is
+/// not in (`--compare`'s throughput ratios). None when a signal came first (the workload's
+/// threads are left to end with the process, as `trace_in` leaves them).
+pub(super) fn untraced_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<Option<workload::Report>> {
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
+    while !worker.is_finished() {
+        if cleanup::stop_requested() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Some(
+        worker
+            .join()
+            .map_err(|_| anyhow!("the workload panicked"))??,
+    ))
 }
 
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
