@@ -42,6 +42,47 @@ fn backlog(class: u8, port: bool, encap: bool) -> &'static str {
     }
 }
 
+/// Layers the kernel names by the class geneve shares with vxlan, and gre with ipip (the
+/// class field is full): in a geneve or gre lab, the lab's own names.
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("tx queue (vxlan)", "tx queue (geneve)", ""),
+    (
+        VXLAN_DECAP,
+        "geneve decap + ip/udp receive + netfilter in",
+        "",
+    ),
+    (
+        "vxlan encap + route + netfilter out",
+        "geneve encap + route + netfilter out",
+        "",
+    ),
+    ("tx queue (ipip)", "", "tx queue (gre)"),
+    (
+        "ipip decap + ip receive + netfilter in",
+        "",
+        "gre decap + ip receive + netfilter in",
+    ),
+    (
+        "ipip encap + route + netfilter out",
+        "",
+        "gre encap + route + netfilter out",
+    ),
+];
+
+/// `layer` as a lab of `mode` calls it (geneve and gre share vxlan's and ipip's classes).
+pub fn in_mode(layer: &'static str, mode: crate::lab::Mode) -> &'static str {
+    use crate::lab::Mode;
+    RENAMED
+        .iter()
+        .find(|(from, _, _)| *from == layer)
+        .map(|(_, geneve, gre)| match mode {
+            Mode::Geneve if !geneve.is_empty() => *geneve,
+            Mode::Gre if !gre.is_empty() => *gre,
+            _ => layer,
+        })
+        .unwrap_or(layer)
+}
+
 /// The layer of the segment from point `prev` to point `cur`, if the model knows it.
 pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
     let (ph, pc, pport, pencap) = (
