@@ -33,7 +33,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "kmod",
         "depmod: modules.dep for a stock kernel's tree (run --env vm --kernel)",
     ),
-    ("xz-utils", "unpacking a stock kernel's .ko.xz modules for its guest"),
+    (
+        "xz-utils",
+        "unpacking a stock kernel's .ko.xz modules for its guest",
+    ),
     (
         "qemu-utils",
         "qemu-img, kept: the same suite's qemu-system-x86 replaces a newer one (say so below)",

@@ -404,7 +404,11 @@ fn command(index: u32, guest: &Guest, accel: Accel) -> Command {
         .arg(guest.memory_mb.to_string())
         .arg("-smp")
         .arg(guest.smp.max(1).to_string())
-        .args(if guest.cpu_max { &["-cpu", "max"][..] } else { &[] })
+        .args(if guest.cpu_max {
+            &["-cpu", "max"][..]
+        } else {
+            &[]
+        })
         .args(["-nographic", "-no-reboot"])
         // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark. The
         // name carries the owner: the reaper kills a QEMU that outlived it.

@@ -171,8 +171,8 @@ fn tree(root: &Path, label: String, scratch: Option<TempDir>) -> Result<StockKer
     };
     let vmlinuz = first(&root.join("boot"), "vmlinuz-")
         .ok_or_else(|| anyhow!("{} has no boot/vmlinuz-*", root.display()))?;
-    let modules = first(&root.join("lib/modules"), "")
-        .or_else(|| first(&root.join("usr/lib/modules"), ""));
+    let modules =
+        first(&root.join("lib/modules"), "").or_else(|| first(&root.join("usr/lib/modules"), ""));
     Ok(StockKernel {
         label,
         vmlinuz,
@@ -237,8 +237,13 @@ pub fn modules_for(args: &[String]) -> Vec<&'static str> {
             _ => {}
         }
     }
+    // trace's default mode is overlay, and --self-check builds bridge and overlay labs.
+    if command == "trace" {
+        add(&["veth", "bridge", "vxlan"]);
+    }
     if command == "inject" || words.contains(&"--self-check") || words.contains(&"--netem") {
-        add(&["sch_netem"]);
+        // clsact (the TC injector's hook) is sch_ingress, a module on Debian.
+        add(&["sch_netem", "sch_ingress"]);
     }
     if command == "kvm" || command == "boot" {
         add(&["kvm", "kvm_amd"]);
@@ -318,7 +323,11 @@ fn module_bytes(path: &Path) -> Result<Vec<u8>> {
                 .output()
                 .with_context(|| format!("running {t} -dc (install {t})"))?;
             if !out.status.success() {
-                bail!("{t} -dc {}: {}", path.display(), artefacts::last_line(&out.stderr));
+                bail!(
+                    "{t} -dc {}: {}",
+                    path.display(),
+                    artefacts::last_line(&out.stderr)
+                );
             }
             Ok(out.stdout)
         }
@@ -414,7 +423,11 @@ pub fn extra(k: &StockKernel, modules: &[&str]) -> Result<Extra> {
         let bytes = fs::read(&real).with_context(|| format!("reading {}", real.display()))?;
         for lib in artefacts::libraries(&real, &bytes)? {
             let b = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
-            entries.push((lib.to_string_lossy().trim_start_matches('/').into(), 0o755, b));
+            entries.push((
+                lib.to_string_lossy().trim_start_matches('/').into(),
+                0o755,
+                b,
+            ));
         }
         entries.push((format!("usr/sbin/{tool}"), 0o755, bytes));
     }
@@ -464,7 +477,12 @@ kernel/drivers/net/veth.ko:\n";
 
     #[test]
     fn dependencies_load_first_each_once_builtins_skipped() {
-        let order = load_order(DEP, "kernel/net/bridge/bridge.ko\n", &["vxlan", "ipip", "veth", "bridge", "udp_tunnel"]).unwrap();
+        let order = load_order(
+            DEP,
+            "kernel/net/bridge/bridge.ko\n",
+            &["vxlan", "ipip", "veth", "bridge", "udp_tunnel"],
+        )
+        .unwrap();
         assert_eq!(
             order,
             [
@@ -486,18 +504,31 @@ kernel/drivers/net/veth.ko:\n";
     fn a_command_names_its_modules() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(modules_for(&a("doctor --json")).is_empty());
-        assert_eq!(modules_for(&a("trace --mode overlay -l 1")), ["veth", "bridge", "vxlan"]);
+        assert_eq!(
+            modules_for(&a("trace --mode overlay -l 1")),
+            ["veth", "bridge", "vxlan"]
+        );
+        let check = modules_for(&a("trace --self-check -l 1"));
+        for m in ["veth", "bridge", "vxlan", "sch_netem", "sch_ingress"] {
+            assert!(check.contains(&m), "{m}: {check:?}");
+        }
         assert!(modules_for(&a("trace --compare host,ipip")).contains(&"ipip"));
         assert!(modules_for(&a("trace --mode=nat --ablation")).contains(&"xt_MASQUERADE"));
         assert!(modules_for(&a("inject --lab x --delay 1ms")).contains(&"sch_netem"));
-        assert_eq!(modules_for(&a("kvm --micro-vm pio --count 10")), ["kvm", "kvm_amd"]);
+        assert_eq!(
+            modules_for(&a("kvm --micro-vm pio --count 10")),
+            ["kvm", "kvm_amd"]
+        );
     }
 
     #[test]
     fn kernel_names_parse() {
         assert!(matches!(
             "debian-6.12".parse::<KernelChoice>(),
-            Ok(KernelChoice::Debian { meta: "linux-image-6.12-cloud-amd64", .. })
+            Ok(KernelChoice::Debian {
+                meta: "linux-image-6.12-cloud-amd64",
+                ..
+            })
         ));
         let e = "debian-5".parse::<KernelChoice>().unwrap_err();
         assert!(e.contains("debian-6.1"), "{e}");

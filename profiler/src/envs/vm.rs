@@ -256,7 +256,14 @@ pub fn stock(
     let out = artefacts::parse_guest_output(&run.console);
     let Some(exit) = out.exit else {
         let why = b.error.as_deref().unwrap_or("no exit status printed");
-        let tail = run.console.iter().rev().take(3).rev().cloned().collect::<Vec<_>>();
+        let tail = run
+            .console
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>();
         if run.timed_out || crate::cleanup::stop_requested() {
             bail!("the {} guest ({}) was killed: {why}", k.label, accel.name());
         }

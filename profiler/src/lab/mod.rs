@@ -3,6 +3,7 @@
 //! device, address, route and firewall rule lives in namespaces named `pf-<id>-<role>`.
 
 pub mod link;
+pub mod netem;
 pub mod netns;
 pub mod plan;
 mod registry;

@@ -435,9 +435,21 @@ async fn macvlan(d: &mut Description, child: Child) -> Result<()> {
         (&s, "s", at(CONTAINER_NET, 3)),
     ] {
         let (kind, name, msg) = match child {
-            Child::Macvlan => ("macvlan", format!("mv-{tag}"), link::macvlan(&format!("mv-{tag}"), parent)),
-            Child::IpvlanL2 => ("ipvlan", format!("iv-{tag}"), link::ipvlan(&format!("iv-{tag}"), parent)),
-            Child::IpvlanL3 => ("ipvlan", format!("iv-{tag}"), link::ipvlan_l3(&format!("iv-{tag}"), parent)),
+            Child::Macvlan => (
+                "macvlan",
+                format!("mv-{tag}"),
+                link::macvlan(&format!("mv-{tag}"), parent),
+            ),
+            Child::IpvlanL2 => (
+                "ipvlan",
+                format!("iv-{tag}"),
+                link::ipvlan(&format!("iv-{tag}"), parent),
+            ),
+            Child::IpvlanL3 => (
+                "ipvlan",
+                format!("iv-{tag}"),
+                link::ipvlan_l3(&format!("iv-{tag}"), parent),
+            ),
         };
         h.add(kind, msg).await?;
         h.move_to(&name, &ctr.name).await?;
@@ -505,7 +517,14 @@ async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
     for (h, u, ip) in [(&hx, "ux", lx), (&hy, "uy", ly)] {
         h.addr(u, ip, 24).await?;
         h.up(u).await?;
-        dev(d, &h.name, u, "veth", Role::Underlay, Some(format!("{ip}/24")));
+        dev(
+            d,
+            &h.name,
+            u,
+            "veth",
+            Role::Underlay,
+            Some(format!("{ip}/24")),
+        );
     }
     step("underlay")?;
     let (cip, sip) = (at(CONTAINER_NET, 2), at(CONTAINER_NET, 3));
@@ -514,8 +533,18 @@ async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
         (&hy, ly, lx, &s, "s", sip, cip),
     ] {
         let (kind, name, mtu, msg) = match kind {
-            Tunnel::Ipip => ("ipip", "tun0", plan::IPIP_MTU, link::ipip("tun0", local, remote)),
-            Tunnel::Gre => ("gre", "gre0x", plan::GRE_MTU, link::gre("gre0x", local, remote)),
+            Tunnel::Ipip => (
+                "ipip",
+                "tun0",
+                plan::IPIP_MTU,
+                link::ipip("tun0", local, remote),
+            ),
+            Tunnel::Gre => (
+                "gre",
+                "gre0x",
+                plan::GRE_MTU,
+                link::gre("gre0x", local, remote),
+            ),
         };
         h.add(kind, msg).await?;
         h.up(name).await?;
