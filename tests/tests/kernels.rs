@@ -1,9 +1,10 @@
 //! The kernel matrix: Debian's stock cloud kernels (6.1 and 6.12) booted under QEMU (TCG on
 //! this host) through `profiler run --env vm --kernel`, and inside each guest: the doctor's
 //! real attach attempts, every mode this host lacks carrying tcp_rr and showing its own layers,
-//! and
-//! KVM exits by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded). One test per kernel
-//! and subject, so pass/fail reads per kernel; a guest that cannot boot fails its test.
+//! KVM exits by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem
+//! delay landing in its layer (6.1's verifier refuses the net tracer: its layers test fails,
+//! and a netem one would too). One test per kernel and subject, so pass/fail reads per kernel;
+//! a guest that cannot boot fails its test.
 
 use std::time::Instant;
 
@@ -197,6 +198,37 @@ fn svm_exits(kernel: &str) {
     }
 }
 
+/// netem where the kernel has it (sch_netem loaded in the guest): the self-check's 1 ms netem
+/// delay on the server's bridge port lands in "veth (host to container)" within 5%.
+fn netem(kernel: &str) {
+    let r = in_guest(
+        kernel,
+        &[
+            "trace",
+            "--self-check",
+            "-l",
+            "2",
+            "--follow-every",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(
+        r["netem"].is_null(),
+        "{kernel}: no netem case: {}",
+        r["netem"]
+    );
+    let case = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["hook"] == "netem (egress qdisc)")
+        .unwrap_or_else(|| panic!("{kernel}: no netem case in {r}"));
+    eprintln!("{kernel}: netem case: {case}");
+    assert_eq!(case["expected_layer"], "veth (host to container)");
+    assert_eq!(case["passed"], true, "{kernel}: netem: {case}");
+}
+
 #[test]
 fn debian_6_1_doctor() {
     doctor("debian-6.1");
@@ -225,6 +257,11 @@ fn debian_6_1_new_modes_show_their_layers() {
 #[test]
 fn debian_6_12_new_modes_show_their_layers() {
     layers("debian-6.12");
+}
+
+#[test]
+fn debian_6_12_netem_lands_in_its_layer() {
+    netem("debian-6.12");
 }
 
 #[test]
