@@ -227,9 +227,11 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         class::VETH
     } else if is_kind(kind, b"bridge") {
         class::BRIDGE
-    } else if is_kind(kind, b"vxlan") {
+    } else if is_kind(kind, b"vxlan") || is_kind(kind, b"geneve") {
+        // The class field is full: a UDP overlay shares vxlan's, an IP tunnel ipip's; user
+        // space names them by the lab's mode (trace/layers.rs).
         class::VXLAN
-    } else if is_kind(kind, b"ipip") {
+    } else if is_kind(kind, b"ipip") || is_kind(kind, b"gre") {
         class::IPIP
     } else if is_kind(kind, b"macvlan") {
         class::MACVLAN

@@ -86,6 +86,14 @@ enum Command {
         /// Run even when the workload's threads or memory do not fit this machine.
         #[arg(long)]
         force: bool,
+        /// `--env vm` on a stock kernel: debian-6.1, debian-6.12, or a PATH (.deb, extracted
+        /// tree, or kernel image). Any profiler command runs in it, with the modules and
+        /// tools it needs; its stdout, stderr and exit status are the run's.
+        #[arg(long, value_name = "debian-6.1|debian-6.12|PATH")]
+        kernel: Option<profiler::boot::stock::KernelChoice>,
+        /// With --kernel: modules to load in the guest besides those the command needs.
+        #[arg(long, value_delimiter = ',', requires = "kernel")]
+        modules: Vec<String>,
         /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         workload: Vec<String>,
@@ -183,6 +191,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Run {
+        env,
+        kernel: Some(_),
+        ..
+    } = &cli.command
+        && *env != profiler::envs::Env::Vm
+    {
+        eprintln!("profiler: --kernel needs --env vm (a stock kernel boots in a guest)");
+        return ExitCode::from(2);
+    }
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
@@ -242,8 +260,48 @@ fn run(command: Command) -> Result<()> {
             env,
             timeout,
             accel,
+            kernel: Some(kernel),
+            modules,
+            workload,
+            ..
+        } => {
+            workload_parses(&workload)?;
+            let r = profiler::envs::stock(
+                &kernel,
+                &workload,
+                &modules,
+                std::time::Duration::from_secs(timeout),
+                accel,
+            )?;
+            debug_assert_eq!(env, profiler::envs::Env::Vm);
+            print!("{}", r.stdout);
+            if !r.stdout.is_empty() && !r.stdout.ends_with('\n') {
+                println!();
+            }
+            eprintln!(
+                "profiler run: {} under {} in {:.1} s (qemu's spawn to exit)",
+                r.kernel,
+                r.accel.name(),
+                r.total_ns as f64 / 1e9
+            );
+            for n in &r.notes {
+                eprintln!("profiler run: {n}");
+            }
+            if r.exit != 0 {
+                eprintln!("{}", r.stderr.trim_end());
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(r.exit.clamp(1, 255));
+            }
+            Ok(())
+        }
+        Command::Run {
+            env,
+            timeout,
+            accel,
             force,
             mut workload,
+            ..
         } => {
             workload_parses(&workload)?;
             profiler::sysbench::validate_workload(&workload)?;

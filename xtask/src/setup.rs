@@ -30,6 +30,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("qemu-system-x86", "boot --vm qemu (with seabios)"),
     (
+        "kmod",
+        "depmod: modules.dep for a stock kernel's tree (run --env vm --kernel)",
+    ),
+    (
+        "xz-utils",
+        "unpacking a stock kernel's .ko.xz modules for its guest",
+    ),
+    (
         "qemu-utils",
         "qemu-img, kept: the same suite's qemu-system-x86 replaces a newer one (say so below)",
     ),

@@ -207,6 +207,11 @@ fn finish(
     hdr: Option<HdrLog>,
 ) -> Result<TraceReport> {
     let mut net = report::build(&tracer.snapshot()?, &tracer.table.names);
+    if let Some((d, _)) = lab {
+        for row in net.directions.iter_mut().flat_map(|d| d.layers.iter_mut()) {
+            row.layer = super::layers::in_mode(row.layer, d.mode);
+        }
+    }
     if let Some(mut log) = hdr {
         log.mark(tagged(&net))?;
         log.finish()?;
