@@ -375,20 +375,23 @@ fn on_hook(skb: u64, h: u8) {
         }
         return;
     }
-    followed(skb, h, st);
+    // The new packet's draw happens here, not inside `followed`: nested, their frames and
+    // `birth`'s exceeded 6.1's 512-byte combined stack (544, seen in a Debian 6.1 guest).
+    if followed(skb, h, st) {
+        draw(skb, st);
+    }
 }
 
-fn followed(skb: u64, h: u8, st: &mut SkbState) {
+/// Closes the followed packet's segment at hook `h`; true when its state turned out stale at a
+/// transmit queue, where the skb now carries a new packet to draw.
+fn followed(skb: u64, h: u8, st: &mut SkbState) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(st.last_ts) > cfg!(stale_ns) || st.first_ts < control().epoch_ns {
         // Its skb was freed unseen (or the window it was born in ended) and the address reused.
         st.skb = 0;
         count(counter::STALE);
-        if h == hook::QUEUE {
-            draw(skb, st);
-        }
-        return;
+        return h == hook::QUEUE;
     }
     count(counter::FOLLOWED_HOOKS);
     // At delivery the skb's device no longer matters (and may be gone): no read.
@@ -397,7 +400,7 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) {
     } else {
         match dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0)) {
             Some(d) => d,
-            None => return,
+            None => return false,
         }
     };
     // Decapsulated: the inner packet re-enters on the tunnel device (netif_rx, GRO or receive).
@@ -420,8 +423,7 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) {
         // kfree_skb_partial) and its address now carries a new packet.
         st.skb = 0;
         count(counter::STALE);
-        draw(skb, st);
-        return;
+        return true;
     }
     if slot == SLOT_UNKNOWN {
         let n = count(counter::UNKNOWN_SEGMENTS);
@@ -456,10 +458,11 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) {
         record_slot(one_way, now - st.first_ts, now - st.first_ts);
         count(counter::DELIVERED);
         st.skb = 0;
-        return;
+        return false;
     }
     st.point = cur;
     st.last_ts = now;
+    false
 }
 
 /// A packet at a transmit queue with no state: the one-in-N draw comes first, so the packets
