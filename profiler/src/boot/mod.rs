@@ -99,6 +99,9 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
     // ("interrupted before its start").
     let first = std::sync::atomic::AtomicU32::new(u32::MAX);
     let first = &first;
+    let done =
+        crate::progress::Count::new(format!("VMs booted and shut down (--count {n})"), n.into());
+    let done = &done;
     std::thread::scope(|s| {
         let boot = &boot;
         let mut handles = Vec::new();
@@ -112,6 +115,7 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
                 .name(name.clone())
                 .spawn_scoped(s, move || {
                     let r = boot(i);
+                    done.tick();
                     // A VM that could not start ends the run: the others stop too.
                     if r.is_err() {
                         let _ = first.compare_exchange(

@@ -186,6 +186,8 @@ pub fn boot_from(
     mut laps: Laps,
 ) -> Result<DockerBootReport> {
     crate::kernel::require_root("profiler boot --container docker")?;
+    let _progress = crate::progress::Cleared;
+    crate::progress::show(&format!("booting {count} Docker containers"));
     runtime()?.block_on(async {
         let d = connect_reaped().await?;
         laps.lap("connect, reap");
