@@ -105,6 +105,10 @@ enum Command {
         /// The report as JSON: on stdout instead of the table (no FILE, or -) or into FILE.
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<std::path::PathBuf>,
+        /// Write the report as one self-contained HTML page: the slowdown curve over the
+        /// instance counts, and the table.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
         accel: profiler::boot::AccelChoice,
@@ -341,10 +345,12 @@ fn run(command: Command) -> Result<()> {
             instances,
             time,
             json,
+            html,
             accel,
             force,
         } => {
             profiler::opts::output_file(json.as_deref(), "--json")?;
+            profiler::opts::output_file(html.as_deref(), "--html")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
             let d = profiler::envs::density(
@@ -356,6 +362,10 @@ fn run(command: Command) -> Result<()> {
                 force,
                 profiler::startup::Laps::since_process_start(),
             )?;
+            if let Some(p) = &html {
+                std::fs::write(p, profiler::envs::html::density(&d))
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+            }
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
         }
         Command::Sysbench(args) => {

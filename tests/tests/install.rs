@@ -194,7 +194,17 @@ fn the_deb_installs_and_runs_doctor_without_a_toolchain() {
         usable(&inside).iter().any(|(_, ok)| *ok),
         "no mechanism usable in the root: {inside}"
     );
-    assert_eq!(inside["lab_modes"], host["lab_modes"]);
+    // The lab modes as on the host, but nat: iptables is only recommended, and apt here
+    // installs no recommends, so the doctor names the package to install.
+    for (mode, there) in host["lab_modes"].as_object().expect("lab_modes") {
+        let here = &inside["lab_modes"][mode];
+        if mode == "nat" && here["buildable"] == false {
+            let why = here["why_not"].as_str().unwrap_or_default();
+            assert!(why.contains("install the iptables package"), "nat: {why}");
+            continue;
+        }
+        assert_eq!(here, there, "lab mode {mode}");
+    }
     assert_eq!(
         inside["kvm"]["micro_vm_pio_exits"],
         host["kvm"]["micro_vm_pio_exits"]

@@ -150,11 +150,11 @@ pub fn deb(profile: &str) -> Result<PathBuf> {
     let assets = dir.join("deb-assets");
     let _ = std::fs::remove_dir_all(&assets);
     generate(&bin, &assets)?;
-    let man = assets.join("man/man1");
-    for page in std::fs::read_dir(&man)? {
-        // Debian's man pages are gzipped (-n: no name or time, the same bytes every build).
-        run(Command::new("gzip").arg("-9nf").arg(page?.path()))?;
-    }
+    let pages: Vec<PathBuf> = std::fs::read_dir(assets.join("man/man1"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    // Debian's man pages are gzipped (-n: no name or time, the same bytes every build).
+    run(Command::new("gzip").arg("-9nf").args(&pages))?;
     let out_dir = root()
         .join("target/debian")
         .join(dir.file_name().expect("a profile dir"));

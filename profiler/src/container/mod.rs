@@ -155,7 +155,7 @@ pub fn run_from(args: &ContainerBootArgs, mut laps: Laps) -> Result<ContainerBoo
     laps.lap("lab and cgroups");
     let startups = {
         let _progress = crate::progress::Cleared;
-        crate::progress::show(&format!("starting {} containers at once", args.count));
+        crate::progress::show(&format!("starting {} container(s) at once", args.count));
         host.start_all(args.count, &mut laps)?
     };
     laps.lap("containers removed");

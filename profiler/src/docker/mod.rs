@@ -187,7 +187,7 @@ pub fn boot_from(
 ) -> Result<DockerBootReport> {
     crate::kernel::require_root("profiler boot --container docker")?;
     let _progress = crate::progress::Cleared;
-    crate::progress::show(&format!("booting {count} Docker containers"));
+    crate::progress::show(&format!("booting {count} Docker container(s)"));
     runtime()?.block_on(async {
         let d = connect_reaped().await?;
         laps.lap("connect, reap");
