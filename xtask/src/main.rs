@@ -140,7 +140,7 @@ fn release() -> Result<()> {
 
 fn demo() -> Result<()> {
     require_root("demo")?;
-    setup::run()?;
+    // Setup, the release build, then /usr/local: `profiler` is on PATH from here on.
     let bin = install::install(std::path::Path::new(install::PREFIX))?;
     run(Command::new(&bin).arg("doctor"))?;
     run(Command::new(&bin).args(["trace", "--mode", "overlay"]))

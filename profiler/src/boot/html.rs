@@ -8,9 +8,9 @@ use crate::export::html::{esc, fmt_ns, page, timeline};
 
 pub fn boot(r: &BootReport) -> String {
     let mut body = format!(
-        r#"<p>{} x {:?}, accelerator {} ({})</p>"#,
+        r#"<p>{} x {}, accelerator {} ({})</p>"#,
         r.count,
-        r.vm,
+        format!("{:?}", r.vm).to_lowercase(),
         esc(&r.accelerator),
         esc(&r.accelerator_reason)
     );

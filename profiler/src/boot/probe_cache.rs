@@ -98,7 +98,7 @@ fn store_in(p: &std::path::Path, key: Key, accel: Accel, why: &str) {
     let written = serde_json::to_vec_pretty(&e)
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, &p));
+        .and_then(|()| std::fs::rename(&tmp, p));
     if let Err(err) = written {
         let _ = std::fs::remove_file(&tmp);
         eprintln!(
