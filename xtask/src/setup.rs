@@ -281,7 +281,7 @@ fn bpf_linker() -> Result<bool> {
 /// cargo-deb builds `cargo xtask deb`'s package; Debian does not package it, so crates.io.
 fn cargo_deb() -> Result<bool> {
     if let Some(v) = output(Command::new("cargo").args(["deb", "--version"])) {
-        eprintln!("setup: cargo-deb {}", v.trim());
+        eprintln!("setup: {}", v.trim());
         return Ok(false);
     }
     eprintln!("setup: cargo-deb missing (builds the Debian package): installing it from crates.io");

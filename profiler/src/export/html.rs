@@ -20,6 +20,7 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px
 h1{{font-size:20px}} h2{{font-size:16px;margin-top:28px}}
 table{{border-collapse:collapse;margin:8px 0}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}}
 td:first-child,th:first-child{{text-align:left}} .note{{color:#666}}
+td{{white-space:nowrap}} td:last-child{{white-space:normal}}
 svg text{{font:12px system-ui,sans-serif}}
 </style></head><body><h1>{t}</h1>
 {body}</body></html>
