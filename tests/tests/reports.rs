@@ -1,4 +1,4 @@
-//! `boot --hdr-log` and `--html`, `density --html`: decoded by HdrHistogram's own decoder (the
+//! `boot --hdr-log` and `--html`, `kvm --hdr-log`, `density --html`: decoded by HdrHistogram's own decoder (the
 //! Python `hdrhistogram` package) and rendered by headless Chromium (both installed by setup),
 //! each checked against the run's JSON report.
 
@@ -96,6 +96,80 @@ print(json.dumps({t: [h.get_total_count(), h.get_min_value(), h.get_max_value()]
             );
         }
     }
+}
+
+/// Each tag's count, min and max as HdrHistogram's Python decoder reads the log.
+fn decode(log: &Path, lowest: u64, highest: u64, digits: u32) -> Value {
+    let script = format!(
+        r#"
+import json, sys
+from hdrh.log import HistogramLogReader
+from hdrh.histogram import HdrHistogram
+new = lambda: HdrHistogram({lowest}, {highest}, {digits})
+reader = HistogramLogReader(sys.argv[1], new())
+total = {{}}
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    total.setdefault(h.get_tag(), new()).add(h)
+print(json.dumps({{t: [h.get_total_count(), h.get_min_value(), h.get_max_value(),
+                      h.get_value_at_percentile(50)] for t, h in total.items()}}))
+"#
+    );
+    let out = run_ok(Command::new("python3").args(["-c", &script]).arg(log));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kvm --hdr-log`: per KVM_RUN side and reason, the decoded counts equal the report's and
+/// the p50s agree within the histogram's two significant figures.
+#[test]
+fn kvm_hdr_log_decodes_with_hdrhistogram_and_matches_the_report() {
+    require_root();
+    let (log, json) = (temp("kvm.hlog"), temp("kvm-hlog.json"));
+    run_ok(
+        profiler()
+            .args(["kvm", "--micro-vm", "pio", "--count", "20000"])
+            .args([
+                "--hdr-log".as_ref(),
+                log.as_os_str(),
+                "--json".as_ref(),
+                json.as_os_str(),
+            ]),
+    );
+    let decoded = decode(&log, 1, 1 << 35, 2);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = (std::fs::remove_file(&log), std::fs::remove_file(&json));
+    let mut checked = 0;
+    let mut check = |tag: String, s: &Value| {
+        if s["count"].as_u64().unwrap_or(0) == 0 {
+            return;
+        }
+        let t = &decoded[&tag.replace([' ', ','], "_")];
+        assert_eq!(t[0], s["count"], "{tag}: count ({decoded})");
+        let (ours, theirs) = (s["p50"].as_f64().unwrap(), t[3].as_f64().unwrap());
+        assert!(
+            (ours - theirs).abs() <= 0.02 * ours + 1.0,
+            "{tag} p50: report {ours}, hdrhistogram {theirs}"
+        );
+        checked += 1;
+    };
+    let run = &report["run"];
+    check("run_in_kvm/all".into(), &run["in_kvm"]);
+    check("run_in_vmm/all".into(), &run["in_vmm"]);
+    for r in run["by_reason"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap();
+        check(format!("run_in_kvm/{name}"), &r["in_kvm"]);
+        check(format!("run_in_vmm/{name}"), &r["in_vmm"]);
+    }
+    for e in report["exits"].as_array().unwrap() {
+        check(
+            format!("exit/{}", e["name"].as_str().unwrap()),
+            &e["handling"],
+        );
+    }
+    // At least both sides' totals and the port I/O reason's.
+    assert!(checked >= 4, "{checked} tags checked: {decoded}");
 }
 
 #[test]
