@@ -524,7 +524,9 @@ fn deb_field(deb: &Path, field: &str) -> Result<String> {
     Ok(apt(&["dpkg-deb", "-f", &d, field])?.trim().to_string())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes beside `path` under an owner-tagged name, then renames: a killed writer's temp is
+/// reaped by the next run ([`reap_stale`]).
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", owner_tag()));
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))

@@ -94,15 +94,13 @@ fn store_in(p: &std::path::Path, key: Key, accel: Accel, why: &str) {
         why: why.into(),
         probed_unix_s: now_unix_s(),
     };
-    let tmp = p.with_extension(format!("json.{}", std::process::id()));
+    // An owner-tagged temp, renamed: a kill -9 mid-write leaves what the reaper removes.
     let written = serde_json::to_vec_pretty(&e)
-        .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, p));
+        .map_err(anyhow::Error::from)
+        .and_then(|json| super::artefacts::write_atomic(p, &json));
     if let Err(err) = written {
-        let _ = std::fs::remove_file(&tmp);
         eprintln!(
-            "profiler: could not keep the KVM probe's answer in {}: {err}",
+            "profiler: could not keep the KVM probe's answer in {}: {err:#}",
             p.display()
         );
     }
