@@ -21,6 +21,7 @@ pub mod lab;
 pub mod migrate;
 pub mod opts;
 pub mod probes;
+pub mod progress;
 pub mod server;
 pub mod startup;
 pub mod sysbench;

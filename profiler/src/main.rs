@@ -117,6 +117,10 @@ enum Command {
         /// The report as JSON: on stdout instead of the table (no FILE, or -) or into FILE.
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<std::path::PathBuf>,
+        /// Write the report as one self-contained HTML page: the slowdown curve over the
+        /// instance counts, and the table.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
         /// QEMU's accelerator for `--env vm`: auto probes KVM with a stock guest, else TCG.
         #[arg(long, value_enum, default_value_t = profiler::boot::AccelChoice::Auto)]
         accel: profiler::boot::AccelChoice,
@@ -124,6 +128,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Shell completions for this command line, on stdout (`cargo xtask install` and the
+    /// Debian package install them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on stdout (`profiler manpage | man -l -`), or with DIR every page
+    /// (profiler.1, profiler-trace.1, ...) written into DIR.
+    Manpage { dir: Option<std::path::PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +190,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Generated from the clap definitions; they touch nothing on the machine.
+    if let Some(done) = generated(&cli.command) {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("profiler: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The gate reads two files and needs nothing else: exit 1 is a regression, 2 bad input.
     if let Command::Check(args) = &cli.command {
         return match profiler::check::main(args) {
@@ -205,6 +228,10 @@ fn main() -> ExitCode {
     profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
     profiler::migrate::reap_stale();
+    // JSON on stdout: nothing else is drawn on the terminal (progress goes to stderr).
+    if json_to_stdout(&cli.command) {
+        profiler::progress::quiet();
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -216,6 +243,57 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Whether the command's report goes to stdout as JSON (`--json`, `--json -`; `run` always).
+fn json_to_stdout(command: &Command) -> bool {
+    let json = match command {
+        Command::Run { .. } => return true,
+        Command::Doctor { json }
+        | Command::Density { json, .. }
+        | Command::Lab {
+            command: LabCommand::Up { json, .. } | LabCommand::List { json },
+        } => json.as_deref(),
+        Command::Trace(a) => a.json.as_deref(),
+        Command::Bench { args, .. } => args.json.as_deref(),
+        Command::Experiment(a) => a.json.as_deref(),
+        Command::Boot(a) => a.common.json.as_deref(),
+        Command::Migrate(a) => a.json.as_deref(),
+        Command::Kvm(a) => a.json.as_deref(),
+        Command::Sysbench(a) => a.json.as_deref(),
+        _ => None,
+    };
+    profiler::export::json::to_stdout(json)
+}
+
+/// `completions` and `manpage`, from the clap definitions; None for every other command.
+fn generated(command: &Command) -> Option<Result<()>> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "profiler", &mut out)
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            return Some(
+                clap_mangen::generate_to(Cli::command().name("profiler"), dir)
+                    .with_context(|| format!("writing the man pages into {}", dir.display())),
+            );
+        }
+        Command::Manpage { dir: None } => {
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                return Some(Err(e.into()));
+            }
+        }
+        _ => return None,
+    }
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    match std::io::stdout().write_all(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Some(Err(e.into())),
+        _ => Some(Ok(())),
     }
 }
 
@@ -243,7 +321,9 @@ fn run(command: Command) -> Result<()> {
         Command::Inject(args) => profiler::inject::run(&args),
         Command::Agent(args) => profiler::agent::run(&args),
         Command::Experiment(args) => profiler::experiment::main(&args),
-        Command::Check(_) => unreachable!("dispatched before"),
+        Command::Check(_) | Command::Completions { .. } | Command::Manpage { .. } => {
+            unreachable!("dispatched before")
+        }
         Command::Boot(args) => {
             profiler::opts::output_file(args.common.json.as_deref(), "--json")?;
             profiler::boot::cli::run(&args)
@@ -328,10 +408,12 @@ fn run(command: Command) -> Result<()> {
             instances,
             time,
             json,
+            html,
             accel,
             force,
         } => {
             profiler::opts::output_file(json.as_deref(), "--json")?;
+            profiler::opts::output_file(html.as_deref(), "--html")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
             profiler::sysbench::validate_workload(&w)?;
@@ -344,6 +426,10 @@ fn run(command: Command) -> Result<()> {
                 force,
                 profiler::startup::Laps::since_process_start(),
             )?;
+            if let Some(p) = &html {
+                std::fs::write(p, profiler::envs::html::density(&d))
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+            }
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
         }
         Command::Web(args) => profiler::web::main(&args),

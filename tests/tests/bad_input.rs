@@ -298,6 +298,44 @@ fn boot_timeouts_networks_and_files() {
             // Asked of Docker first: it used to import an image and send a create.
             "--network profiler-no-such-net: Docker has no such network",
         ),
+        (
+            &["boot", "--vm", "micro", "--html", "/nonexistent/dir/x.html"],
+            "--html /nonexistent/dir/x.html: directory /nonexistent/dir does not exist",
+        ),
+        (
+            &[
+                "boot",
+                "--vm",
+                "micro",
+                "--hdr-log",
+                "/nonexistent/dir/x.hlog",
+            ],
+            "--hdr-log /nonexistent/dir/x.hlog: cannot write it",
+        ),
+        (
+            &["boot", "--container", "native", "--html", "x.html"],
+            "--html and --hdr-log are written for --vm boots",
+        ),
+        (
+            &[
+                "density",
+                "--env",
+                "native",
+                "--html",
+                "/nonexistent/dir/x.html",
+            ],
+            "--html /nonexistent/dir/x.html: directory /nonexistent/dir does not exist",
+        ),
+        (
+            &[
+                "kvm",
+                "--micro-vm",
+                "pio",
+                "--hdr-log",
+                "/nonexistent/dir/x.hlog",
+            ],
+            "--hdr-log /nonexistent/dir/x.hlog: cannot write it",
+        ),
     ]);
 }
 

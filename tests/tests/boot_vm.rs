@@ -47,10 +47,16 @@ fn our_qemus() -> Vec<String> {
 }
 
 fn boot(vm: Vm, count: u32) -> (BootReport, Duration) {
+    boot_with(vm, count, false)
+}
+
+/// `probe_again`: `--accel auto` probes KVM even when the last probe's answer is kept.
+fn boot_with(vm: Vm, count: u32, probe_again: bool) -> (BootReport, Duration) {
     let args = BootArgs {
         vm: Some(vm),
         count,
         timeout: 120.0,
+        probe_again,
         ..Default::default()
     };
     let t = Instant::now();
@@ -153,9 +159,10 @@ fn assert_every_phase_adds_up(r: &BootReport, wall: Duration, want: &[&str]) {
 fn qemu_boot_has_every_phase_and_adds_up() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_tools();
-    // Warm the cache, so the measured run's setup is the cache check and the KVM probe only.
+    // Warm the cache, so the measured run's setup is the cache check and the KVM probe only
+    // (probed again: its exits are read below, and a kept answer would skip it).
     let _ = boot(Vm::Qemu, 1);
-    let (r, wall) = boot(Vm::Qemu, 1);
+    let (r, wall) = boot_with(Vm::Qemu, 1, true);
     assert_eq!(r.boots.len(), 1);
     let b = &r.boots[0];
     // QEMU's exec and vCPU thread from the exec tracer, then the console's marks.
@@ -184,6 +191,59 @@ fn qemu_boot_has_every_phase_and_adds_up() {
             "{firmware:?}"
         );
     }
+}
+
+#[test]
+fn a_warm_auto_boot_uses_the_kept_probe_answer_until_its_key_changes() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_tools();
+    let kept = |r: &BootReport| r.accelerator_reason.contains("kept in");
+    let probed = |r: &BootReport| {
+        r.kvm_probe.is_some() || r.wall.setup.iter().any(|l| l.name == "kvm probe")
+            // One VM that KVM booted: the probe was the boot.
+            || (r.accelerator == "kvm" && !kept(r))
+    };
+    let (fresh, _) = boot_with(Vm::Qemu, 1, true);
+    assert!(
+        probed(&fresh) && !kept(&fresh),
+        "{}",
+        fresh.accelerator_reason
+    );
+    let (warm, _) = boot(Vm::Qemu, 1);
+    assert!(
+        kept(&warm),
+        "not the kept answer: {}",
+        warm.accelerator_reason
+    );
+    assert!(warm.kvm_probe.is_none());
+    assert!(
+        !warm.wall.setup.iter().any(|l| l.name == "kvm probe"),
+        "{:?}",
+        warm.wall.setup
+    );
+    assert_eq!(warm.accelerator, fresh.accelerator);
+    // Another kernel build (as after an upgrade): the kept answer no longer applies.
+    let file = boot::probe_cache::path();
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("the kept answer")).unwrap();
+    assert_eq!(
+        entry["key"],
+        serde_json::to_value(boot::probe_cache::Key::now()).unwrap()
+    );
+    entry["key"]["kernel"] = "6.18.0 #1 SMP another build".into();
+    std::fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+    let (again, _) = boot(Vm::Qemu, 1);
+    assert!(
+        probed(&again) && !kept(&again),
+        "{}",
+        again.accelerator_reason
+    );
+    let rewritten: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        rewritten["key"],
+        serde_json::to_value(boot::probe_cache::Key::now()).unwrap()
+    );
 }
 
 #[test]
@@ -446,7 +506,8 @@ fn sigterm_mid_boot_tears_everything_down_within_10_s() {
     // A qemu it leaves comes here, not to init: none can hide.
     profiler_tests::become_subreaper();
     let me = std::process::id();
-    for extra in [&[][..], &["--accel", "tcg"][..]] {
+    // Auto probes again: the signal can land in the probe as before the answer was kept.
+    for extra in [&["--probe-again"][..], &["--accel", "tcg"][..]] {
         let mut child = spawn_boot(4, extra);
         let pid = child.id();
         let qemus = || profiler_tests::live_children(&[pid, me], boot::qemu::QEMU);
@@ -487,7 +548,7 @@ fn kill_9_of_the_parent_leaves_no_qemu_alive_within_1_s() {
     let me = std::process::id();
     // In the KVM probe, right after a spawn and in the boots (auto here: probe, then TCG).
     for at in [300, 600, 1000, 2000, 3000] {
-        let mut child = spawn_boot(2, &[]);
+        let mut child = spawn_boot(2, &["--probe-again"]);
         std::thread::sleep(Duration::from_millis(at));
         let parents = [child.id(), me];
         let alive = profiler_tests::live_children(&parents, boot::qemu::QEMU).len();

@@ -101,6 +101,7 @@ fn cli_reports_exactly_100000_port_exits() {
         pid: None,
         length: 5.0,
         json: None,
+        hdr_log: None,
         micro_vm: Some(Workload::Pio),
         count: 100_000,
         debug_bpf: false,

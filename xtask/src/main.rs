@@ -1,6 +1,7 @@
 //! `cargo xtask <chore>`: the project's build chores, so a new machine needs two commands.
 
 mod bench;
+mod install;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -20,8 +21,22 @@ enum Chore {
     Setup,
     /// Setup, then fmt, clippy, unit tests and the privileged integration tests (root).
     Test,
-    /// Setup, build, then run the profiler on its built-in default.
+    /// Setup, build, install (`cargo xtask install`), then run `profiler doctor` and
+    /// `profiler trace --mode overlay`.
     Demo,
+    /// Release build into /usr/local/bin/profiler, with its man pages and shell completions.
+    Install {
+        /// Where to install: bin/, share/man/man1/, share/{bash-completion,zsh,fish}/.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+    },
+    /// A Debian package (cargo-deb) for hosts without a Rust toolchain, in
+    /// target/debian/<profile dir>/.
+    Deb {
+        /// Cargo profile to package: release, or dev for the tests' debug build.
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Built-in workloads against iperf3 and sockperf, in host and overlay labs (root).
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
@@ -43,6 +58,8 @@ fn main() -> ExitCode {
         Chore::Setup => setup::run(),
         Chore::Test => test(),
         Chore::Demo => demo(),
+        Chore::Install { prefix } => install::install(&prefix).map(|_| ()),
+        Chore::Deb { profile } => setup::run().and_then(|_| install::deb(&profile).map(|_| ())),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
         Chore::BenchTraceAb { before, after } => match after {
@@ -121,6 +138,8 @@ fn tests() -> Result<()> {
         "profiler-tests",
     ]))?;
     run(cargo().args(["build", "-p", "profiler"]))?;
+    // tests/install.rs installs the package of the binary the tests run.
+    install::deb("dev")?;
     run(cargo().args(["test", "-p", "profiler-tests", "--", "--test-threads=1"]))?;
     Ok(())
 }
@@ -133,8 +152,8 @@ fn release() -> Result<()> {
 
 fn demo() -> Result<()> {
     require_root("demo")?;
-    setup::run()?;
-    run(cargo().args(["build", "--release", "-p", "profiler"]))?;
-    run(Command::new("target/release/profiler").arg("doctor"))?;
-    run(Command::new("target/release/profiler").args(["trace", "--mode", "overlay"]))
+    // Setup, the release build, then /usr/local: `profiler` is on PATH from here on.
+    let bin = install::install(std::path::Path::new(install::PREFIX))?;
+    run(Command::new(&bin).arg("doctor"))?;
+    run(Command::new(&bin).args(["trace", "--mode", "overlay"]))
 }

@@ -10,6 +10,8 @@ use crate::run as sh;
 /// The nightly this project was tested with; another nightly usually works too.
 pub const TESTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask deb`'s packager: from crates.io, as Debian has no cargo-deb package.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages, with why each is needed.
@@ -72,6 +74,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "renders the --html report in the HTML test (headless)",
     ),
     (
+        "debootstrap",
+        "the .deb test's minimal Debian root, a host without a Rust toolchain",
+    ),
+    (
         "prometheus",
         "the agent test's scraper and promtool (Debian's 2.42)",
     ),
@@ -83,6 +89,7 @@ pub fn run() -> Result<()> {
     acted |= packages()?;
     acted |= nightly()?;
     acted |= bpf_linker()?;
+    acted |= cargo_deb()?;
     acted |= libvirt_user()?;
     acted |= python_packages()?;
     if acted {
@@ -294,6 +301,23 @@ fn bpf_linker() -> Result<bool> {
             "llvm-22",
         ])
         .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    Ok(true)
+}
+
+/// cargo-deb builds `cargo xtask deb`'s package; Debian does not package it, so crates.io.
+fn cargo_deb() -> Result<bool> {
+    if let Some(v) = output(Command::new("cargo").args(["deb", "--version"])) {
+        eprintln!("setup: {}", v.trim());
+        return Ok(false);
+    }
+    eprintln!("setup: cargo-deb missing (builds the Debian package): installing it from crates.io");
+    sh(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))?;
     Ok(true)
 }
 

@@ -555,6 +555,8 @@ pub(super) fn deb_field(deb: &Path, field: &str) -> Result<String> {
     Ok(apt(&["dpkg-deb", "-f", &d, field])?.trim().to_string())
 }
 
+/// Writes beside `path` under an owner-tagged name, then renames: a killed writer's temp is
+/// reaped by the next run ([`reap_stale`]).
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", owner_tag()));
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;

@@ -39,6 +39,9 @@ pub fn run(args: &BootCli) -> Result<()> {
             None => bail!("say what to boot: --container native|docker or --vm qemu|micro"),
         };
     };
+    if c.html.is_some() || c.hdr_log.is_some() {
+        bail!("--html and --hdr-log are written for --vm boots, not containers yet: drop them");
+    }
     let each = match runtime {
         ContainerRuntime::Docker => crate::fit::Each::docker_container(),
         ContainerRuntime::Native => {

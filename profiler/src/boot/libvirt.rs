@@ -422,7 +422,13 @@ fn boot(
     })
 }
 
-pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
+pub fn run(
+    count: u32,
+    timeout: Duration,
+    choice: AccelChoice,
+    probe_again: bool,
+    laps: &mut Laps,
+) -> Result<Booted> {
     virt::error::clear_error_callback();
     let artefacts = artefacts::prepare()?;
     laps.lap(artefacts.lap_name());
@@ -435,7 +441,7 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) 
     let execs = SharedExecs::start().ok();
     laps.lap("connect, reap, exec tracer");
     // The same choice as `--vm qemu` (a KVM probe under auto): domain type 'kvm' or 'qemu'.
-    let (accel, reason, kvm_probe) = qemu::choose(choice, &artefacts, timeout, None)?;
+    let (accel, reason, kvm_probe) = qemu::choose(choice, probe_again, &artefacts, timeout, None)?;
     if kvm_probe.is_some() {
         laps.lap("kvm probe (plain qemu)");
     }

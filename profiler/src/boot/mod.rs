@@ -10,9 +10,11 @@ pub mod artefacts;
 pub mod cli;
 pub mod console;
 pub mod cpio;
+pub mod html;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod micro;
+pub mod probe_cache;
 pub mod qemu;
 pub mod serial;
 pub mod stock;
@@ -67,12 +69,24 @@ pub struct BootArgs {
     /// FILE, or -) or into FILE.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page: a phase timeline per instance and the
+    /// phase table (`--vm`).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write each phase's times over the instances as an HdrHistogram interval log (one
+    /// interval for the run, one Tag per phase, `phase/<name>`, ns; `--vm`).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
     /// A VM not ready after this many seconds is killed and the run fails.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::opts::seconds)]
     pub timeout: f64,
     /// QEMU's accelerator (`--vm qemu`).
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// With `--accel auto`: probe KVM again instead of using the answer kept from the last
+    /// probe on this kernel, QEMU and /dev/kvm (and keep the new one).
+    #[arg(long)]
+    pub probe_again: bool,
     /// Start even what does not fit this machine's memory, tasks or CPUs.
     #[arg(long)]
     pub force: bool,
@@ -84,8 +98,11 @@ impl Default for BootArgs {
             vm: None,
             count: 1,
             json: None,
+            html: None,
+            hdr_log: None,
             timeout: 60.0,
             accel: AccelChoice::Auto,
+            probe_again: false,
             force: false,
         }
     }
@@ -100,6 +117,9 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
     // ("interrupted before its start").
     let first = std::sync::atomic::AtomicU32::new(u32::MAX);
     let first = &first;
+    let done =
+        crate::progress::Count::new(format!("VMs booted and shut down (--count {n})"), n.into());
+    let done = &done;
     std::thread::scope(|s| {
         let boot = &boot;
         let mut handles = Vec::new();
@@ -113,6 +133,7 @@ pub fn all_at_once(n: u32, boot: impl Fn(u32) -> Result<Boot> + Sync) -> Result<
                 .name(name.clone())
                 .spawn_scoped(s, move || {
                     let r = boot(i);
+                    done.tick();
                     // A VM that could not start ends the run: the others stop too.
                     if r.is_err() {
                         let _ = first.compare_exchange(
@@ -339,9 +360,9 @@ fn run_from(args: &BootArgs, mut laps: Laps) -> Result<BootReport> {
     crate::cleanup::set_interruptible();
     let timeout = Duration::from_secs_f64(args.timeout);
     let booted = match vm {
-        Vm::Qemu => qemu::run(args.count, timeout, args.accel, &mut laps)?,
+        Vm::Qemu => qemu::run(args.count, timeout, args.accel, args.probe_again, &mut laps)?,
         #[cfg(feature = "libvirt")]
-        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, &mut laps)?,
+        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, args.probe_again, &mut laps)?,
         #[cfg(not(feature = "libvirt"))]
         Vm::Libvirt => bail!("this profiler was built without libvirt (the `libvirt` feature)"),
         Vm::Micro => micro::run(args.count, timeout, &mut laps)?,
@@ -377,9 +398,27 @@ fn print_exits(phases: &[PhaseExits]) {
 
 /// run + print, failing (non-zero exit) when a VM did not get ready: what `boot --vm` runs.
 pub fn cli(args: &BootArgs, laps: Laps) -> Result<()> {
+    // Both files are checked before the boots: a run is not lost to an unwritable path.
+    crate::opts::output_file(args.html.as_deref(), "--html")?;
+    let hdr = args
+        .hdr_log
+        .as_deref()
+        .map(crate::export::hdr_log::HdrLog::create)
+        .transpose()?;
     let r = run_from(args, laps)?;
     if table(args.json.as_deref()) {
         print(&r);
+    }
+    if let Some(mut log) = hdr {
+        log.interval(
+            std::time::Duration::from_nanos(r.wall.wall_ns),
+            html::tagged(&r),
+        )?;
+        log.finish()?;
+    }
+    if let Some(p) = &args.html {
+        std::fs::write(p, html::boot(&r))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
     }
     if let Some(e) = &r.error {
         bail!("boot failed: {e}");

@@ -632,7 +632,13 @@ fn boot_many(
     })
 }
 
-pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) -> Result<Booted> {
+pub fn run(
+    count: u32,
+    timeout: Duration,
+    choice: AccelChoice,
+    probe_again: bool,
+    laps: &mut Laps,
+) -> Result<Booted> {
     let artefacts = artefacts::prepare()?;
     laps.lap(artefacts.lap_name());
     // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no
@@ -643,7 +649,7 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) 
     } else {
         "exec tracer (failed)"
     });
-    let (accel, reason, probe) = choose(choice, &artefacts, timeout, execs.as_ref())?;
+    let (accel, reason, probe) = choose(choice, probe_again, &artefacts, timeout, execs.as_ref())?;
     // One VM on KVM: the probe was the boot (the instances' span); more: they start together,
     // after it.
     let (kvm_probe, reused) = match probe {
@@ -685,6 +691,7 @@ pub fn run(count: u32, timeout: Duration, choice: AccelChoice, laps: &mut Laps) 
 /// `execs` splits the probe's VMM phases (it may become the reported boot).
 pub fn choose(
     choice: AccelChoice,
+    probe_again: bool,
     a: &artefacts::Artefacts,
     timeout: Duration,
     execs: Option<&SharedExecs>,
@@ -697,6 +704,16 @@ pub fn choose(
             (Accel::Tcg, "/dev/kvm is absent".to_string(), None)
         }
         AccelChoice::Auto => {
+            // The answer is the same until the kernel, QEMU or /dev/kvm change.
+            let key = super::probe_cache::Key::now();
+            if !probe_again && let Some((accel, why, age)) = super::probe_cache::lookup(&key) {
+                let why = format!(
+                    "{why} (the probe's answer of {} min ago, kept in {}; --probe-again to redo it)",
+                    age.as_secs() / 60,
+                    super::probe_cache::path().display()
+                );
+                return Ok((accel, why, None));
+            }
             let how = How {
                 accel: Accel::Kvm,
                 timeout,
@@ -707,8 +724,12 @@ pub fn choose(
                 exits: tracer.as_ref(),
                 execs,
             };
-            let probe = boot(0, &Guest::stock(a), &how, &mut |_| {}, tracers)?.boot;
-            if probe.ready {
+            let run = boot(0, &Guest::stock(a), &how, &mut |_| {}, tracers)?;
+            // A probe cut short by --timeout or a signal says nothing about KVM: not kept. Its
+            // own verdicts (silence, no kernel log, a KVM internal error) are.
+            let finished = !run.timed_out;
+            let probe = run.boot;
+            let chosen = if probe.ready {
                 let why = format!(
                     "a stock guest booted on KVM ({}) in the probe",
                     backend_name(backend)
@@ -721,7 +742,11 @@ pub fn choose(
                     probe.error.as_deref().unwrap_or("not ready")
                 );
                 (Accel::Tcg, why, Some(probe))
+            };
+            if finished && !crate::cleanup::stop_requested() {
+                super::probe_cache::store(key, chosen.0, &chosen.1);
             }
+            chosen
         }
     })
 }

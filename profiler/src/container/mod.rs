@@ -153,7 +153,11 @@ pub fn run_from(args: &ContainerBootArgs, mut laps: Laps) -> Result<ContainerBoo
     crate::cleanup::set_interruptible();
     let host = Host::prepare(args)?;
     laps.lap("lab and cgroups");
-    let startups = host.start_all(args.count, &mut laps)?;
+    let startups = {
+        let _progress = crate::progress::Cleared;
+        crate::progress::show(&format!("starting {} container(s) at once", args.count));
+        host.start_all(args.count, &mut laps)?
+    };
     laps.lap("containers removed");
     let info = report::HostInfo::of(&host);
     drop(host);

@@ -205,6 +205,8 @@ pub fn boot_from(
     mut laps: Laps,
 ) -> Result<DockerBootReport> {
     crate::kernel::require_root("profiler boot --container docker")?;
+    let _progress = crate::progress::Cleared;
+    crate::progress::show(&format!("booting {count} Docker container(s)"));
     runtime()?.block_on(async {
         let d = connect_reaped().await?;
         check_network(&d, &args.network).await?;

@@ -76,7 +76,14 @@ pub fn density(
     let baseline = events_per_sec(&run(Env::Host, workload, timeout, accel)?.report)?;
     laps.lap("baseline on the host");
     let mut rows = vec![];
-    for &n in instances {
+    for (step, &n) in instances.iter().enumerate() {
+        let _progress = crate::progress::Cleared;
+        crate::progress::show(&format!(
+            "density: step {} of {}, {n} instance{} at once",
+            step + 1,
+            instances.len(),
+            if n == 1 { "" } else { "s" }
+        ));
         let runs: Vec<Result<EnvRun>> = std::thread::scope(|s| {
             let mut handles = Vec::new();
             for i in 0..n {

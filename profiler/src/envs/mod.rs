@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::startup::Laps;
 
 mod density;
+pub mod html;
 mod vm;
 
 pub use density::{Density, DensityRow, density, print_density};

@@ -42,7 +42,7 @@ pub(super) fn vm_accelerator(
     {
         return Ok((*accel, why.clone(), false));
     }
-    let (accel, mut why, probe) = crate::boot::qemu::choose(choice, a, timeout, None)?;
+    let (accel, mut why, probe) = crate::boot::qemu::choose(choice, false, a, timeout, None)?;
     if choice != AccelChoice::Auto {
         why = format!("--accel {}", accel.name());
     }

@@ -20,6 +20,7 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px
 h1{{font-size:20px}} h2{{font-size:16px;margin-top:28px}}
 table{{border-collapse:collapse;margin:8px 0}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}}
 td:first-child,th:first-child{{text-align:left}} .note{{color:#666}}
+td{{white-space:nowrap}} td:last-child{{white-space:normal}}
 svg text{{font:12px system-ui,sans-serif}}
 </style></head><body><h1>{t}</h1>
 {body}</body></html>
@@ -154,6 +155,158 @@ pub fn cdfs(id: &str, series: &[(String, Vec<(u64, u64)>)]) -> String {
             pad + 14.0 * i as f64,
             colour(i),
             esc(label)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// A timeline per instance: one row each, its phases stacked left to right on one time axis,
+/// coloured by phase name (the legend above). `rows`: (label, [(phase, ns)]).
+pub fn timeline(id: &str, rows: &[(String, Vec<(String, u64)>)]) -> String {
+    let mut names: Vec<&str> = vec![];
+    for (_, phases) in rows {
+        for (p, _) in phases {
+            if !names.contains(&p.as_str()) {
+                names.push(p);
+            }
+        }
+    }
+    let longest = rows
+        .iter()
+        .map(|(_, p)| p.iter().map(|(_, ns)| ns).sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let (left, width, row, legend) = (120.0, 760.0, 24.0, 22.0 * names.len().div_ceil(4) as f64);
+    let h = legend + row * rows.len() as f64 + 40.0;
+    let scale = width / longest;
+    let mut s = format!(
+        r#"<svg id="{id}" class="timeline" width="{0}" height="{h}" viewBox="0 0 {0} {h}" role="img">"#,
+        left + width + 90.0
+    );
+    for (i, n) in names.iter().enumerate() {
+        let (x, y) = (left + (i % 4) as f64 * 190.0, 4.0 + (i / 4) as f64 * 22.0);
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{y}" width="14" height="14" fill="{}"/><text x="{}" y="{}" class="phase">{}</text>"#,
+            colour(i),
+            x + 18.0,
+            y + 12.0,
+            esc(n)
+        );
+    }
+    for (r, (label, phases)) in rows.iter().enumerate() {
+        let y = legend + 10.0 + r as f64 * row;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end" class="instance">{}</text>"#,
+            left - 8.0,
+            y + 14.0,
+            esc(label)
+        );
+        let mut at = 0.0;
+        for (p, ns) in phases {
+            let c = names.iter().position(|n| n == p).unwrap_or(0);
+            let _ = write!(
+                s,
+                r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}</title></rect>"#,
+                left + at * scale,
+                y + 2.0,
+                (*ns as f64 * scale).max(0.5),
+                row - 6.0,
+                colour(c),
+                esc(p),
+                fmt_ns(*ns as f64)
+            );
+            at += *ns as f64;
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            left + at * scale + 4.0,
+            y + 14.0,
+            fmt_ns(at)
+        );
+    }
+    let y = h - 12.0;
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><text x="{left}" y="{y}">0</text><text x="{1}" y="{y}" text-anchor="end">{2}</text></svg>"##,
+        y - 14.0,
+        left + width,
+        fmt_ns(longest)
+    );
+    s
+}
+
+/// A curve through `points` (x, y) on linear axes from 0, with a dashed line at `reference`
+/// (e.g. 1.0 = no slowdown) and each point labelled with its y.
+pub fn curve(
+    id: &str,
+    points: &[(f64, f64)],
+    x_label: &str,
+    y_label: &str,
+    reference: Option<f64>,
+) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = points
+        .iter()
+        .map(|p| p.1)
+        .chain(reference)
+        .fold(1.0, f64::max)
+        * 1.15;
+    let x = |v: f64| pad + v / max_x * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - v / max_y * (h - 2.0 * pad);
+    let mut s = format!(r#"<svg id="{id}" class="curve" width="{w}" height="{h}" role="img">"#);
+    let _ = write!(
+        s,
+        r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{pad}" y1="{0}" x2="{pad}" y2="{pad}" stroke="#999"/><text x="{2}" y="{3}" text-anchor="middle">{4}</text><text x="14" y="{5}" transform="rotate(-90 14 {5})" text-anchor="middle">{6}</text>"##,
+        y(0.0),
+        w - pad,
+        w / 2.0,
+        h - 8.0,
+        esc(x_label),
+        h / 2.0,
+        esc(y_label)
+    );
+    if let Some(r) = reference {
+        let _ = write!(
+            s,
+            r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999" stroke-dasharray="4 4"/><text x="{2}" y="{3}" text-anchor="end" class="note">{r}</text>"##,
+            y(r),
+            w - pad,
+            pad - 6.0,
+            y(r) + 4.0
+        );
+    }
+    for &(px, _) in points {
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{px}</text>"#,
+            x(px),
+            y(0.0) + 16.0
+        );
+    }
+    let pts: Vec<String> = points
+        .iter()
+        .map(|&(px, py)| format!("{:.1},{:.1}", x(px), y(py)))
+        .collect();
+    let _ = write!(
+        s,
+        r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+        colour(0),
+        pts.join(" ")
+    );
+    for &(px, py) in points {
+        let _ = write!(
+            s,
+            r#"<circle cx="{0}" cy="{1}" r="4" fill="{2}"/><text x="{0}" y="{3}" text-anchor="middle" class="point">{py:.2}</text>"#,
+            x(px),
+            y(py),
+            colour(0),
+            y(py) - 9.0
         );
     }
     s.push_str("</svg>");

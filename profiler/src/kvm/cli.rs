@@ -27,6 +27,11 @@ pub struct KvmArgs {
     /// The report as JSON: on stdout instead of the table (no FILE, or -) or into FILE.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
+    /// Write the histograms as an HdrHistogram interval log (one interval for the run; one Tag
+    /// per exit reason and KVM_RUN side: `exit/<reason>`, `run_in_kvm/<reason>`,
+    /// `run_in_vmm/<reason>`, ns).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
     /// Run the built-in micro-VM in this process instead, with a known number of exits.
     #[arg(long, value_enum, value_name = "WORKLOAD")]
     pub micro_vm: Option<Workload>,
@@ -41,7 +46,17 @@ pub struct KvmArgs {
 }
 
 pub fn run(args: &KvmArgs) -> Result<()> {
+    // Checked writable before the run.
+    let hdr = args
+        .hdr_log
+        .as_deref()
+        .map(crate::export::hdr_log::HdrLog::create)
+        .transpose()?;
     let r = measure(args)?;
+    if let Some(mut log) = hdr {
+        log.interval(Duration::from_secs_f64(r.seconds), r.histograms.clone())?;
+        log.finish()?;
+    }
     crate::export::json::emit(args.json.as_ref(), &r, report::print)
 }
 

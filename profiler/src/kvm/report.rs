@@ -132,6 +132,10 @@ pub struct KvmReport {
     pub events: Events,
     pub micro_vm: Option<MicroVmCheck>,
     pub notes: Vec<String>,
+    /// What `--hdr-log` writes: `exit/<reason>` (exit to entry), `run_in_kvm/<reason>` and
+    /// `run_in_vmm/<reason>` (KVM_RUN round trips), and each side's `all`; ns.
+    #[serde(skip)]
+    pub histograms: Vec<(String, hdrhistogram::Histogram<u64>)>,
 }
 
 fn total_ns(h: &Hist) -> u64 {
@@ -214,6 +218,12 @@ pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
         _ => Some(ISA_SVM),
     };
     let mut exits = vec![];
+    let mut histograms = vec![];
+    let mut keep = |tag: String, h: &Hist| {
+        if h.buckets.iter().any(|&b| b != 0) {
+            histograms.push((crate::export::hdr_log::tag(&tag), to_histogram(h)));
+        }
+    };
     if let Some(isa) = isa {
         let slots = names::slots(isa);
         for slot in 0..EXIT_SLOTS {
@@ -230,6 +240,7 @@ pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
                     .get(s as usize - 1)
                     .map_or(vec![], |s| s.codes.clone()),
             };
+            keep(format!("exit/{}", names::slot_name(isa, slot)), h);
             exits.push(ExitRow {
                 name: names::slot_name(isa, slot),
                 codes,
@@ -260,13 +271,16 @@ pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
             continue;
         }
         let other = slot == USER_OTHER;
+        let name = if other {
+            "other".to_string()
+        } else {
+            names::kvm_exit_name(slot)
+        };
+        keep(format!("run_in_kvm/{name}"), k);
+        keep(format!("run_in_vmm/{name}"), v);
         by_reason.push(RunRow {
             reason: (!other).then_some(slot),
-            name: if other {
-                "other".to_string()
-            } else {
-                names::kvm_exit_name(slot)
-            },
+            name,
             returns,
             in_kvm,
             in_vmm,
@@ -278,6 +292,8 @@ pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
             .cmp(&a.in_kvm.count)
             .then(a.name.cmp(&b.name))
     });
+    keep("run_in_kvm/all".into(), &all_kvm);
+    keep("run_in_vmm/all".into(), &all_vmm);
     let (in_kvm_ns, in_vmm_ns) = (raw.counter(counter::RUN_NS), raw.counter(counter::VMM_NS));
     let run = RunSplit {
         round_trips: raw.counter(counter::RUN_EXIT),
@@ -354,6 +370,7 @@ pub fn build(raw: &Raw, ctx: &Context) -> KvmReport {
         events,
         micro_vm: None,
         notes,
+        histograms,
     }
 }
 

@@ -165,11 +165,15 @@ impl Lab {
             }
         });
         let mut lab = Lab { desc, keep: false };
+        // The line each step redraws, cleared however this ends.
+        let _progress = crate::progress::Cleared;
+        crate::progress::show(&format!("building the {mode} lab {id}"));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(topology::build(&mut lab.desc))
             .with_context(|| format!("building the {mode} lab {id}"))?;
+        crate::progress::show(&format!("the {mode} lab {id}: checking it carries traffic"));
         check_connectivity(&lab.desc)
             .with_context(|| format!("the {mode} lab {id} was built but carries no traffic"))?;
         registry::save(&lab.desc)?;

@@ -15,6 +15,7 @@ use super::{
 
 /// Fails at the named step when PROFILER_FAIL_AT says so: a test hook for teardown paths.
 fn step(name: &str) -> Result<()> {
+    crate::progress::show(&format!("building the lab: {name} done"));
     if std::env::var("PROFILER_FAIL_AT").is_ok_and(|s| s == name) {
         bail!("injected failure at step {name} (PROFILER_FAIL_AT)");
     }

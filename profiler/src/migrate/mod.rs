@@ -435,8 +435,13 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     } else {
         "artefacts (cached)"
     });
-    let (accel, accel_reason, probe) =
-        boot::qemu::choose(args.accel, &a, Duration::from_secs_f64(args.timeout), None)?;
+    let (accel, accel_reason, probe) = boot::qemu::choose(
+        args.accel,
+        false,
+        &a,
+        Duration::from_secs_f64(args.timeout),
+        None,
+    )?;
     if probe.is_some() {
         laps.lap("kvm probe");
     }

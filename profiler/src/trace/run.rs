@@ -113,9 +113,11 @@ pub(super) fn trace_in(
     );
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
+    let clock = crate::progress::Clock::start("tracing", length(args)?);
     let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
         worker.is_finished()
     })?;
+    drop(clock);
     let workload = if worker.is_finished() {
         Some(
             worker
@@ -190,9 +192,11 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
     let mut tracer = NetTracer::start(&filter)?;
     let deadline = Instant::now() + length;
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
+    let clock = crate::progress::Clock::start("tracing", length);
     let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
         Instant::now() >= deadline
     })?;
+    drop(clock);
     finish(&tracer, cost, args, None, None, hdr)
 }
 
