@@ -46,6 +46,14 @@ pub struct Filter {
     pub xmit_hook: bool,
 }
 
+/// The syscalls whose entry starts a send: this architecture's numbers.
+const SEND_SYSCALLS: [libc::c_long; 4] = [
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+];
+
 /// Packets whose state is this old were freed unseen; their address now names another packet.
 const STALE_NS: u64 = 1_000_000_000;
 
@@ -70,6 +78,16 @@ pub const POINTS: &[Point] = &[
     ),
     crate::point!(RawTracepoint, "skb", "kfree_skb", prog::NET_DROP),
     crate::point!(RawTracepoint, "skb", "consume_skb", prog::NET_CONSUME),
+    // The round trip's socket and task stages around the packet path (see
+    // profiler-ebpf/src/net.rs): data-ready, the reader's wake-up and switch-in, the
+    // receive's return, the next send's entry and return.
+    crate::point!(RawTracepoint, "sock", "sk_data_ready", prog::NET_READY),
+    crate::point!(RawTracepoint, "sched", "sched_waking", prog::NET_WAKING),
+    crate::point!(RawTracepoint, "sched", "sched_wakeup", prog::NET_WAKEUP),
+    crate::point!(RawTracepoint, "sched", "sched_switch", prog::NET_SWITCH),
+    crate::point!(RawTracepoint, "sock", "sock_recv_length", prog::NET_RECV_RET),
+    crate::point!(RawTracepoint, "sock", "sock_send_length", prog::NET_SEND_RET),
+    crate::point!(RawTracepoint, "raw_syscalls", "sys_enter", prog::NET_SEND),
 ];
 const MUST: usize = 2;
 /// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
@@ -139,6 +157,7 @@ impl NetTracer {
         config.client_netns = filter.client_netns;
         config.print_every = filter.print_every;
         config.stale_ns = STALE_NS;
+        config.sys_send = SEND_SYSCALLS.map(|n| n as u32);
         config.xmit_hook = filter.xmit_hook as u32;
         config.state_mask = match filter.state_slots {
             0 => STATE_SLOTS - 1,

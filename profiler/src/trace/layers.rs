@@ -5,7 +5,7 @@
 
 use profiler_common::net::{
     POINTS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, class, hook, pair, point_class, point_encap,
-    point_hook, point_port,
+    point_hook, point_port, stage, stage_point,
 };
 
 pub const UNKNOWN: &str = "other (unnamed segment)";
@@ -15,6 +15,45 @@ pub const BRIDGE: &str = "bridge";
 pub const IP_FORWARD: &str = "ip forward + netfilter";
 pub const SOCKET: &str = "ip/transport receive + socket queue";
 pub const VXLAN_DECAP: &str = "vxlan decap + ip/udp receive + netfilter in";
+/// The receive row split by the socket and task stages (data-ready, wake-up, switch-in).
+pub const RECEIVE: &str = "ip/tcp receive up to data-ready";
+pub const WAKE_UP: &str = "wake-up (data-ready to sched_wakeup)";
+pub const RUN_QUEUE: &str = "run-queue wait (wakeup to switch-in)";
+pub const READER: &str = "reader: switch-in to the copy";
+/// The round trip's segments outside a packet's one-way time (before its birth, after its
+/// copy): the sender's syscall and output, the reader's return, the application between.
+pub const SEND_OUTPUT: &str = "send syscall + TCP/IP output";
+pub const COPY_RETURN: &str = "copy to user + receive return";
+pub const APPLICATION: &str = "application (receive return to next send)";
+
+/// Whether a layer is part of a packet's one-way time (birth to copy).
+pub fn in_one_way(layer: &str) -> bool {
+    ![SEND_OUTPUT, COPY_RETURN, APPLICATION].contains(&layer)
+}
+
+/// Segments that end or start at a socket/task stage. A stage point has no device: its class
+/// bits are the stage, its port and encap bits clear.
+fn stage_layer(prev: u8, cur: u8) -> Option<&'static str> {
+    let st = |p: u8| {
+        (point_hook(p) == hook::STAGE && p == stage_point(point_class(p))).then(|| point_class(p))
+    };
+    let deliver = |p: u8| point_hook(p) == hook::DELIVER;
+    Some(match (st(prev), st(cur)) {
+        (None, Some(stage::READY)) if matches!(point_hook(prev), hook::RECV | hook::GRO) => RECEIVE,
+        (Some(stage::READY), Some(stage::WAKEUP)) => WAKE_UP,
+        (Some(stage::WAKEUP), Some(stage::RUN)) => RUN_QUEUE,
+        (Some(stage::READY), Some(stage::RUN)) => "wake-up + run-queue wait (sched_wakeup unseen)",
+        (Some(stage::RUN), None) if deliver(cur) => READER,
+        (Some(stage::READY), None) if deliver(cur) => "data-ready to the copy (reader not asleep)",
+        (Some(stage::WAKEUP), None) if deliver(cur) => "wake-up to the copy (switch-in unseen)",
+        (None, Some(stage::RETURN)) if deliver(prev) => COPY_RETURN,
+        (Some(stage::RETURN), Some(stage::SEND)) => APPLICATION,
+        (Some(stage::SEND), None) if point_hook(cur) == hook::QUEUE && !point_encap(cur) => {
+            SEND_OUTPUT
+        }
+        _ => return None,
+    })
+}
 
 fn tx_queue(class: u8, port: bool, encap: bool) -> &'static str {
     match class {
@@ -61,6 +100,9 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         class::IPIP => Some("ipip decap + ip receive + netfilter in"),
         _ => None,
     };
+    if ph == hook::STAGE || ch == hook::STAGE {
+        return stage_layer(prev, cur);
+    }
     // Without net_dev_start_xmit (every device noqueue) a device's transmit starts at its
     // queue: the same layers, each holding its device's queue step.
     Some(match (ph, ch) {
@@ -143,12 +185,27 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::RECV => "netif_receive_skb",
         hook::GRO => "napi_gro_receive",
         hook::DELIVER => "skb_copy_datagram",
+        hook::STAGE => "stage",
+        _ => "?",
+    }
+}
+
+pub fn stage_name(s: u8) -> &'static str {
+    match s {
+        stage::READY => "sk_data_ready",
+        stage::WAKEUP => "sched_wakeup",
+        stage::RUN => "sched_switch",
+        stage::RETURN => "sock_recv_length",
+        stage::SEND => "send syscall",
         _ => "?",
     }
 }
 
 /// Human-readable point, for unnamed segments.
 pub fn describe(p: u8) -> String {
+    if point_hook(p) == hook::STAGE {
+        return format!("{}@socket", stage_name(point_class(p)));
+    }
     format!(
         "{}@{}{}{}",
         hook_name(point_hook(p)),
