@@ -7,6 +7,7 @@ pub mod compare;
 pub mod html;
 pub mod layers;
 pub mod report;
+pub mod round_trip;
 pub mod run;
 pub mod samples;
 pub mod self_check;

@@ -50,6 +50,8 @@ pub struct TraceReport {
     pub rtt_without_tracer_ns: Option<RttCheck>,
     /// Per-skb state slots still tagged at the end (followed packets in flight or cut).
     pub state_in_use: Option<u64>,
+    /// The whole round trip, named, against the workload's mean (request-response runs).
+    pub round_trip: Option<super::round_trip::RoundTrip>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -206,6 +208,11 @@ fn finish(
     });
     let rtt_unattributed_ns =
         rr.and_then(|w| both_ways(&|r| Some(r.summary.mean)).map(|ow| w.histogram.mean() - ow));
+    let round_trip = if lab.is_none() || rr.is_some() {
+        super::round_trip::build(&net, rr.map(|w| w.histogram.mean()), cost.duty_cycle)
+    } else {
+        None
+    };
     Ok(TraceReport {
         mode: lab.map(|(d, _)| d.mode),
         lab: lab.map(|(d, _)| d.id.clone()),
@@ -220,6 +227,7 @@ fn finish(
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns,
         rtt_without_tracer_ns,
+        round_trip,
     })
 }
 
@@ -329,6 +337,9 @@ pub fn print(r: &TraceReport) {
     if let Some(s) = &r.softirq {
         crate::probes::softirq::print(s);
     }
+    if let Some(rt) = &r.round_trip {
+        super::round_trip::print(rt);
+    }
     if let Some(w) = &r.workload {
         println!();
         let l = &w.latency;
@@ -362,7 +373,7 @@ pub fn print(r: &TraceReport) {
                 crate::hist::fmt_ns(rtt)
             );
         }
-        if let Some(u) = r.rtt_unattributed_ns {
+        if let Some(u) = r.rtt_unattributed_ns.filter(|_| r.round_trip.is_none()) {
             println!(
                 "  unattributed round-trip time: {} per transaction (mean RTT minus both mean one-way times: application, syscalls, TCP/IP output before the first hook)",
                 crate::hist::fmt_ns(u)
