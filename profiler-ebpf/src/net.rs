@@ -52,7 +52,7 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     ifindex: 0,
     client_netns: 0,
     state_mask: 0,
-    _pad: 0,
+    server_netns: 0,
     print_every: 0,
     stale_ns: 0,
 });
@@ -254,6 +254,10 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     }
     let ifindex = cfg!(ifindex);
     if ifindex != 0 && ifindex != dev.ifindex {
+        return None;
+    }
+    let server_ns = cfg!(server_netns);
+    if server_ns != 0 && dev.netns != server_ns && dev.netns != cfg!(client_netns) {
         return None;
     }
     let head = read::<u64>(skb + cfg!(off_skb_head) as u64)?;

@@ -34,6 +34,8 @@ pub struct Filter {
     pub host: u32,
     /// Packets born in this netns are requests (direction 0); others responses.
     pub client_netns: u32,
+    /// With `client_netns`: follow only packets born in one of the two (a lab's own).
+    pub server_netns: u32,
     /// Print the path of one followed packet in N (0 = none).
     pub print_every: u64,
     /// Attach only the empty program, on every hook (the floor, for the benchmark).
@@ -155,6 +157,7 @@ impl NetTracer {
         config.netns = filter.netns;
         config.ifindex = filter.ifindex;
         config.client_netns = filter.client_netns;
+        config.server_netns = filter.server_netns;
         config.print_every = filter.print_every;
         config.stale_ns = STALE_NS;
         config.sys_send = SEND_SYSCALLS.map(|n| n as u32);

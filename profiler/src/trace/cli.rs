@@ -61,6 +61,10 @@ pub struct TraceArgs {
     /// -r REQ,RESP for the rr workloads.
     #[arg(short = 'r', default_value = "1,1")]
     pub rr: String,
+    /// The built-in server spends this long (spinning) between each request and its
+    /// response, e.g. 200us: a known application time, found in the round trip's server part.
+    #[arg(long, value_name = "TIME", value_parser = crate::workload::parse_think)]
+    pub think: Option<std::time::Duration>,
     /// Run the same workload across these modes and print one comparison table.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub compare: Option<Vec<Mode>>,
@@ -130,6 +134,9 @@ fn validate(args: &TraceArgs) -> Result<()> {
     }
     if args.html.is_some() && (args.ablation || args.self_check) {
         bail!("--html draws one run or --compare: drop --ablation or --self-check");
+    }
+    if args.think.is_some() && args.attach_only {
+        bail!("--think is the built-in server's: --attach-only runs no workload");
     }
     if let Some(p) = &args.hdr_log {
         if args.compare.is_some() || args.ablation || args.self_check {

@@ -40,8 +40,9 @@ pub struct Uncorrelated {
 
 #[derive(Debug, Serialize)]
 pub struct RoundTrip {
-    /// In path order: client send, request path, server application, response path, client
-    /// receive return.
+    /// In path order: the client's own time (it times a transaction from its previous
+    /// receive's return), its send, the request path, the server's time, the response path,
+    /// the client's receive return.
     pub parts: Vec<Part>,
     /// Sum of the parts' ns_per_transaction.
     pub named_ns: f64,
@@ -51,9 +52,6 @@ pub struct RoundTrip {
     pub unattributed_ns: Option<f64>,
     /// unattributed_ns over the workload's mean.
     pub unattributed_share: Option<f64>,
-    /// The client's own time from its receive returning to its next send: outside the round
-    /// trip it measures, not a part.
-    pub client_application_ns: Option<f64>,
     pub uncorrelated: Vec<Uncorrelated>,
     /// Share of the run the hooks were attached: below 1 the workload's mean covers untraced
     /// time too, and the two are not the same transactions.
@@ -113,7 +111,13 @@ pub fn build(net: &NetReport, workload_mean_ns: Option<f64>, duty_cycle: f64) ->
     if delivered(req) == 0 || delivered(resp) == 0 {
         return None;
     }
-    let mut parts = direction_parts(req, "client", "request");
+    // The client times a transaction from its previous receive's return: its own time
+    // before the send is in the round trip it measures.
+    let mut parts: Vec<Part> = find(resp, layers::APPLICATION)
+        .map(|r| part("client", r))
+        .into_iter()
+        .collect();
+    parts.extend(direction_parts(req, "client", "request"));
     parts.extend(find(req, layers::APPLICATION).map(|r| part("server", r)));
     parts.extend(direction_parts(resp, "server", "response"));
     let named_ns: f64 = parts.iter().map(|p| p.ns_per_transaction).sum();
@@ -126,7 +130,6 @@ pub fn build(net: &NetReport, workload_mean_ns: Option<f64>, duty_cycle: f64) ->
             .zip(unattributed_ns)
             .filter(|(w, _)| *w > 0.0)
             .map(|(w, u)| u / w),
-        client_application_ns: find(resp, layers::APPLICATION).map(|r| r.summary.mean),
         uncorrelated: vec![
             uncorrelated(req, "requests"),
             uncorrelated(resp, "responses"),
@@ -170,12 +173,6 @@ pub fn print(rt: &RoundTrip) {
             }
         ),
         _ => println!("  named parts {} per transaction", fmt_ns(rt.named_ns)),
-    }
-    if let Some(c) = rt.client_application_ns {
-        println!(
-            "  the client's own time from its receive returning to its next send: {} (outside the round trip it measures)",
-            fmt_ns(c)
-        );
     }
     let u: Vec<String> = rt
         .uncorrelated
@@ -265,11 +262,11 @@ mod tests {
     }
 
     /// Each direction: send 600 + bridge 2 x 500 + receive 500 + (0.6 x 1300 + 0.4 x 1500)
-    /// + return 250 = 3730; the server's 200 µs between; the client's own time left out.
+    /// + return 250 = 3730; the server's 200 µs between; the client's own 800 ns before.
     #[test]
     fn parts_add_up_in_path_order_and_the_server_time_is_its_own() {
         let r = report();
-        let expect = 2.0 * 3730.0 + 200_000.0;
+        let expect = 2.0 * 3730.0 + 200_000.0 + 800.0;
         let rt = build(&r, Some(expect + 100.0), 1.0).unwrap();
         assert!(
             (rt.named_ns - expect).abs() < expect * 0.01,
@@ -281,14 +278,15 @@ mod tests {
         let sides: Vec<&str> = rt.parts.iter().map(|p| p.side).collect();
         assert_eq!(sides.first(), Some(&"client"));
         assert_eq!(sides.last(), Some(&"client"));
-        let server: Vec<&Part> = rt
+        let apps: Vec<&Part> = rt
             .parts
             .iter()
             .filter(|p| p.part == layers::APPLICATION)
             .collect();
-        assert_eq!(server.len(), 1, "only the server's application is a part");
-        assert_eq!(server[0].side, "server");
-        assert!((rt.client_application_ns.unwrap() - 800.0).abs() < 10.0);
+        assert_eq!(apps.len(), 2);
+        assert_eq!(apps[0].side, "client");
+        assert!((apps[0].mean_ns - 800.0).abs() < 10.0);
+        assert_eq!(apps[1].side, "server");
         // The server part sits between the request's return and the response's send.
         let i = rt.parts.iter().position(|p| p.side == "server").unwrap();
         assert_eq!(rt.parts[i].part, layers::COPY_RETURN);

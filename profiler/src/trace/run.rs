@@ -93,6 +93,7 @@ pub(super) fn trace_in(
     let filter = Filter {
         ports: args.port.map_or(desc.ports, |p| (p, p)),
         client_netns: inode(&desc.client.netns)?,
+        server_netns: inode(&desc.server.netns)?,
         print_every: args.print_every.unwrap_or(0),
         host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         empty_programs: args.empty_programs,
@@ -114,6 +115,7 @@ pub(super) fn trace_in(
     opts.duration = length(args)?;
     opts.request = rq;
     opts.response = rs;
+    opts.think = args.think.unwrap_or_default();
     opts.validate()?;
     eprintln!(
         "profiler: tracing {} in lab {} ({}) for {:.1} s",
@@ -157,6 +159,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
         xmit_hook: true,
+        ..Filter::default()
     };
     let _stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
