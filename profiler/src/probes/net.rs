@@ -13,7 +13,9 @@ use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
     names::{map, program as prog},
-    net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
+    net::{
+        AppTime, Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter,
+    },
 };
 
 use crate::{
@@ -382,6 +384,16 @@ impl NetTracer {
             .filter_map(|v| v.ok())
             .filter(|v| v[0] != 0)
             .count() as u64)
+    }
+
+    /// Application time per process (tgid), from `NET_APPS`.
+    pub fn apps(&self) -> Result<Vec<(u32, AppTime)>> {
+        let m: HashMap<&MapData, u32, AppTime> = HashMap::try_from(
+            self.ebpf
+                .map(map::NET_APPS)
+                .ok_or_else(|| anyhow!("NET_APPS missing"))?,
+        )?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// One of the `NET_COUNTERS`, summed over CPUs.

@@ -58,6 +58,66 @@ pub struct RoundTrip {
     pub duty_cycle: f64,
 }
 
+/// The application time of one process (`--attach-only`: foreign traffic's application
+/// segments, keyed by the process whose task sent after receiving).
+#[derive(Debug, Serialize)]
+pub struct Application {
+    pub pid: u32,
+    pub comm: String,
+    /// The Docker container whose network namespace the process is in.
+    pub container: Option<String>,
+    /// Direction of the packets it received before its time: "requests" for a server.
+    pub after: &'static str,
+    pub count: u64,
+    pub mean_ns: f64,
+}
+
+/// Names each process of `NET_APPS` by its comm and, where Docker knows its network
+/// namespace, its container; most transactions first.
+pub fn applications(
+    raw: &[(u32, profiler_common::net::AppTime)],
+    containers: &std::collections::HashMap<u64, String>,
+) -> Vec<Application> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out: Vec<Application> = raw
+        .iter()
+        .filter(|(_, a)| a.count > 0)
+        .map(|(pid, a)| Application {
+            pid: *pid,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_else(|_| "(exited)".into()),
+            container: std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .and_then(|m| containers.get(&m.ino()).cloned()),
+            after: if a.dir == 0 { "requests" } else { "responses" },
+            count: a.count,
+            mean_ns: a.sum_ns as f64 / a.count as f64,
+        })
+        .collect();
+    out.sort_by_key(|a| std::cmp::Reverse(a.count));
+    out
+}
+
+pub fn print_applications(apps: &[Application]) {
+    if apps.is_empty() {
+        return;
+    }
+    println!();
+    println!("  application time by process (receive return to next send)");
+    for a in apps.iter().take(10) {
+        println!(
+            "  {:>8} {:<16} {:<32} after {:<9} {:>8} x {:>9}",
+            a.pid,
+            a.comm,
+            a.container.as_deref().unwrap_or("-"),
+            a.after,
+            a.count,
+            fmt_ns(a.mean_ns)
+        );
+    }
+}
+
 fn delivered(d: &Direction) -> u64 {
     d.one_way.as_ref().map_or(0, |o| o.summary.count)
 }

@@ -52,6 +52,9 @@ pub struct TraceReport {
     pub state_in_use: Option<u64>,
     /// The whole round trip, named, against the workload's mean (request-response runs).
     pub round_trip: Option<super::round_trip::RoundTrip>,
+    /// Application time per process (receive return to next send), named by Docker container
+    /// where there is one: who the application segments belong to under --attach-only.
+    pub applications: Vec<super::round_trip::Application>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -211,6 +214,16 @@ fn finish(
     });
     let rtt_unattributed_ns =
         rr.and_then(|w| both_ways(&|r| Some(r.summary.mean)).map(|ow| w.histogram.mean() - ow));
+    let applications = if lab.is_none() {
+        let containers = if std::path::Path::new(crate::docker::SOCKET).exists() {
+            crate::docker::netns_names()
+        } else {
+            Default::default()
+        };
+        super::round_trip::applications(&tracer.apps().unwrap_or_default(), &containers)
+    } else {
+        vec![]
+    };
     let round_trip = if lab.is_none() || rr.is_some() {
         super::round_trip::build(&net, rr.map(|w| w.histogram.mean()), cost.duty_cycle)
     } else {
@@ -231,6 +244,7 @@ fn finish(
         rtt_unattributed_ns,
         rtt_without_tracer_ns,
         round_trip,
+        applications,
     })
 }
 
@@ -343,6 +357,7 @@ pub fn print(r: &TraceReport) {
     if let Some(rt) = &r.round_trip {
         super::round_trip::print(rt);
     }
+    super::round_trip::print_applications(&r.applications);
     if let Some(w) = &r.workload {
         println!();
         let l = &w.latency;
