@@ -600,7 +600,9 @@ const WAKE_WITHIN_NS: u64 = 20_000;
 #[inline(always)]
 fn task_rec(task: u64) -> Option<&'static mut TaskState> {
     // SAFETY: an array value; a slot is only used while its tag names the task.
-    NET_TASK.get_ptr_mut(task_slot(task)).map(|p| unsafe { &mut *p })
+    NET_TASK
+        .get_ptr_mut(task_slot(task))
+        .map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]

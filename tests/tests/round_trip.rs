@@ -100,7 +100,7 @@ fn think_time_lands_in_the_server_part_and_nowhere_else() {
     // mean carries those).
     let got = f(server, "p50_ns");
     assert!(
-        got >= THINK_NS * 0.98 && got <= THINK_NS * 1.05,
+        (THINK_NS * 0.98..=THINK_NS * 1.05).contains(&got),
         "server application p50 {got} ns for a 200 µs think"
     );
     for x in p.iter().filter(|x| !std::ptr::eq(*x, server)) {

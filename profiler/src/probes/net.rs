@@ -13,9 +13,7 @@ use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
     names::{map, program as prog},
-    net::{
-        AppTime, Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter,
-    },
+    net::{AppTime, Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
 };
 
 use crate::{
@@ -89,8 +87,18 @@ pub const POINTS: &[Point] = &[
     crate::point!(RawTracepoint, "sched", "sched_waking", prog::NET_WAKING),
     crate::point!(RawTracepoint, "sched", "sched_wakeup", prog::NET_WAKEUP),
     crate::point!(RawTracepoint, "sched", "sched_switch", prog::NET_SWITCH),
-    crate::point!(RawTracepoint, "sock", "sock_recv_length", prog::NET_RECV_RET),
-    crate::point!(RawTracepoint, "sock", "sock_send_length", prog::NET_SEND_RET),
+    crate::point!(
+        RawTracepoint,
+        "sock",
+        "sock_recv_length",
+        prog::NET_RECV_RET
+    ),
+    crate::point!(
+        RawTracepoint,
+        "sock",
+        "sock_send_length",
+        prog::NET_SEND_RET
+    ),
     crate::point!(RawTracepoint, "raw_syscalls", "sys_enter", prog::NET_SEND),
 ];
 const MUST: usize = 2;

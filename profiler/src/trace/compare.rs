@@ -56,7 +56,7 @@ pub fn compare(args: &TraceArgs, modes: &[Mode]) -> Result<Vec<CompareRow>> {
         let top_layer = req.and_then(|d| {
             d.layers
                 .iter()
-                .filter(|l| l.layer != layers::SOCKET)
+                .filter(|l| layers::is_network(l.layer))
                 .max_by(|a, b| a.share.total_cmp(&b.share))
                 .map(|l| TopLayer {
                     layer: l.layer.to_string(),

@@ -26,6 +26,37 @@ pub const SEND_OUTPUT: &str = "send syscall + TCP/IP output";
 pub const COPY_RETURN: &str = "copy to user + receive return";
 pub const APPLICATION: &str = "application (receive return to next send)";
 
+/// Whether a layer is a device or stack layer of the network path, not the receiving
+/// socket's or its reader's time (what "largest network layer" may name).
+pub fn is_network(layer: &str) -> bool {
+    in_one_way(layer) && !(layer == SOCKET || stage_layer_names().contains(&layer))
+}
+
+fn stage_layer_names() -> Vec<&'static str> {
+    use profiler_common::net::point;
+    let stages = [
+        stage::READY,
+        stage::WAKEUP,
+        stage::RUN,
+        stage::RETURN,
+        stage::SEND,
+    ];
+    let mut points: Vec<u8> = stages.iter().map(|&s| stage_point(s)).collect();
+    points.push(point(hook::DELIVER, class::OTHER, false, false));
+    points.push(point(hook::RECV, class::VETH, false, false));
+    let mut out = vec![];
+    for &a in &points {
+        for &b in &points {
+            if let Some(n) = stage_layer(a, b)
+                && n != RECEIVE
+            {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// Whether a layer is part of a packet's one-way time (birth to copy).
 pub fn in_one_way(layer: &str) -> bool {
     ![SEND_OUTPUT, COPY_RETURN, APPLICATION].contains(&layer)

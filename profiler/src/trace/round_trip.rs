@@ -142,7 +142,12 @@ fn find<'a>(d: &'a Direction, layer: &str) -> Option<&'a Row> {
 fn direction_parts(d: &Direction, sender: &'static str, path: &'static str) -> Vec<Part> {
     let mut out = vec![];
     out.extend(find(d, layers::SEND_OUTPUT).map(|r| part(sender, r)));
-    out.extend(d.layers.iter().filter(|r| r.in_one_way).map(|r| part(path, r)));
+    out.extend(
+        d.layers
+            .iter()
+            .filter(|r| r.in_one_way)
+            .map(|r| part(path, r)),
+    );
     let receiver = if sender == "client" {
         "server"
     } else {
@@ -166,8 +171,14 @@ fn uncorrelated(d: &Direction, name: &'static str) -> Uncorrelated {
 
 /// The round trip of a request-response run; None without both directions.
 pub fn build(net: &NetReport, workload_mean_ns: Option<f64>, duty_cycle: f64) -> Option<RoundTrip> {
-    let req = net.directions.iter().find(|d| d.name.starts_with("requests"))?;
-    let resp = net.directions.iter().find(|d| d.name.starts_with("responses"))?;
+    let req = net
+        .directions
+        .iter()
+        .find(|d| d.name.starts_with("requests"))?;
+    let resp = net
+        .directions
+        .iter()
+        .find(|d| d.name.starts_with("responses"))?;
     if delivered(req) == 0 || delivered(resp) == 0 {
         return None;
     }
@@ -358,7 +369,9 @@ mod tests {
     #[test]
     fn a_missing_stage_is_counted_not_invented() {
         let mut r = report();
-        r.directions[1].layers.retain(|l| l.layer != layers::COPY_RETURN);
+        r.directions[1]
+            .layers
+            .retain(|l| l.layer != layers::COPY_RETURN);
         let rt = build(&r, None, 1.0).unwrap();
         assert_eq!(rt.uncorrelated[1].copies_without_return, 100);
         assert!(rt.unattributed_ns.is_none());

@@ -111,7 +111,11 @@ impl ServeArgs {
 
 /// `--think`: a time with a unit (ns, us, ms, s), at most one second.
 pub fn parse_think(s: &str) -> Result<Duration> {
-    let bad = || anyhow!("bad --think value '{s}': expected a time up to 1s with its unit, e.g. 200us or 2ms");
+    let bad = || {
+        anyhow!(
+            "bad --think value '{s}': expected a time up to 1s with its unit, e.g. 200us or 2ms"
+        )
+    };
     let t = s.trim();
     let (num, unit) = t
         .find(|c: char| c.is_ascii_alphabetic())
