@@ -48,7 +48,7 @@ pub struct RoundTrip {
     pub named_ns: f64,
     /// The workload's own mean round trip (the client times each transaction).
     pub workload_mean_rtt_ns: Option<f64>,
-    /// workload_mean_rtt_ns - named_ns.
+    /// workload_mean_rtt_ns - named_ns; None unless the hooks were attached the whole run.
     pub unattributed_ns: Option<f64>,
     /// unattributed_ns over the workload's mean.
     pub unattributed_share: Option<f64>,
@@ -117,6 +117,10 @@ pub fn print_applications(apps: &[Application]) {
         );
     }
 }
+
+/// Hooks attached (nearly) the whole run: the parts and the workload's mean cover the same
+/// transactions.
+const FULL_DUTY: f64 = 0.999;
 
 fn delivered(d: &Direction) -> u64 {
     d.one_way.as_ref().map_or(0, |o| o.summary.count)
@@ -192,7 +196,11 @@ pub fn build(net: &NetReport, workload_mean_ns: Option<f64>, duty_cycle: f64) ->
     parts.extend(find(req, layers::APPLICATION).map(|r| part("server", r)));
     parts.extend(direction_parts(resp, "server", "response"));
     let named_ns: f64 = parts.iter().map(|p| p.ns_per_transaction).sum();
-    let unattributed_ns = workload_mean_ns.map(|w| w - named_ns);
+    // With windows the workload's mean covers untraced transactions and the parts only the
+    // windows' (first ones with the connection's start): no like-with-like remainder.
+    let unattributed_ns = workload_mean_ns
+        .filter(|_| duty_cycle >= FULL_DUTY)
+        .map(|w| w - named_ns);
     Some(RoundTrip {
         named_ns,
         workload_mean_rtt_ns: workload_mean_ns,
@@ -229,19 +237,17 @@ pub fn print(rt: &RoundTrip) {
     }
     match (rt.workload_mean_rtt_ns, rt.unattributed_ns) {
         (Some(w), Some(u)) => println!(
-            "  named parts {} of the workload's mean round trip {}: unattributed {} ({:.1}%){}",
+            "  named parts {} of the workload's mean round trip {}: unattributed {} ({:.1}%)",
             fmt_ns(rt.named_ns),
             fmt_ns(w),
             fmt_ns(u),
             rt.unattributed_share.unwrap_or(0.0) * 100.0,
-            if rt.duty_cycle < 0.999 {
-                format!(
-                    " — hooks attached {:.0}% of the run: the workload's mean also covers untraced transactions (--follow-every 1 compares like with like)",
-                    rt.duty_cycle * 100.0
-                )
-            } else {
-                String::new()
-            }
+        ),
+        (Some(w), None) => println!(
+            "  named parts {} per transaction; the workload's mean round trip {} also covers untraced transactions (hooks attached {:.0}% of the run): --follow-every 1 compares the two",
+            fmt_ns(rt.named_ns),
+            fmt_ns(w),
+            rt.duty_cycle * 100.0
         ),
         _ => println!("  named parts {} per transaction", fmt_ns(rt.named_ns)),
     }
@@ -364,6 +370,13 @@ mod tests {
         assert_eq!(rt.parts[i + 1].part, layers::APPLICATION);
         assert_eq!(rt.parts[i + 2].part, layers::SEND_OUTPUT);
         assert_eq!(rt.uncorrelated[0].births_without_send, 0);
+    }
+
+    #[test]
+    fn windows_give_no_remainder_against_the_whole_runs_mean() {
+        let rt = build(&report(), Some(300_000.0), 0.06).unwrap();
+        assert!(rt.unattributed_ns.is_none() && rt.unattributed_share.is_none());
+        assert_eq!(rt.workload_mean_rtt_ns, Some(300_000.0));
     }
 
     #[test]
