@@ -166,7 +166,8 @@ pub struct CpuLink {
 }
 
 /// Time spent in the application between its receive's return and its next send, per process
-/// (`NET_APPS`, key: tgid): the application segments of `--attach-only`, named by process.
+/// and direction received (`NET_APPS`, key: tgid << 8 | direction): the application segments
+/// of `--attach-only`, named by process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AppTime {

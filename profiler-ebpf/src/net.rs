@@ -589,9 +589,10 @@ pub fn net_floor(_ctx: RawTracePointContext) -> i32 {
 static NET_TASK: Array<TaskState> = Array::with_max_entries(TASK_SLOTS, 0);
 #[map]
 static NET_CPU: PerCpuArray<CpuLink> = PerCpuArray::with_max_entries(1, 0);
-/// Application time per process (tgid), once per followed transaction.
+/// Application time per process and direction (key: tgid << 8 | direction received), once
+/// per followed transaction.
 #[map]
-static NET_APPS: HashMap<u32, AppTime> = HashMap::with_max_entries(256, 0);
+static NET_APPS: HashMap<u64, AppTime> = HashMap::with_max_entries(256, 0);
 
 /// sched_waking runs synchronously inside the data-ready: a waking later than this is
 /// another one's.
@@ -830,8 +831,8 @@ fn on_send(id: u64) {
 }
 
 fn app_time(dir: u8, delta: u64) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    match NET_APPS.get_ptr_mut(tgid) {
+    let key = (bpf_get_current_pid_tgid() >> 32) << 8 | dir as u64;
+    match NET_APPS.get_ptr_mut(key) {
         // SAFETY: racy adds from two CPUs of one process are rare and only skew a mean.
         Some(a) => unsafe {
             (*a).count += 1;
@@ -839,7 +840,7 @@ fn app_time(dir: u8, delta: u64) {
         },
         None => {
             let _ = NET_APPS.insert(
-                tgid,
+                key,
                 AppTime {
                     count: 1,
                     sum_ns: delta,

@@ -394,14 +394,17 @@ impl NetTracer {
             .count() as u64)
     }
 
-    /// Application time per process (tgid), from `NET_APPS`.
+    /// Application time per process (tgid) and direction received, from `NET_APPS`.
     pub fn apps(&self) -> Result<Vec<(u32, AppTime)>> {
-        let m: HashMap<&MapData, u32, AppTime> = HashMap::try_from(
+        let m: HashMap<&MapData, u64, AppTime> = HashMap::try_from(
             self.ebpf
                 .map(map::NET_APPS)
                 .ok_or_else(|| anyhow!("NET_APPS missing"))?,
         )?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        Ok(m.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, a)| ((k >> 8) as u32, a))
+            .collect())
     }
 
     /// One of the `NET_COUNTERS`, summed over CPUs.
