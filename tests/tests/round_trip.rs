@@ -103,7 +103,11 @@ fn think_time_lands_in_the_server_part_and_nowhere_else() {
         (THINK_NS * 0.98..=THINK_NS * 1.05).contains(&got),
         "server application p50 {got} ns for a 200 µs think"
     );
-    for x in p.iter().filter(|x| !std::ptr::eq(*x, server)) {
+    // Parts a transaction takes (a branch a few packets in a thousand took is not one).
+    for x in p
+        .iter()
+        .filter(|x| !std::ptr::eq(*x, server) && f(x, "per_transaction") >= 0.05)
+    {
         assert!(
             f(x, "p50_ns") < THINK_NS * 0.1,
             "the think time also shows in {} {}: p50 {} ns",
