@@ -275,6 +275,9 @@ pub struct Control {
     pub follow_below: u64,
     /// Start of the current window (ktime ns): state from before it is stale.
     pub epoch_ns: u64,
+    /// A port whose packets are not followed (0: none): the workload's control connection,
+    /// which shares the service port and whose STOP waits for the server's idle tick.
+    pub skip_port: u64,
 }
 
 /// `Control::follow_below` for one packet in `n`.

@@ -295,6 +295,10 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let (lo, hi) = (cfg!(port_lo), cfg!(port_hi));
+    let skip = control().skip_port as u16;
+    if skip != 0 && (sport == skip || dport == skip) {
+        return None;
+    }
     let to = dport >= lo && dport <= hi;
     (to || (sport >= lo && sport <= hi)).then_some(to)
 }

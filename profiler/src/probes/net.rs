@@ -129,6 +129,8 @@ pub struct NetTracer {
     ways: Vec<Candidate>,
     links: Vec<Link>,
     floor_link: Option<Link>,
+    /// What `NET_CONTROL` holds.
+    control: Control,
 }
 
 /// The offsets the kernel side needs, from this kernel's BTF; the filter left empty.
@@ -203,6 +205,7 @@ impl NetTracer {
             ways: vec![],
             links: vec![],
             floor_link: None,
+            control: Control::default(),
         };
         t.set_follow(0, 0)?;
         for (i, point) in points().enumerate() {
@@ -285,19 +288,24 @@ impl NetTracer {
     /// Follows packets drawn with probability `follow_below / 2^32` from now on; state from
     /// before `epoch_ns` (ktime) counts as stale.
     pub fn set_follow(&mut self, follow_below: u64, epoch_ns: u64) -> Result<()> {
+        self.control.follow_below = follow_below;
+        self.control.epoch_ns = epoch_ns;
+        self.write_control()
+    }
+
+    /// Packets to or from this port are not followed from now on (0: none).
+    pub fn skip_port(&mut self, port: u16) -> Result<()> {
+        self.control.skip_port = port as u64;
+        self.write_control()
+    }
+
+    fn write_control(&mut self) -> Result<()> {
         let mut ctl: Array<_, Control> = Array::try_from(
             self.ebpf
                 .map_mut(map::NET_CONTROL)
                 .ok_or_else(|| anyhow!("NET_CONTROL missing"))?,
         )?;
-        ctl.set(
-            0,
-            Control {
-                follow_below,
-                epoch_ns,
-            },
-            0,
-        )?;
+        ctl.set(0, self.control, 0)?;
         Ok(())
     }
 

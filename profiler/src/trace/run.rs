@@ -127,9 +127,16 @@ pub(super) fn trace_in(
         desc.mode,
         args.length
     );
+    workload::CONTROL_PORT.store(0, std::sync::atomic::Ordering::Relaxed);
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
-    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
+    // The control connection is not a transaction: left out once its port is known.
+    let skip = std::cell::Cell::new(0u16);
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, |t| {
+        let p = workload::CONTROL_PORT.load(std::sync::atomic::Ordering::Relaxed);
+        if p != skip.get() && t.skip_port(p).is_ok() {
+            skip.set(p);
+        }
         worker.is_finished()
     })?;
     let workload = if worker.is_finished() {
@@ -172,7 +179,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
     let mut tracer = NetTracer::start(&filter)?;
     let deadline = Instant::now() + length;
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
-    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, |_| {
         Instant::now() >= deadline
     })?;
     finish(&tracer, cost, args, None, None, hdr)
@@ -271,7 +278,7 @@ fn watch(
     args: &TraceArgs,
     stats_on: bool,
     hdr: &mut Option<HdrLog>,
-    done: impl Fn() -> bool,
+    done: impl Fn(&mut NetTracer) -> bool,
 ) -> Result<super::budget::Cost> {
     // Namespaces named by the container that owns them, where Docker runs.
     let names =
@@ -285,7 +292,7 @@ fn watch(
     let mut last_ts = std::collections::HashMap::new();
     let mut header = true;
     let mut sampler = Sampler::start(tracer, policy(args)?, stats_on)?;
-    while !done() && !cleanup::stop_requested() {
+    while !done(tracer) && !cleanup::stop_requested() {
         std::thread::sleep(Duration::from_millis(5));
         sampler.tick(tracer)?;
         if args.print_every.is_some() {

@@ -170,6 +170,11 @@ impl Endpoints {
     }
 }
 
+/// The local port of the last control connection this process's client opened (0: none yet):
+/// a tracer leaves that connection out of the round trip (it shares the service port, and the
+/// server reads its STOP only at an idle tick).
+pub static CONTROL_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// What to run, netperf's knobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
