@@ -256,9 +256,14 @@ pub struct NetConfig {
     /// State slots in use minus one (a power of two minus one; tests shrink it to force
     /// collisions).
     pub state_mask: u32,
+    /// 1 with `--debug-bpf`: rare conditions (a read at an offset failing, a state slot taken,
+    /// a full ring buffer, a segment no layer names) are logged through aya-log. Read only on
+    /// those rare branches.
+    pub debug: u32,
     /// With `client_netns`: packets are born only in these two (a lab's own traffic; another
     /// lab on the same ports is not followed). 0 = anywhere.
     pub server_netns: u32,
+    pub _pad: u32,
     /// Print one followed packet in N (0 = none).
     pub print_every: u64,
     /// State older than this was left by an skb freed unseen.

@@ -62,6 +62,10 @@ pub struct InjectArgs {
     /// Only packets with this source or destination port (TCP or UDP); default all.
     #[arg(long, value_name = "PORT", value_parser = crate::opts::at_least::<u16, 1>)]
     pub port: Option<u16>,
+    /// Delay with a netem qdisc (`tc qdisc add dev DEV root netem delay D`) instead of the TC
+    /// program: egress only, every packet; where the kernel has sch_netem.
+    #[arg(long, conflicts_with_all = ["ingress", "port"])]
+    pub netem: bool,
     /// How long to stay attached, in seconds (an "ms" suffix works); default until Ctrl-C.
     #[arg(short = 'l', long, value_name = "SECS")]
     pub length: Option<String>,
@@ -132,8 +136,18 @@ pub fn run(args: &InjectArgs) -> Result<()> {
     let desc = lab::find(&args.lab)?;
     let netns = args.namespace(&desc)?;
     // Written before the attach: a `kill -9` leaves a record the next run's reaper reads.
-    let record = Record::write(&netns, &args.dev, args.ingress)?;
-    let inj = Injector::attach(&netns, &args.dev, args.ingress, delay, args.port)?;
+    let record = Record::write(&netns, &args.dev, args.ingress, args.netem)?;
+    let inj = if args.netem {
+        Err(lab::netem::Netem::add(&netns, &args.dev, delay)?)
+    } else {
+        Ok(Injector::attach(
+            &netns,
+            &args.dev,
+            args.ingress,
+            delay,
+            args.port,
+        )?)
+    };
     crate::cleanup::set_interruptible();
     let which = match args.port {
         Some(p) => format!("IPv4 TCP/UDP packets with port {p}"),
@@ -143,11 +157,19 @@ pub fn run(args: &InjectArgs) -> Result<()> {
         Some(l) => format!("for {l:?}"),
         None => "until Ctrl-C".to_string(),
     };
+    let how = if args.netem {
+        "a netem qdisc (egress)"
+    } else {
+        hook_name(args.ingress)
+    };
+    let which = if args.netem {
+        "every packet".to_string()
+    } else {
+        which
+    };
     println!(
-        "profiler inject: delaying {which} by {delay:?} at {} of {} in {netns} (lab {}), {until}",
-        hook_name(args.ingress),
-        args.dev,
-        desc.id
+        "profiler inject: delaying {which} by {delay:?} at {how} of {} in {netns} (lab {}), {until}",
+        args.dev, desc.id
     );
     let end = length.map(|l| Instant::now() + l);
     while !crate::cleanup::stop_requested() {
@@ -160,10 +182,13 @@ pub fn run(args: &InjectArgs) -> Result<()> {
         }
         thread::sleep(left.min(Duration::from_millis(100)));
     }
-    let n = inj.injected()?;
+    let n = match &inj {
+        Ok(i) => format!("{} packets delayed", i.injected()?),
+        Err(_) => "netem counts no packets".to_string(),
+    };
     drop(inj);
     drop(record);
-    println!("profiler inject: {n} packets delayed; detached");
+    println!("profiler inject: {n}; detached");
     Ok(())
 }
 
@@ -178,18 +203,22 @@ struct Record {
     netns: String,
     dev: String,
     ingress: bool,
+    /// A netem root qdisc, not the TC program.
+    #[serde(default)]
+    netem: bool,
     #[serde(skip)]
     path: std::path::PathBuf,
 }
 
 impl Record {
-    fn write(netns: &str, dev: &str, ingress: bool) -> Result<Record> {
+    fn write(netns: &str, dev: &str, ingress: bool, netem: bool) -> Result<Record> {
         let me = crate::cleanup::Owner::me();
         let path = std::path::Path::new(RECORDS).join(format!("{}-{}.json", me.pid, me.start));
         let r = Record {
             netns: netns.into(),
             dev: dev.into(),
             ingress,
+            netem,
             path,
         };
         std::fs::create_dir_all(RECORDS)
@@ -229,6 +258,15 @@ pub fn reap_stale() {
         let _ = std::fs::remove_file(e.path());
         let Some(r) = record else { continue };
         if !lab::netns::list().contains(&r.netns) {
+            continue;
+        }
+        if r.netem {
+            if lab::netem::Netem::remove(&r.netns, &r.dev).is_ok() {
+                eprintln!(
+                    "profiler: removed the netem qdisc left on {} of {} by pid {}",
+                    r.dev, r.netns, owner.pid
+                );
+            }
             continue;
         }
         let (dev, ingress) = (r.dev.clone(), r.ingress);
@@ -315,6 +353,7 @@ mod tests {
             egress: false,
             delay: "1ms".into(),
             port: None,
+            netem: false,
             length: None,
         }
     }

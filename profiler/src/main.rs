@@ -68,6 +68,10 @@ enum Command {
     /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
     #[command(allow_negative_numbers = true)]
     Sysbench(profiler::sysbench::SysbenchArgs),
+    /// nginx serving across environments (host, native, docker) under wrk: requests/s, the
+    /// response-time histogram, the server's CPU, and the network layers under it.
+    #[command(allow_negative_numbers = true)]
+    Web(profiler::web::WebArgs),
     /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -82,6 +86,14 @@ enum Command {
         /// Run even when the workload's threads or memory do not fit this machine.
         #[arg(long)]
         force: bool,
+        /// `--env vm` on a stock kernel: debian-6.1, debian-6.12, or a PATH (.deb, extracted
+        /// tree, or kernel image). Any profiler command runs in it, with the modules and
+        /// tools it needs; its stdout, stderr and exit status are the run's.
+        #[arg(long, value_name = "debian-6.1|debian-6.12|PATH")]
+        kernel: Option<profiler::boot::stock::KernelChoice>,
+        /// With --kernel: modules to load in the guest besides those the command needs.
+        #[arg(long, value_delimiter = ',', requires = "kernel")]
+        modules: Vec<String>,
         /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         workload: Vec<String>,
@@ -179,6 +191,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Run {
+        env,
+        kernel: Some(_),
+        ..
+    } = &cli.command
+        && *env != profiler::envs::Env::Vm
+    {
+        eprintln!("profiler: --kernel needs --env vm (a stock kernel boots in a guest)");
+        return ExitCode::from(2);
+    }
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
@@ -212,7 +234,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(args.json.as_deref(), "--json")?;
             profiler::opts::output_file(args.html.as_deref(), "--html")?;
             if args.attach_only {
-                profiler::opts::attach_only_filter(args.port, args.netns.as_deref(), args.ifindex)?;
+                args.filter.check()?;
             }
             profiler::trace::cli::main(&args)
         }
@@ -238,10 +260,51 @@ fn run(command: Command) -> Result<()> {
             env,
             timeout,
             accel,
-            force,
-            mut workload,
+            kernel: Some(kernel),
+            modules,
+            workload,
+            ..
         } => {
             workload_parses(&workload)?;
+            let r = profiler::envs::stock(
+                &kernel,
+                &workload,
+                &modules,
+                std::time::Duration::from_secs(timeout),
+                accel,
+            )?;
+            debug_assert_eq!(env, profiler::envs::Env::Vm);
+            print!("{}", r.stdout);
+            if !r.stdout.is_empty() && !r.stdout.ends_with('\n') {
+                println!();
+            }
+            eprintln!(
+                "profiler run: {} under {} in {:.1} s (qemu's spawn to exit)",
+                r.kernel,
+                r.accel.name(),
+                r.total_ns as f64 / 1e9
+            );
+            for n in &r.notes {
+                eprintln!("profiler run: {n}");
+            }
+            if r.exit != 0 {
+                eprintln!("{}", r.stderr.trim_end());
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(r.exit.clamp(1, 255));
+            }
+            Ok(())
+        }
+        Command::Run {
+            env,
+            timeout,
+            accel,
+            force,
+            mut workload,
+            ..
+        } => {
+            workload_parses(&workload)?;
+            profiler::sysbench::validate_workload(&workload)?;
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -271,6 +334,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(json.as_deref(), "--json")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
+            profiler::sysbench::validate_workload(&w)?;
             let d = profiler::envs::density(
                 env,
                 &w,
@@ -282,6 +346,7 @@ fn run(command: Command) -> Result<()> {
             )?;
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
         }
+        Command::Web(args) => profiler::web::main(&args),
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;
             profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)

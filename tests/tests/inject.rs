@@ -132,6 +132,7 @@ fn run_stays_for_its_length() {
         egress: true,
         delay: "500us".into(),
         port: None,
+        netem: false,
         length: Some("300ms".into()),
     };
     let t = std::time::Instant::now();

@@ -89,7 +89,13 @@ fn overlay_traffic_crosses_vxlan_and_underlay() {
 fn missing_kernel_features_fail_at_once_naming_the_option() {
     require_root();
     let before = namespaces();
-    for (mode, option) in [("ipvlan", "CONFIG_IPVLAN"), ("ipip", "CONFIG_NET_IPIP")] {
+    for (mode, option) in [
+        ("ipvlan", "CONFIG_IPVLAN"),
+        ("ipvlan-l3", "CONFIG_IPVLAN"),
+        ("ipip", "CONFIG_NET_IPIP"),
+        ("geneve", "CONFIG_GENEVE"),
+        ("gre", "CONFIG_NET_IPGRE"),
+    ] {
         let out = profiler()
             .args(["lab", "up", "--mode", mode, "--id", "nf"])
             .output()

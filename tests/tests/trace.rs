@@ -236,41 +236,183 @@ fn bad_trace_input_is_one_line() {
     ] {
         assert_refused(args, needle);
     }
+    // Refused before any lab is built, in one line.
+    assert_refused_in_one_line(
+        &["trace", "--ablation", "--repeat", "5", "-l", "1"],
+        "a 95% interval needs at least 6 rounds",
+    );
+    assert_refused_in_one_line(
+        &[
+            "trace",
+            "--compare",
+            "host,overlay",
+            "--ablation",
+            "-l",
+            "1",
+        ],
+        "--ablation and --compare",
+    );
 }
 
+/// A layer's p50 difference in one of a mode's decompositions, by name fragment.
+fn delta_of<'a>(d: &'a Value, fragment: &str) -> Option<&'a Value> {
+    d["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"].as_str().unwrap().contains(fragment))
+}
+
+/// `--compare` explains each mode's difference from host layer by layer: overlay's names the
+/// vxlan encap and decap, bridge's the bridge, and the parts add up to the difference within
+/// 15%. The throughput ratios come from untraced runs, one per round.
 #[test]
-fn compare_prints_one_row_per_mode_with_host_ratios() {
+fn compare_explains_each_mode_against_host_layer_by_layer() {
     require_root();
+    let before = namespaces();
     // Every packet over the whole second: with the default budget a 1 s run holds one or two
     // 50 ms windows, and host mode's one-way time is bimodal with the threads' CPU placement.
-    let rows = trace(&[
+    // bpf_stats: the tracer's cost is measured, so the deltas are the corrected ones.
+    let file = format!("/tmp/profiler-test-compare-{}.json", std::process::id());
+    let html = format!("/tmp/profiler-test-compare-{}.html", std::process::id());
+    let out = run_ok(profiler().args([
+        "trace",
         "--compare",
-        "host,overlay",
+        "host,bridge,overlay",
         "-l",
         "1",
         "--follow-every",
         "1",
-    ]);
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["mode"], "host");
-    assert_eq!(rows[0]["throughput_ratio"], 1.0);
-    let overlay = &rows[1];
+        "--bpf-stats",
+        "--json",
+        &file,
+        "--html",
+        &html,
+    ]));
+    let c: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = (std::fs::remove_file(&file), std::fs::remove_file(&html));
+    // The page shows each mode's decomposition, a row per layer.
+    assert!(page.contains("<h3>overlay - host, requests"), "{page}");
     assert!(
-        overlay["latency_ratio"].as_f64().unwrap() > 1.0,
-        "{overlay}"
+        page.contains("<tr><td>vxlan encap"),
+        "no vxlan row in the page"
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(c["kind"], "compare");
+    assert_eq!(c["baseline"], "host");
+    let rounds = c["rounds"].as_u64().unwrap();
+    assert!(rounds >= 3, "{rounds}");
+    let rows = c["rows"].as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["host", "bridge", "overlay"]);
+    assert_eq!(rows[0]["throughput_ratio"]["median"], 1.0);
+    assert!(rows[0]["delta"].is_null());
+    for (row, needles) in [
+        (&rows[1], &["bridge"][..]),
+        (&rows[2], &["vxlan encap", "vxlan decap", "bridge"][..]),
+    ] {
+        let mode = row["mode"].as_str().unwrap();
+        // Untraced runs, one per round, each paired with host's of the same round.
+        let ratios = row["throughput_ratio"]["values"].as_array().unwrap();
+        assert_eq!(ratios.len() as u64, rounds, "{mode}: {ratios:?}");
+        assert!(ratios.iter().all(|r| r.as_f64().unwrap() > 0.0));
+        assert_eq!(row["reports"].as_array().unwrap().len() as u64, rounds);
+        let d = &row["delta"];
+        // Requests only: every lab serves on the same ports, and packets of other labs running
+        // at the same time (other tests, other sessions) are followed as responses.
+        {
+            let dir = &d["directions"][0];
+            assert_eq!(dir["name"], "requests (client -> server)");
+            assert_eq!(dir["corrected"], true, "{mode}: {dir}");
+            let total =
+                dir["p50"]["mode_ns"].as_f64().unwrap() - dir["p50"]["base_ns"].as_f64().unwrap();
+            let parts: f64 = dir["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["p50_delta_ns"].as_f64().unwrap())
+                .sum();
+            assert!(
+                total != 0.0 && (parts - total).abs() <= 0.15 * total.abs(),
+                "{mode} {}: layers add up to {parts} ns of {total} ns",
+                dir["name"]
+            );
+            for n in needles {
+                let l = delta_of(dir, n).unwrap_or_else(|| panic!("{mode}: no {n} in {dir}"));
+                assert!(l["p50_delta_ns"].as_f64().unwrap() > 0.0, "{mode}: {l}");
+                assert_eq!(l["on"], "mode", "{mode}: host has no {n}: {l}");
+            }
+            // Host's loopback counts fully on its side.
+            let lo = delta_of(dir, "loopback").expect("host's loopback layer");
+            assert_eq!(lo["on"], "baseline");
+            assert!(lo["p50_delta_ns"].as_f64().unwrap() < 0.0, "{lo}");
+        }
+        assert!(
+            d["round_trip"]["layers"].as_array().unwrap().len() > 1,
+            "{d}"
+        );
+        for n in needles {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.contains(&format!("{mode} - host, requests")) && l.contains(n)),
+                "{stdout}"
+            );
+        }
+    }
     assert!(
-        overlay["one_way_p50_ns"].as_u64().unwrap() > rows[0]["one_way_p50_ns"].as_u64().unwrap()
+        stdout.contains("overlay - host, round trip mean"),
+        "{stdout}"
     );
+    assert_eq!(namespaces(), before);
 }
 
-/// Where no function probe reaches conntrack and NAT, the ablation isolates them.
+/// tcp_stream compares throughput, from untraced runs, and still explains the one-way path.
 #[test]
-fn ablation_runs_the_three_variants() {
+fn compare_includes_tcp_stream() {
+    require_root();
+    let c = trace(&[
+        "--compare",
+        "host,overlay",
+        "-t",
+        "tcp_stream",
+        "-l",
+        "1",
+        "--repeat",
+        "2",
+    ]);
+    assert_eq!(c["test"], "tcp_stream");
+    let ov = &c["rows"][1];
+    assert_eq!(ov["unit"], "Mbit/s");
+    assert!(ov["throughput"]["median"].as_f64().unwrap() > 0.0, "{ov}");
+    assert_eq!(
+        ov["throughput_ratio"]["values"].as_array().unwrap().len(),
+        2
+    );
+    assert!(ov["mean_us"].is_null() && ov["delta"]["round_trip"].is_null());
+    let req = ov["delta"]["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "requests (client -> server)")
+        .expect("the requests' decomposition");
+    assert!(delta_of(req, "vxlan encap").is_some(), "{req}");
+}
+
+/// Where no function probe reaches conntrack and NAT, the ablation isolates them: interleaved
+/// rounds, each cost a median with a 95% interval, and never a bare negative cost.
+#[test]
+fn ablation_gives_each_cost_an_interval() {
     require_root();
     let before = namespaces();
-    let a = trace(&["--ablation", "-l", "1"]);
+    let file = format!("/tmp/profiler-test-ablation-{}.json", std::process::id());
+    let out = run_ok(profiler().args(["trace", "--ablation", "-l", "1", "--json", &file]));
+    let a: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rounds = a["rounds"].as_u64().unwrap();
+    assert!(rounds >= 6, "{rounds}");
     let v: Vec<&str> = a["variants"]
         .as_array()
         .unwrap()
@@ -281,10 +423,55 @@ fn ablation_runs_the_three_variants() {
         v,
         ["nat", "no nat (conntrack on)", "no conntrack (NOTRACK)"]
     );
-    let fwd = a["forward_p50_ns"].as_array().unwrap();
-    assert_eq!(fwd.len(), 3, "{fwd:?}");
-    assert!(fwd.iter().all(|f| f["p50_ns"].as_u64().unwrap() > 0));
-    assert!(a["nat_cost_ns"].is_i64() && a["conntrack_cost_ns"].is_i64());
+    for v in a["variants"].as_array().unwrap() {
+        assert_eq!(v["reports"].as_array().unwrap().len() as u64, rounds);
+        assert_eq!(
+            v["forward_p50_ns"]["values"].as_array().unwrap().len() as u64,
+            rounds,
+            "{}",
+            v["forward_p50_ns"]
+        );
+    }
+    let costs = a["costs"].as_array().unwrap();
+    assert_eq!(costs.len(), 2);
+    for c in costs {
+        let i = &c["interval"];
+        let (lo, med, hi) = (
+            i["lo"].as_f64().unwrap(),
+            i["median"].as_f64().unwrap(),
+            i["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= med && med <= hi, "{c}");
+        assert!(i["coverage"].as_f64().unwrap() >= 0.95, "{c}");
+        let verdict = c["verdict"].as_str().unwrap();
+        let expected = if lo > 0.0 {
+            "measured"
+        } else if hi < 0.0 {
+            "below_zero"
+        } else {
+            "not_measurable"
+        };
+        assert_eq!(verdict, expected, "{c}");
+        let name = c["name"].as_str().unwrap();
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {stdout}"));
+        // A cost is stated only when its interval lies above 0; otherwise it is named as not
+        // measurable, so no bare negative cost is printed.
+        assert!(line.contains("95% interval"), "{line}");
+        if verdict == "measured" {
+            assert!(
+                line.contains("costs ") && !line.contains("costs -"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                line.contains("not measurable here") && !line.contains("costs"),
+                "{line}"
+            );
+        }
+    }
     assert_eq!(namespaces(), before);
 }
 
@@ -352,6 +539,53 @@ fn collisions_are_counted() {
     assert!(followed > 10, "{}", r["net"]["counts"]);
     assert!(drawn >= followed + collisions, "{}", r["net"]["counts"]);
     assert!(r["state_in_use"].as_u64().unwrap() <= 1);
+}
+
+/// `--debug-bpf` prints the kernel side's message when a state slot is taken (one slot forces
+/// collisions), counted as the report counts them; without the flag the kernel says nothing.
+#[test]
+fn debug_bpf_prints_the_kernels_collision_messages() {
+    require_root();
+    let args = [
+        "trace",
+        "--mode",
+        "bridge",
+        "-t",
+        "tcp_stream",
+        "-l",
+        "1",
+        "--follow-every",
+        "1",
+        "--state-slots",
+        "1",
+    ];
+    let file = format!("/tmp/profiler-test-debug-bpf-{}.json", std::process::id());
+    let on = run_ok(profiler().args(args).args(["--debug-bpf", "--json", &file]));
+    let r: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&on.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bpf warn: net: state slot collision"))
+        .collect();
+    assert!(!said.is_empty(), "no kernel message on stderr:\n{stderr}");
+    // Thinned to each CPU's powers of two: the largest count said is at most the total.
+    let largest = said
+        .iter()
+        .filter_map(|l| l.split(", ").last()?.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert!(
+        largest <= count(&r, "collisions"),
+        "{largest} against {}",
+        r["net"]["counts"]
+    );
+    let off = run_ok(profiler().args(args));
+    let stderr = String::from_utf8_lossy(&off.stderr);
+    assert!(
+        !stderr.contains("bpf "),
+        "kernel messages without --debug-bpf:\n{stderr}"
+    );
 }
 
 /// The overhead controller follows a smaller share of packets on a smaller budget, states

@@ -26,6 +26,14 @@ enum Chore {
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
     BenchTrace,
+    /// The tracer of this build against BEFORE (another build's binary), interleaved (root).
+    BenchTraceAb {
+        /// The earlier build's profiler binary.
+        before: String,
+        /// This build's binary (default: build target/release/profiler). Both builds embed a
+        /// release eBPF object either way; give two debug binaries to skip a release build.
+        after: Option<String>,
+    },
     /// The built-in sysbench workloads against Debian's sysbench (root).
     BenchSysbench,
 }
@@ -37,6 +45,10 @@ fn main() -> ExitCode {
         Chore::Demo => demo(),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
+        Chore::BenchTraceAb { before, after } => match after {
+            Some(after) => bench::trace_ab(&before, &after),
+            None => release().and_then(|_| bench::trace_ab(&before, bench::PROFILER)),
+        },
         Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
     };
     match result {

@@ -30,6 +30,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("qemu-system-x86", "boot --vm qemu (with seabios)"),
     (
+        "kmod",
+        "depmod: modules.dep for a stock kernel's tree (run --env vm --kernel)",
+    ),
+    (
+        "xz-utils",
+        "unpacking a stock kernel's .ko.xz modules for its guest",
+    ),
+    (
         "qemu-utils",
         "qemu-img, kept: the same suite's qemu-system-x86 replaces a newer one (say so below)",
     ),
@@ -50,6 +58,14 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "sysbench",
         "bench-sysbench peer and the sysbench comparison test",
+    ),
+    (
+        "nginx",
+        "the server `profiler web` starts with its own config (Debian's 1.22)",
+    ),
+    (
+        "wrk",
+        "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
     ),
     (
         "chromium",
@@ -158,6 +174,16 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian's nginx starts a site on the host's port 80 when installed: this project only
+    // runs nginx with its own config, and leaves the host's network alone.
+    if missing.iter().any(|p| p.split('=').next() == Some("nginx"))
+        && output(Command::new("systemctl").args(["is-enabled", "nginx"])).is_some()
+    {
+        eprintln!("setup: stopping and disabling the nginx.service Debian's package started");
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "nginx"])
+            .status();
+    }
     Ok(true)
 }
 

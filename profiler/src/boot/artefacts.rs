@@ -135,6 +135,12 @@ pub const WORKLOAD_ARGS: &str = "args";
 /// line) with its output kept in files, a `done` mark, and the output on the console between
 /// markers. The console log level drops to emergencies first so no printk lands inside it.
 pub fn workload_init(lib_dirs: &[String]) -> String {
+    workload_init_with(lib_dirs, "")
+}
+
+/// [`workload_init`] with shell lines (`pre`) run after `ready`, before the workload: a stock
+/// guest's module loading.
+pub fn workload_init_with(lib_dirs: &[String], pre: &str) -> String {
     format!(
         r#"#!/bin/sh
 bb=/bin/busybox
@@ -144,7 +150,8 @@ mark init
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 mark ready
-set --
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+{pre}set --
 while IFS= read -r a; do set -- "$@" "$a"; done < /{WORKLOAD_ARGS}
 cd /tmp
 LD_LIBRARY_PATH={libs} /{WORKLOAD_BIN} "$@" > /tmp/.out 2> /tmp/.err < /dev/null
@@ -245,6 +252,17 @@ pub fn workload_entries(
     libs: &[(PathBuf, Vec<u8>)],
     args: &[String],
 ) -> Result<Vec<Entry>> {
+    workload_entries_with(busybox, exe, libs, args, None)
+}
+
+/// [`workload_entries`] plus a stock guest's modules, tools and their loading.
+pub fn workload_entries_with(
+    busybox: Vec<u8>,
+    exe: Vec<u8>,
+    libs: &[(PathBuf, Vec<u8>)],
+    args: &[String],
+    extra: Option<&super::stock::Extra>,
+) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = initramfs_entries(busybox)
         .into_iter()
         .filter(|e| e.name != "init")
@@ -269,11 +287,15 @@ pub fn workload_entries(
     }
     entries.push(Entry::file(WORKLOAD_BIN, 0o755, exe));
     entries.push(Entry::file(WORKLOAD_ARGS, 0o644, encode_args(args)?));
+    let pre = extra.map_or("", |x| x.init.as_str());
     entries.push(Entry::file(
         "init",
         0o755,
-        workload_init(&lib_dirs).into_bytes(),
+        workload_init_with(&lib_dirs, pre).into_bytes(),
     ));
+    if let Some(x) = extra {
+        super::stock::merge(&mut entries, x);
+    }
     Ok(entries)
 }
 
@@ -318,6 +340,15 @@ fn strip_debug(tmp: &Path) -> Option<Vec<u8>> {
 
 /// Builds the initramfs that runs `args` (this program's own subcommand) in the guest.
 pub fn workload_initramfs(a: &Artefacts, args: &[String]) -> Result<WorkloadImage> {
+    workload_initramfs_with(a, args, None)
+}
+
+/// [`workload_initramfs`] for a stock guest: `extra` carries its modules and tools.
+pub fn workload_initramfs_with(
+    a: &Artefacts,
+    args: &[String],
+    extra: Option<&super::stock::Extra>,
+) -> Result<WorkloadImage> {
     let mut built = false;
     let (busybox, _) = busybox(&a.dir, &mut built)?;
     let busybox = fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?;
@@ -346,7 +377,7 @@ pub fn workload_initramfs(a: &Artefacts, args: &[String]) -> Result<WorkloadImag
             Ok((p, bytes))
         })
         .collect::<Result<Vec<_>>>()?;
-    let image = cpio::write(&workload_entries(busybox, exe, &libs, args)?)?;
+    let image = cpio::write(&workload_entries_with(busybox, exe, &libs, args, extra)?)?;
     let out = WorkloadImage {
         path: tmp("workload.cpio"),
         bytes: image.len() as u64,
@@ -423,7 +454,7 @@ pub fn parse_depends(text: &str, prefix: &str) -> Option<String> {
 }
 
 /// The static busybox: the installed one when static, else from the cache, else downloaded.
-fn busybox(dir: &Path, built: &mut bool) -> Result<(PathBuf, String)> {
+pub(super) fn busybox(dir: &Path, built: &mut bool) -> Result<(PathBuf, String)> {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if fs::read(p).is_ok_and(|b| is_static_x86_64(&b)) {
             return Ok((PathBuf::from(p), format!("{p} (installed)")));
@@ -476,7 +507,7 @@ pub fn is_static_x86_64(elf: &[u8]) -> bool {
     })
 }
 
-fn apt(argv: &[&str]) -> Result<String> {
+pub(super) fn apt(argv: &[&str]) -> Result<String> {
     let out = crate::cleanup::die_with_parent(&mut Command::new(argv[0]))
         .args(&argv[1..])
         .output()
@@ -489,7 +520,7 @@ fn apt(argv: &[&str]) -> Result<String> {
 }
 
 /// `apt-get download PACKAGE` into `dir`, refreshing the package lists once if apt cannot find it.
-fn download(package: &str, dir: &Path) -> Result<PathBuf> {
+pub(super) fn download(package: &str, dir: &Path) -> Result<PathBuf> {
     // As root, apt drops to the _apt user, which cannot write our temp dir; stay root.
     let fetch = || {
         crate::cleanup::die_with_parent(&mut Command::new("apt-get"))
@@ -513,18 +544,18 @@ fn download(package: &str, dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("apt-get download {package} left no .deb"))
 }
 
-fn extract(deb: &Path, to: &Path) -> Result<()> {
+pub(super) fn extract(deb: &Path, to: &Path) -> Result<()> {
     let d = deb.to_string_lossy();
     let t = to.to_string_lossy();
     apt(&["dpkg-deb", "-x", &d, &t]).map(|_| ())
 }
 
-fn deb_field(deb: &Path, field: &str) -> Result<String> {
+pub(super) fn deb_field(deb: &Path, field: &str) -> Result<String> {
     let d = deb.to_string_lossy();
     Ok(apt(&["dpkg-deb", "-f", &d, field])?.trim().to_string())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", owner_tag()));
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
@@ -548,10 +579,11 @@ fn tagged_owner(tag: &str) -> Option<crate::cleanup::Owner> {
 
 /// A scratch directory `<cache>/tmp-<pid>-<start>-<n>`, removed on drop; a dead owner's is removed at
 /// the next run ([`reap_stale_temps`]).
-struct TempDir(PathBuf);
+#[derive(Debug)]
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(cache: &Path) -> Result<Self> {
+    pub(super) fn new(cache: &Path) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let p = cache.join(format!("tmp-{}-{n}", owner_tag()));

@@ -15,6 +15,7 @@ pub mod libvirt;
 pub mod micro;
 pub mod qemu;
 pub mod serial;
+pub mod stock;
 
 use std::{
     collections::BTreeMap,

@@ -309,6 +309,8 @@ pub struct Guest<'a> {
     /// A workload guest: its `done` mark closes a `workload` phase, and every console line
     /// is kept (the result is printed there).
     pub workload: bool,
+    /// `-cpu max`: a stock guest sees SVM (TCG) or the host's virtualization, so KVM loads in it.
+    pub cpu_max: bool,
 }
 
 impl<'a> Guest<'a> {
@@ -320,6 +322,7 @@ impl<'a> Guest<'a> {
             smp: 1,
             append: "",
             workload: false,
+            cpu_max: false,
         }
     }
 }
@@ -401,6 +404,11 @@ fn command(index: u32, guest: &Guest, accel: Accel) -> Command {
         .arg(guest.memory_mb.to_string())
         .arg("-smp")
         .arg(guest.smp.max(1).to_string())
+        .args(if guest.cpu_max {
+            &["-cpu", "max"][..]
+        } else {
+            &[]
+        })
         .args(["-nographic", "-no-reboot"])
         // Named threads (`CPU 0/TCG`): the vCPU thread's start is a kernel-stamped mark. The
         // name carries the owner: the reaper kills a QEMU that outlived it.

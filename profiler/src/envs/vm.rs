@@ -99,6 +99,7 @@ pub(super) fn vm(
         smp: vm_smp(args),
         append: "",
         workload: true,
+        cpu_max: false,
     };
     let mut notes = Vec::new();
     if image.stripped {
@@ -109,7 +110,10 @@ pub(super) fn vm(
     let run = qemu::run_guest(&guest, accel, timeout, &mut |pid| {
         watch(pid);
         if accel == qemu::Accel::Kvm {
-            let filter = crate::probes::kvm::Filter { tgid: pid, tid: 0 };
+            let filter = crate::probes::kvm::Filter {
+                tgid: pid,
+                ..Default::default()
+            };
             match crate::probes::kvm::KvmTracer::start(filter) {
                 Ok(t) => kvm = Some((t, pid, Instant::now())),
                 Err(e) => kvm_error = Some(format!("{e:#}")),
@@ -187,6 +191,101 @@ pub(super) fn vm(
     drop(image);
     laps.lap("initramfs released");
     Ok((stdout, (accel, reason, vm)))
+}
+
+/// What a command printed in a stock-kernel guest (`run --env vm --kernel`), and how it ended.
+#[derive(Debug)]
+pub struct StockRun {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit: i32,
+    /// The kernel's package (or path).
+    pub kernel: String,
+    pub accel: crate::boot::qemu::Accel,
+    /// qemu's spawn to its exit.
+    pub total_ns: u64,
+    pub notes: Vec<String>,
+}
+
+/// Any profiler command (`args`) in a guest on a stock kernel: its modules (what the command
+/// needs, plus `modules`) and the lab's tools go in its initramfs; `-cpu max` so KVM loads
+/// in it. The command's failure is its exit status, not an error here; a guest that does not
+/// boot or prints no status is.
+pub fn stock(
+    kernel: &crate::boot::stock::KernelChoice,
+    args: &[String],
+    modules: &[String],
+    timeout: Duration,
+    accel: crate::boot::AccelChoice,
+) -> Result<StockRun> {
+    use crate::boot::{artefacts, qemu, stock};
+    crate::kernel::require_root("profiler run --env vm --kernel")?;
+    crate::cleanup::set_interruptible();
+    let a = artefacts::prepare()?;
+    let k = stock::kernel(kernel)?;
+    let mut needed = stock::modules_for(args);
+    for m in modules {
+        if !needed.iter().any(|n| n == m) {
+            needed.push(m.as_str());
+        }
+    }
+    let extra = stock::extra(&k, &needed)?;
+    let image = artefacts::workload_initramfs_with(&a, args, Some(&extra))?;
+    let (accel, _, _) = vm_accelerator(&a, timeout, accel)?;
+    if crate::cleanup::stop_requested() {
+        bail!("{} before the VM started", crate::cleanup::interrupted());
+    }
+    let guest = qemu::Guest {
+        kernel: &k.vmlinuz,
+        initramfs: &image.path,
+        memory_mb: vm_memory_mb(image.bytes).max(1024),
+        smp: vm_smp(args),
+        append: "",
+        workload: true,
+        cpu_max: true,
+    };
+    let run = qemu::run_guest(&guest, accel, timeout, &mut |_| {})?;
+    drop(image);
+    let mut notes = extra.notes;
+    for l in &run.console {
+        if let Some(at) = l.find(stock::INSMOD_FAILED) {
+            notes.push(format!(
+                "the guest could not load {}",
+                l[at + stock::INSMOD_FAILED.len()..].trim()
+            ));
+        }
+    }
+    let b = &run.boot;
+    let out = artefacts::parse_guest_output(&run.console);
+    let Some(exit) = out.exit else {
+        let why = b.error.as_deref().unwrap_or("no exit status printed");
+        let tail = run
+            .console
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>();
+        if run.timed_out || crate::cleanup::stop_requested() {
+            bail!("the {} guest ({}) was killed: {why}", k.label, accel.name());
+        }
+        bail!(
+            "the {} guest ({}) failed: {why} (console: {})",
+            k.label,
+            accel.name(),
+            tail.join(" | ")
+        );
+    };
+    Ok(StockRun {
+        stdout: out.stdout.unwrap_or_default(),
+        stderr: out.stderr.unwrap_or_default(),
+        exit,
+        kernel: k.label.clone(),
+        accel,
+        total_ns: b.total_ns,
+        notes,
+    })
 }
 
 /// The workload's initramfs, shared by the instances that run the same arguments at once

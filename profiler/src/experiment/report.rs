@@ -8,7 +8,14 @@ use super::{
     run::{Results, describe, median},
     spec::{Spec, higher_is_better},
 };
-use crate::{hist::fmt_ns, lab::Mode, trace::run::TraceReport};
+use crate::{
+    hist::fmt_ns,
+    lab::Mode,
+    trace::{
+        delta::{self, Decomposition},
+        run::TraceReport,
+    },
+};
 
 #[derive(Debug, Serialize)]
 pub struct ExperimentReport {
@@ -51,7 +58,8 @@ pub struct RowReport {
     pub notes: Vec<String>,
 }
 
-/// A mode's difference from host, layer by layer, from one traced tcp_rr in each.
+/// A mode's difference from host, layer by layer, from one traced tcp_rr in each
+/// (`trace::delta`, as `trace --compare` explains it).
 #[derive(Debug, Serialize)]
 pub struct Explanation {
     pub mode: Mode,
@@ -59,83 +67,8 @@ pub struct Explanation {
     pub error: Option<String>,
     pub round_trip_p50_us: Option<f64>,
     pub host_round_trip_p50_us: Option<f64>,
-    pub directions: Vec<DirectionDiff>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DirectionDiff {
-    pub name: String,
-    pub one_way_p50_ns: Option<f64>,
-    pub host_one_way_p50_ns: Option<f64>,
-    /// The host direction compared with: the same one, or requests where host traced none in
-    /// this direction (on loopback the tracer sees both ways as one).
-    pub host_direction: String,
-    /// Every layer either side has, largest difference first: p50 x crossings (without the
-    /// tracer's own cost where calibrated), ns.
-    pub layers: Vec<LayerDiff>,
-}
-
-#[derive(Debug, Serialize, Clone, PartialEq)]
-pub struct LayerDiff {
-    pub layer: String,
-    /// Crossings in the mode, or on host's path for a layer only host has.
-    pub crossings: u64,
-    pub ns: f64,
-    pub host_ns: f64,
-    pub diff_ns: f64,
-}
-
-/// (layer, crossings, p50 x crossings) of one direction.
-fn layer_sums(r: &TraceReport, dir: usize) -> Vec<(String, u64, f64)> {
-    r.net.directions.get(dir).map_or(vec![], |d| {
-        d.layers
-            .iter()
-            .map(|l| {
-                let p50 = l.p50_without_tracer_ns.unwrap_or(l.summary.p50 as f64);
-                (l.layer.to_string(), l.crossings, p50 * l.crossings as f64)
-            })
-            .collect()
-    })
-}
-
-/// Every layer of either side, by how much more it costs in `mode` than in host.
-pub fn diff_layers(mode: &[(String, u64, f64)], host: &[(String, u64, f64)]) -> Vec<LayerDiff> {
-    let mut out: Vec<LayerDiff> = mode
-        .iter()
-        .map(|(l, c, ns)| {
-            let h = host.iter().find(|(hl, _, _)| hl == l).map_or(0.0, |x| x.2);
-            LayerDiff {
-                layer: l.clone(),
-                crossings: *c,
-                ns: *ns,
-                host_ns: h,
-                diff_ns: ns - h,
-            }
-        })
-        .collect();
-    for (l, c, h) in host {
-        if !mode.iter().any(|(ml, _, _)| ml == l) {
-            out.push(LayerDiff {
-                layer: l.clone(),
-                // Host's: the layer is only on host's path.
-                crossings: *c,
-                ns: 0.0,
-                host_ns: *h,
-                diff_ns: -h,
-            });
-        }
-    }
-    out.sort_by(|a, b| b.diff_ns.abs().total_cmp(&a.diff_ns.abs()));
-    out
-}
-
-fn one_way(r: &TraceReport, dir: usize) -> Option<f64> {
-    r.net
-        .directions
-        .get(dir)?
-        .one_way
-        .as_ref()
-        .map(|o| o.p50_without_tracer_ns.unwrap_or(o.summary.p50 as f64))
+    /// Each direction's one-way difference, then the round trip's; layers in path order.
+    pub directions: Vec<Decomposition>,
 }
 
 fn rtt(r: &TraceReport) -> Option<f64> {
@@ -216,28 +149,16 @@ pub fn build(spec: &Spec, file: &str, quick: bool, res: &Results) -> ExperimentR
         .iter()
         .filter(|(m, _)| *m != Mode::Host)
         .map(|(mode, t)| match (t, host) {
-            (Ok(t), Some(h)) => Explanation {
-                mode: *mode,
-                error: None,
-                round_trip_p50_us: rtt(t),
-                host_round_trip_p50_us: rtt(h),
-                directions: (0..t.net.directions.len())
-                    .map(|d| {
-                        let hd = if one_way(h, d).is_some() { d } else { 0 };
-                        DirectionDiff {
-                            name: t.net.directions[d].name.to_string(),
-                            one_way_p50_ns: one_way(t, d),
-                            host_one_way_p50_ns: one_way(h, hd),
-                            host_direction: h
-                                .net
-                                .directions
-                                .get(hd)
-                                .map_or(String::new(), |x| x.name.to_string()),
-                            layers: diff_layers(&layer_sums(t, d), &layer_sums(h, hd)),
-                        }
-                    })
-                    .collect(),
-            },
+            (Ok(t), Some(h)) => {
+                let d = delta::between(t, h);
+                Explanation {
+                    mode: *mode,
+                    error: None,
+                    round_trip_p50_us: rtt(t),
+                    host_round_trip_p50_us: rtt(h),
+                    directions: d.directions.into_iter().chain(d.round_trip).collect(),
+                }
+            }
             (Err(e), _) => Explanation {
                 mode: *mode,
                 error: Some(e.clone()),
@@ -354,7 +275,8 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
     let _ = writeln!(
         o,
         "Why each mode differs from host: one traced tcp_rr per mode, each layer's p50 x its \
-         crossings (without the tracer's own cost), the largest differences from host"
+         crossings (without the tracer's own cost where measured), the largest differences \
+         from host (`trace --compare` shows them all, in path order)"
     );
     for e in &r.explanations {
         let _ = writeln!(o);
@@ -374,54 +296,41 @@ pub fn write(o: &mut dyn std::io::Write, r: &ExperimentReport) {
         for d in &e.directions {
             let _ = writeln!(
                 o,
-                "    {}: one-way p50 {} against host {}{}",
+                "    {}: p50 {} against host {}{}",
                 d.name,
-                d.one_way_p50_ns.map_or("-".into(), fmt_ns),
-                d.host_one_way_p50_ns.map_or("-".into(), fmt_ns),
-                if d.host_direction != d.name {
+                fmt_ns(d.p50.mode_ns),
+                fmt_ns(d.p50.base_ns),
+                if d.base_name != d.name {
                     format!(
                         " (host's {}: on loopback it traces both ways as one)",
-                        d.host_direction
+                        d.base_name
                     )
                 } else {
                     String::new()
                 }
             );
-            for l in d.layers.iter().take(4) {
+            let mut largest: Vec<&delta::LayerDelta> = d.layers.iter().collect();
+            largest.sort_by(|a, b| b.p50_delta_ns.abs().total_cmp(&a.p50_delta_ns.abs()));
+            for l in largest.into_iter().take(4) {
                 let _ = writeln!(
                     o,
                     "      {:<46} {:>10} against {:>10} on host: {}{}",
                     format!("{} (x{})", l.layer, l.crossings),
-                    fmt_ns(l.ns),
-                    fmt_ns(l.host_ns),
-                    if l.diff_ns >= 0.0 { "+" } else { "-" },
-                    fmt_ns(l.diff_ns.abs())
+                    fmt_ns(l.p50_ns),
+                    fmt_ns(l.base_p50_ns),
+                    if l.p50_delta_ns >= 0.0 { "+" } else { "-" },
+                    fmt_ns(l.p50_delta_ns.abs())
                 );
             }
+            let _ = writeln!(
+                o,
+                "      {:<46} {:>10} {:>10}          {}{}",
+                "the rest (no layer holds it)",
+                "",
+                "",
+                if d.p50.rest_ns >= 0.0 { "+" } else { "-" },
+                fmt_ns(d.p50.rest_ns.abs())
+            );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layers_are_ordered_by_their_difference_from_host() {
-        let host = vec![
-            ("loopback".to_string(), 1, 500.0),
-            ("socket".to_string(), 1, 10_000.0),
-        ];
-        let overlay = vec![
-            ("bridge".to_string(), 2, 2_600.0),
-            ("vxlan".to_string(), 1, 1_200.0),
-            ("socket".to_string(), 1, 22_000.0),
-        ];
-        let d = diff_layers(&overlay, &host);
-        let names: Vec<&str> = d.iter().map(|l| l.layer.as_str()).collect();
-        assert_eq!(names, ["socket", "bridge", "vxlan", "loopback"]);
-        assert_eq!(d[0].diff_ns, 12_000.0);
-        assert_eq!(d[3].diff_ns, -500.0);
-        assert_eq!(d[3].crossings, 1);
     }
 }

@@ -5,6 +5,8 @@
 //! The kernel's bucket layout equals HDR's with 2 significant figures, so each bucket's
 //! representative lands in the HDR bucket of the same range: no second rounding.
 
+pub mod repeats;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
 use hdrhistogram::Histogram;

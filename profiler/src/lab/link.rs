@@ -193,6 +193,30 @@ pub fn ipvlan(name: &str, parent: u32) -> rtnetlink::packet_route::link::LinkMes
     rtnetlink::LinkIpVlan::new(name, parent, rtnetlink::packet_route::link::IpVlanMode::L2).build()
 }
 
+pub fn ipvlan_l3(name: &str, parent: u32) -> rtnetlink::packet_route::link::LinkMessage {
+    rtnetlink::LinkIpVlan::new(name, parent, rtnetlink::packet_route::link::IpVlanMode::L3).build()
+}
+
+/// Geneve has no local address or device attribute: the route to `remote` picks both.
+pub fn geneve(
+    name: &str,
+    vni: u32,
+    remote: Ipv4Addr,
+) -> rtnetlink::packet_route::link::LinkMessage {
+    rtnetlink::LinkGeneve::new(name, vni).remote(remote).build()
+}
+
+pub fn gre(
+    name: &str,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+) -> rtnetlink::packet_route::link::LinkMessage {
+    rtnetlink::LinkGre::new(name)
+        .local(local)
+        .remote(remote)
+        .build()
+}
+
 pub fn ipip(
     name: &str,
     local: Ipv4Addr,

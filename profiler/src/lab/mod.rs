@@ -3,6 +3,7 @@
 //! device, address, route and firewall rule lives in namespaces named `pf-<id>-<role>`.
 
 pub mod link;
+pub mod netem;
 pub mod netns;
 pub mod plan;
 mod registry;
@@ -35,10 +36,16 @@ pub enum Mode {
     Ipvlan,
     /// IP-in-IP between two hosts (Calico IPIP).
     Ipip,
+    /// ipvlan L3 children: routed by the parent's ipvlan, no ARP between them.
+    IpvlanL3,
+    /// Two hosts joined by an underlay; bridge + Geneve on each (OVN's encapsulation).
+    Geneve,
+    /// GRE between two hosts, routed like ipip (Calico and Flannel's IP-tunnel shape).
+    Gre,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 11] = [
         Mode::Host,
         Mode::Bridge,
         Mode::Nat,
@@ -47,6 +54,9 @@ impl Mode {
         Mode::Routed,
         Mode::Ipvlan,
         Mode::Ipip,
+        Mode::IpvlanL3,
+        Mode::Geneve,
+        Mode::Gre,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +69,9 @@ impl Mode {
             Mode::Routed => "routed",
             Mode::Ipvlan => "ipvlan",
             Mode::Ipip => "ipip",
+            Mode::IpvlanL3 => "ipvlan-l3",
+            Mode::Geneve => "geneve",
+            Mode::Gre => "gre",
         }
     }
 }

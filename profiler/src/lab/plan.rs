@@ -18,6 +18,11 @@ pub const VXLAN_VNI: u32 = 42;
 pub const VXLAN_PORT: u16 = 4789;
 /// 1500 minus VXLAN's 50 bytes of outer headers.
 pub const VXLAN_MTU: u32 = 1450;
+pub const GENEVE_VNI: u32 = 43;
+/// Geneve without options: the same 50 bytes of outer headers as VXLAN.
+pub const GENEVE_MTU: u32 = 1450;
+/// GRE: a 20-byte outer IP header and a 4-byte GRE header.
+pub const GRE_MTU: u32 = 1476;
 /// IP-in-IP adds a 20-byte outer header.
 pub const IPIP_MTU: u32 = 1480;
 /// Ports published by the `nat` lab (DNAT to the server) and used by the workloads.

@@ -33,6 +33,9 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
         Mode::Routed => &[VETH],
         Mode::Ipvlan => &[("ipvlan", "CONFIG_IPVLAN", "ipvlan")],
         Mode::Ipip => &[VETH, ("ipip", "CONFIG_NET_IPIP", "ipip")],
+        Mode::IpvlanL3 => &[VETH, ("ipvlan", "CONFIG_IPVLAN", "ipvlan")],
+        Mode::Geneve => &[VETH, BRIDGE, ("geneve", "CONFIG_GENEVE", "geneve")],
+        Mode::Gre => &[VETH, ("gre", "CONFIG_NET_IPGRE", "ip_gre")],
     };
     let mut modules = None;
     for (feature, option, module) in needs {
@@ -87,6 +90,8 @@ fn try_feature(feature: &'static str) -> Result<()> {
                 "macvlan" => link::macvlan("pfmv", parent().await?),
                 "ipvlan" => link::ipvlan("pfiv", parent().await?),
                 "ipip" => link::ipip("pfip", at(UNDERLAY_NET, 1), at(UNDERLAY_NET, 2)),
+                "geneve" => link::geneve("pfgn", 1, at(UNDERLAY_NET, 2)),
+                "gre" => link::gre("pfgre", at(UNDERLAY_NET, 1), at(UNDERLAY_NET, 2)),
                 other => bail!("unknown feature {other}"),
             };
             handle
@@ -203,12 +208,14 @@ pub async fn build(d: &mut Description) -> Result<()> {
         Mode::Host => host(d).await,
         Mode::Bridge => bridge(d, false).await,
         Mode::Nat => bridge(d, true).await,
-        Mode::Overlay => overlay(d).await,
-        Mode::Macvlan => macvlan(d).await,
+        Mode::Overlay => overlay(d, Encap::Vxlan).await,
+        Mode::Geneve => overlay(d, Encap::Geneve).await,
+        Mode::Macvlan => macvlan(d, Child::Macvlan).await,
+        Mode::Ipvlan => macvlan(d, Child::IpvlanL2).await,
+        Mode::IpvlanL3 => macvlan(d, Child::IpvlanL3).await,
         Mode::Routed => routed(d).await,
-        Mode::Ipvlan | Mode::Ipip => {
-            bail!("mode {} is not built by this version", d.mode)
-        }
+        Mode::Ipip => tunnel(d, Tunnel::Ipip).await,
+        Mode::Gre => tunnel(d, Tunnel::Gre).await,
     }
 }
 
@@ -336,7 +343,14 @@ async fn bridge(d: &mut Description, nat: bool) -> Result<()> {
     Ok(())
 }
 
-async fn overlay(d: &mut Description) -> Result<()> {
+/// The L2 encapsulation an overlay bridges its containers over.
+#[derive(Clone, Copy)]
+enum Encap {
+    Vxlan,
+    Geneve,
+}
+
+async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
     let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
         .map_err(|_| anyhow!("namespaces"))?;
     step("namespaces")?;
@@ -363,24 +377,34 @@ async fn overlay(d: &mut Description) -> Result<()> {
         h.add("bridge", link::bridge("br0")).await?;
         dev(d, &h.name, "br0", "bridge", Role::Bridge, None);
         let under = h.index(u).await?;
-        h.add(
-            "vxlan",
-            link::vxlan("vxlan0", plan::VXLAN_VNI, under, local, remote),
-        )
-        .await?;
-        h.master("vxlan0", "br0").await?;
-        h.up("vxlan0").await?;
-        dev(d, &h.name, "vxlan0", "vxlan", Role::Vxlan, None);
-        step("vxlan")?;
+        let (kind, name, mtu, msg) = match encap {
+            Encap::Vxlan => (
+                "vxlan",
+                "vxlan0",
+                plan::VXLAN_MTU,
+                link::vxlan("vxlan0", plan::VXLAN_VNI, under, local, remote),
+            ),
+            Encap::Geneve => (
+                "geneve",
+                "geneve0",
+                plan::GENEVE_MTU,
+                link::geneve("geneve0", plan::GENEVE_VNI, remote),
+            ),
+        };
+        h.add(kind, msg).await?;
+        h.master(name, "br0").await?;
+        h.up(name).await?;
+        dev(d, &h.name, name, kind, Role::Vxlan, None);
+        step(kind)?;
         container(d, h, ctr, tag, ip, CONTAINER_PREFIX).await?;
-        ctr.mtu("eth0", plan::VXLAN_MTU).await?;
+        ctr.mtu("eth0", mtu).await?;
         if let Some(dv) = d
             .devices
             .iter_mut()
             .rev()
             .find(|x| x.role == Role::ContainerEnd)
         {
-            dv.mtu = Some(plan::VXLAN_MTU);
+            dv.mtu = Some(mtu);
         }
         h.master(&format!("veth-{tag}"), "br0").await?;
     }
@@ -388,7 +412,15 @@ async fn overlay(d: &mut Description) -> Result<()> {
     step("containers")
 }
 
-async fn macvlan(d: &mut Description) -> Result<()> {
+/// The children a parent device hands out to containers.
+#[derive(Clone, Copy, PartialEq)]
+enum Child {
+    Macvlan,
+    IpvlanL2,
+    IpvlanL3,
+}
+
+async fn macvlan(d: &mut Description, child: Child) -> Result<()> {
     let [h, c, s] =
         <[Ns; 3]>::try_from(namespaces(d, &["h", "c", "s"])?).map_err(|_| anyhow!("namespaces"))?;
     step("namespaces")?;
@@ -402,8 +434,24 @@ async fn macvlan(d: &mut Description) -> Result<()> {
         (&c, "c", at(CONTAINER_NET, 2)),
         (&s, "s", at(CONTAINER_NET, 3)),
     ] {
-        let name = format!("mv-{tag}");
-        h.add("macvlan", link::macvlan(&name, parent)).await?;
+        let (kind, name, msg) = match child {
+            Child::Macvlan => (
+                "macvlan",
+                format!("mv-{tag}"),
+                link::macvlan(&format!("mv-{tag}"), parent),
+            ),
+            Child::IpvlanL2 => (
+                "ipvlan",
+                format!("iv-{tag}"),
+                link::ipvlan(&format!("iv-{tag}"), parent),
+            ),
+            Child::IpvlanL3 => (
+                "ipvlan",
+                format!("iv-{tag}"),
+                link::ipvlan_l3(&format!("iv-{tag}"), parent),
+            ),
+        };
+        h.add(kind, msg).await?;
         h.move_to(&name, &ctr.name).await?;
         ctr.addr(&name, ip, CONTAINER_PREFIX).await?;
         ctr.up(&name).await?;
@@ -411,11 +459,11 @@ async fn macvlan(d: &mut Description) -> Result<()> {
             d,
             &ctr.name,
             &name,
-            "macvlan",
+            kind,
             Role::ContainerEnd,
             Some(format!("{ip}/{CONTAINER_PREFIX}")),
         );
-        step("macvlan")?;
+        step(kind)?;
     }
     endpoints(d, &c, &s);
     Ok(())
@@ -444,6 +492,88 @@ async fn routed(d: &mut Description) -> Result<()> {
         )
         .await?;
         step("routed")?;
+    }
+    endpoints(d, &c, &s);
+    Ok(())
+}
+
+/// The IP tunnel between the two hosts of `ipip` and `gre`.
+#[derive(Clone, Copy)]
+enum Tunnel {
+    Ipip,
+    Gre,
+}
+
+/// Calico's IPIP shape: each container routed (a /32 over its veth, proxy ARP for the
+/// gateway) on its own host, the two hosts joined by an underlay, the other host's container
+/// routed through the tunnel.
+async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
+    let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
+        .map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    hx.add("veth", link::veth("ux", "uy")).await?;
+    hx.move_to("uy", &hy.name).await?;
+    let (lx, ly) = (at(UNDERLAY_NET, 1), at(UNDERLAY_NET, 2));
+    for (h, u, ip) in [(&hx, "ux", lx), (&hy, "uy", ly)] {
+        h.addr(u, ip, 24).await?;
+        h.up(u).await?;
+        dev(
+            d,
+            &h.name,
+            u,
+            "veth",
+            Role::Underlay,
+            Some(format!("{ip}/24")),
+        );
+    }
+    step("underlay")?;
+    let (cip, sip) = (at(CONTAINER_NET, 2), at(CONTAINER_NET, 3));
+    for (h, local, remote, ctr, tag, ip, far) in [
+        (&hx, lx, ly, &c, "c", cip, sip),
+        (&hy, ly, lx, &s, "s", sip, cip),
+    ] {
+        let (kind, name, mtu, msg) = match kind {
+            Tunnel::Ipip => (
+                "ipip",
+                "tun0",
+                plan::IPIP_MTU,
+                link::ipip("tun0", local, remote),
+            ),
+            Tunnel::Gre => (
+                "gre",
+                "gre0x",
+                plan::GRE_MTU,
+                link::gre("gre0x", local, remote),
+            ),
+        };
+        h.add(kind, msg).await?;
+        h.up(name).await?;
+        dev(d, &h.name, name, kind, Role::Tunnel, None);
+        step(kind)?;
+        h.sysctl("net.ipv4.ip_forward", "1")?;
+        h.route(plan::ROUTED_GATEWAY, 32, None, "lo").await?;
+        container(d, h, ctr, tag, ip, 32).await?;
+        ctr.mtu("eth0", mtu).await?;
+        if let Some(dv) = d
+            .devices
+            .iter_mut()
+            .rev()
+            .find(|x| x.role == Role::ContainerEnd)
+        {
+            dv.mtu = Some(mtu);
+        }
+        let host_end = format!("veth-{tag}");
+        h.route(ip, 32, None, &host_end).await?;
+        h.sysctl(&format!("net.ipv4.conf.{host_end}.proxy_arp"), "1")?;
+        ctr.route(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            Some(plan::ROUTED_GATEWAY),
+            "eth0",
+        )
+        .await?;
+        h.route(far, 32, None, name).await?;
+        step("routes")?;
     }
     endpoints(d, &c, &s);
     Ok(())

@@ -54,7 +54,7 @@ use anyhow::{Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
 
-pub use cli::{SysbenchArgs, footprint, parse_size};
+pub use cli::{SysbenchArgs, footprint, parse_size, validate_workload};
 pub use cpu::count_primes;
 pub use report::{
     Fairness, FileStats, FilesReport, Latency, MemoryStats, Report, RunStats, print, render,

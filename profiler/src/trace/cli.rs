@@ -1,7 +1,7 @@
 //! `profiler trace`'s arguments, their checks, and the dispatch to its modes: one run
 //! (`run`), `--compare`, `--ablation`, `--self-check`.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
@@ -46,18 +46,8 @@ pub struct TraceArgs {
     /// Trace existing traffic on this host; no lab, no workload.
     #[arg(long)]
     pub attach_only: bool,
-    /// Follow packets to or from this port (default: the lab's ports).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Follow packets to or from this IPv4 address.
-    #[arg(long)]
-    pub host: Option<Ipv4Addr>,
-    /// Follow packets born in this named network namespace.
-    #[arg(long)]
-    pub netns: Option<String>,
-    /// Follow packets born on this interface index.
-    #[arg(long)]
-    pub ifindex: Option<u32>,
+    #[command(flatten)]
+    pub filter: crate::opts::FilterArgs,
     /// -r REQ,RESP for the rr workloads.
     #[arg(short = 'r', default_value = "1,1")]
     pub rr: String,
@@ -65,10 +55,16 @@ pub struct TraceArgs {
     /// response, e.g. 200us: a known application time, found in the round trip's server part.
     #[arg(long, value_name = "TIME", value_parser = crate::workload::parse_think)]
     pub think: Option<std::time::Duration>,
-    /// Run the same workload across these modes and print one comparison table.
+    /// Run the same workload across these modes, untraced and traced in alternating rounds:
+    /// throughput ratios from the untraced runs, and each mode's difference from the
+    /// baseline explained layer by layer.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub compare: Option<Vec<Mode>>,
-    /// In a nat lab: trace with NAT, without NAT, and without conntrack, and report the costs.
+    /// The mode --compare explains the others against (default host).
+    #[arg(long, value_enum, requires = "compare")]
+    pub baseline: Option<Mode>,
+    /// In a nat lab: trace with NAT, without NAT, and without conntrack, in interleaved
+    /// rounds (--repeat, default 6), and report each cost's median with a 95% interval.
     #[arg(long)]
     pub ablation: bool,
     /// Follow one packet in N, drawn at its first hook, with the hooks attached all the time
@@ -94,14 +90,20 @@ pub struct TraceArgs {
     /// mean run time (the program body only: trampolines and probe entry are not counted).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Print the kernel side's messages on rare conditions (an offset that does not read, a
+    /// full map or ring buffer, a hook order no layer names) on stderr as `bpf warn: ...`.
+    #[arg(long)]
+    pub debug_bpf: bool,
     /// Inject a known delay on a bridge port, the underlay and a container veth, trace, and
     /// check that each lands in the layer holding its hook and nowhere else.
     #[arg(long)]
     pub self_check: bool,
     /// Trace N runs one after another and report all N (`{"repeat": N, "runs": [...]}` in
-    /// --json), so `profiler check` can tell a regression from run-to-run spread.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub repeat: u32,
+    /// --json), so `profiler check` can tell a regression from run-to-run spread. With
+    /// --compare: N rounds (default 3); with --ablation: N rounds of the three variants
+    /// (default 6, the fewest that give a 95% interval).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: Option<u32>,
 }
 
 /// The sampling policy the arguments ask for.
@@ -131,6 +133,19 @@ fn validate(args: &TraceArgs) -> Result<()> {
         && (args.interval.is_some() || args.print_every.is_some())
     {
         bail!("--interval and --print-every print on stdout: give --json a FILE");
+    }
+    if args.ablation && args.compare.is_some() {
+        bail!("--ablation and --compare are two runs: give one of them");
+    }
+    if args.ablation
+        && let Some(n) = args.repeat
+        && (n as usize) < ablation::MIN_ROUNDS
+    {
+        bail!(
+            "--ablation --repeat {n}: a 95% interval needs at least {} rounds, e.g. --repeat {}",
+            ablation::MIN_ROUNDS,
+            ablation::MIN_ROUNDS
+        );
     }
     if args.html.is_some() && (args.ablation || args.self_check) {
         bail!("--html draws one run or --compare: drop --ablation or --self-check");
@@ -172,10 +187,9 @@ pub(super) fn prelude(args: &TraceArgs, what: &str) -> Result<()> {
 pub fn main(args: &TraceArgs) -> Result<()> {
     use crate::export::json::emit;
     let json = args.json.as_ref();
-    if args.repeat > 1 && (args.self_check || args.compare.is_some() || args.ablation) {
-        bail!(
-            "--repeat works with a single traced run, not with --self-check, --compare or --ablation"
-        );
+    let repeat = args.repeat.unwrap_or(1);
+    if args.repeat.is_some() && args.self_check {
+        bail!("--repeat works with a single traced run, --compare or --ablation, not --self-check");
     }
     if args.self_check {
         let c = self_check::self_check(args)?;
@@ -185,24 +199,21 @@ pub fn main(args: &TraceArgs) -> Result<()> {
         }
         Ok(())
     } else if let Some(modes) = &args.compare {
-        let rows = compare::compare(args, modes)?;
-        html(args, || super::html::compare(&rows))?;
-        emit(json, &rows, |r| compare::print(r))
+        let c = compare::compare(args, modes)?;
+        html(args, || super::html::compare(&c))?;
+        emit(json, &c, compare::print)
     } else if args.ablation {
         emit(json, &ablation::ablation(args)?, ablation::print)
-    } else if args.repeat > 1 {
+    } else if repeat > 1 {
         let mut runs = vec![];
-        for i in 0..args.repeat {
+        for i in 0..repeat {
             if cleanup::stop_requested() {
                 break;
             }
-            eprintln!("profiler: trace run {}/{}", i + 1, args.repeat);
+            eprintln!("profiler: trace run {}/{}", i + 1, repeat);
             runs.push(run::run(args)?);
         }
-        let all = Repeated {
-            repeat: args.repeat,
-            runs,
-        };
+        let all = Repeated { repeat, runs };
         emit(json, &all, |all| all.runs.iter().for_each(run::print))
     } else {
         let r = run::run(args)?;

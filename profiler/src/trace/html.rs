@@ -3,8 +3,14 @@
 
 use std::fmt::Write as _;
 
-use super::{compare::CompareRow, report::Direction, run::TraceReport};
+use super::{
+    compare::Compare,
+    delta::{ModeDelta, On},
+    report::Direction,
+    run::TraceReport,
+};
 use crate::export::html::{cdfs, esc, fmt_ns, page, waterfall};
+use crate::hist::repeats::Spread;
 
 fn direction(d: &Direction, id: &str, out: &mut String) {
     let total = d.one_way.as_ref().map_or(0.0, |o| o.summary.p50 as f64);
@@ -109,30 +115,123 @@ pub fn trace(r: &TraceReport) -> String {
     page(&title(r), &body(r, "d"))
 }
 
-pub fn compare(rows: &[CompareRow]) -> String {
-    let mut b = String::from(
-        "<table><tr><th>mode</th><th>throughput</th><th>vs host</th><th>mean</th><th>latency vs host</th><th>p99</th><th>one-way p50</th></tr>",
+/// One mode's difference from the baseline: a table per direction and for the round trip,
+/// each layer's p50 and mean difference in path order, then the rest.
+fn deltas(mode: &str, base: &str, d: &ModeDelta, out: &mut String) {
+    let signed = |v: f64| {
+        if v >= 0.0 {
+            format!("+{}", fmt_ns(v))
+        } else {
+            format!("-{}", fmt_ns(-v))
+        }
+    };
+    for x in d.directions.iter().chain(&d.round_trip) {
+        let _ = write!(
+            out,
+            "<h3>{} - {}, {}: p50 {}, mean {}{}</h3>",
+            esc(mode),
+            esc(base),
+            esc(&x.name),
+            signed(x.p50.total_ns),
+            signed(x.mean.total_ns),
+            if x.corrected {
+                " (without the tracer's cost)"
+            } else {
+                ""
+            }
+        );
+        out.push_str("<table><tr><th>layer</th><th>crossings</th><th>p50 difference</th><th>mean difference</th><th>p50 difference, to scale</th></tr>");
+        let widest = x
+            .layers
+            .iter()
+            .map(|l| l.p50_delta_ns.abs())
+            .chain([x.p50.rest_ns.abs()])
+            .fold(1.0, f64::max);
+        // A bar either side of a middle line: longer than the baseline to the right.
+        let bar = |v: f64| {
+            let w = v.abs() / widest * 100.0;
+            let (at, fill) = if v >= 0.0 {
+                (100.0, "#c0504d")
+            } else {
+                (100.0 - w, "#4f81bd")
+            };
+            format!(
+                "<svg width=\"200\" height=\"10\"><rect x=\"{at:.1}\" y=\"0\" width=\"{w:.1}\" height=\"10\" fill=\"{fill}\"/><line x1=\"100\" x2=\"100\" y1=\"0\" y2=\"10\" stroke=\"#000\"/></svg>"
+            )
+        };
+        for l in &x.layers {
+            let only = match l.on {
+                On::Both => "",
+                On::Mode => " (only here)",
+                On::Baseline => " (only in the baseline)",
+            };
+            let _ = write!(
+                out,
+                "<tr><td>{}{only}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(l.layer),
+                l.crossings,
+                signed(l.p50_delta_ns),
+                signed(l.mean_delta_ns),
+                bar(l.p50_delta_ns)
+            );
+        }
+        let _ = write!(
+            out,
+            "<tr><td>the rest</td><td></td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+            signed(x.p50.rest_ns),
+            signed(x.mean.rest_ns),
+            bar(x.p50.rest_ns)
+        );
+    }
+}
+
+pub fn compare(c: &Compare) -> String {
+    let spread = |s: &Option<Spread>, f: &dyn Fn(f64) -> String| {
+        s.as_ref().map_or("-".into(), |s| {
+            format!("{} [{}-{}]", f(s.median), f(s.min), f(s.max))
+        })
+    };
+    let mut b = format!(
+        "<p>{}, {} round(s) of {:.1} s per mode, each an untraced and a traced run (ABAB); throughput and ratios from the untraced runs, median [min-max]</p>",
+        c.test.name(),
+        c.rounds,
+        c.seconds
     );
-    for r in rows {
+    let _ = write!(
+        b,
+        "<table><tr><th>mode</th><th>throughput</th><th>vs {0}</th><th>mean round trip</th><th>latency vs {0}</th><th>one-way p50 (traced)</th></tr>",
+        c.baseline.name()
+    );
+    for r in &c.rows {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{:.0} {}</td><td>{}</td><td>{:.1} µs</td><td>{}</td><td>{:.1} µs</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.mode.name(),
-            r.throughput,
+            spread(&r.throughput, &|v| format!("{v:.0}")),
             r.unit,
-            r.throughput_ratio
-                .map_or("-".into(), |x| format!("{x:.2}x")),
-            r.mean_us,
-            r.latency_ratio.map_or("-".into(), |x| format!("{x:.2}x")),
-            r.p99_us,
+            spread(&r.throughput_ratio, &|x| format!("{x:.2}x")),
+            spread(&r.mean_us, &|v| format!("{v:.1} µs")),
+            spread(&r.latency_ratio, &|x| format!("{x:.2}x")),
             r.one_way_p50_ns.map_or("-".into(), |n| fmt_ns(n as f64))
         );
     }
     b.push_str("</table>");
-    for (i, r) in rows.iter().enumerate() {
-        let _ = write!(b, "<h2>{}</h2>", r.mode.name());
-        b.push_str(&body(&r.report, &format!("m{i}-")));
+    for r in &c.rows {
+        if let Some(d) = &r.delta {
+            let _ = write!(b, "<h2>{} - {}</h2>", r.mode.name(), c.baseline.name());
+            for w in &r.warnings {
+                let _ = write!(b, "<p class=\"note\">note: {}</p>", esc(w));
+            }
+            deltas(r.mode.name(), c.baseline.name(), d, &mut b);
+        }
     }
-    let modes: Vec<&str> = rows.iter().map(|r| r.mode.name()).collect();
+    for (i, r) in c.rows.iter().enumerate() {
+        let shown = r.delta_round.unwrap_or(0);
+        if let Some(rep) = r.reports.get(shown) {
+            let _ = write!(b, "<h2>{} (traced round {})</h2>", r.mode.name(), shown + 1);
+            b.push_str(&body(rep, &format!("m{i}-")));
+        }
+    }
+    let modes: Vec<&str> = c.rows.iter().map(|r| r.mode.name()).collect();
     page(&format!("profiler trace --compare {}", modes.join(",")), &b)
 }

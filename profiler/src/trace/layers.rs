@@ -85,6 +85,8 @@ fn stage_layer(prev: u8, cur: u8) -> Option<&'static str> {
         _ => return None,
     })
 }
+/// A bridge port's veth to its container, its egress qdisc included (netem's place).
+pub const VETH_TO_CONTAINER: &str = "veth (host to container)";
 
 fn tx_queue(class: u8, port: bool, encap: bool) -> &'static str {
     match class {
@@ -110,6 +112,47 @@ fn backlog(class: u8, port: bool, encap: bool) -> &'static str {
         class::LOOPBACK => "backlog + NET_RX softirq (loopback)",
         _ => "backlog + NET_RX softirq (container)",
     }
+}
+
+/// Layers the kernel names by the class geneve shares with vxlan, and gre with ipip (the
+/// class field is full): in a geneve or gre lab, the lab's own names.
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("tx queue (vxlan)", "tx queue (geneve)", ""),
+    (
+        VXLAN_DECAP,
+        "geneve decap + ip/udp receive + netfilter in",
+        "",
+    ),
+    (
+        "vxlan encap + route + netfilter out",
+        "geneve encap + route + netfilter out",
+        "",
+    ),
+    ("tx queue (ipip)", "", "tx queue (gre)"),
+    (
+        "ipip decap + ip receive + netfilter in",
+        "",
+        "gre decap + ip receive + netfilter in",
+    ),
+    (
+        "ipip encap + route + netfilter out",
+        "",
+        "gre encap + route + netfilter out",
+    ),
+];
+
+/// `layer` as a lab of `mode` calls it (geneve and gre share vxlan's and ipip's classes).
+pub fn in_mode(layer: &'static str, mode: crate::lab::Mode) -> &'static str {
+    use crate::lab::Mode;
+    RENAMED
+        .iter()
+        .find(|(from, _, _)| *from == layer)
+        .map(|(_, geneve, gre)| match mode {
+            Mode::Geneve if !geneve.is_empty() => *geneve,
+            Mode::Gre if !gre.is_empty() => *gre,
+            _ => layer,
+        })
+        .unwrap_or(layer)
 }
 
 /// The layer of the segment from point `prev` to point `cur`, if the model knows it.
@@ -140,7 +183,7 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         (hook::QUEUE, hook::XMIT) if pc == cc => tx_queue(pc, pport, pencap),
         (hook::XMIT | hook::QUEUE, hook::RX) => match pc {
             class::VETH if pencap => "underlay link (veth)",
-            class::VETH if pport => "veth (host to container)",
+            class::VETH if pport => VETH_TO_CONTAINER,
             class::VETH => "veth (container to host)",
             class::LOOPBACK => "loopback",
             class::MACVLAN => "macvlan (bridge mode)",
@@ -263,6 +306,47 @@ pub fn class_name(c: u8) -> &'static str {
 mod tests {
     use super::*;
     use profiler_common::net::point;
+
+    #[test]
+    fn geneve_and_gre_labs_name_the_shared_classes_their_own_way() {
+        use crate::lab::Mode;
+        use hook::*;
+        let encap = |c| {
+            layer(
+                point(QUEUE, c, true, false),
+                point(QUEUE, class::VETH, false, true),
+            )
+        };
+        let vx = encap(class::VXLAN).unwrap();
+        let ip = layer(
+            point(QUEUE, class::IPIP, false, false),
+            point(QUEUE, class::VETH, false, true),
+        )
+        .unwrap();
+        assert_eq!(
+            in_mode(vx, Mode::Overlay),
+            "vxlan encap + route + netfilter out"
+        );
+        assert_eq!(
+            in_mode(vx, Mode::Geneve),
+            "geneve encap + route + netfilter out"
+        );
+        assert_eq!(
+            in_mode(ip, Mode::Ipip),
+            "ipip encap + route + netfilter out"
+        );
+        assert_eq!(in_mode(ip, Mode::Gre), "gre encap + route + netfilter out");
+        assert_eq!(in_mode(VXLAN_DECAP, Mode::Gre), VXLAN_DECAP);
+        assert_eq!(in_mode(BRIDGE, Mode::Geneve), BRIDGE);
+        // Every renamed layer is one the model can produce.
+        let all: Vec<&str> = (0..POINTS as u16)
+            .flat_map(|a| (0..POINTS as u16).map(move |b| (a as u8, b as u8)))
+            .filter_map(|(a, b)| layer(a, b))
+            .collect();
+        for (from, _, _) in RENAMED {
+            assert!(all.contains(from), "{from}");
+        }
+    }
 
     /// Each segment's layer along a path of points; a segment the model does not name panics.
     fn names_of(path: &[u8]) -> Vec<&'static str> {

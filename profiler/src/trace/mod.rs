@@ -4,6 +4,7 @@ pub mod ablation;
 pub mod budget;
 pub mod cli;
 pub mod compare;
+pub mod delta;
 pub mod html;
 pub mod layers;
 pub mod report;

@@ -1,9 +1,6 @@
 //! `profiler trace`: build (or reuse) a lab, start the workload, attach, report, tear down.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
@@ -18,7 +15,7 @@ use crate::export::hdr_log::{self, HdrLog};
 use crate::probes::net::{Filter, NetTracer};
 use crate::{
     cleanup,
-    lab::{self, Mode, netns},
+    lab::{self, Mode},
     workload::{self, Endpoints, Options, Test},
 };
 
@@ -69,12 +66,6 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn inode(ns: &str) -> Result<u32> {
-    Ok(std::fs::metadata(netns::path(ns))
-        .with_context(|| format!("no network namespace {ns}"))?
-        .ino() as u32)
-}
-
 pub fn run(args: &TraceArgs) -> Result<TraceReport> {
     prelude(args, "profiler trace")?;
     if args.attach_only {
@@ -91,17 +82,26 @@ pub(super) fn trace_in(
     connect: std::net::IpAddr,
     args: &TraceArgs,
 ) -> Result<TraceReport> {
-    let test: Test = args.test.parse()?;
-    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    let test = opts.test;
+    let client_netns = crate::opts::netns_inode(&desc.client.netns)?;
     let filter = Filter {
-        ports: args.port.map_or(desc.ports, |p| (p, p)),
-        client_netns: inode(&desc.client.netns)?,
-        server_netns: inode(&desc.server.netns)?,
+        ports: args.filter.port.map_or(desc.ports, |p| (p, p)),
+        // Every lab serves on the same ports: where both ends share one namespace (host),
+        // packets born elsewhere are other labs' traffic, not responses.
+        netns: if desc.client.netns == desc.server.netns {
+            client_netns
+        } else {
+            0
+        },
+        client_netns,
+        server_netns: crate::opts::netns_inode(&desc.server.netns)?,
         print_every: args.print_every.unwrap_or(0),
-        host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
+        host: args.filter.host_be(),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
         xmit_hook: args.split_tx_queue,
+        debug_bpf: args.debug_bpf,
         ..Filter::default()
     };
     let _stats = if args.bpf_stats {
@@ -110,16 +110,6 @@ pub(super) fn trace_in(
         None
     };
     let mut tracer = NetTracer::start(&filter)?;
-    let endpoints = Endpoints {
-        connect,
-        ..Endpoints::in_lab(desc)
-    };
-    let mut opts = Options::new(test);
-    opts.duration = length(args)?;
-    opts.request = rq;
-    opts.response = rs;
-    opts.think = args.think.unwrap_or_default();
-    opts.validate()?;
     eprintln!(
         "profiler: tracing {} in lab {} ({}) for {:.1} s",
         test.name(),
@@ -151,25 +141,60 @@ pub(super) fn trace_in(
     finish(&tracer, cost, args, Some((desc, test)), workload, hdr)
 }
 
+/// The workload `trace_in` runs: from the lab's client to `connect`, as the arguments ask.
+fn workload_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<(Endpoints, Options)> {
+    let test: Test = args.test.parse()?;
+    let (rq, rs) = workload::parse_rr(&args.rr)?;
+    let endpoints = Endpoints {
+        connect,
+        ..Endpoints::in_lab(desc)
+    };
+    let mut opts = Options::new(test);
+    opts.duration = length(args)?;
+    opts.request = rq;
+    opts.response = rs;
+    opts.think = args.think.unwrap_or_default();
+    opts.validate()?;
+    Ok((endpoints, opts))
+}
+
+/// The same workload as `trace_in`, with nothing attached: the figures the tracer's cost is
+/// not in (`--compare`'s throughput ratios). None when a signal came first (the workload's
+/// threads are left to end with the process, as `trace_in` leaves them).
+pub(super) fn untraced_in(
+    desc: &lab::Description,
+    connect: std::net::IpAddr,
+    args: &TraceArgs,
+) -> Result<Option<workload::Report>> {
+    let (endpoints, opts) = workload_in(desc, connect, args)?;
+    let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
+    while !worker.is_finished() {
+        if cleanup::stop_requested() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Some(
+        worker
+            .join()
+            .map_err(|_| anyhow!("the workload panicked"))??,
+    ))
+}
+
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
-    let port = args.port.ok_or_else(|| {
+    let port = args.filter.port.ok_or_else(|| {
         anyhow!("--attach-only needs --port PORT (and optionally --host, --netns, --ifindex)")
     })?;
-    let netns = match &args.netns {
-        Some(n) => inode(n)?,
-        None => 0,
-    };
     let filter = Filter {
-        ports: (port, port),
-        netns,
-        client_netns: netns,
-        ifindex: args.ifindex.unwrap_or(0),
-        host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         print_every: args.print_every.unwrap_or(0),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
-        xmit_hook: true,
-        ..Filter::default()
+        debug_bpf: args.debug_bpf,
+        ..args.filter.existing_traffic((port, port))?
     };
     let _stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)
@@ -196,6 +221,11 @@ fn finish(
     hdr: Option<HdrLog>,
 ) -> Result<TraceReport> {
     let mut net = report::build(&tracer.snapshot()?, &tracer.table.names);
+    if let Some((d, _)) = lab {
+        for row in net.directions.iter_mut().flat_map(|d| d.layers.iter_mut()) {
+            row.layer = super::layers::in_mode(row.layer, d.mode);
+        }
+    }
     if let Some(mut log) = hdr {
         log.mark(tagged(&net))?;
         log.finish()?;

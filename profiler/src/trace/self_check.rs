@@ -40,6 +40,8 @@ pub struct Case {
 pub struct SelfCheck {
     pub cases: Vec<Case>,
     pub passed: bool,
+    /// Why netem was not among the injectors (this kernel lacks sch_netem or its module).
+    pub netem: Option<String>,
 }
 
 /// A lab of the self-check, kept up across its cases, with its baseline request p50s.
@@ -67,13 +69,16 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
     prelude(args, "profiler trace --self-check")?;
     // Requests go client -> server: the client's bridge port (host end), the server host's
     // underlay, the server container's end. (mode, role, device name, namespace suffix, layer)
-    let plan: [(Mode, lab::Role, &str, &str, &'static str); 3] = [
+    // (mode, role, device, namespace suffix, layer, netem): the TC program on ingress; where
+    // the kernel has sch_netem, also netem on the server's bridge port's egress.
+    let mut plan: Vec<(Mode, lab::Role, &str, &str, &'static str, bool)> = vec![
         (
             Mode::Bridge,
             lab::Role::HostEnd,
             "veth-c",
             "-h",
             layers::BRIDGE,
+            false,
         ),
         (
             Mode::Overlay,
@@ -81,6 +86,7 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             "uy",
             "-hy",
             layers::VXLAN_DECAP,
+            false,
         ),
         (
             Mode::Overlay,
@@ -90,11 +96,25 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             // TC ingress runs after netif_receive_skb's tracepoint, before the socket's
             // data-ready.
             layers::RECEIVE,
+            false,
         ),
     ];
+    if lab::netem::available() {
+        plan.insert(
+            1,
+            (
+                Mode::Bridge,
+                lab::Role::HostEnd,
+                "veth-s",
+                "-h",
+                layers::VETH_TO_CONTAINER,
+                true,
+            ),
+        );
+    }
     let mut cases = vec![];
     let mut labs: Vec<SelfCheckLab> = vec![];
-    for (mode, role, name, ns_suffix, expected) in plan {
+    for (mode, role, name, ns_suffix, expected, netem) in plan {
         if !labs.iter().any(|(m, ..)| *m == mode) {
             let (desc, owned) = lab::existing_or_new(None, mode)?;
             let base = request_p50s(&trace_in(&desc, desc.connect, args)?);
@@ -106,14 +126,22 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             .find(|d| d.name == name && d.netns.ends_with(ns_suffix))
             .ok_or_else(|| anyhow!("lab {} has no {name} ({role:?})", desc.id))?
             .clone();
-        let injector = crate::probes::inject::Injector::attach(
-            &dev.netns,
-            &dev.name,
-            true,
-            SELF_CHECK_DELAY,
-            // All packets: on the underlay they are VXLAN (UDP 4789), not the workload's port.
-            None,
-        )?;
+        let injector: Box<dyn std::any::Any> = if netem {
+            Box::new(lab::netem::Netem::add(
+                &dev.netns,
+                &dev.name,
+                SELF_CHECK_DELAY,
+            )?)
+        } else {
+            Box::new(crate::probes::inject::Injector::attach(
+                &dev.netns,
+                &dev.name,
+                true,
+                SELF_CHECK_DELAY,
+                // All packets: on the underlay they are VXLAN (UDP 4789), not the workload's port.
+                None,
+            )?)
+        };
         let traced = request_p50s(&trace_in(desc, desc.connect, args)?);
         drop(injector);
         let delay = SELF_CHECK_DELAY.as_nanos() as u64;
@@ -137,7 +165,11 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
         cases.push(Case {
             mode,
             device: format!("{} in {}", dev.name, dev.netns),
-            hook: "tc ingress",
+            hook: if netem {
+                "netem (egress qdisc)"
+            } else {
+                "tc ingress"
+            },
             expected_layer: expected,
             layers,
             delay_ns: delay,
@@ -147,22 +179,32 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
         });
     }
     let passed = cases.iter().all(|c| c.passed);
-    Ok(SelfCheck { cases, passed })
+    let netem =
+        (!lab::netem::available()).then(|| format!("no netem case: {}", lab::netem::why_not()));
+    Ok(SelfCheck {
+        cases,
+        passed,
+        netem,
+    })
 }
 
 pub fn print(c: &SelfCheck) {
     use crate::hist::fmt_ns;
     println!(
-        "  self-check: {} injected on TC ingress, tolerance {:.0}%",
+        "  self-check: {} injected (TC ingress program; netem where the kernel has it), tolerance {:.0}%",
         fmt_ns(SELF_CHECK_DELAY.as_nanos() as f64),
         TOLERANCE * 100.0
     );
+    if let Some(why) = &c.netem {
+        println!("  {why}");
+    }
     for case in &c.cases {
         println!(
-            "  {:<4} {:<8} {:<28} expected in '{}': landed {} (other layers at most {})",
+            "  {:<4} {:<8} {:<28} {:<20} expected in '{}': landed {} (other layers at most {})",
             if case.passed { "ok" } else { "FAIL" },
             case.mode,
             case.device,
+            case.hook,
             case.expected_layer,
             fmt_ns(case.landed_ns as f64),
             fmt_ns(case.elsewhere_ns as f64)
