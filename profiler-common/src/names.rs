@@ -14,6 +14,13 @@ pub mod program {
     pub const NET_DROP: &str = "net_drop";
     pub const NET_CONSUME: &str = "net_consume";
     pub const NET_FLOOR: &str = "net_floor";
+    pub const NET_READY: &str = "net_ready";
+    pub const NET_WAKING: &str = "net_waking";
+    pub const NET_WAKEUP: &str = "net_wakeup";
+    pub const NET_SWITCH: &str = "net_switch";
+    pub const NET_RECV_RET: &str = "net_recv_ret";
+    pub const NET_SEND_RET: &str = "net_send_ret";
+    pub const NET_SEND: &str = "net_send";
     // softirq.rs
     pub const SOFTIRQ_RAISE: &str = "softirq_raise";
     pub const SOFTIRQ_ENTRY: &str = "softirq_entry";
@@ -64,6 +71,13 @@ pub mod program {
         NET_DROP,
         NET_CONSUME,
         NET_FLOOR,
+        NET_READY,
+        NET_WAKING,
+        NET_WAKEUP,
+        NET_SWITCH,
+        NET_RECV_RET,
+        NET_SEND_RET,
+        NET_SEND,
         SOFTIRQ_RAISE,
         SOFTIRQ_ENTRY,
         SOFTIRQ_EXIT,
@@ -112,6 +126,9 @@ pub mod map {
     pub const NET_DROPS: &str = "NET_DROPS";
     pub const NET_UNKNOWN: &str = "NET_UNKNOWN";
     pub const NET_EVENTS: &str = "NET_EVENTS";
+    pub const NET_TASK: &str = "NET_TASK";
+    pub const NET_CPU: &str = "NET_CPU";
+    pub const NET_APPS: &str = "NET_APPS";
     pub const SOFTIRQ_STATE: &str = "SOFTIRQ_STATE";
     pub const SOFTIRQ_HIST: &str = "SOFTIRQ_HIST";
     pub const KVM_CONFIG: &str = "KVM_CONFIG";
@@ -146,6 +163,9 @@ pub mod map {
         NET_DROPS,
         NET_UNKNOWN,
         NET_EVENTS,
+        NET_TASK,
+        NET_CPU,
+        NET_APPS,
         SOFTIRQ_STATE,
         SOFTIRQ_HIST,
         KVM_THREADS,

@@ -20,7 +20,32 @@ pub mod hook {
     pub const GRO: u8 = 5;
     /// skb:skb_copy_datagram_iovec — copied to the application: delivered.
     pub const DELIVER: u8 = 6;
-    pub const COUNT: u8 = 7;
+    /// A socket or task stage of the round trip (not a device): the class bits carry the
+    /// `stage`, so the point stays 8 bits and `SEG_SLOT` keeps its shape.
+    pub const STAGE: u8 = 7;
+    pub const COUNT: u8 = 8;
+}
+
+/// The stages of a round trip around the packet path, in a `hook::STAGE` point's class bits.
+pub mod stage {
+    /// sock:sk_data_ready — the socket is told data is queued (before the reader's wake-up).
+    pub const READY: u8 = 0;
+    /// sched:sched_wakeup of the reader the data-ready woke (sched_waking, synchronous
+    /// inside the data-ready on the same CPU, names it).
+    pub const WAKEUP: u8 = 1;
+    /// sched:sched_switch to that reader.
+    pub const RUN: u8 = 2;
+    /// sock:sock_recv_length — the receive that copied a followed packet returns.
+    pub const RETURN: u8 = 3;
+    /// raw_syscalls:sys_enter of a send (sendto, sendmsg, write, writev) by a task that
+    /// received a followed packet before.
+    pub const SEND: u8 = 4;
+}
+
+/// The point of a stage.
+#[inline(always)]
+pub const fn stage_point(s: u8) -> u8 {
+    point(hook::STAGE, s, false, false)
 }
 
 /// A device's kind, from its `rtnl_link_ops->kind`.
@@ -69,7 +94,7 @@ pub const fn pair(prev: u8, cur: u8) -> u32 {
 }
 
 /// Histogram slots per direction; the second direction starts at `SLOTS_PER_DIR`.
-pub const SLOTS_PER_DIR: u32 = 40;
+pub const SLOTS_PER_DIR: u32 = 48;
 pub const SLOTS: u32 = 2 * SLOTS_PER_DIR;
 /// Slot 0 of a direction: a segment the layer model does not name.
 pub const SLOT_UNKNOWN: u32 = 0;
@@ -81,6 +106,77 @@ pub const SLOT_BIRTH: u8 = u8::MAX;
 /// followed port); 1: everything else (responses).
 pub const DIR_REQUEST: u8 = 0;
 pub const DIR_RESPONSE: u8 = 1;
+
+/// A task that took part in a followed round trip (`NET_TASK`, a direct-mapped array tagged
+/// by the task_struct address): the packet whose wake-up it is in, or the one it received.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskState {
+    /// The task_struct address (the slot's tag): 0 = free.
+    pub task: u64,
+    /// The followed skb this task was woken for (`task_stage::WOKEN`).
+    pub skb: u64,
+    /// When the last stage of this task happened (a copy, a receive's return).
+    pub ts: u64,
+    /// Birth of the packet it received (the offset of later segments from it).
+    pub first_ts: u64,
+    /// Entry of the send syscall the task is in (0: not in one).
+    pub send_ts: u64,
+    pub stage: u8,
+    /// Direction of the packet it received.
+    pub dir: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `TaskState::stage`.
+pub mod task_stage {
+    pub const NONE: u8 = 0;
+    /// Woken by a followed packet's data-ready: `skb` names it.
+    pub const WOKEN: u8 = 1;
+    /// Switched in after that wake-up.
+    pub const RUNNING: u8 = 2;
+    /// Copied a followed packet; its receive has not returned yet.
+    pub const COPIED: u8 = 3;
+    /// Its receive returned: the next send closes the application segment.
+    pub const RETURNED: u8 = 4;
+}
+
+pub const TASK_BITS: u32 = 10;
+pub const TASK_SLOTS: u32 = 1 << TASK_BITS;
+
+/// The `NET_TASK` slot of a task_struct address.
+#[inline(always)]
+pub const fn task_slot(task: u64) -> u32 {
+    (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TASK_BITS)) as u32
+}
+
+/// Per-CPU links between a packet and the socket and task stages that follow it on the same
+/// CPU (`NET_CPU[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuLink {
+    /// The followed skb last taken by netif_receive_skb on this CPU (0: none): the one a
+    /// data-ready right after it is about.
+    pub recv_skb: u64,
+    /// Set at a correlated data-ready, taken by the next sched_waking on this CPU.
+    pub wake_skb: u64,
+    pub wake_ts: u64,
+    /// The task current at that data-ready: a waking in another context is not its.
+    pub wake_current: u64,
+}
+
+/// Time spent in the application between its receive's return and its next send, per process
+/// and direction received (`NET_APPS`, key: tgid << 8 | direction): the application segments
+/// of `--attach-only`, named by process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppTime {
+    pub count: u64,
+    pub sum_ns: u64,
+    /// Direction of the packet the process received before.
+    pub dir: u32,
+    pub _pad: u32,
+}
 
 /// Indexes of the `NET_COUNTERS` per-CPU array. Only followed packets (and packets drawn at
 /// birth) touch them: a hook on a packet that isn't followed counts nothing.
@@ -148,6 +244,9 @@ pub struct NetConfig {
     pub host: u32,
     /// Netns inode of the first hook's device; 0 = any.
     pub netns: u32,
+    /// This architecture's numbers of the send syscalls (write, writev, sendto, sendmsg): a
+    /// send's entry starts a round trip's first segment.
+    pub sys_send: [u32; 4],
     /// 1 when net:net_dev_start_xmit is attached; 0 when its queue wait is folded into what
     /// follows (every device noqueue, so net_dev_queue and start_xmit are back to back).
     pub xmit_hook: u32,
@@ -161,6 +260,10 @@ pub struct NetConfig {
     /// a full ring buffer, a segment no layer names) are logged through aya-log. Read only on
     /// those rare branches.
     pub debug: u32,
+    /// With `client_netns`: packets are born only in these two (a lab's own traffic; another
+    /// lab on the same ports is not followed). 0 = anywhere.
+    pub server_netns: u32,
+    pub _pad: u32,
     /// Print one followed packet in N (0 = none).
     pub print_every: u64,
     /// State older than this was left by an skb freed unseen.
@@ -177,6 +280,9 @@ pub struct Control {
     pub follow_below: u64,
     /// Start of the current window (ktime ns): state from before it is stale.
     pub epoch_ns: u64,
+    /// A port whose packets are not followed (0: none): the workload's control connection,
+    /// which shares the service port and whose STOP waits for the server's idle tick.
+    pub skip_port: u64,
 }
 
 /// `Control::follow_below` for one packet in `n`.
@@ -221,4 +327,6 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::NetConfig {}
     unsafe impl aya::Pod for super::Control {}
+    unsafe impl aya::Pod for super::TaskState {}
+    unsafe impl aya::Pod for super::AppTime {}
 }

@@ -7,18 +7,20 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use profiler_common::{
     hist::Hist,
     net::{
-        Control, Event, MAX_DROP_REASONS, NetConfig, SLOT_BIRTH, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS,
-        SLOTS_PER_DIR, STATE_SLOTS, SlotPos, class, counter, hook, pair, point, point_hook,
-        state_slot,
+        AppTime, Control, CpuLink, Event, MAX_DROP_REASONS, NetConfig, SLOT_BIRTH, SLOT_ONE_WAY,
+        SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR, STATE_SLOTS, SlotPos, TASK_SLOTS, TaskState, class,
+        counter, hook, pair, point, point_hook, stage, stage_point, state_slot, task_slot,
+        task_stage,
     },
 };
 
@@ -45,11 +47,14 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     port_hi: 0,
     host: 0,
     netns: 0,
+    sys_send: [0; 4],
     xmit_hook: 0,
     ifindex: 0,
     client_netns: 0,
     state_mask: 0,
     debug: 0,
+    server_netns: 0,
+    _pad: 0,
     print_every: 0,
     stale_ns: 0,
 });
@@ -269,6 +274,10 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     if ifindex != 0 && ifindex != dev.ifindex {
         return None;
     }
+    let server_ns = cfg!(server_netns);
+    if server_ns != 0 && dev.netns != server_ns && dev.netns != cfg!(client_netns) {
+        return None;
+    }
     let head = read::<u64>(skb + cfg!(off_skb_head) as u64)?;
     let (off_th, off_nh) = (cfg!(off_skb_transport_header), cfg!(off_skb_network_header));
     // Adjacent in sk_buff on the kernels seen (transport_header, network_header): one read.
@@ -304,6 +313,10 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let (lo, hi) = (cfg!(port_lo), cfg!(port_hi));
+    let skip = control().skip_port as u16;
+    if skip != 0 && (sport == skip || dport == skip) {
+        return None;
+    }
     let to = dport >= lo && dport <= hi;
     (to || (sport >= lo && sport <= hi)).then_some(to)
 }
@@ -457,11 +470,15 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> bool {
         let one_way = st.dir as u32 * SLOTS_PER_DIR + SLOT_ONE_WAY;
         record_slot(one_way, now - st.first_ts, now - st.first_ts);
         count(counter::DELIVERED);
+        copied(st, now);
         st.skb = 0;
         return false;
     }
     st.point = cur;
     st.last_ts = now;
+    if h == hook::RECV || h == hook::GRO {
+        received(skb);
+    }
     false
 }
 
@@ -517,6 +534,7 @@ fn birth(skb: u64, st: &mut SkbState) {
     if print {
         emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
     }
+    sent(dir, st.point, now);
 }
 
 #[inline(always)]
@@ -586,5 +604,349 @@ hook_program!("consume_skb", net_consume, |skb, _b| on_free(skb, None));
 /// tracepoint, so its cost can be stated against what merely running a program costs here.
 #[raw_tracepoint]
 pub fn net_floor(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+// ---- Round-trip stages: the socket and the tasks around a followed packet's path ----------
+//
+// Keys: the skb on the packet's path (as above); the CPU from a receive to its data-ready
+// and on to the wake-up inside it; the task_struct address from the wake-up to the reader's
+// copy, its receive's return and its next send. A stage hook on a task or socket no followed
+// packet touched costs one array lookup and a compare, like a packet hook.
+
+/// Tasks in a followed round trip, direct-mapped by task_struct address (a hash map update
+/// costs ~420 ns here).
+#[map]
+static NET_TASK: Array<TaskState> = Array::with_max_entries(TASK_SLOTS, 0);
+#[map]
+static NET_CPU: PerCpuArray<CpuLink> = PerCpuArray::with_max_entries(1, 0);
+/// Application time per process and direction (key: tgid << 8 | direction received), once
+/// per followed transaction.
+#[map]
+static NET_APPS: HashMap<u64, AppTime> = HashMap::with_max_entries(256, 0);
+
+/// sched_waking runs synchronously inside the data-ready: a waking later than this is
+/// another one's.
+const WAKE_WITHIN_NS: u64 = 20_000;
+
+#[inline(always)]
+fn task_rec(task: u64) -> Option<&'static mut TaskState> {
+    // SAFETY: an array value; a slot is only used while its tag names the task.
+    NET_TASK
+        .get_ptr_mut(task_slot(task))
+        .map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn cpu_link() -> Option<&'static mut CpuLink> {
+    // SAFETY: per-CPU value, this CPU only.
+    NET_CPU.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn current_task() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The slot of segment (prev, cur); an unnamed one is counted as on the packet path.
+fn slot_of(prev: u8, cur: u8) -> u32 {
+    let seg = pair(prev, cur);
+    match SEG_SLOT.get(seg) {
+        Some(&s) if s != 0 => s as u32,
+        _ => {
+            count(counter::UNKNOWN_SEGMENTS);
+            match NET_UNKNOWN.get_ptr_mut(seg) {
+                // SAFETY: racy increments are fine for a diagnostic count.
+                Some(c) => unsafe { *c += 1 },
+                None => {
+                    let _ = NET_UNKNOWN.insert(seg, 1, 0);
+                }
+            }
+            SLOT_UNKNOWN
+        }
+    }
+}
+
+/// One stage segment into direction `dir`'s histograms; its slot.
+fn record_stage(dir: u8, prev: u8, cur: u8, delta: u64, offset: u64) -> u32 {
+    count(counter::FOLLOWED_HOOKS);
+    let slot = slot_of(prev, cur);
+    record_slot(dir as u32 * SLOTS_PER_DIR + slot, delta, offset);
+    slot
+}
+
+/// A followed skb reaches stage `s`: closes the segment since its last point.
+fn skb_stage(skb: u64, st: &mut SkbState, s: u8, now: u64) -> bool {
+    if now.wrapping_sub(st.last_ts) > cfg!(stale_ns) || st.first_ts < control().epoch_ns {
+        return false;
+    }
+    let cur = stage_point(s);
+    let slot = record_stage(st.dir, st.point, cur, now - st.last_ts, now - st.first_ts);
+    if st.print != 0 {
+        let d = DevInfo {
+            class: s,
+            ..DevInfo::NONE
+        };
+        emit(skb, now, hook::STAGE, &d, st.dir, slot as u8);
+    }
+    st.point = cur;
+    st.last_ts = now;
+    true
+}
+
+/// A followed skb taken by the stack on this CPU: a data-ready right after it is its.
+#[inline(always)]
+fn received(skb: u64) {
+    if let Some(c) = cpu_link() {
+        c.recv_skb = skb;
+    }
+}
+
+/// sock:sk_data_ready. The followed skb last received on this CPU is the one queued when it
+/// is still at its receive point and owned by this socket (or by none: UDP steals it).
+#[inline(always)]
+fn on_ready(sk: u64) {
+    let Some(c) = cpu_link() else { return };
+    let skb = c.recv_skb;
+    if skb == 0 {
+        return;
+    }
+    let Some(st) = state(skb) else { return };
+    if st.skb != skb || !matches!(point_hook(st.point), hook::RECV | hook::GRO) {
+        c.recv_skb = 0;
+        return;
+    }
+    let owner: u64 = read(skb + cfg!(off_skb_sk) as u64).unwrap_or(0);
+    if owner != 0 && owner != sk {
+        return;
+    }
+    c.recv_skb = 0;
+    let now = now_ns();
+    if skb_stage(skb, st, stage::READY, now) {
+        c.wake_skb = skb;
+        c.wake_ts = now;
+        c.wake_current = current_task();
+    }
+}
+
+/// sched:sched_waking of `task`: inside a correlated data-ready, the reader it wakes.
+#[inline(always)]
+fn on_waking(task: u64) {
+    let Some(c) = cpu_link() else { return };
+    let skb = c.wake_skb;
+    if skb == 0 {
+        return;
+    }
+    c.wake_skb = 0;
+    if current_task() != c.wake_current || now_ns().wrapping_sub(c.wake_ts) > WAKE_WITHIN_NS {
+        return;
+    }
+    if let Some(r) = task_rec(task) {
+        *r = TaskState {
+            task,
+            skb,
+            stage: task_stage::WOKEN,
+            ..TaskState::default()
+        };
+    }
+}
+
+/// The record of `task` woken for a followed skb and not yet switched in, and that skb.
+#[inline(always)]
+fn woken_for(task: u64) -> Option<(&'static mut TaskState, u64)> {
+    let r = task_rec(task)?;
+    if r.task != task || r.stage != task_stage::WOKEN {
+        return None;
+    }
+    let skb = r.skb;
+    Some((r, skb))
+}
+
+/// sched:sched_wakeup: the woken reader is on a run queue.
+#[inline(always)]
+fn on_wakeup(task: u64) {
+    let Some((_, skb)) = woken_for(task) else {
+        return;
+    };
+    let Some(st) = state(skb) else { return };
+    if st.skb == skb && st.point == stage_point(stage::READY) {
+        skb_stage(skb, st, stage::WAKEUP, now_ns());
+    }
+}
+
+/// sched:sched_switch to `next`: the woken reader runs.
+#[inline(always)]
+fn on_switch(next: u64) {
+    let Some((r, skb)) = woken_for(next) else {
+        return;
+    };
+    r.stage = task_stage::RUNNING;
+    let Some(st) = state(skb) else { return };
+    if st.skb == skb
+        && (st.point == stage_point(stage::WAKEUP) || st.point == stage_point(stage::READY))
+    {
+        skb_stage(skb, st, stage::RUN, now_ns());
+    }
+}
+
+/// At the copy of a followed packet: the current task holds it until its receive returns.
+fn copied(st: &SkbState, now: u64) {
+    let task = current_task();
+    if let Some(r) = task_rec(task) {
+        *r = TaskState {
+            task,
+            ts: now,
+            first_ts: st.first_ts,
+            stage: task_stage::COPIED,
+            dir: st.dir,
+            ..TaskState::default()
+        };
+    }
+}
+
+/// sock:sock_recv_length: the receive that copied a followed packet returns.
+#[inline(always)]
+fn on_recv_ret() {
+    let task = current_task();
+    let Some(r) = task_rec(task) else { return };
+    if r.task != task || r.stage != task_stage::COPIED {
+        return;
+    }
+    let now = now_ns();
+    let deliver = point(hook::DELIVER, class::OTHER, false, false);
+    record_stage(
+        r.dir,
+        deliver,
+        stage_point(stage::RETURN),
+        now - r.ts,
+        now - r.first_ts,
+    );
+    r.stage = task_stage::RETURNED;
+    r.ts = now;
+}
+
+/// raw_syscalls:sys_enter of a send by a task in a round trip: its application time since
+/// its receive returned ends, and its send starts.
+#[inline(always)]
+fn on_send(id: u64) {
+    let s = cfg!(sys_send);
+    let id = id as u32;
+    if id != s[0] && id != s[1] && id != s[2] && id != s[3] {
+        return;
+    }
+    let task = current_task();
+    let Some(r) = task_rec(task) else { return };
+    if r.task != task {
+        return;
+    }
+    let now = now_ns();
+    if r.stage == task_stage::RETURNED && r.first_ts >= control().epoch_ns {
+        let delta = now - r.ts;
+        record_stage(
+            r.dir,
+            stage_point(stage::RETURN),
+            stage_point(stage::SEND),
+            delta,
+            now - r.first_ts,
+        );
+        app_time(r.dir, delta);
+    }
+    r.stage = task_stage::NONE;
+    r.send_ts = now;
+}
+
+fn app_time(dir: u8, delta: u64) {
+    let key = (bpf_get_current_pid_tgid() >> 32) << 8 | dir as u64;
+    match NET_APPS.get_ptr_mut(key) {
+        // SAFETY: racy adds from two CPUs of one process are rare and only skew a mean.
+        Some(a) => unsafe {
+            (*a).count += 1;
+            (*a).sum_ns += delta;
+        },
+        None => {
+            let _ = NET_APPS.insert(
+                key,
+                AppTime {
+                    count: 1,
+                    sum_ns: delta,
+                    dir: dir as u32,
+                    _pad: 0,
+                },
+                0,
+            );
+        }
+    }
+}
+
+/// sock:sock_send_length: the send returned; a packet born later is not its.
+#[inline(always)]
+fn on_send_ret() {
+    let task = current_task();
+    if let Some(r) = task_rec(task)
+        && r.task == task
+    {
+        r.send_ts = 0;
+    }
+}
+
+/// At a followed packet's birth: born inside a send of a task in a round trip (TCP transmits
+/// in the sender's context unless it defers), the send's first segment.
+fn sent(dir: u8, at: u8, now: u64) {
+    let task = current_task();
+    let Some(r) = task_rec(task) else { return };
+    if r.task != task || r.send_ts == 0 {
+        return;
+    }
+    record_stage(dir, stage_point(stage::SEND), at, now - r.send_ts, 0);
+    r.send_ts = 0;
+}
+
+#[raw_tracepoint(tracepoint = "sk_data_ready")]
+pub fn net_ready(ctx: RawTracePointContext) -> i32 {
+    on_ready(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_waking")]
+pub fn net_waking(ctx: RawTracePointContext) -> i32 {
+    on_waking(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn net_wakeup(ctx: RawTracePointContext) -> i32 {
+    on_wakeup(ctx.arg(0));
+    0
+}
+
+/// (preempt, prev, next, prev_state): the task switched in is arg 2.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn net_switch(ctx: RawTracePointContext) -> i32 {
+    on_switch(ctx.arg(2));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn net_recv_ret(_ctx: RawTracePointContext) -> i32 {
+    on_recv_ret();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn net_send_ret(_ctx: RawTracePointContext) -> i32 {
+    on_send_ret();
+    0
+}
+
+/// (regs, id): every syscall's entry; anything but a send returns after one compare.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn net_send(ctx: RawTracePointContext) -> i32 {
+    on_send(ctx.arg(1));
     0
 }

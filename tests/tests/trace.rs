@@ -190,6 +190,7 @@ fn attach_only_follows_existing_traffic() {
         .unwrap();
     sleep(Duration::from_millis(500));
     let r = trace(&["--attach-only", "--port", "20000", "-l", "2"]);
+    let pid = bench.id() as u64;
     bench.wait().unwrap();
     assert!(
         r["net"]["counts"]["delivered"].as_u64().unwrap() > 100,
@@ -197,6 +198,15 @@ fn attach_only_follows_existing_traffic() {
         r["net"]["counts"]
     );
     assert!(request_layers(&r).iter().any(|l| l == "bridge"));
+    // The application segments belong to the process that owns the sockets: the bench's
+    // server thread, after the requests it received.
+    let apps = r["applications"].as_array().unwrap();
+    assert!(
+        apps.iter().any(|a| a["pid"] == pid
+            && a["after"] == "requests"
+            && a["count"].as_u64().unwrap() > 100),
+        "no application time for the bench (pid {pid}): {apps:?}"
+    );
 }
 
 #[test]

@@ -46,6 +46,8 @@ const MAPS: &[(&str, Subject)] = &[
     (map::NET_DROPS, Subject::Net),
     (map::NET_UNKNOWN, Subject::Net),
     (map::NET_EVENTS, Subject::Net),
+    (map::NET_TASK, Subject::Net),
+    (map::NET_APPS, Subject::Net),
     (map::SOFTIRQ_HIST, Subject::Net),
     (map::KVM_THREADS, Subject::Kvm),
     (map::KVM_EXIT_SLOT, Subject::Kvm),

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use profiler_common::{
     hist::Hist,
     names::{map, program as prog},
-    net::{Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
+    net::{AppTime, Control, MAX_DROP_REASONS, NetConfig, SLOTS, STATE_SLOTS, SlotPos, counter},
 };
 
 use crate::{
@@ -34,6 +34,8 @@ pub struct Filter {
     pub host: u32,
     /// Packets born in this netns are requests (direction 0); others responses.
     pub client_netns: u32,
+    /// With `client_netns`: follow only packets born in one of the two (a lab's own).
+    pub server_netns: u32,
     /// Print the path of one followed packet in N (0 = none).
     pub print_every: u64,
     /// Attach only the empty program, on every hook (the floor, for the benchmark).
@@ -47,6 +49,14 @@ pub struct Filter {
     /// Print the kernel side's rare-condition messages (`--debug-bpf`).
     pub debug_bpf: bool,
 }
+
+/// The syscalls whose entry starts a send: this architecture's numbers.
+const SEND_SYSCALLS: [libc::c_long; 4] = [
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+];
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
 const STALE_NS: u64 = 1_000_000_000;
@@ -72,6 +82,26 @@ pub const POINTS: &[Point] = &[
     ),
     crate::point!(RawTracepoint, "skb", "kfree_skb", prog::NET_DROP),
     crate::point!(RawTracepoint, "skb", "consume_skb", prog::NET_CONSUME),
+    // The round trip's socket and task stages around the packet path (see
+    // profiler-ebpf/src/net.rs): data-ready, the reader's wake-up and switch-in, the
+    // receive's return, the next send's entry and return.
+    crate::point!(RawTracepoint, "sock", "sk_data_ready", prog::NET_READY),
+    crate::point!(RawTracepoint, "sched", "sched_waking", prog::NET_WAKING),
+    crate::point!(RawTracepoint, "sched", "sched_wakeup", prog::NET_WAKEUP),
+    crate::point!(RawTracepoint, "sched", "sched_switch", prog::NET_SWITCH),
+    crate::point!(
+        RawTracepoint,
+        "sock",
+        "sock_recv_length",
+        prog::NET_RECV_RET
+    ),
+    crate::point!(
+        RawTracepoint,
+        "sock",
+        "sock_send_length",
+        prog::NET_SEND_RET
+    ),
+    crate::point!(RawTracepoint, "raw_syscalls", "sys_enter", prog::NET_SEND),
 ];
 const MUST: usize = 2;
 /// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
@@ -103,6 +133,8 @@ pub struct NetTracer {
     floor_link: Option<Link>,
     /// The kernel's messages with `--debug-bpf`, printed until the tracer is dropped.
     _log: Option<crate::probes::log::KernelLog>,
+    /// What `NET_CONTROL` holds.
+    control: Control,
 }
 
 /// The offsets the kernel side needs, from this kernel's BTF; the filter left empty.
@@ -141,8 +173,10 @@ impl NetTracer {
         config.netns = filter.netns;
         config.ifindex = filter.ifindex;
         config.client_netns = filter.client_netns;
+        config.server_netns = filter.server_netns;
         config.print_every = filter.print_every;
         config.stale_ns = STALE_NS;
+        config.sys_send = SEND_SYSCALLS.map(|n| n as u32);
         config.xmit_hook = filter.xmit_hook as u32;
         config.state_mask = match filter.state_slots {
             0 => STATE_SLOTS - 1,
@@ -181,6 +215,7 @@ impl NetTracer {
             links: vec![],
             floor_link: None,
             _log: log,
+            control: Control::default(),
         };
         t.set_follow(0, 0)?;
         for (i, point) in points().enumerate() {
@@ -263,19 +298,24 @@ impl NetTracer {
     /// Follows packets drawn with probability `follow_below / 2^32` from now on; state from
     /// before `epoch_ns` (ktime) counts as stale.
     pub fn set_follow(&mut self, follow_below: u64, epoch_ns: u64) -> Result<()> {
+        self.control.follow_below = follow_below;
+        self.control.epoch_ns = epoch_ns;
+        self.write_control()
+    }
+
+    /// Packets to or from this port are not followed from now on (0: none).
+    pub fn skip_port(&mut self, port: u16) -> Result<()> {
+        self.control.skip_port = port as u64;
+        self.write_control()
+    }
+
+    fn write_control(&mut self) -> Result<()> {
         let mut ctl: Array<_, Control> = Array::try_from(
             self.ebpf
                 .map_mut(map::NET_CONTROL)
                 .ok_or_else(|| anyhow!("NET_CONTROL missing"))?,
         )?;
-        ctl.set(
-            0,
-            Control {
-                follow_below,
-                epoch_ns,
-            },
-            0,
-        )?;
+        ctl.set(0, self.control, 0)?;
         Ok(())
     }
 
@@ -370,6 +410,19 @@ impl NetTracer {
             .filter_map(|v| v.ok())
             .filter(|v| v[0] != 0)
             .count() as u64)
+    }
+
+    /// Application time per process (tgid) and direction received, from `NET_APPS`.
+    pub fn apps(&self) -> Result<Vec<(u32, AppTime)>> {
+        let m: HashMap<&MapData, u64, AppTime> = HashMap::try_from(
+            self.ebpf
+                .map(map::NET_APPS)
+                .ok_or_else(|| anyhow!("NET_APPS missing"))?,
+        )?;
+        Ok(m.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, a)| ((k >> 8) as u32, a))
+            .collect())
     }
 
     /// One of the `NET_COUNTERS`, summed over CPUs.

@@ -6,7 +6,10 @@
 //! alone), then a gap with every hook detached. The kernel's BPF statistics run while
 //! attached, so the cost is measured, not modelled: per second of wall time, the programs' run
 //! time over 1e9 is the share of one CPU the tracer took. A single request-response flow is
-//! serial, so that share bounds its slowdown; parallel workloads lose less.
+//! serial, so that share bounds its slowdown; parallel workloads lose less. The round trip's
+//! task and socket programs (sched_switch on every context switch, sys_enter on every
+//! syscall) are points like the packet hooks: attached and detached with them, their runs in
+//! the same bpf_stats totals and charged the same floor per run.
 
 use std::{
     collections::BTreeMap,

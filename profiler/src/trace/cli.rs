@@ -51,6 +51,10 @@ pub struct TraceArgs {
     /// -r REQ,RESP for the rr workloads.
     #[arg(short = 'r', default_value = "1,1")]
     pub rr: String,
+    /// The built-in server spends this long (spinning) between each request and its
+    /// response, e.g. 200us: a known application time, found in the round trip's server part.
+    #[arg(long, value_name = "TIME", value_parser = crate::workload::parse_think)]
+    pub think: Option<std::time::Duration>,
     /// Run the same workload across these modes, untraced and traced in alternating rounds:
     /// throughput ratios from the untraced runs, and each mode's difference from the
     /// baseline explained layer by layer.
@@ -145,6 +149,9 @@ fn validate(args: &TraceArgs) -> Result<()> {
     }
     if args.html.is_some() && (args.ablation || args.self_check) {
         bail!("--html draws one run or --compare: drop --ablation or --self-check");
+    }
+    if args.think.is_some() && args.attach_only {
+        bail!("--think is the built-in server's: --attach-only runs no workload");
     }
     if let Some(p) = &args.hdr_log {
         if args.compare.is_some() || args.ablation || args.self_check {

@@ -126,8 +126,13 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
     } else {
         0.0
     };
-    // Segments only a few packets took (handshakes) are not on the per-packet path.
-    let on_path = d.layers.iter().filter(|l| l.crossings > 0);
+    // Segments only a few packets took (handshakes) are not on the per-packet path; a branch
+    // some packets take (a reader not asleep has no wake-up) is. The round trip's send,
+    // receive-return and application rows lie outside the one-way time.
+    let on_path = d
+        .layers
+        .iter()
+        .filter(|l| l.in_one_way && (l.crossings > 0 || l.per_packet >= 0.05));
     let mut parts = vec![];
     let (mut hooks_p50, mut hooks_mean) = (0.0, 0.0);
     for l in on_path {

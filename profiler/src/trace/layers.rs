@@ -5,7 +5,7 @@
 
 use profiler_common::net::{
     POINTS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, class, hook, pair, point_class, point_encap,
-    point_hook, point_port,
+    point_hook, point_port, stage, stage_point,
 };
 
 pub const UNKNOWN: &str = "other (unnamed segment)";
@@ -15,6 +15,76 @@ pub const BRIDGE: &str = "bridge";
 pub const IP_FORWARD: &str = "ip forward + netfilter";
 pub const SOCKET: &str = "ip/transport receive + socket queue";
 pub const VXLAN_DECAP: &str = "vxlan decap + ip/udp receive + netfilter in";
+/// The receive row split by the socket and task stages (data-ready, wake-up, switch-in).
+pub const RECEIVE: &str = "ip/tcp receive up to data-ready";
+pub const WAKE_UP: &str = "wake-up (data-ready to sched_wakeup)";
+pub const RUN_QUEUE: &str = "run-queue wait (wakeup to switch-in)";
+pub const READER: &str = "reader: switch-in to the copy";
+/// The round trip's segments outside a packet's one-way time (before its birth, after its
+/// copy): the sender's syscall and output, the reader's return, the application between.
+pub const SEND_OUTPUT: &str = "send syscall + TCP/IP output";
+pub const COPY_RETURN: &str = "copy to user + receive return";
+pub const APPLICATION: &str = "application (receive return to next send)";
+
+/// Whether a layer is a device or stack layer of the network path, not the receiving
+/// socket's or its reader's time (what "largest network layer" may name).
+pub fn is_network(layer: &str) -> bool {
+    in_one_way(layer) && !(layer == SOCKET || stage_layer_names().contains(&layer))
+}
+
+fn stage_layer_names() -> Vec<&'static str> {
+    use profiler_common::net::point;
+    let stages = [
+        stage::READY,
+        stage::WAKEUP,
+        stage::RUN,
+        stage::RETURN,
+        stage::SEND,
+    ];
+    let mut points: Vec<u8> = stages.iter().map(|&s| stage_point(s)).collect();
+    points.push(point(hook::DELIVER, class::OTHER, false, false));
+    points.push(point(hook::RECV, class::VETH, false, false));
+    let mut out = vec![];
+    for &a in &points {
+        for &b in &points {
+            if let Some(n) = stage_layer(a, b)
+                && n != RECEIVE
+            {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a layer is part of a packet's one-way time (birth to copy).
+pub fn in_one_way(layer: &str) -> bool {
+    ![SEND_OUTPUT, COPY_RETURN, APPLICATION].contains(&layer)
+}
+
+/// Segments that end or start at a socket/task stage. A stage point has no device: its class
+/// bits are the stage, its port and encap bits clear.
+fn stage_layer(prev: u8, cur: u8) -> Option<&'static str> {
+    let st = |p: u8| {
+        (point_hook(p) == hook::STAGE && p == stage_point(point_class(p))).then(|| point_class(p))
+    };
+    let deliver = |p: u8| point_hook(p) == hook::DELIVER;
+    Some(match (st(prev), st(cur)) {
+        (None, Some(stage::READY)) if matches!(point_hook(prev), hook::RECV | hook::GRO) => RECEIVE,
+        (Some(stage::READY), Some(stage::WAKEUP)) => WAKE_UP,
+        (Some(stage::WAKEUP), Some(stage::RUN)) => RUN_QUEUE,
+        (Some(stage::READY), Some(stage::RUN)) => "wake-up + run-queue wait (sched_wakeup unseen)",
+        (Some(stage::RUN), None) if deliver(cur) => READER,
+        (Some(stage::READY), None) if deliver(cur) => "data-ready to the copy (reader not asleep)",
+        (Some(stage::WAKEUP), None) if deliver(cur) => "wake-up to the copy (switch-in unseen)",
+        (None, Some(stage::RETURN)) if deliver(prev) => COPY_RETURN,
+        (Some(stage::RETURN), Some(stage::SEND)) => APPLICATION,
+        (Some(stage::SEND), None) if point_hook(cur) == hook::QUEUE && !point_encap(cur) => {
+            SEND_OUTPUT
+        }
+        _ => return None,
+    })
+}
 /// A bridge port's veth to its container, its egress qdisc included (netem's place).
 pub const VETH_TO_CONTAINER: &str = "veth (host to container)";
 
@@ -104,6 +174,9 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         class::IPIP => Some("ipip decap + ip receive + netfilter in"),
         _ => None,
     };
+    if ph == hook::STAGE || ch == hook::STAGE {
+        return stage_layer(prev, cur);
+    }
     // Without net_dev_start_xmit (every device noqueue) a device's transmit starts at its
     // queue: the same layers, each holding its device's queue step.
     Some(match (ph, ch) {
@@ -186,12 +259,27 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::RECV => "netif_receive_skb",
         hook::GRO => "napi_gro_receive",
         hook::DELIVER => "skb_copy_datagram",
+        hook::STAGE => "stage",
+        _ => "?",
+    }
+}
+
+pub fn stage_name(s: u8) -> &'static str {
+    match s {
+        stage::READY => "sk_data_ready",
+        stage::WAKEUP => "sched_wakeup",
+        stage::RUN => "sched_switch",
+        stage::RETURN => "sock_recv_length",
+        stage::SEND => "send syscall",
         _ => "?",
     }
 }
 
 /// Human-readable point, for unnamed segments.
 pub fn describe(p: u8) -> String {
+    if point_hook(p) == hook::STAGE {
+        return format!("{}@socket", stage_name(point_class(p)));
+    }
     format!(
         "{}@{}{}{}",
         hook_name(point_hook(p)),

@@ -8,6 +8,7 @@ pub mod delta;
 pub mod html;
 pub mod layers;
 pub mod report;
+pub mod round_trip;
 pub mod run;
 pub mod samples;
 pub mod self_check;

@@ -18,7 +18,14 @@ pub struct Row {
     /// How many times a delivered packet crosses this layer (count / delivered, rounded): 2 for
     /// the bridge of each overlay host; 0 for segments only a few packets took (handshakes).
     pub crossings: u64,
-    /// This layer's median times its crossings, over the median one-way time.
+    /// Segments per delivered packet (count / delivered), unrounded: below 1 for a branch
+    /// only some packets take (a reader that was not asleep has no wake-up).
+    pub per_packet: f64,
+    /// Part of the one-way time (birth to copy); false for the round trip's send, receive
+    /// return and application segments around it.
+    pub in_one_way: bool,
+    /// This layer's median times its segments per packet, over the median one-way time (0
+    /// outside the one-way time).
     pub share: f64,
     /// p50 with the tracer's own cost per crossing taken out (None: not calibrated).
     pub p50_without_tracer_ns: Option<f64>,
@@ -92,19 +99,22 @@ fn row(
     one_way_p50: f64,
 ) -> Row {
     let summary = Summary::of(h);
-    let crossings = if delivered > 0 {
-        (summary.count as f64 / delivered as f64).round() as u64
+    let per_packet = if delivered > 0 {
+        summary.count as f64 / delivered as f64
     } else {
-        0
+        0.0
     };
+    let in_one_way = layers::in_one_way(layer);
     Row {
         layer,
         summary,
         min_offset_ns: offset,
-        crossings,
+        crossings: per_packet.round() as u64,
+        per_packet,
+        in_one_way,
         p50_without_tracer_ns: None,
-        share: if one_way_p50 > 0.0 {
-            summary.p50 as f64 * crossings as f64 / one_way_p50
+        share: if one_way_p50 > 0.0 && in_one_way {
+            summary.p50 as f64 * per_packet / one_way_p50
         } else {
             0.0
         },
@@ -114,6 +124,9 @@ fn row(
             .collect(),
     }
 }
+
+/// Segments fewer packets than this take (per delivered packet) are listed after the path.
+const RARE: f64 = 0.05;
 
 pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
     let mut directions = vec![];
@@ -145,9 +158,10 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
             continue;
         }
         // Path order; segments few packets took go last.
+        let rare = |r: &Row| r.per_packet < RARE;
         layers.sort_by(|a, b| {
-            (a.crossings == 0)
-                .cmp(&(b.crossings == 0))
+            rare(a)
+                .cmp(&rare(b))
                 .then(a.min_offset_ns.total_cmp(&b.min_offset_ns))
         });
         let attributed: f64 = layers.iter().map(|r| r.share * ow_p50).sum();
@@ -210,14 +224,16 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
 /// of the program that opened it and the head of the one that closed it).
 pub fn without_tracer(r: &mut NetReport, per_hook_ns: f64) {
     for d in &mut r.directions {
-        let mut segments = 0u64;
+        let mut segments = 0.0;
         for l in &mut d.layers {
-            if l.crossings > 0 {
-                segments += l.crossings;
+            if l.crossings > 0 || l.per_packet >= RARE {
+                if l.in_one_way {
+                    segments += l.per_packet;
+                }
                 l.p50_without_tracer_ns = Some((l.summary.p50 as f64 - per_hook_ns).max(0.0));
             }
         }
-        let tracer = per_hook_ns * segments as f64;
+        let tracer = per_hook_ns * segments;
         d.tracer_ns = Some(tracer);
         if let Some(ow) = &mut d.one_way {
             ow.p50_without_tracer_ns = Some((ow.summary.p50 as f64 - tracer).max(0.0));
@@ -229,11 +245,15 @@ fn print_row(r: &Row) {
     let s = &r.summary;
     let q = [s.p50, s.p90, s.p99, s.p99_9, s.max].map(|v| v as f64);
     println!(
-        "  {:<44} {:>8} {} {:>6.1}%{}",
+        "  {:<44} {:>8} {} {:>7}{}",
         r.layer,
         s.count,
         crate::hist::columns(&[q[0], q[1], q[2], q[3], q[4], s.mean]),
-        r.share * 100.0,
+        if r.in_one_way {
+            format!("{:.1}%", r.share * 100.0)
+        } else {
+            "-".into()
+        },
         if r.crossings > 1 {
             format!(" (x{})", r.crossings)
         } else {
@@ -289,7 +309,9 @@ pub fn print(r: &NetReport) {
     }
     let c = &r.counts;
     println!();
-    println!("  * share: the layer's p50 times its crossings per packet, over the one-way p50");
+    println!(
+        "  * share: the layer's p50 times its segments per packet, over the one-way p50 ('-': outside the one-way time, in the round trip)"
+    );
     println!(
         "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} freed where no hook saw it (address reused), {} lost to the tracer or in flight; {} hooks on followed packets; {} not followed for a busy state slot",
         c.followed,

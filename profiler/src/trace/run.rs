@@ -47,6 +47,11 @@ pub struct TraceReport {
     pub rtt_without_tracer_ns: Option<RttCheck>,
     /// Per-skb state slots still tagged at the end (followed packets in flight or cut).
     pub state_in_use: Option<u64>,
+    /// The whole round trip, named, against the workload's mean (request-response runs).
+    pub round_trip: Option<super::round_trip::RoundTrip>,
+    /// Application time per process (receive return to next send), named by Docker container
+    /// where there is one: who the application segments belong to under --attach-only.
+    pub applications: Vec<super::round_trip::Application>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -90,6 +95,7 @@ pub(super) fn trace_in(
             0
         },
         client_netns,
+        server_netns: crate::opts::netns_inode(&desc.server.netns)?,
         print_every: args.print_every.unwrap_or(0),
         host: args.filter.host_be(),
         empty_programs: args.empty_programs,
@@ -111,10 +117,17 @@ pub(super) fn trace_in(
         desc.mode,
         args.length
     );
+    workload::CONTROL_PORT.store(0, std::sync::atomic::Ordering::Relaxed);
     let worker = std::thread::spawn(move || workload::run(&endpoints, &opts));
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
     let clock = crate::progress::Clock::start("tracing", length(args)?);
-    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
+    // The control connection is not a transaction: left out once its port is known.
+    let skip = std::cell::Cell::new(0u16);
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, |t| {
+        let p = workload::CONTROL_PORT.load(std::sync::atomic::Ordering::Relaxed);
+        if p != skip.get() && t.skip_port(p).is_ok() {
+            skip.set(p);
+        }
         worker.is_finished()
     })?;
     drop(clock);
@@ -146,6 +159,7 @@ fn workload_in(
     opts.duration = length(args)?;
     opts.request = rq;
     opts.response = rs;
+    opts.think = args.think.unwrap_or_default();
     opts.validate()?;
     Ok((endpoints, opts))
 }
@@ -193,7 +207,7 @@ fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
     let deadline = Instant::now() + length;
     let mut hdr = args.hdr_log.as_deref().map(HdrLog::create).transpose()?;
     let clock = crate::progress::Clock::start("tracing", length);
-    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, || {
+    let cost = watch(&mut tracer, args, _stats.is_some(), &mut hdr, |_| {
         Instant::now() >= deadline
     })?;
     drop(clock);
@@ -241,6 +255,21 @@ fn finish(
     });
     let rtt_unattributed_ns =
         rr.and_then(|w| both_ways(&|r| Some(r.summary.mean)).map(|ow| w.histogram.mean() - ow));
+    let applications = if lab.is_none() {
+        let containers = if std::path::Path::new(crate::docker::SOCKET).exists() {
+            crate::docker::netns_names()
+        } else {
+            Default::default()
+        };
+        super::round_trip::applications(&tracer.apps().unwrap_or_default(), &containers)
+    } else {
+        vec![]
+    };
+    let round_trip = if lab.is_none() || rr.is_some() {
+        super::round_trip::build(&net, rr.map(|w| w.histogram.mean()), cost.duty_cycle)
+    } else {
+        None
+    };
     Ok(TraceReport {
         mode: lab.map(|(d, _)| d.mode),
         lab: lab.map(|(d, _)| d.id.clone()),
@@ -255,6 +284,8 @@ fn finish(
         peak_rss_kib: peak_rss_kib(),
         rtt_unattributed_ns,
         rtt_without_tracer_ns,
+        round_trip,
+        applications,
     })
 }
 
@@ -281,7 +312,7 @@ fn watch(
     args: &TraceArgs,
     stats_on: bool,
     hdr: &mut Option<HdrLog>,
-    done: impl Fn() -> bool,
+    done: impl Fn(&mut NetTracer) -> bool,
 ) -> Result<super::budget::Cost> {
     // Namespaces named by the container that owns them, where Docker runs.
     let names =
@@ -295,7 +326,7 @@ fn watch(
     let mut last_ts = std::collections::HashMap::new();
     let mut header = true;
     let mut sampler = Sampler::start(tracer, policy(args)?, stats_on)?;
-    while !done() && !cleanup::stop_requested() {
+    while !done(tracer) && !cleanup::stop_requested() {
         std::thread::sleep(Duration::from_millis(5));
         sampler.tick(tracer)?;
         if args.print_every.is_some() {
@@ -364,6 +395,10 @@ pub fn print(r: &TraceReport) {
     if let Some(s) = &r.softirq {
         crate::probes::softirq::print(s);
     }
+    if let Some(rt) = &r.round_trip {
+        super::round_trip::print(rt);
+    }
+    super::round_trip::print_applications(&r.applications);
     if let Some(w) = &r.workload {
         println!();
         let l = &w.latency;
@@ -397,7 +432,7 @@ pub fn print(r: &TraceReport) {
                 crate::hist::fmt_ns(rtt)
             );
         }
-        if let Some(u) = r.rtt_unattributed_ns {
+        if let Some(u) = r.rtt_unattributed_ns.filter(|_| r.round_trip.is_none()) {
             println!(
                 "  unattributed round-trip time: {} per transaction (mean RTT minus both mean one-way times: application, syscalls, TCP/IP output before the first hook)",
                 crate::hist::fmt_ns(u)

@@ -38,7 +38,11 @@ pub(super) fn print_samples(
             prev.map(|p| e.ts.saturating_sub(p))
         };
         let name_end = e.name.iter().position(|&b| b == 0).unwrap_or(16);
-        let hook = super::layers::hook_name(e.hook);
+        let hook = if e.hook == profiler_common::net::hook::STAGE {
+            super::layers::stage_name(e.class)
+        } else {
+            super::layers::hook_name(e.hook)
+        };
         writeln!(
             out,
             "{:#018x} {:>3} {:<4} {:<20} {:>10} {:>4} {:<10} {:>5} {:>10}  {}",

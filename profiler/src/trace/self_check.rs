@@ -93,7 +93,9 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             lab::Role::ContainerEnd,
             "eth0",
             "-s",
-            layers::SOCKET,
+            // TC ingress runs after netif_receive_skb's tracepoint, before the socket's
+            // data-ready.
+            layers::RECEIVE,
             false,
         ),
     ];

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// The server's port (TCP, and UDP for UDP tests).
     #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// The built-in server spends this long (spinning) between each request and its response,
+    /// rr tests, e.g. 200us: a known application time. Not with -H (the remote server's own).
+    #[arg(long, value_name = "TIME", value_parser = parse_think)]
+    pub think: Option<Duration>,
 }
 
 impl BenchArgs {
@@ -58,6 +62,14 @@ impl BenchArgs {
             })?;
         }
         o.burst = self.burst;
+        if let Some(t) = self.think {
+            if self.host.is_some() {
+                bail!(
+                    "--think is the built-in server's: with -H give it to `profiler serve --think` instead"
+                );
+            }
+            o.think = t;
+        }
         o.validate()?;
         Ok(o)
     }
@@ -85,13 +97,42 @@ pub struct ServeArgs {
     /// Port to listen on (TCP, and UDP for UDP tests).
     #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// Spend this long (spinning) between each request and its response, rr tests, e.g. 200us.
+    #[arg(long, value_name = "TIME", value_parser = parse_think)]
+    pub think: Option<Duration>,
 }
 
 impl ServeArgs {
     /// Serves until the process is killed.
     pub fn run(&self) -> Result<()> {
-        super::serve(self.bind, self.port)
+        super::serve(self.bind, self.port, self.think.unwrap_or_default())
     }
+}
+
+/// `--think`: a time with a unit (ns, us, ms, s), at most one second.
+pub fn parse_think(s: &str) -> Result<Duration> {
+    let bad = || {
+        anyhow!(
+            "bad --think value '{s}': expected a time up to 1s with its unit, e.g. 200us or 2ms"
+        )
+    };
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| t.split_at(i))
+        .ok_or_else(bad)?;
+    let ns_per = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v < 0.0 || v * ns_per > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_nanos((v * ns_per).round() as u64))
 }
 
 /// `-r REQ,RESP`.

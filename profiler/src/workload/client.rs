@@ -42,6 +42,9 @@ pub fn run(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
     let mut ctl = TcpStream::connect_timeout(&addr, STALL)
         .with_context(|| format!("connecting to the workload server at {addr}"))?;
     ctl.set_nodelay(true)?;
+    if let Ok(a) = ctl.local_addr() {
+        super::CONTROL_PORT.store(a.port(), std::sync::atomic::Ordering::Relaxed);
+    }
     ctl.set_read_timeout(Some(STALL))?;
     ctl.set_write_timeout(Some(STALL))?;
     ctl.write_all(&opts.spec().encode())

@@ -40,7 +40,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 
-pub use cli::{BenchArgs, ServeArgs, parse_duration, parse_rr, parse_size};
+pub use cli::{BenchArgs, ServeArgs, parse_duration, parse_rr, parse_size, parse_think};
 pub use report::{Latency, Report, UdpCounts, print};
 
 /// netperf's default control port, which `profiler serve` listens on unless told otherwise.
@@ -170,6 +170,11 @@ impl Endpoints {
     }
 }
 
+/// The local port of the last control connection this process's client opened (0: none yet):
+/// a tracer leaves that connection out of the round trip (it shares the service port, and the
+/// server reads its STOP only at an idle tick).
+pub static CONTROL_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// What to run, netperf's knobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -185,6 +190,9 @@ pub struct Options {
     pub burst: u32,
     /// `udp_rr`: a transaction unanswered for this long is counted lost and a new one sent.
     pub udp_timeout: Duration,
+    /// `--think`: the in-process server's time between a request and its response (server
+    /// side only: not sent to a remote server).
+    pub think: Duration,
 }
 
 impl Options {
@@ -202,6 +210,7 @@ impl Options {
             },
             burst: 1,
             udp_timeout: Duration::from_millis(10),
+            think: Duration::ZERO,
         }
     }
 
@@ -258,10 +267,11 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<u16>>();
     let server = {
-        let (ns, bind, port) = (
+        let (ns, bind, port, think) = (
             endpoints.server_netns.clone(),
             endpoints.server_bind,
             endpoints.port,
+            opts.think,
         );
         let shutdown = shutdown.clone();
         thread::Builder::new()
@@ -271,7 +281,7 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report> {
                     if let Some(ns) = &ns {
                         crate::lab::netns::enter(ns)?;
                     }
-                    server::Server::bind(bind, port)
+                    Ok(server::Server::bind(bind, port)?.with_think(think))
                 };
                 let srv = match setup() {
                     Ok(s) => s,
@@ -340,8 +350,8 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report> {
 
 /// `profiler serve`: serves tests, one at a time, until the process ends. A client arriving
 /// during a test is told the server is busy.
-pub fn serve(bind: IpAddr, port: u16) -> Result<()> {
-    let srv = server::Server::bind(bind, port)?;
+pub fn serve(bind: IpAddr, port: u16, think: Duration) -> Result<()> {
+    let srv = server::Server::bind(bind, port)?.with_think(think);
     eprintln!(
         "profiler serve: listening on {} (TCP and UDP)",
         std::net::SocketAddr::new(bind, srv.port())

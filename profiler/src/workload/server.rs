@@ -35,6 +35,8 @@ pub struct Server {
     listener: TcpListener,
     /// Port 0 was asked for: the UDP port may differ from the TCP one.
     any_port: bool,
+    /// Time the server spends between a request and its response (`--think`), spinning.
+    think: Duration,
 }
 
 impl Server {
@@ -47,7 +49,14 @@ impl Server {
         Ok(Server {
             listener,
             any_port: port == 0,
+            think: Duration::ZERO,
         })
+    }
+
+    /// Spends `d` between each request and its response (rr tests): a known application time.
+    pub fn with_think(mut self, d: Duration) -> Server {
+        self.think = d;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -173,9 +182,13 @@ impl Server {
             (Test::UdpStream, Some(u)) => {
                 self.gatekeeping(|| udp_stream(u, &spec, &mut c, &mut counts))
             }
-            (Test::UdpRr, Some(u)) => self.gatekeeping(|| udp_rr(u, &spec, &mut c, &mut counts)),
+            (Test::UdpRr, Some(u)) => {
+                self.gatekeeping(|| udp_rr(u, &spec, self.think, &mut c, &mut counts))
+            }
             _ => match self.join(token, &mut c) {
-                Ok(Some(s)) => self.gatekeeping(|| tcp_one(s, &spec, &mut c, &mut counts)),
+                Ok(Some(s)) => {
+                    self.gatekeeping(|| tcp_one(s, &spec, self.think, &mut c, &mut counts))
+                }
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             },
@@ -313,7 +326,13 @@ impl Server {
 }
 
 /// tcp_stream, tcp_maerts, tcp_rr: one data connection.
-fn tcp_one(mut s: TcpStream, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result<()> {
+fn tcp_one(
+    mut s: TcpStream,
+    spec: &Spec,
+    think: Duration,
+    c: &mut Control,
+    n: &mut Counts,
+) -> Result<()> {
     let end = |e: io::Error| if is_gone(&e) { Ok(()) } else { Err(e) };
     match spec.test {
         Test::TcpStream => {
@@ -365,6 +384,7 @@ fn tcp_one(mut s: TcpStream, spec: &Spec, c: &mut Control, n: &mut Counts) -> Re
                     Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
                     Err(e) => return end(e).context("receiving a request"),
                 }
+                spin(think);
                 match write_full(&mut s, &resp, || c.over()) {
                     Ok(true) => n.tx(resp.len()),
                     Ok(false) => break,
@@ -434,7 +454,13 @@ fn udp_stream(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Re
     Ok(())
 }
 
-fn udp_rr(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result<()> {
+fn udp_rr(
+    u: &UdpSocket,
+    spec: &Spec,
+    think: Duration,
+    c: &mut Control,
+    n: &mut Counts,
+) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     let mut resp = vec![0u8; spec.response as usize];
     let echo = super::client::echo_width(spec.request as usize, spec.response as usize);
@@ -445,6 +471,7 @@ fn udp_rr(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result
                 // Echo the sequence number so the client can tell a late answer from a fresh one.
                 let e = echo.min(k);
                 resp[..e].copy_from_slice(&buf[..e]);
+                spin(think);
                 // A failed send (ENOBUFS and friends) is a loss the client counts.
                 if let Ok(k) = u.send_to(&resp, from) {
                     n.tx(k);
@@ -463,6 +490,17 @@ fn udp_rr(u: &UdpSocket, spec: &Spec, c: &mut Control, n: &mut Counts) -> Result
         }
     }
     Ok(())
+}
+
+/// Busy for `d`: a sleep would add a wake-up and a run-queue wait to the application's time.
+fn spin(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
 
 #[derive(Default)]
