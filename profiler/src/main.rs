@@ -65,9 +65,12 @@ enum Command {
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
-    /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
+    /// sysbench-style workloads: cpu, memory, fileio, threads, mutex, oltp_* (sysbench's options).
     #[command(allow_negative_numbers = true)]
     Sysbench(profiler::sysbench::SysbenchArgs),
+    /// A MariaDB of the tool's own (own data dir, socket and loopback port) for other clients:
+    /// prints where as one JSON line, holds it until a signal, then removes it.
+    Mariadb(profiler::mariadb::cli::MariadbArgs),
     /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -281,6 +284,10 @@ fn run(command: Command) -> Result<()> {
                 profiler::startup::Laps::since_process_start(),
             )?;
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
+        }
+        Command::Mariadb(args) => {
+            profiler::kernel::require_root("profiler mariadb")?;
+            profiler::mariadb::cli::run(&args)
         }
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;

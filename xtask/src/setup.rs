@@ -52,6 +52,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "bench-sysbench peer and the sysbench comparison test",
     ),
     (
+        "mariadb-server",
+        "the server of sysbench oltp_* (the tool starts its own mariadbd with its own data dir)",
+    ),
+    (
         "chromium",
         "renders the --html report in the HTML test (headless)",
     ),
