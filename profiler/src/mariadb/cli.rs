@@ -37,5 +37,8 @@ pub fn run(args: &MariadbArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(server);
+    if crate::cleanup::stop_requested() {
+        anyhow::bail!("{}", crate::cleanup::interrupted());
+    }
     Ok(())
 }

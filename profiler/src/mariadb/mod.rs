@@ -336,9 +336,17 @@ pub fn reap_stale() {
             continue;
         }
         let path = e.path();
-        for pid in servers_in(&path) {
+        let pids = servers_in(&path);
+        for &pid in &pids {
             // SAFETY: a mariadbd whose --datadir is in a dead owner's directory.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        // A dying server may still write into the directory: let it go first (1 s at most).
+        let end = Instant::now() + Duration::from_secs(1);
+        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
         if std::fs::remove_dir_all(&path).is_ok() {
             eprintln!(
