@@ -44,8 +44,7 @@ fn dead_owners_leftovers() -> Vec<String> {
 /// The run's own server is gone: no directory, no process.
 fn assert_gone(dir: &Path) {
     let t = Instant::now();
-    while (dir.exists() || !servers_in(dir).is_empty()) && t.elapsed() < Duration::from_secs(3)
-    {
+    while (dir.exists() || !servers_in(dir).is_empty()) && t.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
@@ -72,7 +71,11 @@ fn check_run(run: &serde_json::Value, reads: u64, writes: u64) -> u64 {
     // A retried (deadlocked) transaction adds its partial queries: at least the mix, and
     // close to it.
     let per = |k: &str| q[k].as_u64().expect(k) as f64 / tx as f64;
-    let (r, w, o) = (per("queries_read"), per("queries_write"), per("queries_other"));
+    let (r, w, o) = (
+        per("queries_read"),
+        per("queries_write"),
+        per("queries_other"),
+    );
     let errors = q["ignored_errors"].as_u64().unwrap_or(0) as f64 / tx as f64;
     assert!(
         r >= reads as f64 && r <= reads as f64 * (1.0 + errors) + 0.01,
@@ -82,7 +85,10 @@ fn check_run(run: &serde_json::Value, reads: u64, writes: u64) -> u64 {
         w >= writes as f64 && w <= writes as f64 * (1.0 + errors) + 0.01,
         "writes per transaction {w}, expected {writes}: {q}"
     );
-    assert!((2.0..=2.0 + 2.0 * errors + 0.01).contains(&o), "other {o}: {q}");
+    assert!(
+        (2.0..=2.0 + 2.0 * errors + 0.01).contains(&o),
+        "other {o}: {q}"
+    );
     let l = &run["latency_ms"];
     assert!(l["min"].as_f64() <= l["p95"].as_f64() && l["p95"].as_f64() <= l["max"].as_f64());
     tx
@@ -209,7 +215,9 @@ fn prepare_run_cleanup_on_a_held_server_beside_debian_sysbench_then_sigint() {
     for _ in 0..2 {
         let r = ours("run");
         let tx = check_run(&r["run"], 14, 4);
-        let tps = r["run"]["oltp"]["transactions_per_sec"].as_f64().expect("tps");
+        let tps = r["run"]["oltp"]["transactions_per_sec"]
+            .as_f64()
+            .expect("tps");
         assert!(tps > 0.0 && tx > 0);
         pairs.push((tps, sysbench_tps(&sock, 2)));
     }
@@ -305,7 +313,10 @@ fn bad_input_is_refused_in_one_line() {
             &["sysbench", "oltp_write_only", "--mysql-port", "0"],
             "bad --mysql-port 0",
         ),
-        (&["sysbench", "oltp_read_write", "--tables", "x"], "'--tables <N>'"),
+        (
+            &["sysbench", "oltp_read_write", "--tables", "x"],
+            "'--tables <N>'",
+        ),
     ] {
         assert_refused_in_one_line(args, needle);
     }

@@ -26,8 +26,13 @@ enum Chore {
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
     BenchTrace,
-    /// The built-in sysbench workloads against Debian's sysbench (root).
-    BenchSysbench,
+    /// The built-in sysbench workloads against Debian's sysbench (root), OLTP on the tool's
+    /// MariaDB too (host and a native container).
+    BenchSysbench {
+        /// Only the OLTP pairs (docs/benchmarks/sysbench-oltp.md).
+        #[arg(long)]
+        oltp_only: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,7 +42,12 @@ fn main() -> ExitCode {
         Chore::Demo => demo(),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
-        Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
+        Chore::BenchSysbench { oltp_only } => release().and_then(|_| {
+            if !oltp_only {
+                bench::sysbench()?;
+            }
+            bench::sysbench_oltp()
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,10 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -99,9 +102,16 @@ impl Server {
         let _ = std::fs::set_permissions(DATA_ROOT, std::fs::Permissions::from_mode(0o700));
         // Removed by a signal from here on, whatever step it interrupts.
         let key = format!("mariadb {name}");
-        let undo = dir.clone();
+        let (undo, server_pid) = (dir.clone(), Arc::new(AtomicU32::new(0)));
+        let pid_of = server_pid.clone();
         cleanup::on_signal(&key, move || {
-            let _ = std::fs::remove_dir_all(&undo);
+            let pid = pid_of.load(Ordering::SeqCst);
+            if pid > 0 {
+                // SAFETY: our child, unreaped (the teardown killed it already: a no-op then).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                wait_dead(pid, Duration::from_secs(2));
+            }
+            let _ = remove_dir(&undo);
         });
         let mut server = Server {
             endpoint: Endpoint {
@@ -156,6 +166,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {SERVER}"))?;
         cleanup::children::add(child.id() as i32);
+        server_pid.store(child.id(), Ordering::SeqCst);
         server.child = Some(child);
         server.wait_ready()?;
         server.start_s = t1.elapsed().as_secs_f64();
@@ -242,12 +253,7 @@ impl Server {
             }
             cleanup::children::remove(pid);
         }
-        let r = match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(anyhow!("removing {}: {e}", self.dir.display()))
-            }
-            _ => Ok(()),
-        };
+        let r = remove_dir(&self.dir);
         cleanup::forget(&self.key);
         r
     }
@@ -258,6 +264,39 @@ impl Drop for Server {
         if let Err(e) = self.stop() {
             eprintln!("profiler: {e}");
         }
+    }
+}
+
+/// Until `pid` is a zombie or gone (a SIGKILLed server can still be flushing), at most `limit`.
+fn wait_dead(pid: u32, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        if matches!(state, None | Some('Z' | 'X')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes a server's directory; a second remover (the signal's teardown beside a drop)
+/// can delete entries under the first: retried, gone counts as done.
+fn remove_dir(dir: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..5 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match last {
+        Some(e) if dir.exists() => Err(anyhow!("removing {}: {e}", dir.display())),
+        _ => Ok(()),
     }
 }
 
@@ -341,14 +380,11 @@ pub fn reap_stale() {
             // SAFETY: a mariadbd whose --datadir is in a dead owner's directory.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
-        // A dying server may still write into the directory: let it go first (1 s at most).
-        let end = Instant::now() + Duration::from_secs(1);
-        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < end
-        {
-            std::thread::sleep(Duration::from_millis(10));
+        // A dying server may still write into the directory: let it go first.
+        for &pid in &pids {
+            wait_dead(pid, Duration::from_secs(1));
         }
-        if std::fs::remove_dir_all(&path).is_ok() {
+        if remove_dir(&path).is_ok() {
             eprintln!(
                 "profiler: removed MariaDB data {} (its owner, pid {}, is gone)",
                 path.display(),
