@@ -33,6 +33,17 @@ use crate::cleanup::{self, Owner, owner};
 pub const DATA_ROOT: &str = "/var/tmp/profiler-mariadb";
 const SERVER: &str = "/usr/sbin/mariadbd";
 const INSTALL_DB: &str = "/usr/bin/mariadb-install-db";
+/// Debian's share directory: the bootstrap SQL, error messages, character sets.
+const SHARE: &str = "/usr/share/mysql";
+/// What mariadb-install-db feeds `mariadbd --bootstrap`, in its order (without the test db).
+const BOOTSTRAP_SQL: [&str; 6] = [
+    "mysql_system_tables.sql",
+    "mysql_performance_tables.sql",
+    "mysql_system_tables_data.sql",
+    "fill_help_tables.sql",
+    "maria_add_gis_sp_bootstrap.sql",
+    "mysql_sys_schema.sql",
+];
 /// How long the server may take to accept its first connection.
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
@@ -80,7 +91,17 @@ fn me() -> Owner {
 
 /// Checks the server's programs are here, in one line naming the package.
 pub fn check_installed() -> Result<()> {
-    for p in [SERVER, INSTALL_DB] {
+    // Without mariadb-install-db (a Docker image has no shell tools) its SQL is enough.
+    let bootstrap = Path::new(INSTALL_DB).exists()
+        || BOOTSTRAP_SQL
+            .iter()
+            .all(|f| Path::new(SHARE).join(f).exists());
+    let need: &[&str] = if bootstrap {
+        &[SERVER]
+    } else {
+        &[SERVER, INSTALL_DB]
+    };
+    for &p in need {
         if !Path::new(p).exists() {
             bail!(
                 "{p} not found: install Debian's mariadb-server (cargo xtask setup), or pass --mysql-socket/--mysql-host for a server of your own"
@@ -300,9 +321,13 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// `mariadb-install-db` into `dir/data` (system tables; root by unix socket only).
+/// `mariadb-install-db` into `dir/data` (system tables; root by unix socket only); where it
+/// is absent (a Docker image), the same SQL fed to `mariadbd --bootstrap` as it does.
 fn install(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !Path::new(INSTALL_DB).exists() {
+        return bootstrap(&dir.join("data"));
+    }
     let mut cmd = Command::new(INSTALL_DB);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", dir.join("data").display()))
@@ -328,6 +353,90 @@ fn install(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn bootstrap(data: &Path) -> Result<()> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let mut sql = String::from(
+        "create database if not exists mysql;\nuse mysql;\nSET @auth_root_socket='root';\n",
+    );
+    for f in BOOTSTRAP_SQL {
+        let p = Path::new(SHARE).join(f);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        // mariadb-install-db drops these when it cannot resolve the host name; so do we.
+        for l in text.lines().filter(|l| !l.contains("@current_hostname")) {
+            sql.push_str(l);
+            sql.push('\n');
+        }
+    }
+    let mut cmd = Command::new(SERVER);
+    cmd.args([
+        "--no-defaults",
+        "--bootstrap",
+        "--user=root",
+        "--log-warnings=0",
+    ])
+    .arg(format!("--datadir={}", data.display()))
+    .args([
+        "--enforce-storage-engine=",
+        "--max_allowed_packet=8M",
+        "--net_buffer_length=16K",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cleanup::die_with_parent(&mut cmd)
+        .spawn()
+        .with_context(|| format!("bootstrapping with {SERVER}"))?;
+    let mut stdin = child.stdin.take().context("the bootstrap's stdin")?;
+    let fed = stdin.write_all(sql.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    if let Err(e) = fed.map_err(anyhow::Error::from).and_then(|()| {
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(anyhow!("exit {}", out.status))
+        }
+    }) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{SERVER} --bootstrap failed ({e}): {}",
+            err.lines()
+                .rev()
+                .find(|l| l.contains("ERROR"))
+                .unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// The files a root filesystem needs to run a server of ours without Debian's packages: the
+/// server and its libraries, the bootstrap SQL, English messages and the character sets.
+pub fn image_files() -> Result<Vec<PathBuf>> {
+    check_installed()?;
+    let elf = std::fs::read(SERVER).with_context(|| format!("reading {SERVER}"))?;
+    let mut v = vec![PathBuf::from(SERVER)];
+    v.extend(crate::exe::libraries(Path::new(SERVER), &elf)?);
+    v.extend(BOOTSTRAP_SQL.iter().map(|f| Path::new(SHARE).join(f)));
+    v.push(Path::new(SHARE).join("english/errmsg.sys"));
+    for e in std::fs::read_dir(Path::new(SHARE).join("charsets"))?.flatten() {
+        v.push(e.path());
+    }
+    Ok(v)
+}
+
+/// Whether a workload (this binary's arguments) starts a server of its own: `sysbench
+/// oltp_*` without `--mysql-*`.
+pub fn workload_needs_server(args: &[String]) -> bool {
+    args.first().is_some_and(|a| a == "sysbench")
+        && args.get(1).is_some_and(|t| t.starts_with("oltp_"))
+        && !args.iter().any(|a| {
+            a.starts_with("--mysql-socket")
+                || a.starts_with("--mysql-host")
+                || a.starts_with("--mysql-port")
+        })
 }
 
 /// A port on 127.0.0.1 nobody listens on now (the server binds it a moment later).
