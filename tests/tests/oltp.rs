@@ -142,6 +142,29 @@ fn own_server_on_the_host_and_in_a_native_container() {
     );
 }
 
+#[test]
+fn own_server_in_a_docker_container() {
+    require_mariadb();
+    assert!(
+        std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok(),
+        "no Docker daemon answers on /var/run/docker.sock"
+    );
+    let out = run_ok(profiler().args([
+        "run",
+        "--env",
+        "docker",
+        "sysbench",
+        "oltp_write_only",
+        "--time",
+        "2",
+        "--table-size",
+        "2000",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    check_run(&r["report"]["run"], 0, 4);
+    assert_eq!(r["report"]["oltp"]["server"], "own");
+}
+
 /// `profiler mariadb`: its JSON line, and the child to signal.
 fn hold() -> (std::process::Child, serde_json::Value) {
     let mut child = profiler()
