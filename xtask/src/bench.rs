@@ -654,7 +654,7 @@ impl OltpServer {
     }
 }
 
-const OLTP_PAIRS: usize = 5;
+const OLTP_PAIRS: usize = 10;
 const OLTP_THREADS: &str = "2";
 
 /// transactions/s from Debian's sysbench OLTP output.
