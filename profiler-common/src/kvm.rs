@@ -166,7 +166,9 @@ pub struct KvmConfig {
     pub off_sys_enter_id: u32,
     pub off_sys_enter_args: u32,
     pub off_sys_exit_id: u32,
-    pub _pad: u32,
+    /// 1 with `--debug-bpf`: a field read failing and exit reasons out of range are logged
+    /// through aya-log, on those rare branches only.
+    pub debug: u32,
 }
 
 #[cfg(feature = "user")]

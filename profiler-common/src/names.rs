@@ -132,6 +132,8 @@ pub mod map {
     pub const INJECT_COUNT: &str = "INJECT_COUNT";
     pub const SELFTEST_HIST: &str = "SELFTEST_HIST";
     pub const PROBE_HITS: &str = "PROBE_HITS";
+    /// aya-log-ebpf's ring buffer (`--debug-bpf`), named by that crate.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 
     pub const ALL: &[&str] = &[
         NET_SKB,
@@ -161,6 +163,7 @@ pub mod map {
         INJECT_COUNT,
         SELFTEST_HIST,
         PROBE_HITS,
+        AYA_LOGS,
     ];
     pub const GLOBALS: &[&str] = &[NET_CONFIG, KVM_CONFIG, SCHED_CONFIG, INJECT_CONFIG];
 }

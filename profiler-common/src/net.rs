@@ -157,7 +157,10 @@ pub struct NetConfig {
     /// State slots in use minus one (a power of two minus one; tests shrink it to force
     /// collisions).
     pub state_mask: u32,
-    pub _pad: u32,
+    /// 1 with `--debug-bpf`: rare conditions (a read at an offset failing, a state slot taken,
+    /// a full ring buffer, a segment no layer names) are logged through aya-log. Read only on
+    /// those rare branches.
+    pub debug: u32,
     /// Print one followed packet in N (0 = none).
     pub print_every: u64,
     /// State older than this was left by an skb freed unseen.

@@ -18,7 +18,8 @@ use profiler_common::{
     hist::Hist,
     kvm::{
         EXIT_KEYS, EXIT_OTHER, EXIT_SLOTS, ISA_SVM, ISA_VMX, KVM_RUN, KvmConfig, RUN_HIST_SLOTS,
-        RUN_IN_KVM, RUN_IN_VMM, USER_SLOTS, VcpuThread, counter, exit_key, pio_key, user_slot,
+        RUN_IN_KVM, RUN_IN_VMM, USER_OTHER, USER_SLOTS, VcpuThread, counter, exit_key, pio_key,
+        user_slot,
     },
 };
 
@@ -41,7 +42,7 @@ static KVM_CONFIG: Global<KvmConfig> = Global::new(KvmConfig {
     off_sys_enter_id: 0,
     off_sys_enter_args: 0,
     off_sys_exit_id: 0,
-    _pad: 0,
+    debug: 0,
 });
 
 /// One field of `KVM_CONFIG`, as one volatile load.
@@ -54,6 +55,22 @@ macro_rules! cfg {
             ))
         }
     };
+}
+
+/// A rare condition, logged through aya-log with `--debug-bpf` (`when` first, so a counter can
+/// thin it to its powers of two); the flag is read on the rare branch only.
+macro_rules! rare {
+    ($when:expr; $($msg:tt)+) => {
+        if cfg!(debug) != 0 && $when {
+            aya_log_ebpf::warn!(&(), $($msg)+);
+        }
+    };
+}
+
+/// This CPU's count in a per-CPU array (for thinning a rare message).
+#[inline(always)]
+fn seen(map: &PerCpuArray<u64>, i: u32) -> u64 {
+    map.get(i).copied().unwrap_or(0)
 }
 
 #[map]
@@ -101,7 +118,13 @@ fn followed() -> Option<u64> {
 #[inline(always)]
 fn field<T: Default>(ctx: &TracePointContext, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel of the event record; a bad offset reads as an error.
-    unsafe { ctx.read_at::<T>(off as usize) }.unwrap_or_default()
+    match unsafe { ctx.read_at::<T>(off as usize) } {
+        Ok(v) => v,
+        Err(_) => {
+            rare!(true; "kvm: event field at +{} unreadable: a format-file offset that does not hold?", off);
+            T::default()
+        }
+    }
 }
 
 #[inline(always)]
@@ -117,7 +140,8 @@ fn thread(id: u64) -> Option<&'static mut VcpuThread> {
             user_reason: u32::MAX,
             ..VcpuThread::default()
         };
-        let _ = KVM_THREADS.insert(id, fresh, 0);
+        let failed = KVM_THREADS.insert(id, fresh, 0).is_err();
+        rare!(failed; "kvm: KVM_THREADS insert for thread {} failed", id as u32);
     }
     // SAFETY: a live LRU value; only its own thread touches it, one event at a time.
     KVM_THREADS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
@@ -134,11 +158,15 @@ pub fn kvm_tp_exit(ctx: TracePointContext) -> u32 {
         ISA_SVM => counter::EXIT_SVM,
         _ => counter::EXIT_OTHER_ISA,
     });
-    let slot = match KVM_EXIT_SLOT.get(exit_key(isa, reason)) {
+    let key = exit_key(isa, reason);
+    let slot = match KVM_EXIT_SLOT.get(key) {
         Some(&s) if (s as u32) < EXIT_SLOTS => s as u32,
         _ => EXIT_OTHER,
     };
     add(&KVM_EXIT_COUNT, slot, 1);
+    if key == EXIT_KEYS {
+        rare!(seen(&KVM_EXIT_COUNT, EXIT_OTHER).is_power_of_two(); "kvm: kvm_exit reason {:x} (isa {}) out of range", reason, isa);
+    }
     if let Some(st) = thread(id) {
         st.exit_ts = t;
         st.exit_slot = slot;
@@ -230,6 +258,9 @@ pub fn kvm_tp_userspace_exit(ctx: TracePointContext) -> u32 {
     let reason: u32 = field(&ctx, cfg!(off_user_reason));
     count(counter::USERSPACE_EXIT);
     add(&KVM_USER_EXITS, user_slot(reason), 1);
+    if user_slot(reason) == USER_OTHER {
+        rare!(seen(&KVM_USER_EXITS, USER_OTHER).is_power_of_two(); "kvm: KVM_EXIT_* reason {} out of range", reason);
+    }
     if let Some(p) = KVM_THREADS.get_ptr_mut(id) {
         // SAFETY: a live LRU value of this thread.
         unsafe { (*p).user_reason = reason };
@@ -255,7 +286,8 @@ pub fn kvm_tp_pio(ctx: TracePointContext) -> u32 {
         // SAFETY: per-CPU value, this CPU only.
         Some(p) => unsafe { *p += 1 },
         None => {
-            let _ = KVM_PIO_PORTS.insert(key, 1, 0);
+            let failed = KVM_PIO_PORTS.insert(key, 1, 0).is_err();
+            rare!(failed; "kvm: KVM_PIO_PORTS insert of port {:x} failed (map full)", key);
         }
     }
     0

@@ -49,7 +49,7 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     ifindex: 0,
     client_netns: 0,
     state_mask: 0,
-    _pad: 0,
+    debug: 0,
     print_every: 0,
     stale_ns: 0,
 });
@@ -63,6 +63,17 @@ macro_rules! cfg {
             core::ptr::read_volatile(core::ptr::addr_of!(
                 (*(&NET_CONFIG as *const Global<NetConfig> as *const NetConfig)).$f
             ))
+        }
+    };
+}
+
+/// A rare condition, logged through aya-log with `--debug-bpf` (`when` first, so a counter can
+/// thin it to its powers of two). Only ever on a rare branch: the flag is read there, not on
+/// the hook's common path.
+macro_rules! rare {
+    ($when:expr; $($msg:tt)+) => {
+        if cfg!(debug) != 0 && $when {
+            aya_log_ebpf::warn!(&(), $($msg)+);
         }
     };
 }
@@ -191,7 +202,10 @@ fn dev_info(dev: u64) -> Option<DevInfo> {
         // SAFETY: as above.
         return Some(unsafe { *c });
     }
-    let ifindex: u32 = read(dev + cfg!(off_dev_ifindex) as u64)?;
+    let Some(ifindex) = read::<u32>(dev + cfg!(off_dev_ifindex) as u64) else {
+        rare!(true; "net: net_device {:x} +{} (ifindex) unreadable: a BTF offset that does not hold here?", dev, cfg!(off_dev_ifindex));
+        return None;
+    };
     let flags: u32 = read(dev + cfg!(off_dev_priv_flags) as u64).unwrap_or(0);
     let name: [u8; 16] = read(dev + cfg!(off_dev_name) as u64).unwrap_or([0; 16]);
     let net: u64 = read(dev + cfg!(off_dev_nd_net) as u64).unwrap_or(0);
@@ -292,9 +306,12 @@ fn matches(skb: u64, dev: &DevInfo) -> Option<bool> {
     (to || (sport >= lo && sport <= hi)).then_some(to)
 }
 
+// Six arguments: BPF calls take five, so it must stay inlined.
+#[inline(always)]
 fn emit(skb: u64, now: u64, h: u8, d: &DevInfo, dir: u8, slot: u8) {
     let Some(mut e) = NET_EVENTS.reserve::<Event>(0) else {
-        count(counter::SAMPLES_LOST);
+        let n = count(counter::SAMPLES_LOST);
+        rare!(n.is_power_of_two(); "net: sample ring buffer full: {} samples lost on this CPU", n);
         return;
     };
     let len: u32 = read(skb + cfg!(off_skb_len) as u64).unwrap_or(0);
@@ -405,12 +422,14 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) {
         return;
     }
     if slot == SLOT_UNKNOWN {
-        count(counter::UNKNOWN_SEGMENTS);
+        let n = count(counter::UNKNOWN_SEGMENTS);
+        rare!(n.is_power_of_two(); "net: unexpected hook order: point {:x} -> {:x} is no segment of the layer model ({} on this CPU)", st.point, cur, n);
         match NET_UNKNOWN.get_ptr_mut(seg) {
             // SAFETY: racy increments are fine for a diagnostic count.
             Some(c) => unsafe { *c += 1 },
             None => {
-                let _ = NET_UNKNOWN.insert(seg, 1, 0);
+                let failed = NET_UNKNOWN.insert(seg, 1, 0).is_err();
+                rare!(failed; "net: NET_UNKNOWN insert of segment {:x} failed", seg);
             }
         }
     }
@@ -461,7 +480,8 @@ fn birth(skb: u64, st: &mut SkbState) {
         && st.first_ts >= control().epoch_ns
     {
         // The slot holds another live packet: this one is lost, the other kept.
-        count(counter::COLLISIONS);
+        let n = count(counter::COLLISIONS);
+        rare!(n.is_power_of_two(); "net: state slot collision (map full): skb {:x} lost to a live packet, {} on this CPU", skb, n);
         return;
     }
     let Some(d) = dev_info(read(skb + cfg!(off_skb_dev) as u64).unwrap_or(0)) else {

@@ -22,9 +22,11 @@ pub mod mariadb;
 pub mod migrate;
 pub mod opts;
 pub mod probes;
+pub mod server;
 pub mod startup;
 pub mod sysbench;
 pub mod trace;
+pub mod web;
 pub mod workload;
 
 /// What a killed run of each room leaves, removed by `cleanup::reap_stale` at every command's
@@ -45,6 +47,10 @@ pub const REAPERS: &[cleanup::Reaper] = &[
                 container::cgroup::reap_stale(&root, &live);
             }
         },
+    },
+    cleanup::Reaper {
+        what: "server directories",
+        reap: server::reap_stale,
     },
     cleanup::Reaper {
         what: "temp files",

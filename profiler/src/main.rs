@@ -71,6 +71,10 @@ enum Command {
     /// A MariaDB of the tool's own (own data dir, socket and loopback port) for other clients:
     /// prints where as one JSON line, holds it until a signal, then removes it.
     Mariadb(profiler::mariadb::cli::MariadbArgs),
+    /// nginx serving across environments (host, native, docker) under wrk: requests/s, the
+    /// response-time histogram, the server's CPU, and the network layers under it.
+    #[command(allow_negative_numbers = true)]
+    Web(profiler::web::WebArgs),
     /// Run a workload (this tool's own, e.g. `sysbench cpu --time 5`) in an environment.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -215,7 +219,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(args.json.as_deref(), "--json")?;
             profiler::opts::output_file(args.html.as_deref(), "--html")?;
             if args.attach_only {
-                profiler::opts::attach_only_filter(args.port, args.netns.as_deref(), args.ifindex)?;
+                args.filter.check()?;
             }
             profiler::trace::cli::main(&args)
         }
@@ -245,6 +249,7 @@ fn run(command: Command) -> Result<()> {
             mut workload,
         } => {
             workload_parses(&workload)?;
+            profiler::sysbench::validate_workload(&workload)?;
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -274,6 +279,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(json.as_deref(), "--json")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
+            profiler::sysbench::validate_workload(&w)?;
             let d = profiler::envs::density(
                 env,
                 &w,
@@ -289,6 +295,7 @@ fn run(command: Command) -> Result<()> {
             profiler::kernel::require_root("profiler mariadb")?;
             profiler::mariadb::cli::run(&args)
         }
+        Command::Web(args) => profiler::web::main(&args),
         Command::Sysbench(args) => {
             let r = profiler::sysbench::run(&args)?;
             profiler::export::json::emit(args.json.as_ref(), &r, profiler::sysbench::print)

@@ -74,6 +74,64 @@ pub fn output_file(path: Option<&std::path::Path>, option: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// The packet filter's flags, one definition for `trace` (its `--attach-only` above all) and
+/// `agent`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Follow packets to or from this port (default: a lab's own ports; the agent: every port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Follow packets to or from this IPv4 address.
+    #[arg(long)]
+    pub host: Option<std::net::Ipv4Addr>,
+    /// Follow packets born in this named network namespace (its packets are "requests").
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Follow packets born on this interface index.
+    #[arg(long)]
+    pub ifindex: Option<u32>,
+}
+
+impl FilterArgs {
+    /// Refuses up front a filter that can match nothing (see `attach_only_filter`).
+    pub fn check(&self) -> anyhow::Result<()> {
+        attach_only_filter(self.port, self.netns.as_deref(), self.ifindex)
+    }
+
+    /// `--host` as the kernel side compares it (network byte order), 0 = any.
+    pub fn host_be(&self) -> u32 {
+        self.host.map_or(0, |h| u32::from_ne_bytes(h.octets()))
+    }
+
+    /// The tracer's filter on existing traffic: `--netns`' packets are the requests.
+    pub fn existing_traffic(
+        &self,
+        ports: (u16, u16),
+    ) -> anyhow::Result<crate::probes::net::Filter> {
+        let netns = match &self.netns {
+            Some(n) => netns_inode(n)?,
+            None => 0,
+        };
+        Ok(crate::probes::net::Filter {
+            ports,
+            netns,
+            client_netns: netns,
+            ifindex: self.ifindex.unwrap_or(0),
+            host: self.host_be(),
+            xmit_hook: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// The inode of a named network namespace, as the kernel side compares it.
+pub fn netns_inode(name: &str) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(crate::lab::netns::path(name))
+        .map(|m| m.ino() as u32)
+        .map_err(|_| anyhow::anyhow!("no network namespace {name}: see `ip netns list`"))
+}
+
 /// An `--attach-only` filter that can match nothing is refused up front: port 0, interface
 /// index 0, or an index no interface has in the namespace the packets are born in.
 pub fn attach_only_filter(

@@ -295,7 +295,8 @@ fn boot_timeouts_networks_and_files() {
                 "--network",
                 "profiler-no-such-net",
             ],
-            "network profiler-no-such-net not found",
+            // Asked of Docker first: it used to import an image and send a create.
+            "--network profiler-no-such-net: Docker has no such network",
         ),
     ]);
 }
@@ -436,6 +437,11 @@ fn run_and_density_workloads_are_checked_before_an_environment_starts() {
         (
             &["run", "--env", "vm", "sysbench", "nosuch"],
             "the workload's arguments: invalid value 'nosuch'",
+        ),
+        // Parsed, but a value the workload refuses: it started the container first.
+        (
+            &["run", "--env", "native", "sysbench", "cpu", "--time", "0"],
+            "the workload's arguments: bad --time 0 with --events 0",
         ),
         (
             &[

@@ -190,6 +190,19 @@ fn eight_containers_at_once() {
         assert!(st.p90_ns <= st.max_ns + st.max_ns / 500, "{st:?}");
     }
     assert_eq!(r.total().map(|t| t.count), Some(8));
+    // Each shutdown is timed, and all eight fit inside the teardown lap that removed them.
+    let downs: Vec<u64> = r.containers.iter().filter_map(|c| c.shutdown_ns).collect();
+    assert_eq!(downs.len(), 8, "{:?}", r.containers);
+    assert!(downs.iter().all(|&d| d > 0));
+    assert_eq!(r.shutdown.as_ref().map(|s| s.count), Some(8));
+    let removed = r
+        .wall
+        .teardown
+        .iter()
+        .find(|l| l.name == "containers removed")
+        .map(|l| l.ns)
+        .expect("a 'containers removed' lap");
+    assert!(downs.iter().all(|&d| d <= removed), "{downs:?} > {removed}");
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the --json file")).unwrap();
     assert_eq!(v["containers"].as_array().map(Vec::len), Some(8));

@@ -328,6 +328,7 @@ impl Check<'_> {
             (Path::new("/run/profiler/inject"), format!("{tag}.json")),
             (Path::new("/run/profiler/libvirt"), marker.clone()),
             (Path::new("/tmp"), format!("profiler-tar-{pid}.tar")),
+            (Path::new("/tmp"), format!("profiler-srv-nginx-{tag}-")),
         ] {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -568,6 +569,62 @@ fn run_env_native_oltp() {
             "2000",
         ],
         [300, 6500, 11000],
+        false,
+    );
+}
+
+#[test]
+fn web_env_native() {
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "native",
+            "--connections",
+            "4",
+            "-l",
+            "3",
+            "--no-trace",
+        ],
+        [100, 700, 2500],
+        false,
+    );
+}
+
+#[test]
+fn web_env_host_traced() {
+    // The last kill lands in the traced run: the tracer's programs must go with the process.
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "host",
+            "--connections",
+            "2",
+            "-l",
+            "1",
+            "--trace-length",
+            "4",
+        ],
+        [300, 900, 3500],
+        true,
+    );
+}
+
+#[test]
+fn web_env_docker() {
+    three_kills(
+        &[
+            "web",
+            "--env",
+            "docker",
+            "--connections",
+            "4",
+            "-l",
+            "3",
+            "--no-trace",
+        ],
+        [150, 1200, 4000],
         false,
     );
 }

@@ -12,7 +12,7 @@ const N: u32 = 10_000;
 
 fn micro_vm(w: Workload, count: u32) -> KvmReport {
     require_root();
-    let r = cli::micro_vm(w, count).unwrap_or_else(|e| panic!("micro-VM {w:?}: {e:#}"));
+    let r = cli::micro_vm(w, count, false).unwrap_or_else(|e| panic!("micro-VM {w:?}: {e:#}"));
     // Shown with --nocapture.
     profiler::kvm::report::print(&r);
     r
@@ -103,6 +103,7 @@ fn cli_reports_exactly_100000_port_exits() {
         json: None,
         micro_vm: Some(Workload::Pio),
         count: 100_000,
+        debug_bpf: false,
     };
     let r = cli::measure(&args).unwrap_or_else(|e| panic!("{e:#}"));
     profiler::kvm::report::print(&r);
@@ -120,7 +121,9 @@ fn cli_reports_exactly_100000_port_exits() {
 fn tracing_a_running_vmm_sees_its_exits() {
     require_root();
     let pid = std::process::id();
-    let tracer = std::thread::spawn(move || cli::trace_vms(Some(pid), 2.0));
+    // A VMM holds /dev/kvm before its first VM: `--pid` refuses a process without a KVM fd.
+    let _kvm = std::fs::File::open("/dev/kvm").unwrap();
+    let tracer = std::thread::spawn(move || cli::trace_vms(Some(pid), 2.0, false));
     let mut runs = 0;
     while !tracer.is_finished() {
         micro_vm_untraced(Workload::Pio, 1_000);
@@ -161,9 +164,35 @@ fn bad_kvm_input_is_one_line_naming_the_option() {
         ),
         (
             &["kvm", "--pid", "4194305", "-l", "1"][..],
-            "no process 4194305",
+            "--pid 4194305: no such process",
+        ),
+        // A process that is not a VMM: it was traced, and reported nothing.
+        (
+            &["kvm", "--pid", "1", "-l", "1"][..],
+            "is not a VMM: it holds no KVM file descriptor",
         ),
     ] {
         profiler_tests::assert_refused_in_one_line(args, needle);
     }
+}
+
+/// `--debug-bpf` loads the KVM programs with their log calls (the verifier takes them) and
+/// counts as exactly as without; a normal run hits no rare condition, so the kernel says
+/// nothing.
+#[test]
+fn debug_bpf_loads_and_a_normal_run_logs_nothing() {
+    require_root();
+    let out = profiler_tests::run_ok(profiler_tests::profiler().args([
+        "kvm",
+        "--micro-vm",
+        "pio",
+        "--count",
+        "1000",
+        "--debug-bpf",
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["micro_vm"]["traced"], 1000, "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("bpf "), "{stderr}");
 }

@@ -344,6 +344,53 @@ fn collisions_are_counted() {
     assert!(r["state_in_use"].as_u64().unwrap() <= 1);
 }
 
+/// `--debug-bpf` prints the kernel side's message when a state slot is taken (one slot forces
+/// collisions), counted as the report counts them; without the flag the kernel says nothing.
+#[test]
+fn debug_bpf_prints_the_kernels_collision_messages() {
+    require_root();
+    let args = [
+        "trace",
+        "--mode",
+        "bridge",
+        "-t",
+        "tcp_stream",
+        "-l",
+        "1",
+        "--follow-every",
+        "1",
+        "--state-slots",
+        "1",
+    ];
+    let file = format!("/tmp/profiler-test-debug-bpf-{}.json", std::process::id());
+    let on = run_ok(profiler().args(args).args(["--debug-bpf", "--json", &file]));
+    let r: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&on.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bpf warn: net: state slot collision"))
+        .collect();
+    assert!(!said.is_empty(), "no kernel message on stderr:\n{stderr}");
+    // Thinned to each CPU's powers of two: the largest count said is at most the total.
+    let largest = said
+        .iter()
+        .filter_map(|l| l.split(", ").last()?.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert!(
+        largest <= count(&r, "collisions"),
+        "{largest} against {}",
+        r["net"]["counts"]
+    );
+    let off = run_ok(profiler().args(args));
+    let stderr = String::from_utf8_lossy(&off.stderr);
+    assert!(
+        !stderr.contains("bpf "),
+        "kernel messages without --debug-bpf:\n{stderr}"
+    );
+}
+
 /// The overhead controller follows a smaller share of packets on a smaller budget, states
 /// what it did, and its measured cost tracks the budget.
 #[test]

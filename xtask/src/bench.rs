@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-const PROFILER: &str = "target/release/profiler";
+pub const PROFILER: &str = "target/release/profiler";
 const SECS: &str = "5";
 
 fn profiler() -> Command {
@@ -78,15 +78,22 @@ pub fn machine() -> String {
 struct LabUp {
     id: String,
     desc: serde_json::Value,
+    bin: std::path::PathBuf,
 }
 
 impl LabUp {
     fn new(mode: &str, id: &str) -> Result<LabUp> {
-        let _ = profiler().args(["lab", "down", id]).output();
-        let desc = json(profiler().args(["lab", "up", "--mode", mode, "--id", id, "--json"]))?;
+        Self::with(PROFILER.as_ref(), mode, id)
+    }
+    /// A lab made and removed by the profiler binary `bin`.
+    fn with(bin: &std::path::Path, mode: &str, id: &str) -> Result<LabUp> {
+        let _ = Command::new(bin).args(["lab", "down", id]).output();
+        let desc =
+            json(Command::new(bin).args(["lab", "up", "--mode", mode, "--id", id, "--json"]))?;
         Ok(LabUp {
             id: id.into(),
             desc,
+            bin: bin.into(),
         })
     }
     fn s(&self, k: &str) -> String {
@@ -105,7 +112,9 @@ impl LabUp {
 
 impl Drop for LabUp {
     fn drop(&mut self) {
-        let _ = profiler().args(["lab", "down", &self.id]).output();
+        let _ = Command::new(&self.bin)
+            .args(["lab", "down", &self.id])
+            .output();
     }
 }
 
@@ -123,7 +132,7 @@ fn builtin_secs(lab: &str, test: &str, secs: &str) -> Result<serde_json::Value> 
     json(&mut c)
 }
 
-fn iperf3(lab: &LabUp) -> Result<f64> {
+fn iperf3(lab: &LabUp) -> Result<Side> {
     let mut server = spawn_quiet({
         let mut c = in_ns(&lab.s("server_ns"), "iperf3");
         c.args(["-s", "-1", "-p", "20001"]);
@@ -142,10 +151,22 @@ fn iperf3(lab: &LabUp) -> Result<f64> {
     let _ = server.kill();
     let _ = server.wait();
     let v = out?;
-    v["end"]["sum_received"]["bits_per_second"]
+    let end = &v["end"];
+    let rate = end["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e6)
-        .ok_or_else(|| anyhow!("no throughput in iperf3's JSON"))
+        .ok_or_else(|| anyhow!("no throughput in iperf3's JSON"))?;
+    // Percent of one CPU over the test, per end.
+    let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(f64::NAN);
+    let cpu = end["cpu_utilization_percent"]["host_total"]
+        .as_f64()
+        .zip(end["cpu_utilization_percent"]["remote_total"].as_f64())
+        .map(|(h, r)| (h + r) / 100.0 * secs);
+    let gb = end["sum_received"]["bytes"].as_f64().unwrap_or(f64::NAN) / 1e9;
+    Ok(Side {
+        rate,
+        cpu_ms_per_gb: cpu.map(|c| c * 1e3 / gb),
+    })
 }
 
 /// sockperf ping-pong round trips per second.
@@ -205,33 +226,98 @@ fn write_doc(name: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+/// Interleaved (built-in, peer) pairs per mode and test; the order within a pair alternates so
+/// neither side always runs second on a drifting machine.
+const WORKLOAD_PAIRS: usize = 5;
+
+/// One side of a pair: its rate, and for streams the CPU it spent per GB moved (both ends).
+struct Side {
+    rate: f64,
+    cpu_ms_per_gb: Option<f64>,
+}
+
+fn ours(lab: &LabUp, test: &str) -> Result<Side> {
+    let v = builtin(&lab.id, test)?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Ok(if test == "tcp_stream" {
+        let gb = f("bytes") / 1e9;
+        Side {
+            rate: f("throughput_mbps"),
+            cpu_ms_per_gb: Some((f("client_cpu_secs") + f("server_cpu_secs")) * 1e3 / gb),
+        }
+    } else {
+        Side {
+            rate: f("transactions_per_sec"),
+            cpu_ms_per_gb: None,
+        }
+    })
+}
+
+fn peer(lab: &LabUp, test: &str) -> Result<Side> {
+    Ok(match test {
+        "tcp_stream" => iperf3(lab)?,
+        t => Side {
+            rate: sockperf(lab, t == "tcp_rr")?,
+            cpu_ms_per_gb: None,
+        },
+    })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 pub fn workloads() -> Result<()> {
     let mut md = format!(
-        "# bench-workloads\n\nMachine: {}\n\nBuilt-in generator against the peers, same lab, {SECS} s each (`cargo xtask bench-workloads`).\n\n| mode | test | built-in | peer | peer result | ratio |\n|---|---|---|---|---|---|\n",
-        machine()
+        "# bench-workloads\n\nMachine: {}\n\nBuilt-in generator against the peers, same lab, {SECS} s per run, {WORKLOAD_PAIRS} \
+         interleaved pairs per row (the order alternates within pairs); medians, with the pairs' \
+         min-max (`cargo xtask bench-workloads`). Load average at the start: {}. CPU per GB is \
+         both ends' user + system time over the bytes moved (ours: the client's and server's \
+         threads; iperf3: its own `cpu_utilization_percent`, host + remote).\n\n\
+         | mode | test | built-in | peer | peer result | ratio (pairs) | CPU ms/GB built-in / peer |\n\
+         |---|---|---|---|---|---|---|\n",
+        machine(),
+        load_average()
     );
     for mode in ["host", "overlay"] {
         let lab = LabUp::new(mode, &format!("bw{}", &mode[..1]))?;
-        let ours = builtin(&lab.id, "tcp_stream")?["throughput_mbps"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let peer = iperf3(&lab)?;
-        md += &format!(
-            "| {mode} | tcp_stream | {ours:.0} Mbit/s | iperf3 | {peer:.0} Mbit/s | {:.2} |\n",
-            ours / peer
-        );
-        for (test, tcp) in [("tcp_rr", true), ("udp_rr", false)] {
-            let ours = builtin(&lab.id, test)?["transactions_per_sec"]
-                .as_f64()
-                .unwrap_or(0.0);
-            let peer = sockperf(&lab, tcp)?;
+        for (test, peer_name, unit) in [
+            ("tcp_stream", "iperf3", "Mbit/s"),
+            ("tcp_rr", "sockperf pp --tcp", "trans/s"),
+            ("udp_rr", "sockperf pp", "trans/s"),
+        ] {
+            let (mut us, mut them, mut ratios) = (vec![], vec![], vec![]);
+            let (mut us_cpu, mut them_cpu) = (vec![], vec![]);
+            for i in 0..WORKLOAD_PAIRS {
+                let (a, b) = if i % 2 == 0 {
+                    let a = ours(&lab, test)?;
+                    (a, peer(&lab, test)?)
+                } else {
+                    let b = peer(&lab, test)?;
+                    (ours(&lab, test)?, b)
+                };
+                ratios.push(a.rate / b.rate);
+                us.push(a.rate);
+                them.push(b.rate);
+                us_cpu.extend(a.cpu_ms_per_gb);
+                them_cpu.extend(b.cpu_ms_per_gb);
+            }
+            let cpu = if us_cpu.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} / {}", spread(&us_cpu, 0), spread(&them_cpu, 0))
+            };
             md += &format!(
-                "| {mode} | {test} | {ours:.0} trans/s | sockperf pp{} | {peer:.0} round trips/s | {:.2} |\n",
-                if tcp { " --tcp" } else { "" },
-                ours / peer
+                "| {mode} | {test} | {} {unit} | {peer_name} | {} {unit} | {} | {cpu} |\n",
+                spread(&us, 0),
+                spread(&them, 0),
+                spread(&ratios, 2),
             );
         }
     }
+    md += &format!("\nLoad average at the end: {}.\n", load_average());
     println!("{md}");
     write_doc("workloads", &md)
 }
@@ -657,6 +743,17 @@ impl OltpServer {
 const OLTP_PAIRS: usize = 10;
 const OLTP_THREADS: &str = "2";
 
+/// CPU seconds (user + system) of this process's waited-for children (proc(5) stat fields 16
+/// and 17, in clock ticks of 1/100 s).
+fn children_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<f64> = s[s.rfind(')').map_or(0, |i| i + 2)..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / 100.0
+}
+
 /// transactions/s from Debian's sysbench OLTP output.
 fn sysbench_tps(out: &str) -> Result<f64> {
     out.lines()
@@ -673,8 +770,9 @@ fn sysbench_tps(out: &str) -> Result<f64> {
 pub fn sysbench_oltp() -> Result<()> {
     let exe = std::fs::canonicalize(PROFILER)?;
     let mut md = format!(
-        "# bench-sysbench: OLTP\n\nMachine: {}\n\n`profiler sysbench oltp_read_write` against Debian's sysbench 1.0.20 on the same MariaDB 10.11 (`profiler mariadb`: its own data dir on disk, TCP on 127.0.0.1), 1 table of 10000 rows, {OLTP_THREADS} threads, {SECS} s per run, {OLTP_PAIRS} interleaved pairs per environment, the order alternating (`cargo xtask bench-sysbench --oltp-only`). native: the server and both clients in new mount, UTS, IPC and network namespaces (`unshare`, clients by `nsenter`).\n\n| env | ours tx/s median (min-max) | sysbench tx/s median (min-max) | ratio median (min-max) |\n|---|---|---|---|\n",
-        machine()
+        "# bench-sysbench: OLTP\n\nMachine: {}\n\n`profiler sysbench oltp_read_write` against Debian's sysbench 1.0.20 on the same MariaDB 10.11 (`profiler mariadb`: its own data dir on disk, TCP on 127.0.0.1), 1 table of 10000 rows, {OLTP_THREADS} threads, {SECS} s per run, {OLTP_PAIRS} interleaved pairs per environment, the order alternating (`cargo xtask bench-sysbench --oltp-only`). native: the server and both clients in new mount, UTS, IPC and network namespaces (`unshare`, clients by `nsenter`). Load average at the start: {}.\n\n| env | ours tx/s median (min-max) | sysbench tx/s median (min-max) | ratio median (min-max) | ours client CPU ms/tx | sysbench client CPU ms/tx |\n|---|---|---|---|---|---|\n",
+        machine(),
+        load_average()
     );
     for (env, native) in [("host", false), ("native", true)] {
         let server = OltpServer::start(native)?;
@@ -688,12 +786,13 @@ pub fn sysbench_oltp() -> Result<()> {
                 "--table-size=10000",
             ]);
         };
-        let result = (|| -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let result = (|| -> Result<[Vec<f64>; 5]> {
             let mut c = server.client("sysbench");
             c.arg("oltp_read_write");
             conn(&mut c);
             text(c.arg("prepare"))?;
             let (mut ours, mut peer, mut ratio) = (vec![], vec![], vec![]);
+            let (mut ours_cpu, mut peer_cpu) = (vec![], vec![]);
             for i in 0..OLTP_PAIRS {
                 let run_ours = || -> Result<f64> {
                     let mut c = server.client(&exe.to_string_lossy());
@@ -715,34 +814,217 @@ pub fn sysbench_oltp() -> Result<()> {
                     ]);
                     sysbench_tps(&text(&mut c)?)
                 };
-                let (o, p) = if i % 2 == 0 {
-                    let o = run_ours()?;
-                    (o, run_peer()?)
-                } else {
-                    let p = run_peer()?;
-                    (run_ours()?, p)
+                // The client's CPU (user + system) per transaction, from our waited children.
+                let timed = |f: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
+                    let c0 = children_cpu_s();
+                    let tps = f()?;
+                    let secs: f64 = SECS.parse().unwrap_or(5.0);
+                    Ok((tps, (children_cpu_s() - c0) * 1e3 / (tps * secs)))
                 };
-                eprintln!("bench: oltp {env} pair {i}: ours {o:.1} tx/s, sysbench {p:.1} tx/s");
+                let ((o, oc), (p, pc)) = if i % 2 == 0 {
+                    let o = timed(&run_ours)?;
+                    (o, timed(&run_peer)?)
+                } else {
+                    let p = timed(&run_peer)?;
+                    (timed(&run_ours)?, p)
+                };
+                eprintln!(
+                    "bench: oltp {env} pair {i}: ours {o:.1} tx/s ({oc:.3} CPU ms/tx), sysbench {p:.1} tx/s ({pc:.3} CPU ms/tx)"
+                );
                 ours.push(o);
                 peer.push(p);
                 ratio.push(o / p);
+                ours_cpu.push(oc);
+                peer_cpu.push(pc);
             }
             let mut c = server.client("sysbench");
             c.arg("oltp_read_write");
             conn(&mut c);
             text(c.arg("cleanup"))?;
-            Ok((ours, peer, ratio))
+            Ok([ours, peer, ratio, ours_cpu, peer_cpu])
         })();
         server.stop();
-        let (ours, peer, ratio) = result?;
+        let [ours, peer, ratio, ours_cpu, peer_cpu] = result?;
         md += &format!(
-            "| {env} | {} | {} | {} |\n",
+            "| {env} | {} | {} | {} | {} | {} |\n",
             spread(&ours, 1),
             spread(&peer, 1),
-            spread(&ratio, 3)
+            spread(&ratio, 3),
+            spread(&ours_cpu, 3),
+            spread(&peer_cpu, 3)
         );
     }
-    md += "\nGoal: the ratio's median within 0.95-1.05 on host and native.\n";
+    md += &format!(
+        "\nLoad average at the end: {}. Goal: the ratio's median within 0.95-1.05 on host and native.\n",
+        load_average()
+    );
     println!("{md}");
     write_doc("sysbench-oltp", &md)
+}
+
+/// Rounds of `bench-trace-ab`, each one untraced run and four traced ones.
+const AB_ROUNDS: usize = 10;
+const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask bench-trace-ab`)";
+
+/// `cargo xtask bench-trace-ab BEFORE`: the tracer of this build against BEFORE (another
+/// build's profiler binary), interleaved in one run on one lab, so the VM's drift falls on
+/// both alike. Each round runs, in an order that rotates: the untraced workload, then each
+/// build with the default budget (followed / not-followed ns per run and the rate ratio) and
+/// with `--follow-every 1 --bpf-stats` (every net program's ns per run, every packet
+/// followed). Replaces its own section of docs/benchmarks/trace.md.
+pub fn trace_ab(before: &str, after: &str) -> Result<()> {
+    let before = std::fs::canonicalize(before).with_context(|| format!("{before}: no binary"))?;
+    let after = std::fs::canonicalize(after).with_context(|| format!("{after}: no binary"))?;
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(String::from))
+            .unwrap_or_default()
+    };
+    let load_start = load();
+    let lab = LabUp::with(&after, "overlay", "ab")?;
+    let untraced = |test: &str| -> Result<serde_json::Value> {
+        let mut c = Command::new(&after);
+        c.args(["bench", test, "--lab", &lab.id, "-l", PAIR_SECS, "--json"]);
+        if test.ends_with("rr") {
+            c.args(["-r", "14,14"]);
+        }
+        json(&mut c)
+    };
+    let traced = |bin: &std::path::Path, test: &str, extra: &[&str]| -> Result<serde_json::Value> {
+        let file = "/tmp/profiler-bench-trace-ab.json";
+        let mut c = Command::new(bin);
+        c.args(["trace", "--lab", &lab.id, "-t", test, "-l", PAIR_SECS]);
+        if test.ends_with("rr") {
+            c.args(["-r", "14,14"]);
+        }
+        let ok = c
+            .args(extra)
+            .args(["--json", file])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("{} trace {extra:?} failed", bin.display());
+        }
+        let v = serde_json::from_slice(&std::fs::read(file)?)?;
+        let _ = std::fs::remove_file(file);
+        Ok(v)
+    };
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mut md = format!(
+        "{AB_SECTION}\n\nMachine: {}. Before: `{}`; after: `{}`. One overlay lab, {AB_ROUNDS} rounds per test, {PAIR_SECS} s per run; each round runs the untraced workload and the four traced runs below in an order rotated by one each round. Median (range) over the rounds; ratios are traced rate over the same round's untraced rate.\n\n",
+        machine(),
+        before.display(),
+        after.display()
+    );
+    let mut per_prog = String::new();
+    for (test, key) in [
+        ("tcp_rr", "transactions_per_sec"),
+        ("tcp_stream", "throughput_mbps"),
+    ] {
+        // [before, after] x [defaults, every packet]
+        let mut ratio: [[Vec<f64>; 2]; 2] = Default::default();
+        let mut followed: [Vec<f64>; 2] = Default::default();
+        let mut unfollowed: [Vec<f64>; 2] = Default::default();
+        let mut floor: [Vec<f64>; 2] = Default::default();
+        // before, after, and after / before within each round (the drift cancels there).
+        let mut progs: std::collections::BTreeMap<String, [Vec<f64>; 3]> = Default::default();
+        let mut paired: [Vec<f64>; 2] = Default::default();
+        for round in 0..AB_ROUNDS {
+            let mut results: Vec<Option<serde_json::Value>> = vec![None; 5];
+            for k in 0..5 {
+                let which = (k + round) % 5;
+                let bin = if which % 2 == 1 { &before } else { &after };
+                results[which] = Some(match which {
+                    0 => untraced(test)?,
+                    1 | 2 => traced(bin, test, &[])?,
+                    _ => traced(bin, test, &["--follow-every", "1", "--bpf-stats"])?,
+                });
+            }
+            let r: Vec<serde_json::Value> = results.into_iter().map(Option::unwrap).collect();
+            let untraced = f(&r[0], key);
+            for (b, (d, e)) in [(0, (1, 3)), (1, (2, 4))] {
+                ratio[b][0].push(f(&r[d]["workload"], key) / untraced);
+                ratio[b][1].push(f(&r[e]["workload"], key) / untraced);
+                let c = &r[d]["tracer"];
+                followed[b].push(f(c, "followed_ns_per_run"));
+                unfollowed[b].push(f(c, "unfollowed_ns_per_run"));
+                floor[b].push(f(c, "floor_ns_per_run"));
+                for p in r[e]["tracer"]["programs"].as_array().into_iter().flatten() {
+                    let name = p["program"].as_str().unwrap_or("?").to_string();
+                    progs.entry(name).or_default()[b].push(f(p, "ns_per_run"));
+                }
+            }
+            let ns = |i: usize, name: &str| {
+                r[i]["tracer"]["programs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["program"] == name)
+                    .map_or(f64::NAN, |p| f(p, "ns_per_run"))
+            };
+            for (name, v) in progs.iter_mut() {
+                v[2].push(ns(4, name) / ns(3, name));
+            }
+            for (k, key) in ["followed_ns_per_run", "unfollowed_ns_per_run"]
+                .iter()
+                .enumerate()
+            {
+                paired[k].push(f(&r[2]["tracer"], key) / f(&r[1]["tracer"], key));
+            }
+            eprintln!(
+                "bench-trace-ab: {test} round {}: ratio before {:.3} after {:.3}",
+                round + 1,
+                ratio[0][0].last().unwrap(),
+                ratio[1][0].last().unwrap()
+            );
+        }
+        md += &format!(
+            "**{test}**\n\n| | before | after |\n|---|---|---|\n| rate ratio, defaults (--overhead 1) | {} | {} |\n| rate ratio, --follow-every 1 | {} | {} |\n| followed hook, ns per run (defaults) | {} | {} |\n| hook on a packet not followed, ns per run | {} | {} |\n| floor (empty program), ns per run | {} | {} |\n| after / before within each round: followed hook | | {} |\n| after / before within each round: hook not followed | | {} |\n\n",
+            spread(&ratio[0][0], 3),
+            spread(&ratio[1][0], 3),
+            spread(&ratio[0][1], 3),
+            spread(&ratio[1][1], 3),
+            spread(&followed[0], 0),
+            spread(&followed[1], 0),
+            spread(&unfollowed[0], 0),
+            spread(&unfollowed[1], 0),
+            spread(&floor[0], 0),
+            spread(&floor[1], 0),
+            spread(&paired[0], 3),
+            spread(&paired[1], 3),
+        );
+        per_prog += &format!(
+            "\n{test}, `--follow-every 1 --bpf-stats`, ns per run, and after / before within each round:\n\n| program | before | after | after / before |\n|---|---|---|---|\n"
+        );
+        for (name, [b, a, ab]) in &progs {
+            per_prog += &format!(
+                "| {name} | {} | {} | {} |\n",
+                spread(b, 0),
+                spread(a, 0),
+                spread(ab, 3)
+            );
+        }
+    }
+    md += &per_prog;
+    md += &format!(
+        "\nLoad average (1 min) at the start and the end: {load_start} and {}.\n",
+        load()
+    );
+    println!("{md}");
+    let path = "docs/benchmarks/trace.md";
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    // Keep what else the file says; this section is replaced up to the next one.
+    let kept = match doc.find(AB_SECTION) {
+        Some(start) => {
+            let rest = &doc[start + AB_SECTION.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(doc.len(), |e| start + AB_SECTION.len() + e + 1);
+            format!("{}{}", &doc[..start], &doc[end..])
+        }
+        None => doc,
+    };
+    write_doc("trace", &format!("{}\n\n{md}", kept.trim_end()))
 }

@@ -33,6 +33,14 @@ enum Chore {
         #[arg(long)]
         oltp_only: bool,
     },
+    /// The tracer of this build against BEFORE (another build's binary), interleaved (root).
+    BenchTraceAb {
+        /// The earlier build's profiler binary.
+        before: String,
+        /// This build's binary (default: build target/release/profiler). Both builds embed a
+        /// release eBPF object either way; give two debug binaries to skip a release build.
+        after: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,10 @@ fn main() -> ExitCode {
             }
             bench::sysbench_oltp()
         }),
+        Chore::BenchTraceAb { before, after } => match after {
+            Some(after) => bench::trace_ab(&before, &after),
+            None => release().and_then(|_| bench::trace_ab(&before, bench::PROFILER)),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,12 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "mariadb-server",
         "the server of sysbench oltp_* (the tool starts its own mariadbd with its own data dir)",
+        "nginx",
+        "the server `profiler web` starts with its own config (Debian's 1.22)",
+    ),
+    (
+        "wrk",
+        "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
     ),
     (
         "chromium",
@@ -162,6 +168,26 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian's nginx starts a site on the host's port 80 when installed, and mariadb-server a
+    // database on 3306: this project only runs them with its own config and data, and leaves
+    // the host's network alone.
+    for service in ["nginx", "mariadb"] {
+        let package = if service == "mariadb" {
+            "mariadb-server"
+        } else {
+            service
+        };
+        if missing.iter().any(|p| p.split('=').next() == Some(package))
+            && output(Command::new("systemctl").args(["is-enabled", service])).is_some()
+        {
+            eprintln!(
+                "setup: stopping and disabling the {service}.service Debian's package started"
+            );
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .status();
+        }
+    }
     Ok(true)
 }
 

@@ -6,12 +6,12 @@ pub mod http;
 pub mod metrics;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cleanup,
@@ -30,24 +30,17 @@ pub struct AgentArgs {
     /// Address to serve /metrics on.
     #[arg(long, default_value = "127.0.0.1:9435")]
     pub listen: SocketAddr,
-    /// Follow packets to or from this port (default: every port).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Follow packets to or from this IPv4 address.
-    #[arg(long)]
-    pub host: Option<Ipv4Addr>,
-    /// Follow packets born in this named network namespace (its packets are "requests").
-    #[arg(long)]
-    pub netns: Option<String>,
-    /// Follow packets born on this interface index.
-    #[arg(long)]
-    pub ifindex: Option<u32>,
+    #[command(flatten)]
+    pub filter: crate::opts::FilterArgs,
     /// The tracer's budget, in percent of one CPU (default 1).
     #[arg(long, default_value_t = 1.0)]
     pub overhead: f64,
     /// Also count KVM exits of every VM on this host.
     #[arg(long)]
     pub kvm: bool,
+    /// Print the kernel side's messages on rare conditions on stderr (`bpf warn: ...`).
+    #[arg(long)]
+    pub debug_bpf: bool,
     /// Stop after SECS (default: run until a signal).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -71,32 +64,22 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     {
         bail!("--duration must be a positive number of seconds, e.g. --duration 60");
     }
-    let netns = match &args.netns {
-        Some(n) => std::fs::metadata(crate::lab::netns::path(n))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
-            .map_err(|_| anyhow!("no network namespace {n}: see `ip netns list`"))?,
-        None => 0,
+    args.filter.check()?;
+    let filter = Filter {
+        debug_bpf: args.debug_bpf,
+        ..args
+            .filter
+            .existing_traffic(args.filter.port.map_or((0, u16::MAX), |p| (p, p)))?
     };
-    if let Some(i) = args.ifindex
-        && !std::path::Path::new("/sys/class/net").exists()
-    {
-        bail!("--ifindex {i}: /sys/class/net is not mounted");
-    }
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     cleanup::set_interruptible();
-    let filter = Filter {
-        ports: args.port.map_or((0, u16::MAX), |p| (p, p)),
-        netns,
-        client_netns: netns,
-        ifindex: args.ifindex.unwrap_or(0),
-        host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
-        xmit_hook: true,
-        ..Filter::default()
-    };
     let mut tracer = NetTracer::start(&filter)?;
     let kvm = if args.kvm {
-        Some(KvmTracer::start(crate::probes::kvm::Filter::default())?)
+        Some(KvmTracer::start(crate::probes::kvm::Filter {
+            debug_bpf: args.debug_bpf,
+            ..Default::default()
+        })?)
     } else {
         None
     };
@@ -139,7 +122,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                         let text = metrics::render(
                             &metrics::Scrape {
                                 host: &host,
-                                netns: args.netns.as_deref(),
+                                netns: args.filter.netns.as_deref(),
                                 net: &net,
                                 softirq: softirq.as_ref(),
                                 kvm_exits: exits.as_ref(),

@@ -25,7 +25,7 @@ pub struct Metric {
 
 #[derive(Debug)]
 pub struct Report {
-    /// trace, bench or experiment.
+    /// trace, bench, experiment, boot or sysbench.
     pub kind: &'static str,
     pub runs: usize,
     pub metrics: Vec<Metric>,
@@ -38,6 +38,10 @@ fn kind_of(v: &Value) -> Option<&'static str> {
         Some("trace")
     } else if v.get("throughput_mbps").is_some() && v.get("latency").is_some() {
         Some("bench")
+    } else if v.get("summary").is_some_and(Value::is_array) && v.get("wall_ns").is_some() {
+        Some("boot")
+    } else if v.get("test").is_some() && v.pointer("/run/events_per_sec").is_some() {
+        Some("sysbench")
     } else {
         None
     }
@@ -54,7 +58,7 @@ pub fn extract(v: &Value) -> Result<Report> {
     }
     let Some(kind) = kind_of(runs[0]) else {
         bail!(
-            "not a trace, bench or experiment report: pass the JSON of `profiler trace --json FILE`, `bench --json` or `experiment --json`"
+            "not a trace, bench, experiment, boot or sysbench report: pass the JSON of `profiler trace --json FILE`, `bench --json`, `experiment --json`, `boot --json` or `sysbench ... run --json`"
         );
     };
     let mut metrics: Vec<Metric> = vec![];
@@ -132,6 +136,8 @@ pub fn extract(v: &Value) -> Result<Report> {
                 }
             }
             "bench" => workload(run, &mut add),
+            "boot" => boot(run, &mut add),
+            "sysbench" => sysbench(run, &mut add),
             _ => {
                 for t in run
                     .get("tables")
@@ -215,6 +221,65 @@ fn workload(w: &Value, add: &mut Add<'_>) {
     );
 }
 
+/// A start-up report (every `boot` kind shares the shape): each phase's and the total's median
+/// over the instances, and the whole run's wall clock.
+fn boot(r: &Value, add: &mut Add<'_>) {
+    for p in r
+        .get("summary")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = p.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let metric = if name == "total" {
+            "total".to_string()
+        } else {
+            format!("phase:{name}")
+        };
+        add(
+            metric,
+            "ns",
+            Better::Lower,
+            p.get("p50_ns").and_then(Value::as_f64),
+        );
+    }
+    add(
+        "wall".into(),
+        "ns",
+        Better::Lower,
+        r.get("wall_ns").and_then(Value::as_f64),
+    );
+}
+
+/// A sysbench `run` report: events per second and the latency percentiles (ms), plus the
+/// test's own rates where it has them.
+fn sysbench(r: &Value, add: &mut Add<'_>) {
+    let f = |p: &str| r.pointer(p).and_then(Value::as_f64);
+    add(
+        "throughput".into(),
+        "events/s",
+        Better::Higher,
+        f("/run/events_per_sec"),
+    );
+    for (name, p) in [
+        ("p50", "/run/latency_ms/p50"),
+        ("p95", "/run/latency_ms/p95"),
+        ("p99", "/run/latency_ms/p99"),
+        ("mean", "/run/latency_ms/avg"),
+    ] {
+        add(name.into(), "ms", Better::Lower, f(p));
+    }
+    for (name, p) in [
+        ("memory_mib_per_s", "/run/memory/mib_per_sec"),
+        ("read_mib_per_s", "/run/fileio/read_mib_per_sec"),
+        ("written_mib_per_s", "/run/fileio/written_mib_per_sec"),
+    ] {
+        add(name.into(), "MiB/s", Better::Higher, f(p));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +321,32 @@ mod tests {
             r.metrics.iter().find(|m| m.name == "p99").unwrap().values,
             [90.0, 90.0]
         );
+    }
+
+    #[test]
+    fn boot_and_sysbench_reports_give_their_metrics() {
+        let boot = serde_json::json!({
+            "wall_ns": 500e6, "instances_wall_ns": 140e6,
+            "summary": [{"name": "clone", "p50_ns": 1e6}, {"name": "veth", "p50_ns": 6e7},
+                        {"name": "total", "p50_ns": 1.4e8}]
+        });
+        let r = extract(&boot).unwrap();
+        assert_eq!(r.kind, "boot");
+        let names: Vec<_> = r.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["phase:clone", "phase:veth", "total", "wall"]);
+        let sb = serde_json::json!({
+            "test": "cpu", "command": "run",
+            "run": {"events_per_sec": 758.0, "latency_ms": {"avg": 1.3, "p50": 0.33, "p95": 10.5, "p99": 16.4},
+                    "memory": null}
+        });
+        let r = extract(&sb).unwrap();
+        assert_eq!(r.kind, "sysbench");
+        let t = r.metrics.iter().find(|m| m.name == "throughput").unwrap();
+        assert_eq!(
+            (t.values.as_slice(), t.better),
+            (&[758.0][..], Better::Higher)
+        );
+        assert!(r.metrics.iter().any(|m| m.name == "p99" && m.unit == "ms"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `profiler check --baseline BASE.json CURRENT.json`: the regression gate for CI. Both files
 //! are reports of one kind (`trace --json`, `bench --json`, `experiment --json`, each also as
-//! `--repeat N`'s `{"repeat": N, "runs": [...]}`); each metric of the baseline is compared with
+//! `--repeat N`'s `{"repeat": N, "runs": [...]}`, `boot --json`, `sysbench ... --json`); each metric of the baseline is compared with
 //! the current run against a threshold rule, and a regression must also exceed the
 //! run-to-run spread when both files carry several runs. Exit 0: no regression; 1: one or
 //! more (named); 2: bad input, in one line.
@@ -39,8 +39,7 @@ pub struct CheckArgs {
 }
 
 /// The rules every check starts from; `--max-regress` adds to them.
-pub const DEFAULT_RULES: &str =
-    "p50=20%,p99=50%,throughput=20%,one_way@*=30%,layer:*=50%,experiment:*=25%";
+pub const DEFAULT_RULES: &str = "p50=20%,p99=50%,throughput=20%,one_way@*=30%,layer:*=50%,experiment:*=25%,total=25%,wall=25%,phase:*=50%";
 
 /// A layer must also grow by this much before it counts (the tracer's buckets at µs scale).
 pub const LAYER_FLOOR_NS: f64 = 500.0;

@@ -294,13 +294,14 @@ impl Host {
     fn start_all(&self, count: usize, laps: &mut Laps) -> Result<Vec<Startup>> {
         let barrier = Gate::new(count);
         let (tx, rx) = mpsc::channel();
+        let (down_tx, down_rx) = mpsc::channel::<(usize, u64)>();
         std::thread::scope(|s| -> Result<Vec<Startup>> {
             let mut releases = vec![];
             let mut failed = None;
             for n in 0..count {
                 let (release, wait) = mpsc::channel::<()>();
                 releases.push(release);
-                let (tx, barrier) = (tx.clone(), &barrier);
+                let (tx, down_tx, barrier) = (tx.clone(), down_tx.clone(), &barrier);
                 let spawned = std::thread::Builder::new()
                     .name(format!("container-{n}"))
                     .spawn_scoped(s, move || {
@@ -316,7 +317,14 @@ impl Host {
                         // The payload lives while this thread does (PR_SET_PDEATHSIG): hold it until
                         // every container has reported, then tear it down here.
                         let _ = wait.recv();
+                        // Shutdown (Dhar's Table 5.2): kill to reaped, cgroup, netns and DNAT
+                        // rule removed; in the teardown span, not the instances'.
+                        let t = Instant::now();
+                        let started = c.is_ok();
                         drop(c);
+                        if started {
+                            let _ = down_tx.send((n, t.elapsed().as_nanos() as u64));
+                        }
                     });
                 if let Err(e) = spawned {
                     // The started ones are at the gate: send them home, not on.
@@ -326,11 +334,17 @@ impl Host {
                 }
             }
             drop(tx);
+            drop(down_tx);
             let mut results: Vec<(usize, Result<Startup>)> = rx.iter().collect();
             laps.instances();
             drop(releases);
             if let Some(e) = failed {
                 return Err(e);
+            }
+            for (n, d) in down_rx.iter() {
+                if let Some((_, Ok(st))) = results.iter_mut().find(|r| r.0 == n) {
+                    st.shutdown_ns = Some(d);
+                }
             }
             results.sort_by_key(|r| r.0);
             if results.len() != count {
@@ -612,6 +626,7 @@ impl Marks {
             cgroup: cgroup.map(|p| p.display().to_string()),
             phases,
             total_ns,
+            shutdown_ns: None,
         }
     }
 }

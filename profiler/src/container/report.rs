@@ -19,6 +19,9 @@ pub struct Startup {
     pub phases: Vec<PhaseTime>,
     /// Spawn to ready, on the parent's clock.
     pub total_ns: u64,
+    /// SIGKILL of the payload (its PID namespace's init) to reaped, with its cgroup, namespace
+    /// and DNAT rule removed: after ready, in the run's teardown, not part of `total_ns`.
+    pub shutdown_ns: Option<u64>,
 }
 
 impl Startup {
@@ -57,8 +60,12 @@ pub struct ContainerBootReport {
     pub wall: Wall,
     /// Per phase (in phase order) over the containers, then `total` (spawn to ready).
     pub summary: Vec<PhaseStats>,
+    /// Over the containers' `shutdown_ns` (inside the teardown lap "containers removed").
+    pub shutdown: Option<PhaseStats>,
     pub containers: Vec<Startup>,
 }
+
+const SHUTDOWN: &str = "SIGKILL to reaped, cgroup, netns and DNAT rule removed (after ready)";
 
 pub const CLOCKS: &str = "phase ends are the parent's Instant (CLOCK_MONOTONIC), except the end \
     of exec: the payload's own CLOCK_MONOTONIC at main() entry";
@@ -94,6 +101,10 @@ impl ContainerBootReport {
             clocks: CLOCKS,
             wall,
             summary: summary(&containers, what),
+            shutdown: {
+                let downs: Vec<u64> = containers.iter().filter_map(|c| c.shutdown_ns).collect();
+                (!downs.is_empty()).then(|| PhaseStats::of("shutdown", SHUTDOWN, &downs))
+            },
             containers,
         }
     }
@@ -153,6 +164,18 @@ pub fn print(r: &ContainerBootReport) {
             f(s.p90_ns),
             f(s.max_ns),
             clock,
+            s.what
+        );
+    }
+    if let Some(s) = &r.shutdown {
+        println!(
+            "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} {}",
+            s.name,
+            f(s.min_ns),
+            f(s.p50_ns),
+            f(s.p90_ns),
+            f(s.max_ns),
+            "parent",
             s.what
         );
     }

@@ -71,7 +71,7 @@ pub const PORT: u16 = 8080;
 
 /// Adds `path` (absolute) to the archive with every parent directory, once (`dirs` holds
 /// what is in already).
-fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Result<()> {
+pub fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Result<()> {
     let rel = path.trim_start_matches('/');
     let mut parent = String::new();
     let parts: Vec<&str> = rel.split('/').collect();

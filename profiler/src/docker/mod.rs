@@ -6,6 +6,7 @@
 //! later run removes what a killed one left (`reap_stale`).
 
 pub mod image;
+pub mod service;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -173,6 +174,24 @@ fn what(name: &str) -> String {
         .to_string()
 }
 
+/// Refuses a `--network` Docker does not know, before any image or container is made (the
+/// create request was the first to fail, with a container's worth of work already done).
+async fn check_network(d: &Docker, network: &str) -> Result<()> {
+    // Network modes rather than networks: nothing to look up.
+    if ["host", "none", "default"].contains(&network) || network.starts_with("container:") {
+        return Ok(());
+    }
+    match d.inspect_network(network, None).await {
+        Ok(_) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => bail!(
+            "--network {network}: Docker has no such network (`docker network ls` lists them; bridge, host and none always exist)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("--network {network}: asking Docker about it")),
+    }
+}
+
 /// Starts `count` containers at once and times each start-up.
 pub fn boot(args: &DockerBootArgs, count: usize, timeout: Duration) -> Result<DockerBootReport> {
     boot_from(args, count, timeout, Laps::new(std::time::Instant::now()))
@@ -188,6 +207,7 @@ pub fn boot_from(
     crate::kernel::require_root("profiler boot --container docker")?;
     runtime()?.block_on(async {
         let d = connect_reaped().await?;
+        check_network(&d, &args.network).await?;
         laps.lap("connect, reap");
         let built = match &args.image {
             Some(i) => (i.clone(), false),

@@ -109,7 +109,10 @@ pub(super) fn vm(
     let run = qemu::run_guest(&guest, accel, timeout, &mut |pid| {
         watch(pid);
         if accel == qemu::Accel::Kvm {
-            let filter = crate::probes::kvm::Filter { tgid: pid, tid: 0 };
+            let filter = crate::probes::kvm::Filter {
+                tgid: pid,
+                ..Default::default()
+            };
             match crate::probes::kvm::KvmTracer::start(filter) {
                 Ok(t) => kvm = Some((t, pid, Instant::now())),
                 Err(e) => kvm_error = Some(format!("{e:#}")),

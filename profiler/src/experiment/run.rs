@@ -211,6 +211,14 @@ pub fn describe(run: &Run) -> String {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default()
         ),
+        Run::Web {
+            env,
+            connections,
+            size,
+        } => format!(
+            "web --env {} --connections {connections} --size {size}",
+            env.name()
+        ),
     }
 }
 
@@ -283,6 +291,10 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
             let r = crate::container::run(&args)?;
             m.push("boot_s", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e9);
             m.push("boot_ms", r.total().map_or(0, |t| t.p50_ns) as f64 / 1e6);
+            m.push(
+                "shutdown_s",
+                r.shutdown.as_ref().map_or(0, |t| t.p50_ns) as f64 / 1e9,
+            );
         }
         Run::Sysbench {
             env,
@@ -374,6 +386,38 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
                 m.push("writes_per_sec", mean(&row.writes_per_sec));
                 m.push("queries_per_sec", mean(&row.queries_per_sec));
             }
+        }
+        Run::Web {
+            env,
+            connections,
+            size,
+        } => {
+            let args = crate::web::WebArgs {
+                env: vec![*env],
+                connections: vec![*connections],
+                length: length.as_secs().max(1),
+                size: *size,
+                workers: None,
+                trace_length: 1,
+                no_trace: true,
+                json: None,
+            };
+            let r = crate::web::run(&args)?;
+            let run = r
+                .envs
+                .first()
+                .and_then(|e| e.runs.first())
+                .ok_or_else(|| anyhow!("web measured nothing"))?;
+            let l = &run.wrk.latency;
+            m.push("requests_per_sec", run.wrk.requests_per_sec);
+            m.push("response_ms", l.mean / 1e6);
+            m.push("response_stddev_ms", l.stddev / 1e6);
+            m.push("response_p50_ms", l.p50 as f64 / 1e6);
+            m.push("response_p99_ms", l.p99 as f64 / 1e6);
+            m.push("server_cpu_pct", run.server_cpu_pct);
+            m.push("server_cpu_machine_pct", run.server_cpu_machine_pct);
+            m.push("client_cpu_pct", run.client_cpu_pct);
+            m.note(format!("{}, {}", r.server, r.generator));
         }
     }
     Ok(())

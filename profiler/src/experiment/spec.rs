@@ -78,6 +78,8 @@ pub enum Kind {
     /// sysbench oltp_* on the tool's own MariaDB inside the environment (`run --env E`), or
     /// N instances at once, each with its own server (`density --instances N`).
     Oltp,
+    /// nginx under wrk in an environment (`web --env E --connections N`).
+    Web,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +111,11 @@ pub struct Table {
     pub table_size: Option<u32>,
     #[serde(default)]
     pub threads: Option<u32>,
+    /// web: open connections (wrk -c), and the served file's bytes.
+    #[serde(default)]
+    pub connections: Option<usize>,
+    #[serde(default)]
+    pub size: Option<usize>,
     pub rows: Vec<Row>,
 }
 
@@ -134,6 +141,8 @@ pub struct Row {
     pub net: Option<String>,
     #[serde(default)]
     pub env: Option<String>,
+    #[serde(default)]
+    pub connections: Option<usize>,
     /// The paper's figure, in the table's unit.
     #[serde(default)]
     pub paper: Option<f64>,
@@ -201,6 +210,11 @@ pub enum Run {
         threads: u32,
         time_s: f64,
     },
+    Web {
+        env: crate::web::WebEnv,
+        connections: usize,
+        size: usize,
+    },
 }
 
 /// The metrics each kind reports (the names a table's `metric` may use).
@@ -226,6 +240,16 @@ pub fn metrics(kind: Kind) -> &'static [&'static str] {
             "reads_per_sec",
             "writes_per_sec",
         ],
+        Kind::Web => &[
+            "requests_per_sec",
+            "response_ms",
+            "response_stddev_ms",
+            "response_p50_ms",
+            "response_p99_ms",
+            "server_cpu_pct",
+            "server_cpu_machine_pct",
+            "client_cpu_pct",
+        ],
     }
 }
 
@@ -240,6 +264,7 @@ pub fn higher_is_better(metric: &str) -> bool {
             | "queries_per_sec"
             | "reads_per_sec"
             | "writes_per_sec"
+            | "requests_per_sec"
     )
 }
 
@@ -456,6 +481,26 @@ impl Table {
                     time_s,
                 })
             }
+            Kind::Web => {
+                let env = parse_enum(
+                    "env",
+                    row.env.as_deref().ok_or_else(|| {
+                        anyhow!("a web row needs env = \"host\" (or native, docker)")
+                    })?,
+                )?;
+                let connections = row
+                    .connections
+                    .or(self.connections)
+                    .ok_or_else(|| anyhow!("a web table needs connections = N"))?;
+                if connections == 0 {
+                    bail!("connections must be at least 1");
+                }
+                Some(Run::Web {
+                    env,
+                    connections,
+                    size: self.size.unwrap_or(1024),
+                })
+            }
         })
     }
 }
@@ -466,13 +511,51 @@ mod tests {
 
     #[test]
     fn the_shipped_files_parse() {
-        for f in ["amaral2015.toml", "suo2018.toml", "dhar2016.toml"] {
+        for f in [
+            "amaral2015.toml",
+            "suo2018.toml",
+            "dhar2016.toml",
+            "zheng.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(f);
             let spec = Spec::load(&path).unwrap_or_else(|e| panic!("{f}: {e:#}"));
             assert!(!spec.tables.is_empty());
         }
+    }
+
+    #[test]
+    fn a_web_row_needs_an_environment_and_connections() {
+        let table = |row: &str, conns: &str| {
+            format!(
+                "paper = \"x\"\n[[table]]\nid = \"t\"\ntitle = \"t\"\nkind = \"web\"\n\
+                 metric = \"server_cpu_pct\"\nunit = \"%\"\nbaseline = \"d\"\n{conns}\
+                 rows = [{row}]\n"
+            )
+        };
+        let ok = Spec::parse(&table(
+            "{ setup = \"d\", env = \"docker\" }",
+            "connections = 8\n",
+        ))
+        .unwrap();
+        let t = &ok.tables[0];
+        assert_eq!(
+            t.run_of(&t.rows[0], &ok, false).unwrap(),
+            Some(Run::Web {
+                env: crate::web::WebEnv::Docker,
+                connections: 8,
+                size: 1024
+            })
+        );
+        let e = Spec::parse(&table(
+            "{ setup = \"d\", env = \"vm\" }",
+            "connections = 8\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown env 'vm'"), "{e}");
+        let e = Spec::parse(&table("{ setup = \"d\", env = \"host\" }", "")).unwrap_err();
+        assert!(e.to_string().contains("connections"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct KvmArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = crate::opts::at_least::<u32, 1>)]
     pub count: u32,
+    /// Print the kernel side's messages on rare conditions (a field that does not read, an
+    /// exit reason out of range, a full map) on stderr as `bpf warn: ...`.
+    #[arg(long)]
+    pub debug_bpf: bool,
 }
 
 pub fn run(args: &KvmArgs) -> Result<()> {
@@ -46,8 +50,8 @@ pub fn measure(args: &KvmArgs) -> Result<KvmReport> {
     kernel::require_root("profiler kvm")?;
     require_kvm()?;
     match args.micro_vm {
-        Some(w) => micro_vm(w, args.count),
-        None => trace_vms(args.pid, args.length),
+        Some(w) => micro_vm(w, args.count, args.debug_bpf),
+        None => trace_vms(args.pid, args.length, args.debug_bpf),
     }
 }
 
@@ -60,13 +64,38 @@ fn require_kvm() -> Result<KvmBackend> {
     }
 }
 
+/// Refuses a pid that is not a VMM: one holding no KVM file descriptor (/dev/kvm, a kvm-vm or
+/// kvm-vcpu inode) would be traced for nothing. `--pid 1` was accepted and reported no exits.
+fn require_vmm(pid: u32) -> Result<()> {
+    let fds = std::path::PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = match std::fs::read_dir(&fds) {
+        Ok(e) => e,
+        Err(_) => bail!("--pid {pid}: no such process"),
+    };
+    let kvm = entries.flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            t == "/dev/kvm" || t.starts_with("anon_inode:kvm-")
+        })
+    });
+    if !kvm {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        bail!(
+            "--pid {pid} ({}) is not a VMM: it holds no KVM file descriptor (/dev/kvm, kvm-vm, kvm-vcpu); pass a QEMU or other VMM's pid, or leave --pid out to trace every VM",
+            comm.trim()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the micro-VM on this thread with the tracer following only this thread, and checks
 /// the tracer's count of its exits against the VMM's.
-pub fn micro_vm(workload: Workload, count: u32) -> Result<KvmReport> {
+pub fn micro_vm(workload: Workload, count: u32, debug_bpf: bool) -> Result<KvmReport> {
     let backend = require_kvm()?;
     let filter = Filter {
         tgid: std::process::id(),
         tid: nix::unistd::gettid().as_raw() as u32,
+        debug_bpf,
     };
     let mut tracer = KvmTracer::start(filter)?;
     let start = Instant::now();
@@ -87,19 +116,18 @@ pub fn micro_vm(workload: Workload, count: u32) -> Result<KvmReport> {
 }
 
 /// Traces the VMs of `pid` (or all) for `seconds`; the first Ctrl-C ends it early.
-pub fn trace_vms(pid: Option<u32>, seconds: f64) -> Result<KvmReport> {
+pub fn trace_vms(pid: Option<u32>, seconds: f64, debug_bpf: bool) -> Result<KvmReport> {
     let backend = require_kvm()?;
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("-l must be a positive number of seconds");
     }
-    if let Some(p) = pid
-        && !std::path::Path::new(&format!("/proc/{p}")).exists()
-    {
-        bail!("no process {p}");
+    if let Some(p) = pid {
+        require_vmm(p)?;
     }
     let mut tracer = KvmTracer::start(Filter {
         tgid: pid.unwrap_or(0),
         tid: 0,
+        debug_bpf,
     })?;
     crate::cleanup::set_interruptible();
     let start = Instant::now();

@@ -92,36 +92,16 @@ impl Vm {
             let mut readers = Vec::new();
             if let Some(out) = stdout {
                 let tx = tx.clone();
-                readers.push(crate::cleanup::spawn("qemu-console", move || {
-                    let mut r = BufReader::new(out);
-                    let mut buf = Vec::new();
-                    loop {
-                        buf.clear();
-                        match r.read_until(b'\n', &mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                        let at = realtime_us();
-                        let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_matches(|c| c == '\r' || c == '\n');
-                        let _ = tx.send((side, Out::Line(at, line.to_string())));
-                    }
+                readers.push(lines_of("qemu-console", out, move |line| {
+                    let at = realtime_us();
+                    let line = line.trim_matches(|c| c == '\r' || c == '\n');
+                    let _ = tx.send((side, Out::Line(at, line.to_string())));
                 }));
             }
             if let Some(err) = stderr {
                 let tx = tx.clone();
-                readers.push(crate::cleanup::spawn("qemu-stderr", move || {
-                    let mut r = BufReader::new(err);
-                    let mut buf = Vec::new();
-                    loop {
-                        buf.clear();
-                        match r.read_until(b'\n', &mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        let _ = tx.send((side, Out::Stderr(line)));
-                    }
+                readers.push(lines_of("qemu-stderr", err, move |line| {
+                    let _ = tx.send((side, Out::Stderr(line.trim_end().to_string())));
                 }));
             }
             let _ = spawned_tx.send(Ok(pid as u32));
@@ -235,6 +215,26 @@ pub fn memory_arg(accel: &str, memory_mib: u64) -> String {
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// A thread handing each line of `pipe` to `each` as soon as it is read, until the pipe ends.
+fn lines_of<R: std::io::Read + Send + 'static>(
+    name: &str,
+    pipe: R,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    crate::cleanup::spawn(name, move || {
+        let mut r = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            each(&String::from_utf8_lossy(&buf));
+        }
+    })
 }
 
 #[cfg(test)]

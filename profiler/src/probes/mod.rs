@@ -9,6 +9,7 @@
 pub mod exec;
 pub mod inject;
 pub mod kvm;
+pub mod log;
 pub mod net;
 pub mod probe;
 pub mod sched;
@@ -72,6 +73,8 @@ pub fn loader(subject: Subject) -> EbpfLoader<'static> {
             l.map_max_entries(name, smallest);
         }
     }
+    // aya-log's ring buffer: one page unless `--debug-bpf` asks for it (`log::enable`).
+    l.map_max_entries(map::AYA_LOGS, log::SMALLEST);
     l
 }
 
@@ -144,6 +147,7 @@ pub fn memory_model() -> Result<Vec<MemoryModel>> {
                     for (name, m) in &obj.maps {
                         let own = MAPS.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
                         let entries = match own {
+                            _ if name == map::AYA_LOGS => log::SMALLEST,
                             Some(s) if s != subject => {
                                 if RING_BUFFERS.contains(&name.as_str()) {
                                     4096

@@ -44,6 +44,8 @@ pub struct Filter {
     /// has only noqueue devices, where the two hooks are back to back: one fewer program on
     /// every packet at every device.
     pub xmit_hook: bool,
+    /// Print the kernel side's rare-condition messages (`--debug-bpf`).
+    pub debug_bpf: bool,
 }
 
 /// Packets whose state is this old were freed unseen; their address now names another packet.
@@ -99,6 +101,8 @@ pub struct NetTracer {
     ways: Vec<Candidate>,
     links: Vec<Link>,
     floor_link: Option<Link>,
+    /// The kernel's messages with `--debug-bpf`, printed until the tracer is dropped.
+    _log: Option<crate::probes::log::KernelLog>,
 }
 
 /// The offsets the kernel side needs, from this kernel's BTF; the filter left empty.
@@ -145,11 +149,16 @@ impl NetTracer {
             n if n.is_power_of_two() && n <= STATE_SLOTS => n - 1,
             n => anyhow::bail!("--state-slots {n}: a power of two up to {STATE_SLOTS}"),
         };
+        config.debug = filter.debug_bpf as u32;
         let mut l = crate::probes::loader(crate::probes::Subject::Net);
+        if filter.debug_bpf {
+            crate::probes::log::enable(&mut l);
+        }
         l.override_global(map::NET_CONFIG, &config, true);
         let mut ebpf = l
             .load(crate::probes::OBJECT)
             .context("loading the tracer's eBPF programs")?;
+        let log = crate::probes::log::KernelLog::start(&mut ebpf, filter.debug_bpf)?;
         let table = layers::table();
         {
             let mut seg: Array<_, u8> = Array::try_from(
@@ -171,6 +180,7 @@ impl NetTracer {
             ways: vec![],
             links: vec![],
             floor_link: None,
+            _log: log,
         };
         t.set_follow(0, 0)?;
         for (i, point) in points().enumerate() {

@@ -188,6 +188,23 @@ pub struct SysbenchArgs {
 /// The threads and bytes of memory a `sysbench ...` workload's arguments ask for; None when
 /// they are not a sysbench workload that parses (its own run then says what is wrong).
 pub fn footprint(argv: &[String]) -> Option<(u64, u64, String)> {
+    Some(parsed(argv)?.spec().footprint())
+}
+
+/// A `sysbench ...` workload's values checked as its run will check them (e.g. `--time 0`
+/// with no `--events`), before an environment is started for it; other workloads pass.
+pub fn validate_workload(argv: &[String]) -> Result<()> {
+    match parsed(argv) {
+        Some(args) => args
+            .spec()
+            .validate()
+            .map_err(|e| anyhow!("the workload's arguments: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// `sysbench ...` arguments as the workload parses them; None for another workload.
+fn parsed(argv: &[String]) -> Option<SysbenchArgs> {
     #[derive(clap::Parser)]
     #[command(no_binary_name = true)]
     struct Workload {
@@ -195,8 +212,7 @@ pub fn footprint(argv: &[String]) -> Option<(u64, u64, String)> {
         args: SysbenchArgs,
     }
     let rest = argv.strip_prefix(&["sysbench".to_string()])?;
-    let w = <Workload as clap::Parser>::try_parse_from(rest).ok()?;
-    Some(w.args.spec().footprint())
+    Some(<Workload as clap::Parser>::try_parse_from(rest).ok()?.args)
 }
 
 impl SysbenchArgs {

@@ -55,7 +55,7 @@ use anyhow::{Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
 
-pub use cli::{SysbenchArgs, footprint, parse_size};
+pub use cli::{SysbenchArgs, footprint, parse_size, validate_workload};
 pub use cpu::count_primes;
 pub use oltp::{ConnOpts, OltpOpts, OltpSetup, OltpStats};
 pub use report::{

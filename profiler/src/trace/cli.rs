@@ -1,7 +1,7 @@
 //! `profiler trace`'s arguments, their checks, and the dispatch to its modes: one run
 //! (`run`), `--compare`, `--ablation`, `--self-check`.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
@@ -46,18 +46,8 @@ pub struct TraceArgs {
     /// Trace existing traffic on this host; no lab, no workload.
     #[arg(long)]
     pub attach_only: bool,
-    /// Follow packets to or from this port (default: the lab's ports).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Follow packets to or from this IPv4 address.
-    #[arg(long)]
-    pub host: Option<Ipv4Addr>,
-    /// Follow packets born in this named network namespace.
-    #[arg(long)]
-    pub netns: Option<String>,
-    /// Follow packets born on this interface index.
-    #[arg(long)]
-    pub ifindex: Option<u32>,
+    #[command(flatten)]
+    pub filter: crate::opts::FilterArgs,
     /// -r REQ,RESP for the rr workloads.
     #[arg(short = 'r', default_value = "1,1")]
     pub rr: String,
@@ -90,6 +80,10 @@ pub struct TraceArgs {
     /// mean run time (the program body only: trampolines and probe entry are not counted).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Print the kernel side's messages on rare conditions (an offset that does not read, a
+    /// full map or ring buffer, a hook order no layer names) on stderr as `bpf warn: ...`.
+    #[arg(long)]
+    pub debug_bpf: bool,
     /// Inject a known delay on a bridge port, the underlay and a container veth, trace, and
     /// check that each lands in the layer holding its hook and nowhere else.
     #[arg(long)]

@@ -1,9 +1,6 @@
 //! `profiler trace`: build (or reuse) a lab, start the workload, attach, report, tear down.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
@@ -18,7 +15,7 @@ use crate::export::hdr_log::{self, HdrLog};
 use crate::probes::net::{Filter, NetTracer};
 use crate::{
     cleanup,
-    lab::{self, Mode, netns},
+    lab::{self, Mode},
     workload::{self, Endpoints, Options, Test},
 };
 
@@ -64,12 +61,6 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn inode(ns: &str) -> Result<u32> {
-    Ok(std::fs::metadata(netns::path(ns))
-        .with_context(|| format!("no network namespace {ns}"))?
-        .ino() as u32)
-}
-
 pub fn run(args: &TraceArgs) -> Result<TraceReport> {
     prelude(args, "profiler trace")?;
     if args.attach_only {
@@ -89,13 +80,14 @@ pub(super) fn trace_in(
     let test: Test = args.test.parse()?;
     let (rq, rs) = workload::parse_rr(&args.rr)?;
     let filter = Filter {
-        ports: args.port.map_or(desc.ports, |p| (p, p)),
-        client_netns: inode(&desc.client.netns)?,
+        ports: args.filter.port.map_or(desc.ports, |p| (p, p)),
+        client_netns: crate::opts::netns_inode(&desc.client.netns)?,
         print_every: args.print_every.unwrap_or(0),
-        host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
+        host: args.filter.host_be(),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
         xmit_hook: args.split_tx_queue,
+        debug_bpf: args.debug_bpf,
         ..Filter::default()
     };
     let _stats = if args.bpf_stats {
@@ -138,23 +130,15 @@ pub(super) fn trace_in(
 }
 
 fn attach_only(args: &TraceArgs, length: Duration) -> Result<TraceReport> {
-    let port = args.port.ok_or_else(|| {
+    let port = args.filter.port.ok_or_else(|| {
         anyhow!("--attach-only needs --port PORT (and optionally --host, --netns, --ifindex)")
     })?;
-    let netns = match &args.netns {
-        Some(n) => inode(n)?,
-        None => 0,
-    };
     let filter = Filter {
-        ports: (port, port),
-        netns,
-        client_netns: netns,
-        ifindex: args.ifindex.unwrap_or(0),
-        host: args.host.map_or(0, |h| u32::from_ne_bytes(h.octets())),
         print_every: args.print_every.unwrap_or(0),
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
-        xmit_hook: true,
+        debug_bpf: args.debug_bpf,
+        ..args.filter.existing_traffic((port, port))?
     };
     let _stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF statistics")?)

@@ -24,6 +24,8 @@ use crate::attach::{self, Attached as Attach, Point, link::Link};
 pub struct Filter {
     pub tgid: u32,
     pub tid: u32,
+    /// Print the kernel side's rare-condition messages (`--debug-bpf`).
+    pub debug_bpf: bool,
 }
 
 /// ioctl(2)'s number as raw_syscalls reports it.
@@ -132,6 +134,8 @@ pub struct KvmTracer {
     ebpf: Ebpf,
     links: Vec<Link>,
     pub attached: Vec<Attach>,
+    /// The kernel's messages with `--debug-bpf`, printed until the tracer is dropped.
+    _log: Option<crate::probes::log::KernelLog>,
 }
 
 impl KvmTracer {
@@ -143,6 +147,7 @@ impl KvmTracer {
             tgid: filter.tgid,
             tid: filter.tid,
             ioctl_nr: IOCTL_NR,
+            debug: filter.debug_bpf as u32,
             ..KvmConfig::default()
         };
         let mut usable = vec![];
@@ -161,10 +166,15 @@ impl KvmTracer {
                 }),
             }
         }
-        let mut ebpf = crate::probes::loader(crate::probes::Subject::Kvm)
+        let mut l = crate::probes::loader(crate::probes::Subject::Kvm);
+        if filter.debug_bpf {
+            crate::probes::log::enable(&mut l);
+        }
+        let mut ebpf = l
             .override_global(map::KVM_CONFIG, &config, true)
             .load(crate::probes::OBJECT)
             .context("loading the KVM tracer's eBPF programs")?;
+        let log = crate::probes::log::KernelLog::start(&mut ebpf, filter.debug_bpf)?;
         {
             let mut table: Array<_, u8> = Array::try_from(
                 ebpf.map_mut(map::KVM_EXIT_SLOT)
@@ -195,6 +205,7 @@ impl KvmTracer {
             ebpf,
             links,
             attached,
+            _log: log,
         })
     }
 
