@@ -54,6 +54,8 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "mariadb-server",
         "the server of sysbench oltp_* (the tool starts its own mariadbd with its own data dir)",
+    ),
+    (
         "nginx",
         "the server `profiler web` starts with its own config (Debian's 1.22)",
     ),
