@@ -18,6 +18,7 @@ pub mod inject;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod mariadb;
 pub mod migrate;
 pub mod opts;
 pub mod probes;
@@ -59,5 +60,9 @@ pub const REAPERS: &[cleanup::Reaper] = &[
     cleanup::Reaper {
         what: "injector filters",
         reap: inject::reap_stale,
+    },
+    cleanup::Reaper {
+        what: "MariaDB servers and data",
+        reap: mariadb::reap_stale,
     },
 ];

@@ -65,9 +65,12 @@ enum Command {
     /// KVM exits by reason (or KVM_RUN round trips), of running VMs or the built-in micro-VM.
     #[command(allow_negative_numbers = true)]
     Kvm(profiler::kvm::cli::KvmArgs),
-    /// sysbench-style workloads: cpu, memory, fileio, threads, mutex (sysbench's options).
+    /// sysbench-style workloads: cpu, memory, fileio, threads, mutex, oltp_* (sysbench's options).
     #[command(allow_negative_numbers = true)]
     Sysbench(profiler::sysbench::SysbenchArgs),
+    /// A MariaDB of the tool's own (own data dir, socket and loopback port) for other clients:
+    /// prints where as one JSON line, holds it until a signal, then removes it.
+    Mariadb(profiler::mariadb::cli::MariadbArgs),
     /// nginx serving across environments (host, native, docker) under wrk: requests/s, the
     /// response-time histogram, the server's CPU, and the network layers under it.
     #[command(allow_negative_numbers = true)]
@@ -431,6 +434,10 @@ fn run(command: Command) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
             }
             profiler::export::json::emit(json.as_ref(), &d, profiler::envs::print_density)
+        }
+        Command::Mariadb(args) => {
+            profiler::kernel::require_root("profiler mariadb")?;
+            profiler::mariadb::cli::run(&args)
         }
         Command::Web(args) => profiler::web::main(&args),
         Command::Sysbench(args) => {

@@ -305,6 +305,20 @@ impl Check<'_> {
             }
         }
         left.extend(orphan_programs(self.names, self.from, self.to));
+        // MariaDB: data directories of dead owners (a native container's workload owns its
+        // own, by its pid), and any server still running in one.
+        let root = Path::new(profiler::mariadb::DATA_ROOT);
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if profiler::cleanup::owner::of_name(&name).is_none_or(|o| !o.alive()) {
+                left.push(format!("MariaDB data {}", e.path().display()));
+                left.extend(
+                    profiler::mariadb::servers_in(&e.path())
+                        .into_iter()
+                        .map(|p| format!("mariadbd {p}")),
+                );
+            }
+        }
         // Temp files named by it.
         let tag = format!("{pid}-{start}");
         let cache = profiler::boot::artefacts::cache_dir();
@@ -519,6 +533,42 @@ fn run_env_docker() {
     three_kills(
         &["run", "--env", "docker", "sysbench", "cpu", "--time", "5"],
         [150, 1200, 4000],
+        false,
+    );
+}
+
+#[test]
+fn sysbench_oltp_own_server() {
+    // In mariadb-install-db, at the server's start or prepare, during the run.
+    three_kills(
+        &[
+            "sysbench",
+            "oltp_read_write",
+            "--time",
+            "8",
+            "--table-size",
+            "2000",
+        ],
+        [300, 6500, 11000],
+        false,
+    );
+}
+
+#[test]
+fn run_env_native_oltp() {
+    three_kills(
+        &[
+            "run",
+            "--env",
+            "native",
+            "sysbench",
+            "oltp_read_only",
+            "--time",
+            "8",
+            "--table-size",
+            "2000",
+        ],
+        [300, 6500, 11000],
         false,
     );
 }

@@ -681,6 +681,187 @@ pub fn sysbench() -> Result<()> {
     write_doc("sysbench", &md)
 }
 
+/// OLTP pairs: the server, its TCP port, and how to run a client beside it.
+struct OltpServer {
+    child: Child,
+    port: u64,
+    /// `nsenter` into the server's network namespace (native), or nothing (host).
+    enter: Option<u64>,
+}
+
+impl OltpServer {
+    /// `profiler mariadb`, on the host or under `unshare` in new mount, UTS, IPC and network
+    /// namespaces (what `run --env native` gives a workload), holding until killed.
+    fn start(native: bool) -> Result<Self> {
+        use std::io::BufRead as _;
+        let exe = std::fs::canonicalize(PROFILER)?;
+        let mut cmd = if native {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--uts", "--ipc", "--net", "--"])
+                .arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let mut child = cmd
+            .arg("mariadb")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("{cmd:?}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("profiler mariadb printed {line:?}"))?;
+        Ok(Self {
+            port: v["port"].as_u64().context("port")?,
+            enter: native.then(|| v["pid"].as_u64()).flatten(),
+            child,
+        })
+    }
+
+    fn client(&self, prog: &str) -> Command {
+        match self.enter {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-n", "--"]).arg(prog);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: it stops the server and removes its data.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+const OLTP_PAIRS: usize = 10;
+const OLTP_THREADS: &str = "2";
+
+/// CPU seconds (user + system) of this process's waited-for children (proc(5) stat fields 16
+/// and 17, in clock ticks of 1/100 s).
+fn children_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<f64> = s[s.rfind(')').map_or(0, |i| i + 2)..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / 100.0
+}
+
+/// transactions/s from Debian's sysbench OLTP output.
+fn sysbench_tps(out: &str) -> Result<f64> {
+    out.lines()
+        .find_map(|l| {
+            let l = l.trim().strip_prefix("transactions:")?;
+            l.split('(').nth(1)?.split_whitespace().next()?.parse().ok()
+        })
+        .ok_or_else(|| anyhow!("no transactions line in sysbench's output:\n{out}"))
+}
+
+/// `profiler sysbench oltp_read_write` against Debian's sysbench on the same server, over
+/// TCP on loopback, interleaved pairs (the order alternates), on the host and in a native
+/// container (server and both clients in its network namespace).
+pub fn sysbench_oltp() -> Result<()> {
+    let exe = std::fs::canonicalize(PROFILER)?;
+    let mut md = format!(
+        "# bench-sysbench: OLTP\n\nMachine: {}\n\n`profiler sysbench oltp_read_write` against Debian's sysbench 1.0.20 on the same MariaDB 10.11 (`profiler mariadb`: its own data dir on disk, TCP on 127.0.0.1), 1 table of 10000 rows, {OLTP_THREADS} threads, {SECS} s per run, {OLTP_PAIRS} interleaved pairs per environment, the order alternating (`cargo xtask bench-sysbench --oltp-only`). native: the server and both clients in new mount, UTS, IPC and network namespaces (`unshare`, clients by `nsenter`). Load average at the start: {}.\n\n| env | ours tx/s median (min-max) | sysbench tx/s median (min-max) | ratio median (min-max) | ours client CPU ms/tx | sysbench client CPU ms/tx |\n|---|---|---|---|---|---|\n",
+        machine(),
+        load_average()
+    );
+    for (env, native) in [("host", false), ("native", true)] {
+        let server = OltpServer::start(native)?;
+        let port = server.port.to_string();
+        let conn = |c: &mut Command| {
+            c.args([
+                "--mysql-host=127.0.0.1",
+                &format!("--mysql-port={port}"),
+                "--mysql-user=sbtest",
+                "--mysql-db=sbtest",
+                "--table-size=10000",
+            ]);
+        };
+        let result = (|| -> Result<[Vec<f64>; 5]> {
+            let mut c = server.client("sysbench");
+            c.arg("oltp_read_write");
+            conn(&mut c);
+            text(c.arg("prepare"))?;
+            let (mut ours, mut peer, mut ratio) = (vec![], vec![], vec![]);
+            let (mut ours_cpu, mut peer_cpu) = (vec![], vec![]);
+            for i in 0..OLTP_PAIRS {
+                let run_ours = || -> Result<f64> {
+                    let mut c = server.client(&exe.to_string_lossy());
+                    c.args(["sysbench", "oltp_read_write", "run"]);
+                    conn(&mut c);
+                    c.args(["--threads", OLTP_THREADS, "--time", SECS, "--json"]);
+                    json(&mut c)?["run"]["oltp"]["transactions_per_sec"]
+                        .as_f64()
+                        .ok_or_else(|| anyhow!("no transactions_per_sec in our report"))
+                };
+                let run_peer = || -> Result<f64> {
+                    let mut c = server.client("sysbench");
+                    c.arg("oltp_read_write");
+                    conn(&mut c);
+                    c.args([
+                        &format!("--threads={OLTP_THREADS}"),
+                        &format!("--time={SECS}"),
+                        "run",
+                    ]);
+                    sysbench_tps(&text(&mut c)?)
+                };
+                // The client's CPU (user + system) per transaction, from our waited children.
+                let timed = |f: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
+                    let c0 = children_cpu_s();
+                    let tps = f()?;
+                    let secs: f64 = SECS.parse().unwrap_or(5.0);
+                    Ok((tps, (children_cpu_s() - c0) * 1e3 / (tps * secs)))
+                };
+                let ((o, oc), (p, pc)) = if i % 2 == 0 {
+                    let o = timed(&run_ours)?;
+                    (o, timed(&run_peer)?)
+                } else {
+                    let p = timed(&run_peer)?;
+                    (timed(&run_ours)?, p)
+                };
+                eprintln!(
+                    "bench: oltp {env} pair {i}: ours {o:.1} tx/s ({oc:.3} CPU ms/tx), sysbench {p:.1} tx/s ({pc:.3} CPU ms/tx)"
+                );
+                ours.push(o);
+                peer.push(p);
+                ratio.push(o / p);
+                ours_cpu.push(oc);
+                peer_cpu.push(pc);
+            }
+            let mut c = server.client("sysbench");
+            c.arg("oltp_read_write");
+            conn(&mut c);
+            text(c.arg("cleanup"))?;
+            Ok([ours, peer, ratio, ours_cpu, peer_cpu])
+        })();
+        server.stop();
+        let [ours, peer, ratio, ours_cpu, peer_cpu] = result?;
+        md += &format!(
+            "| {env} | {} | {} | {} | {} | {} |\n",
+            spread(&ours, 1),
+            spread(&peer, 1),
+            spread(&ratio, 3),
+            spread(&ours_cpu, 3),
+            spread(&peer_cpu, 3)
+        );
+    }
+    md += &format!(
+        "\nLoad average at the end: {}. Goal: the ratio's median within 0.95-1.05 on host and native.\n",
+        load_average()
+    );
+    println!("{md}");
+    write_doc("sysbench-oltp", &md)
+}
+
 /// Rounds of `bench-trace-ab`, each one untraced run and four traced ones.
 const AB_ROUNDS: usize = 10;
 const AB_SECTION: &str = "## This build against an earlier one (`cargo xtask bench-trace-ab`)";

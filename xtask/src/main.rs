@@ -41,6 +41,13 @@ enum Chore {
     BenchWorkloads,
     /// The tracer's perturbation and cost per hook, against a bpftrace peer (root).
     BenchTrace,
+    /// The built-in sysbench workloads against Debian's sysbench (root), OLTP on the tool's
+    /// MariaDB too (host and a native container).
+    BenchSysbench {
+        /// Only the OLTP pairs (docs/benchmarks/sysbench-oltp.md).
+        #[arg(long)]
+        oltp_only: bool,
+    },
     /// The tracer of this build against BEFORE (another build's binary), interleaved (root).
     BenchTraceAb {
         /// The earlier build's profiler binary.
@@ -49,8 +56,6 @@ enum Chore {
         /// release eBPF object either way; give two debug binaries to skip a release build.
         after: Option<String>,
     },
-    /// The built-in sysbench workloads against Debian's sysbench (root).
-    BenchSysbench,
 }
 
 fn main() -> ExitCode {
@@ -62,11 +67,16 @@ fn main() -> ExitCode {
         Chore::Deb { profile } => setup::run().and_then(|_| install::deb(&profile).map(|_| ())),
         Chore::BenchWorkloads => release().and_then(|_| bench::workloads()),
         Chore::BenchTrace => release().and_then(|_| bench::trace()),
+        Chore::BenchSysbench { oltp_only } => release().and_then(|_| {
+            if !oltp_only {
+                bench::sysbench()?;
+            }
+            bench::sysbench_oltp()
+        }),
         Chore::BenchTraceAb { before, after } => match after {
             Some(after) => bench::trace_ab(&before, &after),
             None => release().and_then(|_| bench::trace_ab(&before, bench::PROFILER)),
         },
-        Chore::BenchSysbench => release().and_then(|_| bench::sysbench()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "bench-sysbench peer and the sysbench comparison test",
     ),
     (
+        "mariadb-server",
+        "the server of sysbench oltp_* (the tool starts its own mariadbd with its own data dir)",
+    ),
+    (
         "nginx",
         "the server `profiler web` starts with its own config (Debian's 1.22)",
     ),
@@ -181,15 +185,25 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian's nginx starts a site on the host's port 80 when installed: this project only
-    // runs nginx with its own config, and leaves the host's network alone.
-    if missing.iter().any(|p| p.split('=').next() == Some("nginx"))
-        && output(Command::new("systemctl").args(["is-enabled", "nginx"])).is_some()
-    {
-        eprintln!("setup: stopping and disabling the nginx.service Debian's package started");
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "nginx"])
-            .status();
+    // Debian's nginx starts a site on the host's port 80 when installed, and mariadb-server a
+    // database on 3306: this project only runs them with its own config and data, and leaves
+    // the host's network alone.
+    for service in ["nginx", "mariadb"] {
+        let package = if service == "mariadb" {
+            "mariadb-server"
+        } else {
+            service
+        };
+        if missing.iter().any(|p| p.split('=').next() == Some(package))
+            && output(Command::new("systemctl").args(["is-enabled", service])).is_some()
+        {
+            eprintln!(
+                "setup: stopping and disabling the {service}.service Debian's package started"
+            );
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .status();
+        }
     }
     Ok(true)
 }

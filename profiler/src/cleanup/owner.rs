@@ -25,7 +25,7 @@ impl Owner {
 }
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot; None once it is dead.
-fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after its ')' are plain.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -69,7 +69,8 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The payload listens here; ready = its first HTTP answer.
 pub const PORT: u16 = 8080;
 
-/// Adds `path` (absolute) to the archive with every parent directory.
+/// Adds `path` (absolute) to the archive with every parent directory, once (`dirs` holds
+/// what is in already).
 pub fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> Result<()> {
     let rel = path.trim_start_matches('/');
     let mut parent = String::new();
@@ -85,6 +86,11 @@ pub fn add_path(t: &mut Tar, dirs: &mut Vec<String>, path: &str, mode: u32) -> R
             dirs.push(parent.clone());
         }
     }
+    // Docker refuses an archive with a path twice (two programs' shared libraries).
+    if dirs.iter().any(|d| d == rel) {
+        return Ok(());
+    }
+    dirs.push(rel.to_string());
     let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
     t.file(rel, mode, &data)
 }
@@ -98,9 +104,32 @@ pub fn rootfs_with_self() -> Result<Vec<u8>> {
 
 /// The same for another program `exe` (as `/profiler`): its libraries, busybox, /tmp.
 pub fn rootfs_with(exe: &str) -> Result<Vec<u8>> {
+    rootfs_with_extra(exe, &[])
+}
+
+/// [`rootfs_with`] plus host files at their own paths (a server the workload starts), and a
+/// root entry in /etc/passwd and /etc/group for what looks its user up.
+pub fn rootfs_with_extra(exe: &str, extra: &[std::path::PathBuf]) -> Result<Vec<u8>> {
     let mut t = Tar::new();
     let mut dirs = vec![];
     add_path(&mut t, &mut dirs, BUSYBOX, 0o755)?;
+    for p in extra {
+        let p = p.to_string_lossy();
+        let mode = if p.ends_with(".so") || p.contains(".so.") || p.contains("/sbin/") {
+            0o755
+        } else {
+            0o644
+        };
+        add_path(&mut t, &mut dirs, &p, mode)?;
+    }
+    if !extra.is_empty() {
+        if !dirs.iter().any(|d| d == "etc") {
+            t.dir("etc")?;
+            dirs.push("etc".into());
+        }
+        t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
+        t.file("etc/group", 0o644, b"root:x:0:\n")?;
+    }
     let data = std::fs::read(exe).with_context(|| format!("reading {exe}"))?;
     for lib in crate::exe::libraries(std::path::Path::new(exe), &data)? {
         add_path(&mut t, &mut dirs, &lib.to_string_lossy(), 0o755)?;

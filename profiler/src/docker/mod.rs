@@ -524,7 +524,14 @@ pub fn run_self(
         let d = connect_reaped().await?;
         laps.lap("connect, reap");
         let tag = format!("{}-self", std::process::id());
-        let image = import(&d, image::rootfs_with_self()?, &tag).await?;
+        // A workload that starts its own database gets the server's files in its image.
+        let rootfs = if crate::mariadb::workload_needs_server(args) {
+            let exe = std::fs::read_link("/proc/self/exe").context("finding this program")?;
+            image::rootfs_with_extra(&exe.to_string_lossy(), &crate::mariadb::image_files()?)?
+        } else {
+            image::rootfs_with_self()?
+        };
+        let image = import(&d, rootfs, &tag).await?;
         laps.lap("image import");
         let name = format!(
             "profiler-{}-run-{}",

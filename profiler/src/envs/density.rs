@@ -16,6 +16,13 @@ pub struct DensityRow {
     /// events/s of each instance
     pub events_per_sec: Vec<f64>,
     pub mean: f64,
+    /// sysbench oltp_*: each instance's read and write queries per second (Dhar's figures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reads_per_sec: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub writes_per_sec: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queries_per_sec: Vec<f64>,
     /// One instance on the host over the mean instance here: 1.0 = no slowdown.
     pub slowdown: f64,
     /// Start to report, per instance (start-up plus run), ns.
@@ -120,11 +127,26 @@ pub fn density(
             runs
         });
         let mut eps = vec![];
+        let (mut reads, mut writes, mut queries) = (vec![], vec![], vec![]);
         let mut wall = vec![];
         let mut vm_phases = vec![];
         for r in runs {
             let r = r?;
             eps.push(events_per_sec(&r.report)?);
+            let q = |k: &str| {
+                r.report
+                    .pointer(&format!("/run/oltp/{k}"))
+                    .and_then(|v| v.as_f64())
+            };
+            if let (Some(rd), Some(wr), Some(all)) = (
+                q("reads_per_sec"),
+                q("writes_per_sec"),
+                q("queries_per_sec"),
+            ) {
+                reads.push(rd);
+                writes.push(wr);
+                queries.push(all);
+            }
             wall.push(r.wall.wall_ns);
             if let Some(v) = r.vm {
                 vm_phases.push(v.phases);
@@ -148,6 +170,9 @@ pub fn density(
             },
             mean,
             events_per_sec: eps,
+            reads_per_sec: reads,
+            writes_per_sec: writes,
+            queries_per_sec: queries,
             wall_ns: wall,
         });
     }
@@ -235,6 +260,15 @@ pub fn print_density(d: &Density) {
                 .collect();
             println!("  {:>9}  {}", r.instances, phases.join(", "));
         }
+    }
+    for r in d.rows.iter().filter(|r| !r.reads_per_sec.is_empty()) {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "  {:>9} instance(s): reads {:.1}/s, writes {:.1}/s per instance (mean)",
+            r.instances,
+            mean(&r.reads_per_sec),
+            mean(&r.writes_per_sec)
+        );
     }
     crate::boot::print_laps("setup", &d.wall.setup);
     println!(

@@ -179,6 +179,27 @@ pub fn describe(run: &Run) -> String {
                 net.name()
             )
         }
+        Run::Oltp {
+            env,
+            test,
+            count,
+            table_size,
+            threads,
+            time_s,
+        } => {
+            let env = serde_json::to_value(env)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let w = format!(
+                "sysbench {test} --table-size {table_size} --threads {threads} --time {time_s}"
+            );
+            if *count == 1 {
+                format!("run --env {env} {w}")
+            } else {
+                format!("{count} x `{w}` at once in {env} (density), each with its own server")
+            }
+        }
         Run::Sysbench {
             env,
             max_prime,
@@ -304,6 +325,67 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
                 .and_then(|v| v.as_f64())
                 .ok_or_else(|| anyhow!("the workload's report has no run.events_per_sec"))?;
             m.push("events_per_sec", eps);
+        }
+        Run::Oltp {
+            env,
+            test,
+            count,
+            table_size,
+            threads,
+            time_s,
+        } => {
+            let w: Vec<String> = [
+                "sysbench".to_string(),
+                test.clone(),
+                "--table-size".into(),
+                table_size.to_string(),
+                "--threads".into(),
+                threads.to_string(),
+                "--time".into(),
+                time_s.to_string(),
+            ]
+            .into();
+            let get = |r: &serde_json::Value, k: &str| -> Result<f64> {
+                r.pointer(&format!("/run/oltp/{k}"))
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| anyhow!("the workload's report has no run.oltp.{k}"))
+            };
+            if *count == 1 {
+                let r = crate::envs::run(
+                    *env,
+                    &w,
+                    Duration::from_secs(600),
+                    crate::boot::AccelChoice::Auto,
+                )?;
+                for k in [
+                    "transactions_per_sec",
+                    "queries_per_sec",
+                    "reads_per_sec",
+                    "writes_per_sec",
+                ] {
+                    m.push(k, get(&r.report, k)?);
+                }
+            } else {
+                let d = crate::envs::density(
+                    *env,
+                    &w,
+                    &[*count as usize],
+                    Duration::from_secs(600),
+                    crate::boot::AccelChoice::Auto,
+                    false,
+                    crate::startup::Laps::new(std::time::Instant::now()),
+                )?;
+                let row = d
+                    .rows
+                    .first()
+                    .ok_or_else(|| anyhow!("density returned no row"))?;
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+                // Per instance, the mean over the N running at once.
+                m.push("transactions_per_sec", row.mean);
+                m.push("reads_per_sec", mean(&row.reads_per_sec));
+                m.push("writes_per_sec", mean(&row.writes_per_sec));
+                m.push("queries_per_sec", mean(&row.queries_per_sec));
+            }
         }
         Run::Web {
             env,

@@ -75,6 +75,9 @@ pub enum Kind {
     ContainerBoot,
     /// sysbench cpu in an environment (`run --env E sysbench cpu`).
     Sysbench,
+    /// sysbench oltp_* on the tool's own MariaDB inside the environment (`run --env E`), or
+    /// N instances at once, each with its own server (`density --instances N`).
+    Oltp,
     /// nginx under wrk in an environment (`web --env E --connections N`).
     Web,
 }
@@ -103,6 +106,11 @@ pub struct Table {
     pub max_prime: Option<u64>,
     #[serde(default)]
     pub time_s: Option<f64>,
+    /// oltp: rows per table and client threads per instance (sysbench's defaults: 10000, 1).
+    #[serde(default)]
+    pub table_size: Option<u32>,
+    #[serde(default)]
+    pub threads: Option<u32>,
     /// web: open connections (wrk -c), and the served file's bytes.
     #[serde(default)]
     pub connections: Option<usize>,
@@ -193,6 +201,15 @@ pub enum Run {
         max_prime: u64,
         time_s: f64,
     },
+    Oltp {
+        env: Env,
+        /// oltp_read_write, oltp_read_only or oltp_write_only.
+        test: String,
+        count: u32,
+        table_size: u32,
+        threads: u32,
+        time_s: f64,
+    },
     Web {
         env: crate::web::WebEnv,
         connections: usize,
@@ -217,6 +234,12 @@ pub fn metrics(kind: Kind) -> &'static [&'static str] {
         Kind::VmBoot => &["boot_s", "shutdown_s"],
         Kind::ContainerBoot => &["boot_s", "boot_ms", "shutdown_s"],
         Kind::Sysbench => &["events_per_sec"],
+        Kind::Oltp => &[
+            "transactions_per_sec",
+            "queries_per_sec",
+            "reads_per_sec",
+            "writes_per_sec",
+        ],
         Kind::Web => &[
             "requests_per_sec",
             "response_ms",
@@ -238,6 +261,9 @@ pub fn higher_is_better(metric: &str) -> bool {
             | "throughput_mbps"
             | "transactions_per_sec"
             | "events_per_sec"
+            | "queries_per_sec"
+            | "reads_per_sec"
+            | "writes_per_sec"
             | "requests_per_sec"
     )
 }
@@ -414,6 +440,44 @@ impl Table {
                 Some(Run::Sysbench {
                     env,
                     max_prime: self.max_prime.unwrap_or(10000),
+                    time_s,
+                })
+            }
+            Kind::Oltp => {
+                let env: Env = parse_enum(
+                    "env",
+                    row.env.as_deref().ok_or_else(|| {
+                        anyhow!("an oltp row needs env = \"host\" (or native, docker, vm)")
+                    })?,
+                )?;
+                let test = row
+                    .test
+                    .clone()
+                    .or_else(|| self.test.clone())
+                    .unwrap_or_else(|| "oltp_read_write".into());
+                if !["oltp_read_write", "oltp_read_only", "oltp_write_only"]
+                    .contains(&test.as_str())
+                {
+                    bail!(
+                        "unknown oltp test '{test}': expected oltp_read_write, oltp_read_only or oltp_write_only"
+                    );
+                }
+                let time_s = if quick {
+                    spec.quick.time_s
+                } else {
+                    self.time_s.unwrap_or(10.0)
+                };
+                let threads = self.threads.unwrap_or(1);
+                let table_size = self.table_size.unwrap_or(10000);
+                if threads == 0 || table_size == 0 {
+                    bail!("threads and table_size must be at least 1");
+                }
+                count(1)?.map(|count| Run::Oltp {
+                    env,
+                    test,
+                    count,
+                    table_size,
+                    threads,
                     time_s,
                 })
             }

@@ -11,17 +11,19 @@ use clap::{
 };
 
 use super::{
-    AccessMode, Command, ExtraFlag, FileTestMode, FsyncMode, MemoryOper, MemoryScope, Spec, Test,
+    AccessMode, Command, ConnOpts, ExtraFlag, FileTestMode, FsyncMode, MemoryOper, MemoryScope,
+    OltpOpts, Spec, Test,
 };
 
-/// sysbench-style workloads (cpu, memory, fileio, threads, mutex) with sysbench's options
-/// and defaults.
+/// sysbench-style workloads (cpu, memory, fileio, threads, mutex, and oltp_read_write,
+/// oltp_read_only, oltp_write_only on MariaDB) with sysbench's options and defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SysbenchArgs {
     /// The test, sysbench's names.
     #[arg(value_parser = OneOf::<Test>::new())]
     pub test: Test,
-    /// prepare and cleanup only mean something to fileio.
+    /// prepare and cleanup only mean something to fileio and oltp_* (on a server named by
+    /// --mysql-*: `run` on a server of its own prepares and cleans up itself).
     #[arg(value_parser = OneOf::<Command>::new(), default_value_t = Command::Run)]
     pub command: Command,
     /// Number of threads to use.
@@ -109,6 +111,72 @@ pub struct SysbenchArgs {
     #[arg(long, default_value_t = 10000, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
     pub mutex_loops: u32,
 
+    /// oltp_*: number of tables.
+    #[arg(long, alias = "tables", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub tables: u32,
+    /// oltp_*: rows per table.
+    #[arg(long, alias = "table_size", default_value_t = 10000, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub table_size: u32,
+    /// oltp_*: ids per range SELECT.
+    #[arg(long, alias = "range_size", default_value_t = 100, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub range_size: u32,
+    /// oltp_*: point SELECTs per transaction.
+    #[arg(long, alias = "point_selects", default_value_t = 10, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub point_selects: u32,
+    /// oltp_*: simple range SELECTs per transaction.
+    #[arg(long, alias = "simple_ranges", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub simple_ranges: u32,
+    /// oltp_*: SELECT SUM() queries per transaction.
+    #[arg(long, alias = "sum_ranges", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub sum_ranges: u32,
+    /// oltp_*: SELECT ORDER BY queries per transaction.
+    #[arg(long, alias = "order_ranges", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub order_ranges: u32,
+    /// oltp_*: SELECT DISTINCT queries per transaction.
+    #[arg(long, alias = "distinct_ranges", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub distinct_ranges: u32,
+    /// oltp_*: UPDATEs of the indexed column per transaction.
+    #[arg(long, alias = "index_updates", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub index_updates: u32,
+    /// oltp_*: UPDATEs of a non-indexed column per transaction.
+    #[arg(long, alias = "non_index_updates", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub non_index_updates: u32,
+    /// oltp_*: DELETE/INSERT pairs per transaction.
+    #[arg(long, alias = "delete_inserts", default_value_t = 1, value_name = "N", value_parser = crate::opts::at_least::<u32, 0>)]
+    pub delete_inserts: u32,
+    /// oltp_*: the four range SELECT kinds on or off.
+    #[arg(long, alias = "range_selects", value_name = "on|off", default_value = "on", default_missing_value = "on",
+          num_args = 0..=1, require_equals = true, value_parser = parse_on_off)]
+    pub range_selects: bool,
+    /// oltp_*: no BEGIN/COMMIT, every query in autocommit.
+    #[arg(long, alias = "skip_trx", value_name = "on|off", default_value = "off", default_missing_value = "on",
+          num_args = 0..=1, require_equals = true, value_parser = parse_on_off)]
+    pub skip_trx: bool,
+    /// oltp_*: an existing server's unix socket. Without --mysql-socket, --mysql-host and
+    /// --mysql-port, `run` starts a MariaDB of its own and removes it at the end.
+    #[arg(long, value_name = "PATH")]
+    pub mysql_socket: Option<String>,
+    /// oltp_*: an existing server's address (TCP).
+    #[arg(long, value_name = "HOST")]
+    pub mysql_host: Option<String>,
+    /// oltp_*: an existing server's TCP port [default: 3306].
+    #[arg(long, value_name = "PORT")]
+    pub mysql_port: Option<u16>,
+    /// oltp_*: user on an existing server.
+    #[arg(long, default_value = "sbtest", value_name = "NAME")]
+    pub mysql_user: String,
+    /// oltp_*: password on an existing server.
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "PASSWORD",
+        hide_default_value = true
+    )]
+    pub mysql_password: String,
+    /// oltp_*: database on an existing server.
+    #[arg(long, default_value = "sbtest", value_name = "NAME")]
+    pub mysql_db: String,
+
     /// The report as JSON: on stdout (no FILE, or -) or into FILE.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<std::path::PathBuf>,
@@ -177,6 +245,34 @@ impl SysbenchArgs {
         s.mutex.num = self.mutex_num;
         s.mutex.locks = self.mutex_locks;
         s.mutex.loops = self.mutex_loops;
+        let named =
+            self.mysql_socket.is_some() || self.mysql_host.is_some() || self.mysql_port.is_some();
+        s.oltp = OltpOpts {
+            tables: self.tables,
+            table_size: self.table_size,
+            range_size: self.range_size,
+            point_selects: self.point_selects,
+            simple_ranges: self.simple_ranges,
+            sum_ranges: self.sum_ranges,
+            order_ranges: self.order_ranges,
+            distinct_ranges: self.distinct_ranges,
+            index_updates: self.index_updates,
+            non_index_updates: self.non_index_updates,
+            delete_inserts: self.delete_inserts,
+            range_selects: self.range_selects,
+            skip_trx: self.skip_trx,
+            conn: named.then(|| ConnOpts {
+                socket: self.mysql_socket.clone(),
+                host: self
+                    .mysql_host
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                port: self.mysql_port.unwrap_or(3306),
+                user: self.mysql_user.clone(),
+                password: self.mysql_password.clone(),
+                db: self.mysql_db.clone(),
+            }),
+        };
         s
     }
 }

@@ -34,6 +34,7 @@ mod cpu;
 mod fileio;
 mod memory;
 mod mutex;
+mod oltp;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,7 @@ use serde::{Serialize, Serializer};
 
 pub use cli::{SysbenchArgs, footprint, parse_size, validate_workload};
 pub use cpu::count_primes;
+pub use oltp::{ConnOpts, OltpOpts, OltpSetup, OltpStats};
 pub use report::{
     Fairness, FileStats, FilesReport, Latency, MemoryStats, Report, RunStats, print, render,
 };
@@ -69,9 +71,18 @@ pub enum Test {
     Fileio,
     Threads,
     Mutex,
+    #[value(name = "oltp_read_write")]
+    #[serde(rename = "oltp_read_write")]
+    OltpReadWrite,
+    #[value(name = "oltp_read_only")]
+    #[serde(rename = "oltp_read_only")]
+    OltpReadOnly,
+    #[value(name = "oltp_write_only")]
+    #[serde(rename = "oltp_write_only")]
+    OltpWriteOnly,
 }
 
-/// A sysbench command; only `fileio` has anything to prepare or clean up.
+/// A sysbench command; only `fileio` and `oltp_*` have anything to prepare or clean up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Command {
@@ -218,6 +229,7 @@ pub struct Spec {
     /// The `threads` test's options (`threads` is the thread count).
     pub thread: ThreadsOpts,
     pub mutex: MutexOpts,
+    pub oltp: OltpOpts,
 }
 
 fn secs<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -261,6 +273,7 @@ impl Spec {
                 locks: 50000,
                 loops: 10000,
             },
+            oltp: OltpOpts::default(),
         }
     }
 
@@ -343,6 +356,7 @@ impl Spec {
             Test::Mutex if self.mutex.num == 0 => {
                 bail!("bad --mutex-num 0: expected a positive number")
             }
+            t if t.is_oltp() => oltp::validate(&self.oltp)?,
             _ => {}
         }
         Ok(())
@@ -363,18 +377,27 @@ pub fn execute(spec: &Spec, command: Command) -> Result<Report> {
         spec: spec.clone(),
         run: None,
         files: None,
+        oltp: None,
     };
     match (spec.test, command) {
+        (t, c) if t.is_oltp() => {
+            let (run, setup) = oltp::execute(spec, c)?;
+            report.run = run;
+            report.oltp = Some(setup);
+        }
         (Test::Fileio, Command::Prepare) => report.files = Some(fileio::prepare(spec)?),
         (Test::Fileio, Command::Cleanup) => report.files = Some(fileio::cleanup(spec)?),
         (t, Command::Prepare | Command::Cleanup) => {
-            bail!("the '{t}' test has no '{command}' command: only fileio has prepare and cleanup")
+            bail!(
+                "the '{t}' test has no '{command}' command: only fileio and oltp_* have prepare and cleanup"
+            )
         }
         (Test::Cpu, Command::Run) => report.run = Some(cpu::run(spec)?),
         (Test::Memory, Command::Run) => report.run = Some(memory::run(spec)?),
         (Test::Fileio, Command::Run) => report.run = Some(fileio::run(spec)?),
         (Test::Threads, Command::Run) => report.run = Some(threads::run(spec)?),
         (Test::Mutex, Command::Run) => report.run = Some(mutex::run(spec)?),
+        (_, Command::Run) => unreachable!("oltp_* handled above"),
     }
     Ok(report)
 }
@@ -410,6 +433,9 @@ pub(crate) struct Counters {
     pub fsyncs: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// oltp: queries that are neither reads nor writes (BEGIN, COMMIT), and ignored errors.
+    pub other: u64,
+    pub errors: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -419,6 +445,8 @@ impl std::ops::AddAssign for Counters {
         self.fsyncs += o.fsyncs;
         self.bytes_read += o.bytes_read;
         self.bytes_written += o.bytes_written;
+        self.other += o.other;
+        self.errors += o.errors;
     }
 }
 

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{Command, FileOpts, MemoryOper, Outcome, Spec, Test};
+use super::{Command, FileOpts, MemoryOper, OltpSetup, OltpStats, Outcome, Spec, Test};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -18,6 +18,9 @@ pub struct Report {
     /// `prepare`'s and `cleanup`'s work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesReport>,
+    /// oltp_*: the server and the setup around the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oltp: Option<OltpSetup>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +34,8 @@ pub struct RunStats {
     pub memory: Option<MemoryStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fileio: Option<FileStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oltp: Option<OltpStats>,
     /// Every HDR bucket with a count: `[highest equivalent value in ns, count]`.
     pub histogram_ns: Vec<[u64; 2]>,
     /// The merged per-event latencies in ns (3 significant digits), to merge across runs.
@@ -153,6 +158,7 @@ pub(super) fn stats(
         },
         memory,
         fileio,
+        oltp: None,
         histogram_ns: h
             .iter_recorded()
             .map(|v| [v.value_iterated_to(), v.count_at_value()])
@@ -192,7 +198,23 @@ pub fn render(r: &Report) -> String {
         };
         return o;
     }
-    let Some(st) = &r.run else { return o };
+    let Some(st) = &r.run else {
+        // oltp_* prepare and cleanup.
+        if let Some(x) = &r.oltp {
+            let secs = x.prepare_s.or(x.cleanup_s).unwrap_or(0.0);
+            let _ = writeln!(
+                o,
+                "sysbench {} {}: {} table(s) of {} rows in {:.2} s, {}",
+                r.test,
+                r.command,
+                x.tables,
+                x.rows_per_table,
+                secs,
+                server_line(x)
+            );
+        }
+        return o;
+    };
     let limits = match (s.time.is_zero(), s.events) {
         (false, 0) => format!("time limit {} s", s.time.as_secs_f64()),
         (true, e) => format!("event limit {e}"),
@@ -242,6 +264,15 @@ pub fn render(r: &Report) -> String {
             "mutexes {}, locks per thread {}, loops {}",
             s.mutex.num, s.mutex.locks, s.mutex.loops
         ),
+        _ => {
+            let o = &s.oltp;
+            format!(
+                "{} table(s) of {} rows, {}",
+                o.tables,
+                o.table_size,
+                r.oltp.as_ref().map_or(String::new(), server_line)
+            )
+        }
     };
     let _ = writeln!(
         o,
@@ -279,6 +310,26 @@ pub fn render(r: &Report) -> String {
         }
         _ => {}
     }
+    if let Some(q) = &st.oltp {
+        let _ = writeln!(
+            o,
+            "SQL statistics:\n    queries performed:\n        read:                            {}\n        \
+             write:                           {}\n        other:                           {}\n        \
+             total:                           {}\n    transactions:                        {:<8} ({:.2} per sec.)\n    \
+             queries:                             {:<8} ({:.2} per sec.)\n    \
+             ignored errors:                      {:<8} ({:.2} per sec.)\n",
+            q.queries_read,
+            q.queries_write,
+            q.queries_other,
+            q.queries_total,
+            q.transactions,
+            q.transactions_per_sec,
+            q.queries_total,
+            q.queries_per_sec,
+            q.ignored_errors,
+            q.ignored_errors_per_sec
+        );
+    }
     let l = &st.latency_ms;
     let fa = &st.fairness;
     let _ = writeln!(
@@ -305,6 +356,20 @@ pub fn render(r: &Report) -> String {
     );
     histogram(&mut o, &st.hdr);
     o
+}
+
+/// Where the server was: its socket or address, and what setting it up took.
+fn server_line(x: &OltpSetup) -> String {
+    let at = match &x.endpoint.socket {
+        Some(sock) => sock.clone(),
+        None => format!("{}:{}", x.endpoint.host, x.endpoint.port),
+    };
+    match (x.server, x.install_s, x.start_s, x.prepare_s) {
+        ("own", Some(i), Some(st), Some(p)) => format!(
+            "server of our own at {at} (install {i:.2} s, start {st:.2} s, prepare {p:.2} s)"
+        ),
+        _ => format!("server at {at}"),
+    }
 }
 
 /// Human units for a latency in ns.

@@ -274,3 +274,45 @@ fn fileio_seqwr_creates_its_files() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     std::fs::remove_dir(&dir).unwrap();
 }
+
+#[test]
+fn oltp_options_take_sysbench_names_and_name_a_server() {
+    let a = parse(&[
+        "oltp_read_write",
+        "prepare",
+        "--tables=4",
+        "--table_size=500",
+        "--range-selects=off",
+        "--mysql-socket=/tmp/s.sock",
+    ])
+    .unwrap();
+    assert_eq!(a.test, Test::OltpReadWrite);
+    assert_eq!(a.command, Command::Prepare);
+    let s = a.spec();
+    assert_eq!((s.oltp.tables, s.oltp.table_size), (4, 500));
+    assert!(!s.oltp.range_selects);
+    let c = s.oltp.conn.expect("a named server");
+    assert_eq!(c.socket.as_deref(), Some("/tmp/s.sock"));
+    assert_eq!((c.user.as_str(), c.db.as_str()), ("sbtest", "sbtest"));
+    // No --mysql-*: a server of its own.
+    let s = parse(&["oltp_read_only"]).unwrap().spec();
+    assert!(s.oltp.conn.is_none());
+    assert_eq!(s.test.to_string(), "oltp_read_only");
+    // TCP: the port alone names 127.0.0.1.
+    let s = parse(&["oltp_write_only", "--mysql-port", "3307"])
+        .unwrap()
+        .spec();
+    let c = s.oltp.conn.expect("a named server");
+    assert_eq!(
+        (c.host.as_str(), c.port, c.socket),
+        ("127.0.0.1", 3307, None)
+    );
+    let mut bad = Spec::new(Test::OltpReadWrite);
+    bad.oltp.tables = 0;
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--tables 0")
+    );
+}
