@@ -140,9 +140,7 @@ fn layers(kernel: &str) {
     for (row, (mode, layer, never)) in rows.iter().zip(expect) {
         assert_eq!(row["mode"], mode, "{kernel}");
         let report = &row["reports"][0];
-        let tx = report["workload"]["transactions"]
-            .as_u64()
-            .unwrap_or(0);
+        let tx = report["workload"]["transactions"].as_u64().unwrap_or(0);
         assert!(tx > 100, "{kernel}: {mode} carried {tx} transactions");
         let mut names: Vec<&str> = Vec::new();
         for dir in report["net"]["directions"].as_array().unwrap() {

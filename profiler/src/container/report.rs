@@ -154,8 +154,7 @@ pub fn print(r: &ContainerBootReport) {
         "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} what",
         "phase", "min", "p50", "p90", "max", "clock"
     );
-    for s in &r.summary {
-        let clock = clock_of(&s.name);
+    let row = |s: &PhaseStats, clock: &str| {
         println!(
             "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} {}",
             s.name,
@@ -166,18 +165,12 @@ pub fn print(r: &ContainerBootReport) {
             clock,
             s.what
         );
+    };
+    for s in &r.summary {
+        row(s, clock_of(&s.name));
     }
     if let Some(s) = &r.shutdown {
-        println!(
-            "  {:<11}{:>10}{:>10}{:>10}{:>10}  {:<8} {}",
-            s.name,
-            f(s.min_ns),
-            f(s.p50_ns),
-            f(s.p90_ns),
-            f(s.max_ns),
-            "parent",
-            s.what
-        );
+        row(s, "parent");
     }
     println!("  ({})", r.clocks);
     println!();

@@ -1,7 +1,7 @@
 //! How each mode is built. Each step is named, so a test can inject a failure halfway
 //! (`PROFILER_FAIL_AT=<step>`) and check that nothing is left behind.
 
-use std::process::Command;
+use std::{net::Ipv4Addr, process::Command};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -344,21 +344,13 @@ async fn bridge(d: &mut Description, nat: bool) -> Result<()> {
     Ok(())
 }
 
-/// The L2 encapsulation an overlay bridges its containers over.
-#[derive(Clone, Copy)]
-enum Encap {
-    Vxlan,
-    Geneve,
-}
-
-async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
-    let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
-        .map_err(|_| anyhow!("namespaces"))?;
-    step("namespaces")?;
+/// The underlay veth between two hosts' namespaces (`ux` in hx, `uy` in hy), addressed and up;
+/// returns the two ends' addresses.
+async fn underlay(d: &mut Description, hx: &Ns, hy: &Ns) -> Result<(Ipv4Addr, Ipv4Addr)> {
     hx.add("veth", link::veth("ux", "uy")).await?;
     hx.move_to("uy", &hy.name).await?;
     let (lx, ly) = (at(UNDERLAY_NET, 1), at(UNDERLAY_NET, 2));
-    for (h, u, ip) in [(&hx, "ux", lx), (&hy, "uy", ly)] {
+    for (h, u, ip) in [(hx, "ux", lx), (hy, "uy", ly)] {
         h.addr(u, ip, 24).await?;
         h.up(u).await?;
         dev(
@@ -371,6 +363,21 @@ async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
         );
     }
     step("underlay")?;
+    Ok((lx, ly))
+}
+
+/// The L2 encapsulation an overlay bridges its containers over.
+#[derive(Clone, Copy)]
+enum Encap {
+    Vxlan,
+    Geneve,
+}
+
+async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
+    let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
+        .map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    let (lx, ly) = underlay(d, &hx, &hy).await?;
     for (h, u, local, remote, ctr, tag, ip) in [
         (&hx, "ux", lx, ly, &c, "c", at(CONTAINER_NET, 2)),
         (&hy, "uy", ly, lx, &s, "s", at(CONTAINER_NET, 3)),
@@ -512,22 +519,7 @@ async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
     let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
         .map_err(|_| anyhow!("namespaces"))?;
     step("namespaces")?;
-    hx.add("veth", link::veth("ux", "uy")).await?;
-    hx.move_to("uy", &hy.name).await?;
-    let (lx, ly) = (at(UNDERLAY_NET, 1), at(UNDERLAY_NET, 2));
-    for (h, u, ip) in [(&hx, "ux", lx), (&hy, "uy", ly)] {
-        h.addr(u, ip, 24).await?;
-        h.up(u).await?;
-        dev(
-            d,
-            &h.name,
-            u,
-            "veth",
-            Role::Underlay,
-            Some(format!("{ip}/24")),
-        );
-    }
-    step("underlay")?;
+    let (lx, ly) = underlay(d, &hx, &hy).await?;
     let (cip, sip) = (at(CONTAINER_NET, 2), at(CONTAINER_NET, 3));
     for (h, local, remote, ctr, tag, ip, far) in [
         (&hx, lx, ly, &c, "c", cip, sip),

@@ -71,6 +71,14 @@ impl Injector {
             } else {
                 TcAttachType::Egress
             };
+            // Before 6.6 (no TCX) a TC program hangs off a clsact qdisc, which must exist
+            // first; it goes with the lab's namespace. Already there is fine, and any other
+            // failure shows in the attach's own error.
+            if aya::util::KernelVersion::current()
+                .is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0))
+            {
+                let _ = aya::programs::tc::qdisc_add_clsact(&dev);
+            }
             prog.attach(&dev, attach)?;
             Ok(ebpf)
         })
