@@ -274,7 +274,7 @@ fn debian_6_12_new_modes_show_their_layers() {
 }
 
 #[test]
-#[ignore = "known defect on 6.12: a packet crossing a Linux bridge reappears under a new skb address at the egress port, so the bridge lab's baseline is empty (see README)"]
+#[ignore = "known defect in the Debian guests (6.1 and 6.12): a packet crossing a Linux bridge reappears under a new skb address at the egress port, so the bridge lab's baseline is empty (see README)"]
 fn debian_6_12_netem_lands_in_its_layer() {
     netem("debian-6.12");
 }

@@ -242,8 +242,9 @@ pub fn modules_for(args: &[String]) -> Vec<&'static str> {
         add(&["veth", "bridge", "vxlan"]);
     }
     if command == "inject" || words.contains(&"--self-check") || words.contains(&"--netem") {
-        // clsact (the TC injector's hook) is sch_ingress, a module on Debian.
-        add(&["sch_netem", "sch_ingress"]);
+        // clsact (the TC injector's hook) is sch_ingress, and a BPF classifier needs
+        // cls_bpf: modules on Debian.
+        add(&["sch_netem", "sch_ingress", "cls_bpf"]);
     }
     if command == "kvm" || command == "boot" {
         add(&["kvm", "kvm_amd"]);
@@ -509,7 +510,14 @@ kernel/drivers/net/veth.ko:\n";
             ["veth", "bridge", "vxlan"]
         );
         let check = modules_for(&a("trace --self-check -l 1"));
-        for m in ["veth", "bridge", "vxlan", "sch_netem", "sch_ingress"] {
+        for m in [
+            "veth",
+            "bridge",
+            "vxlan",
+            "sch_netem",
+            "sch_ingress",
+            "cls_bpf",
+        ] {
             assert!(check.contains(&m), "{m}: {check:?}");
         }
         assert!(modules_for(&a("trace --compare host,ipip")).contains(&"ipip"));
