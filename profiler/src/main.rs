@@ -387,7 +387,7 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             workload_parses(&workload)?;
-            profiler::sysbench::validate_workload(&workload)?;
+            // What cannot fit the machine says so first; then the workload's own checks.
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
                 // The workload checks itself too, in its environment: it was told.
@@ -395,6 +395,7 @@ fn run(command: Command) -> Result<()> {
                     workload.push("--force".into());
                 }
             }
+            profiler::sysbench::validate_workload(&workload)?;
             let r = profiler::envs::run_from(
                 env,
                 &workload,

@@ -196,18 +196,26 @@ fn a_workload_in_a_vm_reports_its_boot() {
 #[test]
 fn a_workload_failing_in_the_vm_is_one_line_and_leaves_nothing() {
     require_root();
-    // Arguments that parse (the host checks that before it boots anything) but that the
-    // workload itself refuses when it runs, in the guest.
+    // Arguments the host checks and accepts (it does before it boots anything), but a run the
+    // workload itself fails in the guest: fileio's files were never prepared there.
     let out = profiler()
         .args(["run", "--env", "vm", "--accel", "tcg"])
-        .args(["sysbench", "cpu", "--time", "0"])
+        .args([
+            "sysbench",
+            "fileio",
+            "run",
+            "--file-test-mode",
+            "seqrd",
+            "--time",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("failed in the VM (exit status 1)") && err.contains("bad --time 0"),
+        err.contains("failed in the VM (exit status 1)") && err.contains("is missing"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
