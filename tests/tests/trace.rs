@@ -84,15 +84,22 @@ fn each_mode_shows_exactly_its_layers() {
                 "{mode}: unexpected '{l}' in {layers:?}"
             );
         }
-        // The layers tile the path: their medians add up to the one-way median within the
-        // unattributed share the report states, and that share is small.
+        // The layers tile the path: their means per delivered packet (mean x per_packet) add
+        // up to the one-way mean. Medians do not once the path branches (the reader asleep or
+        // not): CI saw nat's p50s leave 8.1 µs of 41.9 µs unattributed on a quiet machine.
         for d in r["net"]["directions"].as_array().unwrap() {
-            let ow = d["one_way"]["p50"].as_f64().unwrap();
-            let un = d["unattributed_ns"].as_f64().unwrap();
+            let ow = d["one_way"]["mean"].as_f64().unwrap();
+            let sum: f64 = d["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["in_one_way"] == true)
+                .map(|l| l["mean"].as_f64().unwrap() * l["per_packet"].as_f64().unwrap())
+                .sum();
             assert!(ow > 0.0, "{mode}: no one-way time");
             assert!(
-                un.abs() <= 0.15 * ow,
-                "{mode}: unattributed {un} ns of {ow} ns"
+                (ow - sum).abs() <= 0.15 * ow,
+                "{mode}: layers' means add up to {sum} ns of a one-way mean of {ow} ns"
             );
         }
         let c = &r["net"]["counts"];
@@ -325,13 +332,15 @@ fn compare_explains_each_mode_against_host_layer_by_layer() {
             let dir = &d["directions"][0];
             assert_eq!(dir["name"], "requests (client -> server)");
             assert_eq!(dir["corrected"], true, "{mode}: {dir}");
+            // Means add up (per delivered packet); p50s do not once the path has branches (a
+            // reader asleep or not: CI saw the p50 parts at 7.4 µs of a 5.2 µs total).
             let total =
-                dir["p50"]["mode_ns"].as_f64().unwrap() - dir["p50"]["base_ns"].as_f64().unwrap();
+                dir["mean"]["mode_ns"].as_f64().unwrap() - dir["mean"]["base_ns"].as_f64().unwrap();
             let parts: f64 = dir["layers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|l| l["p50_delta_ns"].as_f64().unwrap())
+                .map(|l| l["mean_delta_ns"].as_f64().unwrap())
                 .sum();
             assert!(
                 total != 0.0 && (parts - total).abs() <= 0.15 * total.abs(),
@@ -677,7 +686,14 @@ print(json.dumps({"intervals": intervals, "tags": out}))
             let tag = format!("{dir}/{}", row["layer"].as_str().unwrap()).replace([' ', ','], "_");
             let t = &decoded["tags"][&tag];
             assert_eq!(t[0], row["count"], "{tag}: count");
-            for (i, p) in [(1, "p50"), (2, "p99")] {
+            // A p99 over few samples sits between two far-apart values, where the libraries'
+            // rank rounding can pick either (seen: 3176 against 3039 ns on a rare branch).
+            let checks: &[(usize, &str)] = if row["count"].as_u64().unwrap_or(0) >= 1000 {
+                &[(1, "p50"), (2, "p99")]
+            } else {
+                &[(1, "p50")]
+            };
+            for &(i, p) in checks {
                 let (ours, theirs) = (row[p].as_f64().unwrap(), t[i].as_f64().unwrap());
                 // Two significant figures: buckets at most 1% wide. The two libraries round a
                 // percentile's rank differently (seen: p99 one bucket apart, 1.08%), so
