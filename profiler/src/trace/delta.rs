@@ -134,7 +134,7 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
         .iter()
         .filter(|l| l.in_one_way && (l.crossings > 0 || l.per_packet >= 0.05));
     let mut parts = vec![];
-    let (mut hooks_p50, mut hooks_mean) = (0.0, 0.0);
+    let (mut hooks_p50, mut tracer_mean) = (0.0, 0.0);
     for l in on_path {
         // Per delivered packet: the mean adds up exactly to the one-way mean, the p50 x the
         // rounded crossings is the report's own share.
@@ -145,12 +145,15 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
             l.summary.p50 as f64
         };
         hooks_p50 += l.crossings as f64;
-        hooks_mean += per_packet;
+        // No layer gives up more than it holds, and the one-way mean gives up exactly what the
+        // layers did: the parts still add up where the estimate overshoots a short layer.
+        let taken = per_hook.min(l.summary.mean) * per_packet;
+        tracer_mean += taken;
         parts.push(Part {
             layer: l.layer,
             crossings: l.crossings,
             p50: p50 * l.crossings as f64,
-            mean: (l.summary.mean - per_hook).max(0.0) * per_packet,
+            mean: l.summary.mean * per_packet - taken,
         });
     }
     let p50 = if corrected {
@@ -162,9 +165,9 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
         name: d.name,
         parts,
         p50,
-        mean: ow.summary.mean - per_hook * hooks_mean,
+        mean: ow.summary.mean - tracer_mean,
         tracer_p50: per_hook * hooks_p50,
-        tracer_mean: per_hook * hooks_mean,
+        tracer_mean,
         corrected,
     })
 }
