@@ -8,6 +8,7 @@
 //! also seen from inside.
 
 pub mod guest;
+pub mod kernel;
 pub mod phases;
 pub mod qmp;
 pub mod vm;
@@ -184,6 +185,9 @@ pub struct MigrateReport {
     pub events: Vec<Event>,
     /// The destination's guest went on ticking after the resume.
     pub guest_alive_after: bool,
+    /// What QMP cannot see, from the host's kernel: the stream's bytes per phase and over
+    /// time, the vCPU threads' last and first runs.
+    pub kernel: kernel::KernelSide,
     pub notes: Vec<String>,
     /// The whole run, setup to teardown.
     pub wall_ns: u64,
@@ -564,9 +568,33 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
         "max-bandwidth": all.get("max-bandwidth"),
     });
     laps.lap("destination start");
+    // The kernel side: the stream on the migration's port, the vCPU threads' runs.
+    let mut tracer =
+        crate::probes::migrate::MigrateTracer::start(src.pid, dst.pid, port, BUCKET_NS)
+            .context("the migration's kernel tracer")?;
+    let mut cpus: Vec<(u32, u32)> = Vec::new();
+    for (q, side) in [
+        (&mut sq, profiler_common::migrate::SOURCE),
+        (&mut dq, profiler_common::migrate::DESTINATION),
+    ] {
+        let list = q.execute("query-cpus-fast", None)?;
+        for c in list.as_array().into_iter().flatten() {
+            let (Some(tid), Some(i)) = (
+                c.get("thread-id").and_then(Value::as_u64),
+                c.get("cpu-index").and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            tracer.watch(tid as u32, side)?;
+            cpus.push((tid as u32, i as u32));
+        }
+    }
+    laps.lap("kernel tracer");
     let setup_ns: u64 = laps.setup().iter().map(|p| p.ns).sum();
 
     // The migration.
+    let armed = tracer.arm()?;
+    let offset_ns = crate::probes::migrate::realtime_offset_ns();
     let command_us = realtime_us();
     sq.execute(
         "migrate",
@@ -661,6 +689,8 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     }
     let watched_to = realtime_us();
     let final_query = sq.execute("query-migrate", None)?;
+    let raw = tracer.read(armed, crate::probes::migrate::ktime_ns())?;
+    drop(tracer);
 
     let mut report = report(
         args,
@@ -679,6 +709,13 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
             warm_rate,
             watched_to,
             alive,
+            raw,
+            clock: kernel::Clock {
+                offset_ns,
+                command_us,
+            },
+            port,
+            cpus,
         },
         &con,
     )?;
@@ -709,7 +746,14 @@ struct Context {
     warm_rate: Option<f64>,
     watched_to: i64,
     alive: bool,
+    raw: crate::probes::migrate::Raw,
+    clock: kernel::Clock,
+    port: u16,
+    cpus: Vec<(u32, u32)>,
 }
+
+/// The kernel's time buckets for the stream, ns: phases are cut to a fraction of one.
+const BUCKET_NS: u64 = 1_000_000;
 
 fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateReport> {
     let find = |ev: &[qmp::Event], name: &str, status: Option<&str>| {
@@ -795,9 +839,29 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
     let poll_interval_ns = gaps
         .get(gaps.len() / 2)
         .map_or(0, |g| (*g).max(0) as u64 * 1000);
+    let kernel = kernel::KernelSide {
+        stream: kernel::stream(
+            &c.raw,
+            c.clock,
+            c.port,
+            &phases,
+            &rounds,
+            &stop_copy,
+            qemu.transferred_bytes,
+        ),
+        vcpus: kernel::vcpus(&c.raw, c.clock, &c.cpus, stop, c.resume_us),
+    };
     let mut notes = vec![
         "device state: sent inside stop_and_copy after the last RAM pages; QMP has no event between them (only pause-before-switchover, which would lengthen the downtime)".to_string(),
+        kernel::EXITS_NOTE.to_string(),
     ];
+    if kernel.stream.late_bytes > 0 {
+        notes.push(format!(
+            "the kernel's time buckets ({} s) ended before the stream: {} bytes counted in the totals only",
+            profiler_common::migrate::BUCKETS as u64 * BUCKET_NS / 1_000_000_000,
+            kernel.stream.late_bytes
+        ));
+    }
     if c.accel == "tcg" {
         notes.push(format!(
             "TCG: the guest has {} KiB less RAM than --memory (-m {}), so QEMU syncs the dirty bitmap page by page and re-arms TCG's TLB; on its aligned fast path (QEMU before 9.0) stores after a sync are lost and the destination's kernel crashes after a multi-round migration",
@@ -837,6 +901,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         poll_interval_ns,
         events,
         guest_alive_after: c.alive,
+        kernel,
         notes,
         wall_ns: 0,
     })
@@ -925,6 +990,41 @@ pub fn print(r: &MigrateReport) {
     println!(
         "  downtime: ours {} (source STOP to completed), QEMU's {} ms; guest stopped {} (source STOP to destination RESUME)",
         fmt_ns(d.ours_ns as f64),
+        d.qemu_ms,
+        fmt_ns(d.guest_stopped_ns as f64)
+    );
+    let k = &r.kernel;
+    let st = &k.stream;
+    println!(
+        "  kernel: the stream on port {}: the source sent {} in {} sends ({:.3} x QEMU's transferred), the destination received {} in {} receives",
+        st.port,
+        mib(st.source_sent_bytes),
+        st.source_sends,
+        st.sent_over_qemu_transferred,
+        mib(st.destination_received_bytes),
+        st.destination_receives
+    );
+    println!(
+        "  {:<16} {:>11} {:>11} {:>11} {:>11}",
+        "phase", "sent", "received", "rate", "QEMU's"
+    );
+    for p in &st.phases {
+        println!(
+            "  {:<16} {:>11} {:>11} {:>11} {:>11}",
+            p.phase,
+            mib(p.sent_bytes),
+            mib(p.received_bytes),
+            format!("{:.0} MiB/s", p.sent_mib_per_s),
+            p.qemu_sent_bytes.map_or("-".into(), mib)
+        );
+    }
+    let v = &k.vcpus;
+    let rel = |t: Option<i64>| t.map_or("?".into(), |t| fmt_ns(t as f64));
+    println!(
+        "  vCPU threads on the host: the source's last run ended {} after `migrate`, the destination's first began {}: none ran for {} (QEMU's downtime {} ms, STOP to RESUME {})",
+        rel(v.source_last_run_ns),
+        rel(v.destination_first_run_ns),
+        v.freeze_ns.map_or("?".into(), |f| fmt_ns(f as f64)),
         d.qemu_ms,
         fmt_ns(d.guest_stopped_ns as f64)
     );
