@@ -150,6 +150,90 @@ fn rounds(r: &Value) -> &Vec<Value> {
 
 const MS: u64 = 1_000_000;
 
+/// The kernel's side of a run: the stream as the source's sends and the destination's
+/// receives returned, per phase beside QEMU's figures, and the vCPU threads' freeze on the
+/// host's clock beside QEMU's downtime.
+fn check_kernel_side(r: &Value) {
+    let k = &r["kernel"];
+    let st = &k["stream"];
+    let sent = u(st, "/source_sent_bytes");
+    let received = u(st, "/destination_received_bytes");
+    let transferred = u(r, "/qemu/transferred_bytes");
+    // The stream is QEMU's RAM pages plus its headers and the device state: a little more.
+    assert!(
+        sent >= transferred && sent <= transferred + transferred / 50 + (4 << 20),
+        "the kernel saw {sent} B sent, QEMU transferred {transferred} B"
+    );
+    assert_eq!(sent, received, "sent and received on the one connection");
+    assert!(u(st, "/source_sends") > 0 && u(st, "/destination_receives") > 0);
+    assert_eq!(u(st, "/late_bytes"), 0);
+    // Per phase: the time buckets inside the phases are the whole stream, and each round's
+    // and the stop-and-copy's bytes are QEMU's within 5% and two buckets at its rate limit.
+    let phases = st["phases"].as_array().expect("kernel phases");
+    assert_eq!(phases.len(), r["phases"].as_array().unwrap().len());
+    let in_phases: u64 = phases.iter().map(|p| u(p, "/sent_bytes")).sum();
+    assert!(
+        in_phases.abs_diff(sent) <= sent / 1000 + 4096,
+        "phases hold {in_phases} B of {sent} B"
+    );
+    assert!(u(st, "/outside_phases_sent_bytes") <= 4096, "{st}");
+    let slack = 2 * 128 * (1 << 20) / 1000;
+    for p in phases {
+        if let Some(q) = p["qemu_sent_bytes"].as_u64() {
+            let b = u(p, "/sent_bytes");
+            assert!(
+                b.abs_diff(q) <= q / 20 + slack,
+                "{}: the kernel {b} B, QEMU {q} B",
+                p["phase"]
+            );
+        }
+    }
+    let timeline: u64 = st["timeline_sent_bytes"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        timeline.abs_diff(in_phases) <= sent / 100,
+        "timeline {timeline} B"
+    );
+
+    // The vCPU threads: one per vCPU on each side; the source's last run ends before the
+    // destination's first begins, and no vCPU ran for at least the STOP to completed (ours)
+    // and STOP to RESUME, less a millisecond, and not much beyond: the ticker wakes the vCPU
+    // every 2 ms until it is paused.
+    let v = &k["vcpus"];
+    assert_eq!(v["source"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["destination"].as_array().map(Vec::len), Some(1), "{v}");
+    let last = v["source_last_run_ns"].as_i64().expect("source's last run");
+    let first = v["destination_first_run_ns"]
+        .as_i64()
+        .expect("destination's first run");
+    assert!(last < first, "{v}");
+    let freeze = u(v, "/freeze_ns");
+    assert_eq!(freeze, (first - last) as u64);
+    let ours = u(r, "/downtime/ours_ns");
+    let stopped = u(r, "/downtime/guest_stopped_ns");
+    let qemu = u(r, "/downtime/qemu_ms") * MS;
+    assert!(
+        freeze + MS >= ours && freeze + MS >= stopped,
+        "freeze {freeze} ns, downtime {ours} ns, STOP to RESUME {stopped} ns"
+    );
+    // QEMU's own figure spans a little more than the STOP to completed (see the downtime
+    // assertions): the same bound against the freeze.
+    assert!(
+        freeze + 6 * MS >= qemu,
+        "freeze {freeze} ns, QEMU's downtime {qemu} ns"
+    );
+    assert!(
+        freeze <= stopped + 10 * MS,
+        "freeze {freeze} ns, STOP to RESUME {stopped} ns"
+    );
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("exits per phase"), "{notes}");
+}
+
 #[test]
 fn a_migration_in_phases_that_add_up_with_qemus_downtime_and_the_guests() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,6 +320,7 @@ fn a_migration_in_phases_that_add_up_with_qemus_downtime_and_the_guests() {
         .as_f64()
         .expect("warm-up rate");
     assert!(warm >= 0.9 * 16.0, "the guest dirtied {warm} MiB/s of 16");
+    check_kernel_side(r);
 }
 
 #[test]
@@ -244,6 +329,8 @@ fn pre_copy_rounds_and_transferred_pages_grow_with_the_dirty_rate() {
     require_tools();
     let idle = migrate_ok(&["--dirty-mib-per-s", "0", "--dirty-set-mib", "128"]).json;
     let busy = migrate_ok(&["--dirty-mib-per-s", "48", "--dirty-set-mib", "128"]).json;
+    check_kernel_side(&idle);
+    check_kernel_side(&busy);
     let n = |r: &Value| u(r, "/precopy_rounds");
     let bytes = |r: &Value| u(r, "/qemu/transferred_bytes");
     let pages = |r: &Value| u(r, "/qemu/normal_pages");
