@@ -406,6 +406,51 @@ fn bad_input_is_one_line() {
         profiler_tests::assert_refused_in_one_line(&all, needle);
     }
     profiler_tests::assert_refused_in_one_line(&["migrate"], "--vm");
+    profiler_tests::assert_refused_in_one_line(
+        &["migrate", "--vm", "qemu", "--container", "native"],
+        "cannot be used with",
+    );
+}
+
+/// libvirt refuses to migrate to its own host (tried with libvirt 9.0: peer-to-peer or not,
+/// with a tcp migration URI on loopback or without); the tool says so before it starts.
+#[test]
+fn libvirt_is_refused_in_one_line_saying_why() {
+    require_root();
+    let err =
+        profiler_tests::assert_refused_in_one_line(&["migrate", "--vm", "libvirt"], "--vm libvirt");
+    assert!(
+        err.contains("Attempt to migrate guest to the same host"),
+        "{err}"
+    );
+}
+
+/// `criu check` decides: where it fails, the refusal is one line with criu's own reason (its
+/// first error, as criu printed it); where it passes, one line saying the rest is not built.
+#[test]
+fn container_native_is_criu_checks_verdict_in_one_line() {
+    require_root();
+    let out = Command::new("criu")
+        .arg("check")
+        .output()
+        .expect("criu is missing: `apt-get install criu` (cargo xtask setup)");
+    let err = profiler_tests::assert_refused_in_one_line(
+        &["migrate", "--container", "native"],
+        "--container native",
+    );
+    if out.status.success() {
+        assert!(err.contains("not built yet"), "{err}");
+        return;
+    }
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let first = text
+        .lines()
+        .find_map(|l| l.split_once("): ").filter(|_| l.starts_with("Error (")))
+        .map(|(_, m)| m.trim().trim_end_matches('.').to_string())
+        .unwrap_or_else(|| panic!("criu check failed without an error line: {text}"));
+    assert!(err.contains("`criu check` fails"), "{err}");
+    assert!(err.contains(&first), "criu said {first:?}; we said {err}");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! memory at a chosen rate and prints its monotonic clock to the serial port, so the freeze is
 //! also seen from inside.
 
+pub mod criu;
 pub mod guest;
 pub mod kernel;
 pub mod phases;
@@ -35,12 +36,35 @@ use vm::{Out, Side, Vm};
 pub enum MigrateVm {
     /// Two qemu-system-x86_64 on this host, over loopback TCP.
     Qemu,
+    /// Two libvirt domains: refused, libvirt does not migrate a domain to the host it runs on.
+    Libvirt,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateContainer {
+    /// A native container checkpointed and restored with CRIU: refused where `criu check`
+    /// fails (it says why).
+    Native,
+}
+
+/// `--vm libvirt`: what libvirt 9.0 answered to a migration to its own host, peer-to-peer or
+/// not, with a tcp migration URI on loopback or without (tried 2026-12-04).
+pub const LIBVIRT_REFUSAL: &str = "--vm libvirt: libvirt does not migrate a domain to the host it runs on ('Attempt to migrate guest to the same host <host UUID>': its migration cookie carries the host's UUID, and a second libvirtd on this host would share it); use --vm qemu, which migrates between two QEMUs here";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
+    /// The VM that migrates (or --container).
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "container",
+        conflicts_with = "container"
+    )]
+    pub vm: Option<MigrateVm>,
+    /// The container that migrates (instead of --vm).
     #[arg(long, value_enum)]
-    pub vm: MigrateVm,
+    pub container: Option<MigrateContainer>,
     /// Guest memory, MiB (each of the two QEMUs).
     #[arg(long, value_name = "MIB", default_value_t = 512,
           value_parser = crate::opts::at_least::<u64, 128>)]
@@ -89,7 +113,8 @@ pub struct MigrateArgs {
 impl MigrateArgs {
     pub fn qemu() -> Self {
         Self {
-            vm: MigrateVm::Qemu,
+            vm: Some(MigrateVm::Qemu),
+            container: None,
             memory: 512,
             dirty_mib_per_s: 0,
             dirty_set_mib: 64,
@@ -197,6 +222,16 @@ const MIB: u64 = 1 << 20;
 
 /// Checks what can be checked before anything starts; one line each.
 pub fn check(args: &MigrateArgs) -> Result<()> {
+    if args.vm == Some(MigrateVm::Libvirt) {
+        bail!("{LIBVIRT_REFUSAL}");
+    }
+    if args.container == Some(MigrateContainer::Native) {
+        crate::kernel::require_root("profiler migrate --container native")?;
+        criu::check()?;
+        bail!(
+            "--container native: `criu check` passes, but checkpoint, transfer and restore are not built yet (issue 17)"
+        );
+    }
     if args.dirty_set_mib * 2 > args.memory {
         bail!(
             "--dirty-set-mib {} is more than half of --memory {}: the guest's kernel and image need the rest; pass at most {}",
@@ -879,7 +914,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         );
     }
     Ok(MigrateReport {
-        vm: args.vm,
+        vm: MigrateVm::Qemu,
         accelerator: c.accel.into(),
         accelerator_reason: c.accel_reason,
         memory_mib: args.memory,
