@@ -10,6 +10,8 @@
 pub mod criu;
 pub mod guest;
 pub mod kernel;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod phases;
 pub mod qmp;
 pub mod vm;
@@ -36,7 +38,8 @@ use vm::{Out, Side, Vm};
 pub enum MigrateVm {
     /// Two qemu-system-x86_64 on this host, over loopback TCP.
     Qemu,
-    /// Two libvirt domains: refused, libvirt does not migrate a domain to the host it runs on.
+    /// A transient libvirt domain on qemu:///system, migrated by libvirt to a session libvirtd
+    /// (uid 65534, its own host UUID) on this host, over loopback TCP.
     Libvirt,
 }
 
@@ -47,10 +50,6 @@ pub enum MigrateContainer {
     /// fails (it says why).
     Native,
 }
-
-/// `--vm libvirt`: what libvirt 9.0 answered to a migration to its own host, peer-to-peer or
-/// not, with a tcp migration URI on loopback or without (tried 2026-12-04).
-pub const LIBVIRT_REFUSAL: &str = "--vm libvirt: libvirt does not migrate a domain to the host it runs on ('Attempt to migrate guest to the same host <host UUID>': its migration cookie carries the host's UUID, and a second libvirtd on this host would share it); use --vm qemu, which migrates between two QEMUs here";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
@@ -222,9 +221,6 @@ const MIB: u64 = 1 << 20;
 
 /// Checks what can be checked before anything starts; one line each.
 pub fn check(args: &MigrateArgs) -> Result<()> {
-    if args.vm == Some(MigrateVm::Libvirt) {
-        bail!("{LIBVIRT_REFUSAL}");
-    }
     if args.container == Some(MigrateContainer::Native) {
         crate::kernel::require_root("profiler migrate --container native")?;
         criu::check()?;
@@ -287,6 +283,32 @@ impl Drop for RunDir {
     }
 }
 
+/// Kills (SIGKILL) every process whose environment names `dir`: `--vm libvirt`'s destination
+/// libvirtd, the virtlogd it starts and the QEMUs it spawns all carry its XDG directories.
+pub fn kill_users_of(dir: &std::path::Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        if env
+            .split(|b| *b == 0)
+            .any(|v| String::from_utf8_lossy(v).contains(&needle))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Removes run directories whose owner (pid + start time) is gone (root only; every command
 /// runs it at its start, after `cleanup::reap_stale`).
 pub fn reap_stale() {
@@ -301,6 +323,7 @@ pub fn reap_stale() {
         if let Ok(owner) = name.parse::<crate::cleanup::Owner>()
             && !owner.alive()
         {
+            kill_users_of(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -1100,6 +1123,18 @@ pub fn print(r: &MigrateReport) {
 
 /// run + print: what `main` calls.
 pub fn cli(args: &MigrateArgs) -> Result<()> {
+    if args.vm == Some(MigrateVm::Libvirt) {
+        check(args)?;
+        #[cfg(not(feature = "libvirt"))]
+        bail!("this profiler was built without libvirt (the `libvirt` feature)");
+        #[cfg(feature = "libvirt")]
+        let r = libvirt::run(args)?;
+        boot::write_json(args.json.as_deref(), &r)?;
+        if boot::table(args.json.as_deref()) {
+            libvirt::print(&r);
+        }
+        return Ok(());
+    }
     let r = run(args)?;
     if boot::table(args.json.as_deref()) {
         print(&r);
