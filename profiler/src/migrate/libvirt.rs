@@ -117,6 +117,11 @@ impl DestDaemon {
         let child = crate::cleanup::die_with_parent(&mut cmd)
             .spawn()
             .with_context(|| format!("starting {LIBVIRTD} as uid {DEST_UID}"))?;
+        // A second signal tears down at once: the daemon dies with us, what it started here.
+        let d = dir.to_path_buf();
+        crate::cleanup::on_signal(&format!("migrate-dest {}", dir.display()), move || {
+            super::kill_users_of(&d)
+        });
         let sock = dir.join("r/libvirt/libvirt-sock");
         let mut d = DestDaemon {
             child: Some(child),
@@ -167,6 +172,7 @@ impl DestDaemon {
         // What the daemon started and left (its virtlogd, a QEMU it lost).
         super::kill_users_of(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+        crate::cleanup::forget(&format!("migrate-dest {}", self.dir.display()));
     }
 }
 
