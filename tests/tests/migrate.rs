@@ -624,7 +624,9 @@ fn kill_9_leaves_no_qemu_alive_and_the_next_run_reaps_its_directory() {
 fn a_libvirt_migration_to_a_second_libvirtd_in_phases_that_add_up() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_libvirtd();
-    let run = migrate_ok(&["--vm", "libvirt", "--dirty-mib-per-s", "16"]);
+    // An idle guest: with a dirty rate, QEMU 7.2's TCG fast path (libvirt's whole-MiB RAM)
+    // may crash the destination's kernel, which the report says (docs/migrate-json.md).
+    let run = migrate_ok(&["--vm", "libvirt", "--dirty-mib-per-s", "0"]);
     let r = &run.json;
     assert_eq!(r["vm"], "libvirt");
     let phases = r["phases"].as_array().expect("phases");

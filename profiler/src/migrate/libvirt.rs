@@ -382,8 +382,14 @@ pub fn cut(samples: &[JobSample], total_ns: u64) -> Vec<phases::Phase> {
         } else {
             mid(&samples[i - 1], &samples[i])
         };
+        // Iterations before the first answer with data are one phase too.
+        let it = samples[i].mem_iteration.max(1);
         bounds.push((
-            format!("round {}", samples[i].mem_iteration.max(1)),
+            if it > 1 {
+                format!("rounds 1-{it}")
+            } else {
+                "round 1".into()
+            },
             at,
             "pre-copy: memory sent while the guest runs, up to libvirt's next memory iteration",
         ));
@@ -584,29 +590,31 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
     let ddom = result.map_err(|e| anyhow::anyhow!("libvirt's migration failed: {e}"))?;
     let total_ns = startup::ns(returned - t0);
     let phases = cut(&samples, total_ns);
+    // Before the guest can crash there (on_crash destroys the domain and its job with it).
     let completed = job_stats(&ddom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
         .map_or(serde_json::Value::Null, |s| stats_json(&s));
     let downtime_ms = completed
         .get("downtime_ms")
         .and_then(serde_json::Value::as_u64);
-    // The guest ticks on the destination.
-    let alive_end = Instant::now() + Duration::from_millis(500);
-    let mut alive = false;
-    while Instant::now() < alive_end || !alive {
+    // The guest ticks on in the destination, still in the last half second of two: with
+    // whole-MiB RAM QEMU 7.2's TCG loses stores after a dirty sync and the destination's
+    // kernel may die within a second (see `--vm qemu`). That is reported, not waited out.
+    let alive_end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < alive_end {
         con.pump(&rx, Duration::from_millis(20));
-        alive = con
-            .ticks
-            .iter()
-            .filter(|t| t.0 == Side::Destination)
-            .count()
-            >= 5;
-        check("the guest's ticks on the destination").map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}: its console: {}",
-                con.console_tail(Side::Destination)
-            )
-        })?;
+        check("the guest's ticks on the destination")?;
     }
+    let recent = realtime_us() - 500_000;
+    let alive = con
+        .ticks
+        .iter()
+        .filter(|t| t.0 == Side::Destination && t.1 >= recent)
+        .count()
+        >= 5;
+    let panic = con.tail[1]
+        .iter()
+        .find(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops"))
+        .map(|l| l.trim().to_string());
     let running = ddom.is_active().unwrap_or(false);
     let watched_to = realtime_us();
     let guest_side =
@@ -625,6 +633,12 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
             args.memory
         ),
     ];
+    if !alive {
+        notes.push(format!(
+            "the guest stopped ticking on the destination within 2 s of the migration{}: the TCG fast path above (a single-round migration, --dirty-mib-per-s 0, is not hit)",
+            panic.map_or(String::new(), |p| format!(" ({p})"))
+        ));
+    }
     if longest_answer_ns > 10 * args.poll_ms * 1_000_000 {
         notes.push(format!(
             "libvirt took up to {} to answer a job query (it asks QEMU, busy migrating): rounds it did not answer during are one phase",
@@ -717,6 +731,9 @@ mod tests {
             s(40, 2, 12),
             s(50, 5, 13),
         ];
+        // Iterations before the first answer with data are one phase too.
+        let late = cut(&samples[3..], 70_000_000);
+        assert_eq!(late[1].name, "rounds 1-2");
         let p = cut(&samples, 70_000_000);
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
