@@ -466,6 +466,10 @@ fn bad_input_is_one_line() {
         &["migrate", "--vm", "qemu", "--container", "native"],
         "cannot be used with",
     );
+    profiler_tests::assert_refused_in_one_line(
+        &["migrate", "--vm", "libvirt", "--accel", "kvm"],
+        "the libvirt domains run under TCG",
+    );
 }
 
 /// `criu check` decides: where it fails, the refusal is one line with criu's own reason (its

@@ -221,6 +221,11 @@ const MIB: u64 = 1 << 20;
 
 /// Checks what can be checked before anything starts; one line each.
 pub fn check(args: &MigrateArgs) -> Result<()> {
+    if args.vm == Some(MigrateVm::Libvirt) && args.accel == AccelChoice::Kvm {
+        bail!(
+            "--vm libvirt --accel kvm: the libvirt domains run under TCG (the destination is a session libvirtd as uid 65534, without /dev/kvm); pass --accel tcg or leave --accel out"
+        );
+    }
     if args.container == Some(MigrateContainer::Native) {
         crate::kernel::require_root("profiler migrate --container native")?;
         criu::check()?;
