@@ -59,26 +59,33 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
-/// A send or receive of `len` bytes on `sk` returned in the current task.
+/// A send (the source QEMU's) or a receive (the destination's) of `len` bytes on `sk`
+/// returned in the current task. A destination of tgid 0 is any process but the source (its
+/// QEMU is started by libvirt inside the migration): the port tells it.
 #[inline(always)]
-fn on_io(sk: u64, len: i64) {
+fn on_io(sk: u64, len: i64, side: u32) {
     if len <= 0 {
         return;
     }
     let c = MIGRATE_CONFIG.load();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let side = if tgid == c.src_tgid {
-        SOURCE
-    } else if tgid == c.dst_tgid {
-        DESTINATION
+    let ours = if side == SOURCE {
+        tgid == c.src_tgid
     } else {
-        return;
+        tgid == c.dst_tgid || (c.dst_tgid == 0 && tgid != c.src_tgid)
     };
-    // The migration's connection only (QMP and the consoles are other sockets).
+    if !ours {
+        return;
+    }
+    // The migration's connection only (QMP and the consoles are other sockets): the source's
+    // peer port, the destination's own.
     let port = c.port as u16;
-    let num: u16 = read(sk, c.off_sk_num).unwrap_or(0);
-    let dport: u16 = u16::from_be(read(sk, c.off_sk_dport).unwrap_or(0));
-    if num != port && dport != port {
+    let on_port = if side == SOURCE {
+        u16::from_be(read(sk, c.off_sk_dport).unwrap_or(0)) == port
+    } else {
+        read::<u16>(sk, c.off_sk_num).unwrap_or(0) == port
+    };
+    if !on_port {
         return;
     }
     let len = len as u64;
@@ -102,14 +109,14 @@ fn on_io(sk: u64, len: i64) {
 /// (sk, ret, flags): the source's sends on the migration connection.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn migrate_send(ctx: RawTracePointContext) -> i32 {
-    on_io(ctx.arg(0), ctx.arg::<i64>(1) as i32 as i64);
+    on_io(ctx.arg(0), ctx.arg::<i64>(1) as i32 as i64, SOURCE);
     0
 }
 
 /// (sk, ret, flags): the destination's receives on it.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn migrate_recv(ctx: RawTracePointContext) -> i32 {
-    on_io(ctx.arg(0), ctx.arg::<i64>(1) as i32 as i64);
+    on_io(ctx.arg(0), ctx.arg::<i64>(1) as i32 as i64, DESTINATION);
     0
 }
 

@@ -654,16 +654,36 @@ fn a_libvirt_migration_to_a_second_libvirtd_in_phases_that_add_up() {
     );
     assert!(u(c, "/mem_iteration") >= 1, "{c}");
     assert!(u(c, "/data_processed") >= 64 << 20, "{c}");
-    // The downtime: libvirt's, inside the switch-over, and the guest's console was silent at
-    // least that long (less one tick and the reader's 2 ms poll).
+    // The downtime: libvirt's (its daemons' own stamps of the pause and the resume) and the
+    // guest's console's silence across the switch agree within 25% and 100 ms (seen: 111 vs
+    // 170, 272 vs 233, 1637 vs 1640 ms).
     let downtime = u(r, "/downtime_ms") * MS;
     assert!(downtime > 0, "{r}");
-    assert!(downtime <= u(phases.last().unwrap(), "/ns"), "{r}");
     let g = &r["guest_side"];
     let console = u(g, "/across_console_ns");
     assert!(
-        console + 5 * MS >= downtime,
+        console.abs_diff(downtime) <= downtime / 4 + 100 * MS,
         "console gap {console} ns, libvirt's downtime {downtime} ns"
+    );
+    // The kernel's stream: what libvirt says QEMU sent, plus headers and device state, all
+    // received, and inside the phases.
+    let st = &r["stream"];
+    let sent = u(st, "/source_sent_bytes");
+    let processed = u(c, "/data_processed");
+    assert!(
+        sent >= processed && sent <= processed + processed / 50 + (4 << 20),
+        "the kernel saw {sent} B sent, libvirt processed {processed} B"
+    );
+    assert_eq!(sent, u(st, "/destination_received_bytes"));
+    let in_phases: u64 = st["phases"]
+        .as_array()
+        .expect("stream phases")
+        .iter()
+        .map(|p| u(p, "/sent_bytes"))
+        .sum();
+    assert!(
+        in_phases.abs_diff(sent) <= sent / 1000 + 4096,
+        "phases hold {in_phases} B of {sent} B"
     );
     assert!(
         u(g, "/first_destination_seq") > u(g, "/last_source_seq"),

@@ -75,6 +75,9 @@ pub struct LibvirtReport {
     pub guest_side: GuestSide,
     /// The destination's domain runs after the migration, and its guest ticks there.
     pub guest_alive_after: bool,
+    /// The stream from the kernel, per phase (`kernel.stream` of `--vm qemu`, without QEMU's
+    /// per-phase figures).
+    pub stream: super::kernel::Stream,
     pub notes: Vec<String>,
     pub wall_ns: u64,
 }
@@ -549,7 +552,19 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
         dom.migrate_set_max_downtime(ms, 0)
             .map_err(|e| anyhow::anyhow!("setting the downtime limit: {}", e.message()))?;
     }
+    // The kernel side: the stream on the migration's port (the destination's QEMU is started
+    // inside the migration call: any process but the source receiving on the port).
+    let src_pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .context("the source domain's QEMU pid (/run/libvirt/qemu)")?;
+    let mut tracer =
+        crate::probes::migrate::MigrateTracer::start(src_pid, 0, port, super::BUCKET_NS)
+            .context("the migration's kernel tracer")?;
+    laps.lap("kernel tracer");
     let setup = laps.setup().to_vec();
+    let armed = tracer.arm()?;
+    let offset_ns = crate::probes::migrate::realtime_offset_ns();
     let command_us = realtime_us();
     let t0 = Instant::now();
     let (done_tx, done_rx) = mpsc::channel();
@@ -590,6 +605,8 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
     let ddom = result.map_err(|e| anyhow::anyhow!("libvirt's migration failed: {e}"))?;
     let total_ns = startup::ns(returned - t0);
     let phases = cut(&samples, total_ns);
+    let raw = tracer.read(armed, crate::probes::migrate::ktime_ns())?;
+    drop(tracer);
     // Before the guest can crash there (on_crash destroys the domain and its job with it).
     let completed = job_stats(&ddom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
         .map_or(serde_json::Value::Null, |s| stats_json(&s));
@@ -619,6 +636,21 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
     let watched_to = realtime_us();
     let guest_side =
         phases::guest_side(&con.ticks, args.tick_ms * 1_000_000, command_us, watched_to);
+    let stream = super::kernel::stream(
+        &raw,
+        super::kernel::Clock {
+            offset_ns,
+            command_us,
+        },
+        port,
+        &phases,
+        &[],
+        &phases::StopCopy::default(),
+        completed
+            .get("data_processed")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+    );
     let _ = ddom.destroy();
     drop(guard);
     dest.stop();
@@ -627,7 +659,7 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
     let mut notes = vec![
         "the destination is a session libvirtd as uid 65534 with its own host_uuid: libvirt refuses a migration to the daemon's own host ('Attempt to migrate guest to the same host')".to_string(),
         "phases from libvirt's job statistics, polled: a boundary is as precise as --poll-ms; libvirt's job has no event at the stop, so stop-and-copy and resume are one switch_over phase (libvirt's downtime beside it)".to_string(),
-        "no kernel side here: the destination's QEMU is started by libvirt inside the migration call (--vm qemu has it)".to_string(),
+        "the kernel side is the stream only (its ratio is to libvirt's data_processed): the destination's QEMU starts inside the migration call, and libvirt gives no STOP or RESUME to pick the vCPU threads' runs by (--vm qemu has them)".to_string(),
         format!(
             "libvirt gives QEMU whole MiB of RAM (-m {}), a multiple of 256 KiB: QEMU 7.2's TCG fast path that loses stores after a dirty sync applies (see --vm qemu), so a multi-round migration may crash the destination's kernel after the guest is seen alive",
             args.memory
@@ -662,6 +694,7 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
         downtime_ms,
         guest_side,
         guest_alive_after: alive && running,
+        stream,
         notes,
         wall_ns: startup::ns(started.elapsed()),
     })
@@ -697,6 +730,24 @@ pub fn print(r: &LibvirtReport) {
         opt(r.guest_side.across_console_ns)
     );
     println!("  libvirt's completed job: {}", r.completed);
+    let st = &r.stream;
+    println!(
+        "  kernel: the stream on port {}: the source sent {:.1} MiB in {} sends ({:.3} x libvirt's data_processed), the destination received {:.1} MiB",
+        st.port,
+        st.source_sent_bytes as f64 / (1u64 << 20) as f64,
+        st.source_sends,
+        st.sent_over_qemu_transferred,
+        st.destination_received_bytes as f64 / (1u64 << 20) as f64
+    );
+    for p in &st.phases {
+        println!(
+            "  {:<16} sent {:>9.1} MiB  received {:>9.1} MiB  {:>6.0} MiB/s",
+            p.phase,
+            p.sent_bytes as f64 / (1u64 << 20) as f64,
+            p.received_bytes as f64 / (1u64 << 20) as f64,
+            p.sent_mib_per_s
+        );
+    }
     println!(
         "  {} job samples (the longest answer {}); guest alive on the destination: {}",
         r.samples.len(),

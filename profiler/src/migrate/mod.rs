@@ -816,7 +816,7 @@ struct Context {
 }
 
 /// The kernel's time buckets for the stream, ns: phases are cut to a fraction of one.
-const BUCKET_NS: u64 = 1_000_000;
+pub(crate) const BUCKET_NS: u64 = 1_000_000;
 
 fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateReport> {
     let find = |ev: &[qmp::Event], name: &str, status: Option<&str>| {
