@@ -233,17 +233,31 @@ fn check_kernel_side(r: &Value) {
         "phases hold {in_phases} B of {sent} B"
     );
     assert!(u(st, "/outside_phases_sent_bytes") <= 4096, "{st}");
-    let slack = 2 * 128 * (1 << 20) / 1000;
+    // QEMU's bytes per round come from query-migrate polled every 5 ms: a round no sample
+    // fell in gets none and the next round its bytes (seen on a loaded host: round 2 0 B
+    // against the kernel's 25.5 MiB, round 3 38.2 MiB against 12.7). So the rounds are held
+    // to QEMU's figures together, and the stop-and-copy (QEMU's downtime-bytes) alone; the
+    // boundary buckets are split by time: 2 ms at 1.5 GiB/s.
+    let slack = 3 << 20;
+    let (mut kernel_rounds, mut qemu_rounds) = (0u64, 0u64);
     for p in phases {
-        if let Some(q) = p["qemu_sent_bytes"].as_u64() {
-            let b = u(p, "/sent_bytes");
+        let name = p["phase"].as_str().unwrap();
+        let b = u(p, "/sent_bytes");
+        if name.starts_with("round ") {
+            kernel_rounds += b;
+            qemu_rounds += u(p, "/qemu_sent_bytes");
+        } else if name == "stop_and_copy" {
+            let q = u(p, "/qemu_sent_bytes");
             assert!(
                 b.abs_diff(q) <= q / 20 + slack,
-                "{}: the kernel {b} B, QEMU {q} B",
-                p["phase"]
+                "stop_and_copy: the kernel {b} B, QEMU {q} B"
             );
         }
     }
+    assert!(
+        kernel_rounds.abs_diff(qemu_rounds) <= qemu_rounds / 20 + slack,
+        "the rounds: the kernel {kernel_rounds} B, QEMU {qemu_rounds} B"
+    );
     let timeline: u64 = st["timeline_sent_bytes"]
         .as_array()
         .expect("timeline")
