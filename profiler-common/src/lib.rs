@@ -6,6 +6,7 @@ pub mod exec;
 pub mod hist;
 pub mod inject;
 pub mod kvm;
+pub mod migrate;
 pub mod names;
 pub mod net;
 pub mod probe;

@@ -45,6 +45,10 @@ pub mod program {
     pub const SCHED_WAKEUP: &str = "sched_wakeup";
     pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
     pub const SCHED_SWITCH: &str = "sched_switch";
+    // migrate.rs
+    pub const MIGRATE_SEND: &str = "migrate_send";
+    pub const MIGRATE_RECV: &str = "migrate_recv";
+    pub const MIGRATE_SWITCH: &str = "migrate_switch";
     // inject.rs
     pub const INJECT: &str = "inject_delay";
     // selftest.rs
@@ -98,6 +102,9 @@ pub mod program {
         SCHED_WAKEUP,
         SCHED_WAKEUP_NEW,
         SCHED_SWITCH,
+        MIGRATE_SEND,
+        MIGRATE_RECV,
+        MIGRATE_SWITCH,
         INJECT,
         SELFTEST,
         DOCTOR_KPROBE,
@@ -145,6 +152,11 @@ pub mod map {
     pub const SCHED_TGIDS: &str = "SCHED_TGIDS";
     pub const SCHED_READY: &str = "SCHED_READY";
     pub const SCHED_HIST: &str = "SCHED_HIST";
+    pub const MIGRATE_CONFIG: &str = "MIGRATE_CONFIG";
+    pub const MIGRATE_BYTES: &str = "MIGRATE_BYTES";
+    pub const MIGRATE_COUNTERS: &str = "MIGRATE_COUNTERS";
+    pub const MIGRATE_VCPUS: &str = "MIGRATE_VCPUS";
+    pub const MIGRATE_ARM: &str = "MIGRATE_ARM";
     pub const INJECT_CONFIG: &str = "INJECT_CONFIG";
     pub const INJECT_COUNT: &str = "INJECT_COUNT";
     pub const SELFTEST_HIST: &str = "SELFTEST_HIST";
@@ -180,10 +192,20 @@ pub mod map {
         SCHED_TGIDS,
         SCHED_READY,
         SCHED_HIST,
+        MIGRATE_BYTES,
+        MIGRATE_COUNTERS,
+        MIGRATE_VCPUS,
+        MIGRATE_ARM,
         INJECT_COUNT,
         SELFTEST_HIST,
         PROBE_HITS,
         AYA_LOGS,
     ];
-    pub const GLOBALS: &[&str] = &[NET_CONFIG, KVM_CONFIG, SCHED_CONFIG, INJECT_CONFIG];
+    pub const GLOBALS: &[&str] = &[
+        NET_CONFIG,
+        KVM_CONFIG,
+        SCHED_CONFIG,
+        MIGRATE_CONFIG,
+        INJECT_CONFIG,
+    ];
 }

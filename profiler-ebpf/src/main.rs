@@ -8,6 +8,7 @@ mod exec;
 mod hist;
 mod inject;
 mod kvm;
+mod migrate;
 mod net;
 mod probe;
 mod sched;

@@ -349,6 +349,7 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             workload_parses(&workload)?;
+            profiler::envs::check_place(env, &workload)?;
             let r = profiler::envs::stock(
                 &kernel,
                 &workload,
@@ -387,6 +388,7 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             workload_parses(&workload)?;
+            profiler::envs::check_place(env, &workload)?;
             // What cannot fit the machine says so first; then the workload's own checks.
             if let Some((_, _, asked)) = profiler::sysbench::footprint(&workload) {
                 profiler::envs::check_fit(env, &workload, &asked, 1, force)?;
@@ -420,6 +422,7 @@ fn run(command: Command) -> Result<()> {
             profiler::opts::output_file(html.as_deref(), "--html")?;
             let w = vec!["sysbench".to_string(), workload, "--time".to_string(), time];
             workload_parses(&w)?;
+            profiler::envs::check_place(env, &w)?;
             profiler::sysbench::validate_workload(&w)?;
             let d = profiler::envs::density(
                 env,

@@ -354,3 +354,37 @@ fn bad_input_is_refused_in_one_line() {
         "connecting to MySQL at /nonexistent/mysqld.sock",
     );
 }
+
+/// A VM has no MariaDB and no network to one: `run`, `density` and a stock kernel's guest
+/// refuse OLTP there in one line, before a guest boots.
+#[test]
+fn oltp_in_a_vm_is_refused_in_one_line_saying_why() {
+    require_root();
+    for args in [
+        &["run", "--env", "vm", "sysbench", "oltp_read_write"][..],
+        &[
+            "density",
+            "--env",
+            "vm",
+            "--workload",
+            "oltp_read_only",
+            "--instances",
+            "1",
+        ],
+        &[
+            "run",
+            "--env",
+            "vm",
+            "--kernel",
+            "debian-6.1",
+            "sysbench",
+            "oltp_write_only",
+        ],
+    ] {
+        let err = assert_refused_in_one_line(args, "sysbench oltp_* needs a MariaDB server");
+        assert!(
+            err.contains("no mariadbd") && err.contains("-net none"),
+            "{err}"
+        );
+    }
+}

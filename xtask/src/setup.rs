@@ -70,6 +70,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the server `profiler web` starts with its own config (Debian's 1.22)",
     ),
     (
+        "criu",
+        "migrate --container native: `criu check` decides (and says why it fails)",
+    ),
+    (
         "wrk",
         "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
     ),

@@ -138,7 +138,7 @@ pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &
     )
 }
 
-fn connect() -> Result<Connect> {
+pub(crate) fn connect() -> Result<Connect> {
     // The file outlives a killed libvirtd: ask whether anyone answers.
     if std::os::unix::net::UnixStream::connect(SOCKET).is_err() {
         bail!(

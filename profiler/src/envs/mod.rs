@@ -276,8 +276,22 @@ pub fn footprint(env: Env, workload: &[String]) -> crate::fit::Each {
     Each::workload(threads, memory, around)
 }
 
+/// `sysbench oltp_*` in a VM, in one line: why not.
+pub const OLTP_VM_REFUSAL: &str = "--env vm: sysbench oltp_* needs a MariaDB server beside it, and the workload guest is a busybox initramfs with this binary and its libraries only (no mariadbd, its libraries, /usr/share/mariadb or mariadb-install-db's tools) started with -net none (no server outside can be reached); use host, native or docker";
+
+/// Refuses a workload its environment cannot hold, before anything starts.
+pub fn check_place(env: Env, workload: &[String]) -> Result<()> {
+    let oltp = workload.first().map(String::as_str) == Some("sysbench")
+        && workload.get(1).is_some_and(|t| t.starts_with("oltp_"));
+    if env == Env::Vm && oltp {
+        bail!("{OLTP_VM_REFUSAL}");
+    }
+    Ok(())
+}
+
 /// Refuses a `run` or `density` that cannot fit this machine (`n` instances at most at once),
 /// unless `force`.
 pub fn check_fit(env: Env, workload: &[String], asked: &str, n: usize, force: bool) -> Result<()> {
+    check_place(env, workload)?;
     crate::fit::require(force, asked, n as u64, &footprint(env, workload))
 }

@@ -529,6 +529,9 @@ impl Table {
                         anyhow!("a web row needs env = \"host\" (or native, docker)")
                     })?,
                 )?;
+                if env == crate::web::WebEnv::Vm {
+                    bail!("{}", crate::web::VM_REFUSAL);
+                }
                 let connections = p
                     .connections
                     .ok_or_else(|| anyhow!("a web table needs connections = N"))?;
@@ -593,7 +596,7 @@ mod tests {
             "connections = 8\n",
         ))
         .unwrap_err();
-        assert!(e.to_string().contains("unknown env 'vm'"), "{e}");
+        assert!(e.to_string().contains("web has no VM environment"), "{e}");
         let e = Spec::parse(&table("{ setup = \"d\", env = \"host\" }", "")).unwrap_err();
         assert!(e.to_string().contains("connections"), "{e}");
     }

@@ -7,7 +7,11 @@
 //! memory at a chosen rate and prints its monotonic clock to the serial port, so the freeze is
 //! also seen from inside.
 
+pub mod criu;
 pub mod guest;
+pub mod kernel;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod phases;
 pub mod qmp;
 pub mod vm;
@@ -34,12 +38,32 @@ use vm::{Out, Side, Vm};
 pub enum MigrateVm {
     /// Two qemu-system-x86_64 on this host, over loopback TCP.
     Qemu,
+    /// A transient libvirt domain on qemu:///system, migrated by libvirt to a session libvirtd
+    /// (uid 65534, its own host UUID) on this host, over loopback TCP.
+    Libvirt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateContainer {
+    /// A native container checkpointed and restored with CRIU: refused where `criu check`
+    /// fails (it says why).
+    Native,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
+    /// The VM that migrates (or --container).
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "container",
+        conflicts_with = "container"
+    )]
+    pub vm: Option<MigrateVm>,
+    /// The container that migrates (instead of --vm).
     #[arg(long, value_enum)]
-    pub vm: MigrateVm,
+    pub container: Option<MigrateContainer>,
     /// Guest memory, MiB (each of the two QEMUs).
     #[arg(long, value_name = "MIB", default_value_t = 512,
           value_parser = crate::opts::at_least::<u64, 128>)]
@@ -88,7 +112,8 @@ pub struct MigrateArgs {
 impl MigrateArgs {
     pub fn qemu() -> Self {
         Self {
-            vm: MigrateVm::Qemu,
+            vm: Some(MigrateVm::Qemu),
+            container: None,
             memory: 512,
             dirty_mib_per_s: 0,
             dirty_set_mib: 64,
@@ -184,6 +209,9 @@ pub struct MigrateReport {
     pub events: Vec<Event>,
     /// The destination's guest went on ticking after the resume.
     pub guest_alive_after: bool,
+    /// What QMP cannot see, from the host's kernel: the stream's bytes per phase and over
+    /// time, the vCPU threads' last and first runs.
+    pub kernel: kernel::KernelSide,
     pub notes: Vec<String>,
     /// The whole run, setup to teardown.
     pub wall_ns: u64,
@@ -193,6 +221,18 @@ const MIB: u64 = 1 << 20;
 
 /// Checks what can be checked before anything starts; one line each.
 pub fn check(args: &MigrateArgs) -> Result<()> {
+    if args.vm == Some(MigrateVm::Libvirt) && args.accel == AccelChoice::Kvm {
+        bail!(
+            "--vm libvirt --accel kvm: the libvirt domains run under TCG (the destination is a session libvirtd as uid 65534, without /dev/kvm); pass --accel tcg or leave --accel out"
+        );
+    }
+    if args.container == Some(MigrateContainer::Native) {
+        crate::kernel::require_root("profiler migrate --container native")?;
+        criu::check()?;
+        bail!(
+            "--container native: `criu check` passes, but checkpoint, transfer and restore are not built yet (issue 17)"
+        );
+    }
     if args.dirty_set_mib * 2 > args.memory {
         bail!(
             "--dirty-set-mib {} is more than half of --memory {}: the guest's kernel and image need the rest; pass at most {}",
@@ -248,6 +288,32 @@ impl Drop for RunDir {
     }
 }
 
+/// Kills (SIGKILL) every process whose environment names `dir`: `--vm libvirt`'s destination
+/// libvirtd, the virtlogd it starts and the QEMUs it spawns all carry its XDG directories.
+pub fn kill_users_of(dir: &std::path::Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        if env
+            .split(|b| *b == 0)
+            .any(|v| String::from_utf8_lossy(v).contains(&needle))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Removes run directories whose owner (pid + start time) is gone (root only; every command
 /// runs it at its start, after `cleanup::reap_stale`).
 pub fn reap_stale() {
@@ -262,6 +328,7 @@ pub fn reap_stale() {
         if let Ok(owner) = name.parse::<crate::cleanup::Owner>()
             && !owner.alive()
         {
+            kill_users_of(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -564,9 +631,33 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
         "max-bandwidth": all.get("max-bandwidth"),
     });
     laps.lap("destination start");
+    // The kernel side: the stream on the migration's port, the vCPU threads' runs.
+    let mut tracer =
+        crate::probes::migrate::MigrateTracer::start(src.pid, dst.pid, port, BUCKET_NS)
+            .context("the migration's kernel tracer")?;
+    let mut cpus: Vec<(u32, u32)> = Vec::new();
+    for (q, side) in [
+        (&mut sq, profiler_common::migrate::SOURCE),
+        (&mut dq, profiler_common::migrate::DESTINATION),
+    ] {
+        let list = q.execute("query-cpus-fast", None)?;
+        for c in list.as_array().into_iter().flatten() {
+            let (Some(tid), Some(i)) = (
+                c.get("thread-id").and_then(Value::as_u64),
+                c.get("cpu-index").and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            tracer.watch(tid as u32, side)?;
+            cpus.push((tid as u32, i as u32));
+        }
+    }
+    laps.lap("kernel tracer");
     let setup_ns: u64 = laps.setup().iter().map(|p| p.ns).sum();
 
     // The migration.
+    let armed = tracer.arm()?;
+    let offset_ns = crate::probes::migrate::realtime_offset_ns();
     let command_us = realtime_us();
     sq.execute(
         "migrate",
@@ -661,6 +752,8 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
     }
     let watched_to = realtime_us();
     let final_query = sq.execute("query-migrate", None)?;
+    let raw = tracer.read(armed, crate::probes::migrate::ktime_ns())?;
+    drop(tracer);
 
     let mut report = report(
         args,
@@ -679,6 +772,13 @@ pub fn run(args: &MigrateArgs) -> Result<MigrateReport> {
             warm_rate,
             watched_to,
             alive,
+            raw,
+            clock: kernel::Clock {
+                offset_ns,
+                command_us,
+            },
+            port,
+            cpus,
         },
         &con,
     )?;
@@ -709,7 +809,14 @@ struct Context {
     warm_rate: Option<f64>,
     watched_to: i64,
     alive: bool,
+    raw: crate::probes::migrate::Raw,
+    clock: kernel::Clock,
+    port: u16,
+    cpus: Vec<(u32, u32)>,
 }
+
+/// The kernel's time buckets for the stream, ns: phases are cut to a fraction of one.
+pub(crate) const BUCKET_NS: u64 = 1_000_000;
 
 fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateReport> {
     let find = |ev: &[qmp::Event], name: &str, status: Option<&str>| {
@@ -795,9 +902,29 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
     let poll_interval_ns = gaps
         .get(gaps.len() / 2)
         .map_or(0, |g| (*g).max(0) as u64 * 1000);
+    let kernel = kernel::KernelSide {
+        stream: kernel::stream(
+            &c.raw,
+            c.clock,
+            c.port,
+            &phases,
+            &rounds,
+            &stop_copy,
+            qemu.transferred_bytes,
+        ),
+        vcpus: kernel::vcpus(&c.raw, c.clock, &c.cpus, stop, c.resume_us),
+    };
     let mut notes = vec![
         "device state: sent inside stop_and_copy after the last RAM pages; QMP has no event between them (only pause-before-switchover, which would lengthen the downtime)".to_string(),
+        kernel::EXITS_NOTE.to_string(),
     ];
+    if kernel.stream.late_bytes > 0 {
+        notes.push(format!(
+            "the kernel's time buckets ({} s) ended before the stream: {} bytes counted in the totals only",
+            profiler_common::migrate::BUCKETS as u64 * BUCKET_NS / 1_000_000_000,
+            kernel.stream.late_bytes
+        ));
+    }
     if c.accel == "tcg" {
         notes.push(format!(
             "TCG: the guest has {} KiB less RAM than --memory (-m {}), so QEMU syncs the dirty bitmap page by page and re-arms TCG's TLB; on its aligned fast path (QEMU before 9.0) stores after a sync are lost and the destination's kernel crashes after a multi-round migration",
@@ -815,7 +942,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         );
     }
     Ok(MigrateReport {
-        vm: args.vm,
+        vm: MigrateVm::Qemu,
         accelerator: c.accel.into(),
         accelerator_reason: c.accel_reason,
         memory_mib: args.memory,
@@ -837,6 +964,7 @@ fn report(args: &MigrateArgs, c: Context, con: &Consoles) -> Result<MigrateRepor
         poll_interval_ns,
         events,
         guest_alive_after: c.alive,
+        kernel,
         notes,
         wall_ns: 0,
     })
@@ -928,6 +1056,41 @@ pub fn print(r: &MigrateReport) {
         d.qemu_ms,
         fmt_ns(d.guest_stopped_ns as f64)
     );
+    let k = &r.kernel;
+    let st = &k.stream;
+    println!(
+        "  kernel: the stream on port {}: the source sent {} in {} sends ({:.3} x QEMU's transferred), the destination received {} in {} receives",
+        st.port,
+        mib(st.source_sent_bytes),
+        st.source_sends,
+        st.sent_over_qemu_transferred,
+        mib(st.destination_received_bytes),
+        st.destination_receives
+    );
+    println!(
+        "  {:<16} {:>11} {:>11} {:>11} {:>11}",
+        "phase", "sent", "received", "rate", "QEMU's"
+    );
+    for p in &st.phases {
+        println!(
+            "  {:<16} {:>11} {:>11} {:>11} {:>11}",
+            p.phase,
+            mib(p.sent_bytes),
+            mib(p.received_bytes),
+            format!("{:.0} MiB/s", p.sent_mib_per_s),
+            p.qemu_sent_bytes.map_or("-".into(), mib)
+        );
+    }
+    let v = &k.vcpus;
+    let rel = |t: Option<i64>| t.map_or("?".into(), |t| fmt_ns(t as f64));
+    println!(
+        "  vCPU threads on the host: the source's last run ended {} after `migrate`, the destination's first began {}: none ran for {} (QEMU's downtime {} ms, STOP to RESUME {})",
+        rel(v.source_last_run_ns),
+        rel(v.destination_first_run_ns),
+        v.freeze_ns.map_or("?".into(), |f| fmt_ns(f as f64)),
+        d.qemu_ms,
+        fmt_ns(d.guest_stopped_ns as f64)
+    );
     let g = &d.guest_side;
     let opt = |v: Option<u64>| v.map_or("?".into(), |v| fmt_ns(v as f64));
     println!(
@@ -965,6 +1128,18 @@ pub fn print(r: &MigrateReport) {
 
 /// run + print: what `main` calls.
 pub fn cli(args: &MigrateArgs) -> Result<()> {
+    if args.vm == Some(MigrateVm::Libvirt) {
+        check(args)?;
+        #[cfg(not(feature = "libvirt"))]
+        bail!("this profiler was built without libvirt (the `libvirt` feature)");
+        #[cfg(feature = "libvirt")]
+        let r = libvirt::run(args)?;
+        boot::write_json(args.json.as_deref(), &r)?;
+        if boot::table(args.json.as_deref()) {
+            libvirt::print(&r);
+        }
+        return Ok(());
+    }
     let r = run(args)?;
     if boot::table(args.json.as_deref()) {
         print(&r);

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod inject;
 pub mod kvm;
 pub mod log;
+pub mod migrate;
 pub mod net;
 pub mod probe;
 pub mod sched;
@@ -29,6 +30,8 @@ pub enum Subject {
     Net,
     Kvm,
     Sched,
+    /// migrate.rs: the migration stream's bytes and the vCPU threads' runs.
+    Migrate,
     Exec,
     Inject,
     Probe,
@@ -59,6 +62,9 @@ const MAPS: &[(&str, Subject)] = &[
     (map::SCHED_TGIDS, Subject::Sched),
     (map::SCHED_READY, Subject::Sched),
     (map::SCHED_HIST, Subject::Sched),
+    (map::MIGRATE_BYTES, Subject::Migrate),
+    (map::MIGRATE_COUNTERS, Subject::Migrate),
+    (map::MIGRATE_VCPUS, Subject::Migrate),
     (map::EXEC_EVENTS, Subject::Exec),
     (map::PROBE_HITS, Subject::Probe),
     (map::SELFTEST_HIST, Subject::Selftest),
@@ -133,6 +139,7 @@ pub fn memory_model() -> Result<Vec<MemoryModel>> {
         Subject::Net,
         Subject::Kvm,
         Subject::Sched,
+        Subject::Migrate,
         Subject::Exec,
         Subject::Inject,
         Subject::Probe,
@@ -184,6 +191,7 @@ pub fn points() -> Vec<(&'static str, Vec<&'static crate::attach::Point>)> {
         ("kvm", kvm::HOOKS.iter().map(|h| &h.point).collect()),
         ("exec", exec::POINTS.iter().collect()),
         ("sched", sched::POINTS.iter().collect()),
+        ("migrate", migrate::POINTS.iter().collect()),
     ]
 }
 

@@ -34,7 +34,12 @@ pub enum WebEnv {
     /// nginx in a Docker container (an image built here from the installed nginx) on Docker's
     /// default bridge, wrk on the host.
     Docker,
+    /// Refused: the workload guest has no network and no nginx (`VM_REFUSAL`).
+    Vm,
 }
+
+/// `--env vm`, in one line: why there is no VM environment.
+pub const VM_REFUSAL: &str = "--env vm: web has no VM environment: the workload guest (`run --env vm`) is a busybox initramfs started with -net none, so nothing can reach a server in it, and it carries no nginx, its modules or /etc/nginx; use host, native or docker";
 
 impl WebEnv {
     pub fn name(self) -> &'static str {
@@ -42,14 +47,15 @@ impl WebEnv {
             WebEnv::Host => "host",
             WebEnv::Native => "native",
             WebEnv::Docker => "docker",
+            WebEnv::Vm => "vm",
         }
     }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct WebArgs {
-    /// Environments, in order (host, native, docker; a VM is not built yet: its guest has no
-    /// network into it).
+    /// Environments, in order (host, native, docker; vm is refused: its guest has no network
+    /// and no nginx).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "host,native")]
     pub env: Vec<WebEnv>,
     /// Open connections (wrk -c) per run, e.g. 1,64,256.
@@ -93,6 +99,9 @@ fn check(args: &WebArgs) -> Result<()> {
             "--connections {max} needs {} open files; this process may open {hard} (ulimit -Hn): pass fewer connections or raise the limit",
             max + 256
         );
+    }
+    if args.env.contains(&WebEnv::Vm) {
+        bail!("{VM_REFUSAL}");
     }
     if args.env.contains(&WebEnv::Docker) && !std::path::Path::new(crate::docker::SOCKET).exists() {
         bail!(
@@ -301,6 +310,7 @@ impl Running {
 
 fn setup(env: WebEnv, workers: usize, connections: usize, size: usize) -> Result<Setup> {
     Ok(match env {
+        WebEnv::Vm => bail!("{VM_REFUSAL}"),
         WebEnv::Host => {
             // The host's loopback is shared with everyone: another port when ours is taken.
             let mut tries = 0;
