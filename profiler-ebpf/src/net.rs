@@ -94,7 +94,14 @@ struct SkbState {
     dir: u8,
     encap: u8,
     print: u8,
-    _pad: u32,
+    /// The sending socket at birth (skb->sk folded to 32 bits; 0: none).
+    sk: u32,
+}
+
+/// A socket address folded to 32 bits: enough to tell the sender's socket from another.
+#[inline(always)]
+fn fold(sk: u64) -> u32 {
+    (sk ^ (sk >> 32)) as u32
 }
 
 #[repr(C)]
@@ -426,11 +433,16 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> bool {
         Some(&s) if s != 0 => s as u32,
         _ => SLOT_UNKNOWN,
     };
-    // A received packet that reaches a transmit queue owned by a local socket is a new packet:
-    // forwarded ones carry no socket (crossing a namespace orphans them).
+    // A received packet that reaches a transmit queue owned by another socket than its sender
+    // is a new packet under a reused address. Forwarded ones carry no socket (6.18 orphans
+    // them crossing a namespace) or still their sender's (6.1 and 6.12 keep it across a
+    // bridge, where testing for any socket cut every bridged trace at the port).
     let local_again = h == hook::QUEUE
         && matches!(point_hook(st.point), hook::RECV | hook::GRO)
-        && read::<u64>(skb + cfg!(off_skb_sk) as u64).unwrap_or(0) != 0;
+        && match read::<u64>(skb + cfg!(off_skb_sk) as u64).unwrap_or(0) {
+            0 => false,
+            sk => fold(sk) != st.sk,
+        };
     if (slot == SLOT_UNKNOWN || local_again) && h == hook::QUEUE {
         // No path continues into a transmit queue this way: the skb was freed unseen (e.g.
         // kfree_skb_partial) and its address now carries a new packet.
@@ -529,7 +541,7 @@ fn birth(skb: u64, st: &mut SkbState) {
         dir,
         encap: 0,
         print: print as u8,
-        _pad: 0,
+        sk: fold(read(skb + cfg!(off_skb_sk) as u64).unwrap_or(0)),
     };
     if print {
         emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
