@@ -91,17 +91,10 @@ fn traffic(kernel: &str) {
 }
 
 /// Each new mode in one traced run (every packet followed): tcp_rr flows, and the mode's own
-/// layer shows, with no other mode's encapsulation.
+/// layer shows, with no other mode's encapsulation. The guests have fentry, so a tunnel's
+/// transmit is split at ip_local_out ("encap + route lookup", then "ip output + netfilter out").
 fn layers(kernel: &str) {
-    // Not geneve: it bridges its containers like overlay, and in these guests a packet crossing
-    // a Linux bridge comes out under a new skb address (the known defect in README), so its
-    // trace stops at the bridge port. It still carries traffic (`traffic`).
-    let modes = NEW_MODES
-        .iter()
-        .filter(|m| **m != "geneve")
-        .copied()
-        .collect::<Vec<_>>()
-        .join(",");
+    let modes = NEW_MODES.join(",");
     let r = in_guest(
         kernel,
         &[
@@ -125,17 +118,23 @@ fn layers(kernel: &str) {
         .filter(|row| row["mode"] != "host")
         .collect();
     // (mode, a layer it must show, words no layer of it may hold)
-    let expect: [(&str, &str, &[&str]); 4] = [
+    let expect: [(&str, &str, &[&str]); 5] = [
         ("ipvlan", "ipvlan", &["encap", "bridge", "macvlan"]),
         ("ipvlan_l3", "ipvlan", &["encap", "bridge", "macvlan"]),
         (
             "ipip",
-            "ipip encap + route + netfilter out",
+            "ipip encap + route lookup",
             &["vxlan", "geneve", "gre", "bridge"],
+        ),
+        // Geneve bridges its containers, as overlay does.
+        (
+            "geneve",
+            "geneve encap + route lookup",
+            &["vxlan", "ipip", "gre "],
         ),
         (
             "gre",
-            "gre encap + route + netfilter out",
+            "gre encap + route lookup",
             &["vxlan", "geneve", "ipip", "bridge"],
         ),
     ];
@@ -164,6 +163,142 @@ fn layers(kernel: &str) {
             assert!(
                 !never.iter().any(|w| n.contains(w)),
                 "{kernel}: {mode}: {n:?} belongs to another mode"
+            );
+        }
+    }
+}
+
+/// A layer's row in one direction of a trace report.
+fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
+    dir["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == layer)
+}
+
+/// Function probes as the attach plan gives them, in the real guest: the doctor plans fentry on
+/// ip_local_out (vmlinux) for the tunnel's split; an overlay trace attaches it so and shows
+/// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own; a nat
+/// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
+/// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
+/// each a histogram of entry-to-exit times.
+fn function_probes(kernel: &str) {
+    let d = in_guest(kernel, &["doctor", "--json"]);
+    let encap = d["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "vxlan_encap")
+        .expect("the doctor plans vxlan_encap");
+    assert_eq!(encap["mechanism"], "fentry", "{kernel}: {encap}");
+    assert_eq!(encap["target"], "ip_local_out", "{kernel}: {encap}");
+    let planned = d["attach"]["net"].as_array().unwrap();
+    let plan_of = |event: &str| -> Vec<String> {
+        planned
+            .iter()
+            .filter(|a| a["event"] == event)
+            .map(|a| a["how"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(plan_of("ip_local_out"), ["fentry"], "{kernel}");
+
+    let r = in_guest(
+        kernel,
+        &[
+            "trace",
+            "--compare",
+            "overlay,nat",
+            "-l",
+            "1",
+            "--follow-every",
+            "1",
+            "--repeat",
+            "1",
+            "--json",
+        ],
+    );
+    let report = |mode: &str| -> &Value {
+        let row = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["mode"] == mode)
+            .unwrap_or_else(|| panic!("{kernel}: no {mode} row in {r}"));
+        &row["reports"][0]
+    };
+    let attached = |rep: &Value, event: &str| -> Vec<String> {
+        rep["attached"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["event"] == event)
+            .map(|a| a["how"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let overlay = report("overlay");
+    assert_eq!(attached(overlay, "ip_local_out"), ["fentry"], "{kernel}");
+    for dir in overlay["net"]["directions"].as_array().unwrap() {
+        let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
+        assert!(one_way > 100, "{kernel}: overlay: {one_way} packets");
+        assert!(
+            row(dir, "vxlan encap + route + netfilter out").is_none(),
+            "{kernel}: overlay {}: the merged row is still there",
+            dir["name"]
+        );
+        for layer in ["vxlan encap + route lookup", "ip output + netfilter out"] {
+            let l = row(dir, layer)
+                .unwrap_or_else(|| panic!("{kernel}: overlay {}: no {layer:?}", dir["name"]));
+            eprintln!(
+                "{kernel}: overlay {} {layer}: count {} p50 {} mean {:.0}",
+                dir["name"],
+                l["count"],
+                l["p50"],
+                l["mean"].as_f64().unwrap()
+            );
+            let n = l["count"].as_u64().unwrap();
+            assert!(n * 10 >= one_way * 9, "{kernel}: {layer}: {n} of {one_way}");
+            assert!(l["p50"].as_u64().unwrap() > 0, "{kernel}: {layer}: {l}");
+        }
+    }
+
+    let nat = report("nat");
+    assert_eq!(
+        attached(nat, "nf_conntrack_in"),
+        ["kprobe", "kretprobe"],
+        "{kernel}"
+    );
+    assert_eq!(
+        attached(nat, "nf_nat_inet_fn"),
+        ["kprobe", "kretprobe"],
+        "{kernel}"
+    );
+    for dir in nat["net"]["directions"].as_array().unwrap() {
+        let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
+        assert!(one_way > 100, "{kernel}: nat: {one_way} packets");
+        for (layer, per_packet) in [
+            ("conntrack (nf_conntrack_in)", 1.0),
+            ("NAT (nf_nat_inet_fn)", 2.0),
+        ] {
+            let l = row(dir, layer)
+                .unwrap_or_else(|| panic!("{kernel}: nat {}: no {layer:?}", dir["name"]));
+            eprintln!(
+                "{kernel}: nat {} {layer}: count {} per packet {:.2} p50 {} mean {:.0}",
+                dir["name"],
+                l["count"],
+                l["per_packet"].as_f64().unwrap(),
+                l["p50"],
+                l["mean"].as_f64().unwrap()
+            );
+            let pp = l["per_packet"].as_f64().unwrap();
+            assert!(
+                (pp - per_packet).abs() < 0.1,
+                "{kernel}: {layer}: {pp} per packet"
+            );
+            assert!(
+                l["histogram"].as_array().unwrap().len() > 1,
+                "{kernel}: {layer}: a histogram of one bucket: {l}"
             );
         }
     }
@@ -277,9 +412,18 @@ fn debian_6_12_new_modes_show_their_layers() {
 }
 
 #[test]
-#[ignore = "known defect in the Debian guests (6.1 and 6.12): a packet crossing a Linux bridge reappears under a new skb address at the egress port, so the bridge lab's baseline is empty (see README)"]
 fn debian_6_12_netem_lands_in_its_layer() {
     netem("debian-6.12");
+}
+
+#[test]
+fn debian_6_1_function_probes() {
+    function_probes("debian-6.1");
+}
+
+#[test]
+fn debian_6_12_function_probes() {
+    function_probes("debian-6.12");
 }
 
 #[test]
