@@ -1,10 +1,10 @@
 //! The kernel matrix: Debian's stock cloud kernels (6.1 and 6.12) booted under QEMU (TCG on
 //! this host) through `profiler run --env vm --kernel`, and inside each guest: the doctor's
 //! real attach attempts, every mode this host lacks carrying tcp_rr and showing its own layers,
-//! KVM exits by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem
-//! delay landing in its layer (6.1's verifier refuses the net tracer: its layers test fails,
-//! and a netem one would too). One test per kernel and subject, so pass/fail reads per kernel;
-//! a guest that cannot boot fails its test.
+//! the function probes the attach plan gives (fentry, kprobe) splitting the overlay's transmit
+//! and timing conntrack and NAT per packet, KVM exits by reason on a real SVM (TCG's `-cpu
+//! max`, kvm_amd loaded), and (6.12) a netem delay landing in its layer. One test per kernel and
+//! subject, so pass/fail reads per kernel; a guest that cannot boot fails its test.
 
 use std::time::Instant;
 
