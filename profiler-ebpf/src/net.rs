@@ -1028,8 +1028,11 @@ fn func_entry(skb: u64, f: u8) {
     }
 }
 
-/// A kretprobe: the skb its kprobe kept on this CPU, if any (softirq and netfilter run with
-/// preemption off, so entry and exit are on one CPU).
+/// A kretprobe: the skb its kprobe kept on this CPU, if any. Forwarded packets run these
+/// functions in softirq, entry and exit on one CPU with nothing between. A local output's call
+/// (process context) could be interrupted by a softirq's call, whose exit would then close
+/// the outer one early, or migrate and leave its slot to the next exit here: only for a
+/// followed packet's own output through conntrack, which no lab mode has.
 #[inline(always)]
 fn func_return(f: u8) {
     let Some(p) = NET_FUNC.get_ptr_mut(f as u32) else {
