@@ -47,8 +47,9 @@ fn guest_json(kernel: &str, args: &[&str], must_succeed: bool) -> Value {
     })
 }
 
-/// fentry, kprobe and tp_btf loaded, attached and fired for real in the guest; the lab
-/// modes' modules (none loaded for the doctor) named as built but not loaded.
+/// fentry, kprobe and tp_btf loaded, attached and fired for real in the guest; the plan gives
+/// ip_local_out's probe fentry; the lab modes' modules (none loaded for the doctor) named as
+/// built but not loaded.
 fn doctor(kernel: &str) {
     let d = in_guest(kernel, &["doctor", "--json"]);
     for m in ["fentry", "kprobe", "tp_btf", "raw_tracepoint"] {
@@ -58,6 +59,24 @@ fn doctor(kernel: &str) {
             assert_eq!(r[step], true, "{kernel}: {m} not {step}: {r}");
         }
     }
+    // The function probes' plan: fentry on ip_local_out (vmlinux), the tunnel's split.
+    let encap = d["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "vxlan_encap")
+        .expect("the doctor plans vxlan_encap");
+    assert_eq!(encap["mechanism"], "fentry", "{kernel}: {encap}");
+    assert_eq!(encap["target"], "ip_local_out", "{kernel}: {encap}");
+    let planned = d["attach"]["net"].as_array().unwrap();
+    let plan_of = |event: &str| -> Vec<String> {
+        planned
+            .iter()
+            .filter(|a| a["event"] == event)
+            .map(|a| a["how"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(plan_of("ip_local_out"), ["fentry"], "{kernel}");
     assert_eq!(d["lab_modes"]["host"]["buildable"], true);
     for (mode, module) in [
         ("ipvlan", "ipvlan"),
@@ -177,32 +196,13 @@ fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
         .find(|l| l["layer"] == layer)
 }
 
-/// Function probes as the attach plan gives them, in the real guest: the doctor plans fentry on
-/// ip_local_out (vmlinux) for the tunnel's split; an overlay trace attaches it so and shows
+/// Function probes as the attach plan gives them, in the real guest (the doctor's plan of them
+/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry and shows
 /// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own; a nat
 /// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
 /// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
 /// each a histogram of entry-to-exit times.
 fn function_probes(kernel: &str) {
-    let d = in_guest(kernel, &["doctor", "--json"]);
-    let encap = d["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["hook"] == "vxlan_encap")
-        .expect("the doctor plans vxlan_encap");
-    assert_eq!(encap["mechanism"], "fentry", "{kernel}: {encap}");
-    assert_eq!(encap["target"], "ip_local_out", "{kernel}: {encap}");
-    let planned = d["attach"]["net"].as_array().unwrap();
-    let plan_of = |event: &str| -> Vec<String> {
-        planned
-            .iter()
-            .filter(|a| a["event"] == event)
-            .map(|a| a["how"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(plan_of("ip_local_out"), ["fentry"], "{kernel}");
-
     let r = in_guest(
         kernel,
         &[
