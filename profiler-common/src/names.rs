@@ -28,6 +28,8 @@ pub mod program {
     pub const NET_KR_CONNTRACK: &str = "net_kr_conntrack";
     pub const NET_K_NAT: &str = "net_k_nat";
     pub const NET_KR_NAT: &str = "net_kr_nat";
+    pub const NET_F_FORWARD: &str = "net_f_forward";
+    pub const NET_K_FORWARD: &str = "net_k_forward";
     // softirq.rs
     pub const SOFTIRQ_RAISE: &str = "softirq_raise";
     pub const SOFTIRQ_ENTRY: &str = "softirq_entry";
@@ -91,6 +93,8 @@ pub mod program {
         NET_KR_CONNTRACK,
         NET_K_NAT,
         NET_KR_NAT,
+        NET_F_FORWARD,
+        NET_K_FORWARD,
         SOFTIRQ_RAISE,
         SOFTIRQ_ENTRY,
         SOFTIRQ_EXIT,

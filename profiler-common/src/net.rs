@@ -54,7 +54,9 @@ pub mod func {
     pub const CONNTRACK: u8 = 2;
     /// nf_nat_inet_fn: entry and exit, NAT's cost per packet and hook.
     pub const NAT: u8 = 3;
-    pub const COUNT: u8 = 4;
+    /// ip_forward: a routed packet after its route lookup, before the forward hook; entry only.
+    pub const FORWARD: u8 = 4;
+    pub const COUNT: u8 = 5;
 }
 
 /// The point of a function's entry (`exit` false) or exit.

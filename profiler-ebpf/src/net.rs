@@ -1066,6 +1066,19 @@ pub fn net_k_local_out(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// ip_forward(skb).
+#[fentry(function = "ip_forward")]
+pub fn net_f_forward(ctx: FEntryContext) -> i32 {
+    on_func(btf_arg(&ctx, 0), func::FORWARD, false);
+    0
+}
+
+#[kprobe]
+pub fn net_k_forward(ctx: ProbeContext) -> u32 {
+    on_func(ctx.arg::<u64>(0).unwrap_or(0), func::FORWARD, false);
+    0
+}
+
 /// nf_conntrack_in(skb, state): a module function (nf_conntrack), so a kprobe.
 #[kprobe]
 pub fn net_k_conntrack(ctx: ProbeContext) -> u32 {

@@ -201,7 +201,8 @@ fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
 /// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own; a nat
 /// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
 /// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
-/// each a histogram of entry-to-exit times.
+/// each a histogram of entry-to-exit times, and ip_forward by fentry, splitting the route
+/// lookup from the forward.
 fn function_probes(kernel: &str) {
     let r = in_guest(
         kernel,
@@ -274,12 +275,16 @@ fn function_probes(kernel: &str) {
         ["kprobe", "kretprobe"],
         "{kernel}"
     );
+    assert_eq!(attached(nat, "ip_forward"), ["fentry"], "{kernel}");
     for dir in nat["net"]["directions"].as_array().unwrap() {
         let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
         assert!(one_way > 100, "{kernel}: nat: {one_way} packets");
+        // ip_forward's entry cuts the route lookup (after prerouting's NAT) from the forward.
         for (layer, per_packet) in [
             ("conntrack (nf_conntrack_in)", 1.0),
             ("NAT (nf_nat_inet_fn)", 2.0),
+            ("route lookup", 1.0),
+            ("ip forward + netfilter forward (to NAT)", 1.0),
         ] {
             let l = row(dir, layer)
                 .unwrap_or_else(|| panic!("{kernel}: nat {}: no {layer:?}", dir["name"]));

@@ -200,6 +200,7 @@ const fn way(
 
 const LOCAL_OUT_SPLIT: &str =
     "exact: a tunnel's encap + route lookup, then ip output + netfilter out";
+const FORWARD_SPLIT: &str = "exact: ip receive + route lookup, then forward + netfilter out";
 const PER_PACKET: &str = "exact: entry to exit, per packet";
 
 // The packet tracer's function probes (probes::net::POINTS), the ways built, best first: fentry
@@ -219,6 +220,11 @@ pub const LOCAL_OUT: &[Candidate] = &[
         prog::NET_K_LOCAL_OUT,
         LOCAL_OUT_SPLIT,
     ),
+];
+/// ip_forward: a routed packet between its route lookup and the forward hook.
+pub const FORWARD: &[Candidate] = &[
+    way(Fentry, "ip_forward", prog::NET_F_FORWARD, FORWARD_SPLIT),
+    way(Kprobe, "ip_forward", prog::NET_K_FORWARD, FORWARD_SPLIT),
 ];
 pub const CONNTRACK_ENTRY: &[Candidate] = &[way(
     Kprobe,

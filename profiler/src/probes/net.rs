@@ -110,6 +110,9 @@ pub const POINTS: &[Point] = &[
         candidates: attach::LOCAL_OUT,
     },
     Point {
+        candidates: attach::FORWARD,
+    },
+    Point {
         candidates: attach::CONNTRACK_ENTRY,
     },
     Point {

@@ -168,6 +168,16 @@ fn func_layer(prev: u8, cur: u8) -> Option<&'static str> {
             }
         }
         (Some((func::LOCAL_OUT, ENTRY)), None) if ch == hook::QUEUE => IP_OUTPUT,
+        // A routed packet: ip_forward's entry splits the receive and route lookup from the
+        // forward hook and the output.
+        (None, Some((func::FORWARD, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
+            "ip receive + route lookup"
+        }
+        (Some((func::CONNTRACK | func::NAT, EXIT)), Some((func::FORWARD, ENTRY))) => "route lookup",
+        (Some((func::FORWARD, ENTRY)), Some((func::NAT, ENTRY))) => {
+            "ip forward + netfilter forward (to NAT)"
+        }
+        (Some((func::FORWARD, ENTRY)), None) if ch == hook::QUEUE => "ip forward + netfilter out",
         (None, Some((func::CONNTRACK, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
             "ip receive to conntrack"
         }
@@ -344,6 +354,7 @@ pub fn func_name(f: u8) -> &'static str {
         func::LOCAL_OUT => "ip_local_out",
         func::CONNTRACK => "nf_conntrack_in",
         func::NAT => "nf_nat_inet_fn",
+        func::FORWARD => "ip_forward",
         _ => "?",
     }
 }
