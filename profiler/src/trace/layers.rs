@@ -431,6 +431,69 @@ mod tests {
     /// The overlay path seen on this machine (cf. overlay-ping-path.txt), point by point. On
     /// decap, vxlan hands the inner packet to netif_rx (gro_cells without NAPI).
     #[test]
+    fn function_points_split_the_tunnel_and_the_nat_path() {
+        use class::*;
+        use hook::*;
+        use profiler_common::net::func_point as f;
+        let p = |h, c, port, encap| point(h, c, port, encap);
+        // Overlay (noqueue devices: no start_xmit): the vxlan device's queue, ip_local_out
+        // with the packet encapsulated, the underlay's queue.
+        let tunnel = [
+            p(RECV, VETH, true, false),
+            p(QUEUE, VXLAN, true, false),
+            f(func::LOCAL_OUT, false, true),
+            p(QUEUE, VETH, false, true),
+        ];
+        assert_eq!(names_of(&tunnel), ["bridge", VXLAN_ENCAP, IP_OUTPUT]);
+        // nat's forwarded request: conntrack and NAT at prerouting, ip_forward, NAT at
+        // postrouting, the bridge's queue.
+        let nat = [
+            p(RECV, VETH, false, false),
+            f(func::CONNTRACK, false, false),
+            f(func::CONNTRACK, true, false),
+            f(func::NAT, false, false),
+            f(func::NAT, true, false),
+            f(func::FORWARD, false, false),
+            f(func::NAT, false, false),
+            f(func::NAT, true, false),
+            p(QUEUE, BRIDGE, false, false),
+        ];
+        assert_eq!(
+            names_of(&nat),
+            [
+                "ip receive to conntrack",
+                CONNTRACK,
+                "netfilter (conntrack to NAT)",
+                NAT,
+                "route lookup",
+                "ip forward + netfilter forward (to NAT)",
+                NAT,
+                "ip output (after NAT)",
+            ]
+        );
+        // A function no path reaches from where the packet was (a reused address) is no
+        // segment: the kernel side drops the state there.
+        assert_eq!(
+            layer(
+                p(DELIVER, OTHER, false, false),
+                f(func::LOCAL_OUT, false, false)
+            ),
+            None
+        );
+        // Every function point is in the kernel's table, and point 0 (no function) is not.
+        let t = table();
+        assert_eq!(
+            t.seg_slot[pair(0, p(QUEUE, VETH, false, false)) as usize],
+            0
+        );
+        let ct = pair(
+            f(func::CONNTRACK, false, false),
+            f(func::CONNTRACK, true, false),
+        );
+        assert_eq!(t.names[t.seg_slot[ct as usize] as usize], CONNTRACK);
+    }
+
+    #[test]
     fn overlay_request_path_is_fully_named() {
         use class::*;
         use hook::*;
