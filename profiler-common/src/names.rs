@@ -21,6 +21,15 @@ pub mod program {
     pub const NET_RECV_RET: &str = "net_recv_ret";
     pub const NET_SEND_RET: &str = "net_send_ret";
     pub const NET_SEND: &str = "net_send";
+    /// Function probes (fentry where the kernel allows, kprobe otherwise; see attach::plan).
+    pub const NET_F_LOCAL_OUT: &str = "net_f_local_out";
+    pub const NET_K_LOCAL_OUT: &str = "net_k_local_out";
+    pub const NET_K_CONNTRACK: &str = "net_k_conntrack";
+    pub const NET_KR_CONNTRACK: &str = "net_kr_conntrack";
+    pub const NET_K_NAT: &str = "net_k_nat";
+    pub const NET_KR_NAT: &str = "net_kr_nat";
+    pub const NET_F_FORWARD: &str = "net_f_forward";
+    pub const NET_K_FORWARD: &str = "net_k_forward";
     // softirq.rs
     pub const SOFTIRQ_RAISE: &str = "softirq_raise";
     pub const SOFTIRQ_ENTRY: &str = "softirq_entry";
@@ -82,6 +91,14 @@ pub mod program {
         NET_RECV_RET,
         NET_SEND_RET,
         NET_SEND,
+        NET_F_LOCAL_OUT,
+        NET_K_LOCAL_OUT,
+        NET_K_CONNTRACK,
+        NET_KR_CONNTRACK,
+        NET_K_NAT,
+        NET_KR_NAT,
+        NET_F_FORWARD,
+        NET_K_FORWARD,
         SOFTIRQ_RAISE,
         SOFTIRQ_ENTRY,
         SOFTIRQ_EXIT,
@@ -136,6 +153,7 @@ pub mod map {
     pub const NET_TASK: &str = "NET_TASK";
     pub const NET_CPU: &str = "NET_CPU";
     pub const NET_APPS: &str = "NET_APPS";
+    pub const NET_FUNC: &str = "NET_FUNC";
     pub const SOFTIRQ_STATE: &str = "SOFTIRQ_STATE";
     pub const SOFTIRQ_HIST: &str = "SOFTIRQ_HIST";
     pub const KVM_CONFIG: &str = "KVM_CONFIG";
@@ -178,6 +196,7 @@ pub mod map {
         NET_TASK,
         NET_CPU,
         NET_APPS,
+        NET_FUNC,
         SOFTIRQ_STATE,
         SOFTIRQ_HIST,
         KVM_THREADS,

@@ -7,7 +7,9 @@
 
 /// Where a packet was seen. Values are stable: they are part of the map layout.
 pub mod hook {
-    pub const NONE: u8 = 0;
+    /// A kernel function's entry or exit (fentry/kprobe, fexit/kretprobe), where the attach
+    /// plan gives one: the class bits carry the `func`, the port bit the exit.
+    pub const FUNC: u8 = 0;
     /// net:net_dev_queue — entering a device's transmit path (qdisc).
     pub const QUEUE: u8 = 1;
     /// net:net_dev_start_xmit — handed to the driver.
@@ -40,6 +42,27 @@ pub mod stage {
     /// raw_syscalls:sys_enter of a send (sendto, sendmsg, write, writev) by a task that
     /// received a followed packet before.
     pub const SEND: u8 = 4;
+}
+
+/// Kernel functions that split segments the net tracepoints leave merged (the class bits of a
+/// `hook::FUNC` point). 0 is none: point 0 never names a place.
+pub mod func {
+    /// ip_local_out: a tunnel's encapsulated packet handed to IP output (after its route
+    /// lookup and headers); entry only.
+    pub const LOCAL_OUT: u8 = 1;
+    /// nf_conntrack_in: entry and exit, the lookup/insert's cost per packet.
+    pub const CONNTRACK: u8 = 2;
+    /// nf_nat_inet_fn: entry and exit, NAT's cost per packet and hook.
+    pub const NAT: u8 = 3;
+    /// ip_forward: a routed packet after its route lookup, before the forward hook; entry only.
+    pub const FORWARD: u8 = 4;
+    pub const COUNT: u8 = 5;
+}
+
+/// The point of a function's entry (`exit` false) or exit.
+#[inline(always)]
+pub const fn func_point(f: u8, exit: bool, encap: bool) -> u8 {
+    point(hook::FUNC, f, exit, encap)
 }
 
 /// The point of a stage.
@@ -94,7 +117,7 @@ pub const fn pair(prev: u8, cur: u8) -> u32 {
 }
 
 /// Histogram slots per direction; the second direction starts at `SLOTS_PER_DIR`.
-pub const SLOTS_PER_DIR: u32 = 48;
+pub const SLOTS_PER_DIR: u32 = 64;
 pub const SLOTS: u32 = 2 * SLOTS_PER_DIR;
 /// Slot 0 of a direction: a segment the layer model does not name.
 pub const SLOT_UNKNOWN: u32 = 0;

@@ -10,17 +10,17 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, raw_tracepoint},
+    macros::{fentry, kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use profiler_common::{
     hist::Hist,
     net::{
         AppTime, Control, CpuLink, Event, MAX_DROP_REASONS, NetConfig, SLOT_BIRTH, SLOT_ONE_WAY,
         SLOT_UNKNOWN, SLOTS, SLOTS_PER_DIR, STATE_SLOTS, SlotPos, TASK_SLOTS, TaskState, class,
-        counter, hook, pair, point, point_hook, stage, stage_point, state_slot, task_slot,
-        task_stage,
+        counter, func, func_point, hook, pair, point, point_hook, stage, stage_point, state_slot,
+        task_slot, task_stage,
     },
 };
 
@@ -94,7 +94,14 @@ struct SkbState {
     dir: u8,
     encap: u8,
     print: u8,
-    _pad: u32,
+    /// The sending socket at birth (skb->sk folded to 32 bits; 0: none).
+    sk: u32,
+}
+
+/// A socket address folded to 32 bits: enough to tell the sender's socket from another.
+#[inline(always)]
+fn fold(sk: u64) -> u32 {
+    (sk ^ (sk >> 32)) as u32
 }
 
 #[repr(C)]
@@ -426,11 +433,16 @@ fn followed(skb: u64, h: u8, st: &mut SkbState) -> bool {
         Some(&s) if s != 0 => s as u32,
         _ => SLOT_UNKNOWN,
     };
-    // A received packet that reaches a transmit queue owned by a local socket is a new packet:
-    // forwarded ones carry no socket (crossing a namespace orphans them).
+    // A received packet that reaches a transmit queue owned by another socket than its sender
+    // is a new packet under a reused address. Forwarded ones carry no socket (6.18 orphans
+    // them crossing a namespace) or still their sender's (6.1 and 6.12 keep it across a
+    // bridge, where testing for any socket cut every bridged trace at the port).
     let local_again = h == hook::QUEUE
         && matches!(point_hook(st.point), hook::RECV | hook::GRO)
-        && read::<u64>(skb + cfg!(off_skb_sk) as u64).unwrap_or(0) != 0;
+        && match read::<u64>(skb + cfg!(off_skb_sk) as u64).unwrap_or(0) {
+            0 => false,
+            sk => fold(sk) != st.sk,
+        };
     if (slot == SLOT_UNKNOWN || local_again) && h == hook::QUEUE {
         // No path continues into a transmit queue this way: the skb was freed unseen (e.g.
         // kfree_skb_partial) and its address now carries a new packet.
@@ -529,7 +541,7 @@ fn birth(skb: u64, st: &mut SkbState) {
         dir,
         encap: 0,
         print: print as u8,
-        _pad: 0,
+        sk: fold(read(skb + cfg!(off_skb_sk) as u64).unwrap_or(0)),
     };
     if print {
         emit(skb, now, hook::QUEUE, &d, dir, SLOT_BIRTH);
@@ -948,5 +960,147 @@ pub fn net_send_ret(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn net_send(ctx: RawTracePointContext) -> i32 {
     on_send(ctx.arg(1));
+    0
+}
+
+// ---- Function probes: kernel functions inside segments the net tracepoints leave merged ---
+//
+// The attach plan gives each function fentry/fexit where the kernel allows it (vmlinux
+// functions; aya reaches no module BTF) and kprobe/kretprobe otherwise (modules); on a kernel
+// with neither they do not attach and cost nothing. An unfollowed packet costs one array
+// lookup and a tag compare, as at a tracepoint.
+
+/// The followed skb inside each function, per CPU, from a kprobe to its kretprobe (which has
+/// no arguments); 0: none.
+#[map]
+static NET_FUNC: PerCpuArray<u64> = PerCpuArray::with_max_entries(func::COUNT as u32, 0);
+
+/// A followed packet at function `f`'s entry or exit: closes the segment since its last
+/// point. Whether it was followed.
+fn on_func(skb: u64, f: u8, exit: bool) -> bool {
+    let Some(st) = state(skb) else { return false };
+    if st.skb != skb {
+        return false;
+    }
+    let now = now_ns();
+    if now.wrapping_sub(st.last_ts) > cfg!(stale_ns) || st.first_ts < control().epoch_ns {
+        return false;
+    }
+    let cur = func_point(f, exit, st.encap != 0);
+    let slot = match SEG_SLOT.get(pair(st.point, cur)) {
+        Some(&s) if s != 0 => s as u32,
+        _ => {
+            // No path reaches this function this way: the skb was freed unseen and its
+            // address now carries a new packet (a local one, born at its transmit queue).
+            st.skb = 0;
+            let n = count(counter::STALE);
+            rare!(n.is_power_of_two(); "net: function {} from point {:x}: no segment of the layer model, taken as a reused address ({} stale on this CPU)", f, st.point, n);
+            return false;
+        }
+    };
+    count(counter::FOLLOWED_HOOKS);
+    record_slot(
+        st.dir as u32 * SLOTS_PER_DIR + slot,
+        now - st.last_ts,
+        now - st.first_ts,
+    );
+    if st.print != 0 {
+        let d = DevInfo {
+            class: f,
+            port: exit as u8,
+            ..DevInfo::NONE
+        };
+        emit(skb, now, hook::FUNC, &d, st.dir, slot as u8);
+    }
+    st.point = cur;
+    st.last_ts = now;
+    true
+}
+
+/// A kprobe's entry: a followed skb is kept for the kretprobe on this CPU.
+#[inline(always)]
+fn func_entry(skb: u64, f: u8) {
+    if on_func(skb, f, false)
+        && let Some(p) = NET_FUNC.get_ptr_mut(f as u32)
+    {
+        // SAFETY: per-CPU value, this CPU only.
+        unsafe { *p = skb };
+    }
+}
+
+/// A kretprobe: the skb its kprobe kept on this CPU, if any. Forwarded packets run these
+/// functions in softirq, entry and exit on one CPU with nothing between. A local output's call
+/// (process context) could be interrupted by a softirq's call, whose exit would then close
+/// the outer one early, or migrate and leave its slot to the next exit here: only for a
+/// followed packet's own output through conntrack, which no lab mode has.
+#[inline(always)]
+fn func_return(f: u8) {
+    let Some(p) = NET_FUNC.get_ptr_mut(f as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU value, this CPU only.
+    let skb = unsafe { core::ptr::replace(p, 0) };
+    if skb != 0 {
+        on_func(skb, f, true);
+    }
+}
+
+/// Argument `n` of a BTF-typed program (fentry) as a plain number: read from the context
+/// so the verifier lets it be hashed (a direct load would be a pointer).
+#[inline(always)]
+fn btf_arg(ctx: &impl aya_ebpf::EbpfContext, n: usize) -> u64 {
+    // SAFETY: the context holds the function's arguments as 8-byte slots.
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(n)).unwrap_or(0) }
+}
+
+/// ip_local_out(net, sk, skb).
+#[fentry(function = "ip_local_out")]
+pub fn net_f_local_out(ctx: FEntryContext) -> i32 {
+    on_func(btf_arg(&ctx, 2), func::LOCAL_OUT, false);
+    0
+}
+
+#[kprobe]
+pub fn net_k_local_out(ctx: ProbeContext) -> u32 {
+    on_func(ctx.arg::<u64>(2).unwrap_or(0), func::LOCAL_OUT, false);
+    0
+}
+
+/// ip_forward(skb).
+#[fentry(function = "ip_forward")]
+pub fn net_f_forward(ctx: FEntryContext) -> i32 {
+    on_func(btf_arg(&ctx, 0), func::FORWARD, false);
+    0
+}
+
+#[kprobe]
+pub fn net_k_forward(ctx: ProbeContext) -> u32 {
+    on_func(ctx.arg::<u64>(0).unwrap_or(0), func::FORWARD, false);
+    0
+}
+
+/// nf_conntrack_in(skb, state): a module function (nf_conntrack), so a kprobe.
+#[kprobe]
+pub fn net_k_conntrack(ctx: ProbeContext) -> u32 {
+    func_entry(ctx.arg::<u64>(0).unwrap_or(0), func::CONNTRACK);
+    0
+}
+
+#[kretprobe]
+pub fn net_kr_conntrack(_ctx: RetProbeContext) -> u32 {
+    func_return(func::CONNTRACK);
+    0
+}
+
+/// nf_nat_inet_fn(priv, skb, state): in module nf_nat.
+#[kprobe]
+pub fn net_k_nat(ctx: ProbeContext) -> u32 {
+    func_entry(ctx.arg::<u64>(1).unwrap_or(0), func::NAT);
+    0
+}
+
+#[kretprobe]
+pub fn net_kr_nat(_ctx: RetProbeContext) -> u32 {
+    func_return(func::NAT);
     0
 }

@@ -1,10 +1,10 @@
 //! The kernel matrix: Debian's stock cloud kernels (6.1 and 6.12) booted under QEMU (TCG on
 //! this host) through `profiler run --env vm --kernel`, and inside each guest: the doctor's
 //! real attach attempts, every mode this host lacks carrying tcp_rr and showing its own layers,
-//! KVM exits by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem
-//! delay landing in its layer (6.1's verifier refuses the net tracer: its layers test fails,
-//! and a netem one would too). One test per kernel and subject, so pass/fail reads per kernel;
-//! a guest that cannot boot fails its test.
+//! the function probes the attach plan gives (fentry, kprobe) splitting the overlay's transmit
+//! and timing conntrack and NAT per packet, KVM exits by reason on a real SVM (TCG's `-cpu
+//! max`, kvm_amd loaded), and (6.12) a netem delay landing in its layer. One test per kernel and
+//! subject, so pass/fail reads per kernel; a guest that cannot boot fails its test.
 
 use std::time::Instant;
 
@@ -47,8 +47,9 @@ fn guest_json(kernel: &str, args: &[&str], must_succeed: bool) -> Value {
     })
 }
 
-/// fentry, kprobe and tp_btf loaded, attached and fired for real in the guest; the lab
-/// modes' modules (none loaded for the doctor) named as built but not loaded.
+/// fentry, kprobe and tp_btf loaded, attached and fired for real in the guest; the plan gives
+/// ip_local_out's probe fentry; the lab modes' modules (none loaded for the doctor) named as
+/// built but not loaded.
 fn doctor(kernel: &str) {
     let d = in_guest(kernel, &["doctor", "--json"]);
     for m in ["fentry", "kprobe", "tp_btf", "raw_tracepoint"] {
@@ -58,6 +59,24 @@ fn doctor(kernel: &str) {
             assert_eq!(r[step], true, "{kernel}: {m} not {step}: {r}");
         }
     }
+    // The function probes' plan: fentry on ip_local_out (vmlinux), the tunnel's split.
+    let encap = d["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "vxlan_encap")
+        .expect("the doctor plans vxlan_encap");
+    assert_eq!(encap["mechanism"], "fentry", "{kernel}: {encap}");
+    assert_eq!(encap["target"], "ip_local_out", "{kernel}: {encap}");
+    let planned = d["attach"]["net"].as_array().unwrap();
+    let plan_of = |event: &str| -> Vec<String> {
+        planned
+            .iter()
+            .filter(|a| a["event"] == event)
+            .map(|a| a["how"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(plan_of("ip_local_out"), ["fentry"], "{kernel}");
     assert_eq!(d["lab_modes"]["host"]["buildable"], true);
     for (mode, module) in [
         ("ipvlan", "ipvlan"),
@@ -91,17 +110,10 @@ fn traffic(kernel: &str) {
 }
 
 /// Each new mode in one traced run (every packet followed): tcp_rr flows, and the mode's own
-/// layer shows, with no other mode's encapsulation.
+/// layer shows, with no other mode's encapsulation. The guests have fentry, so a tunnel's
+/// transmit is split at ip_local_out ("encap + route lookup", then "ip output + netfilter out").
 fn layers(kernel: &str) {
-    // Not geneve: it bridges its containers like overlay, and in these guests a packet crossing
-    // a Linux bridge comes out under a new skb address (the known defect in README), so its
-    // trace stops at the bridge port. It still carries traffic (`traffic`).
-    let modes = NEW_MODES
-        .iter()
-        .filter(|m| **m != "geneve")
-        .copied()
-        .collect::<Vec<_>>()
-        .join(",");
+    let modes = NEW_MODES.join(",");
     let r = in_guest(
         kernel,
         &[
@@ -125,17 +137,23 @@ fn layers(kernel: &str) {
         .filter(|row| row["mode"] != "host")
         .collect();
     // (mode, a layer it must show, words no layer of it may hold)
-    let expect: [(&str, &str, &[&str]); 4] = [
+    let expect: [(&str, &str, &[&str]); 5] = [
         ("ipvlan", "ipvlan", &["encap", "bridge", "macvlan"]),
         ("ipvlan_l3", "ipvlan", &["encap", "bridge", "macvlan"]),
         (
             "ipip",
-            "ipip encap + route + netfilter out",
+            "ipip encap + route lookup",
             &["vxlan", "geneve", "gre", "bridge"],
+        ),
+        // Geneve bridges its containers, as overlay does.
+        (
+            "geneve",
+            "geneve encap + route lookup",
+            &["vxlan", "ipip", "gre "],
         ),
         (
             "gre",
-            "gre encap + route + netfilter out",
+            "gre encap + route lookup",
             &["vxlan", "geneve", "ipip", "bridge"],
         ),
     ];
@@ -164,6 +182,128 @@ fn layers(kernel: &str) {
             assert!(
                 !never.iter().any(|w| n.contains(w)),
                 "{kernel}: {mode}: {n:?} belongs to another mode"
+            );
+        }
+    }
+}
+
+/// A layer's row in one direction of a trace report.
+fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
+    dir["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == layer)
+}
+
+/// Function probes as the attach plan gives them, in the real guest (the doctor's plan of them
+/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry and shows
+/// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own; a nat
+/// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
+/// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
+/// each a histogram of entry-to-exit times, and ip_forward by fentry, splitting the route
+/// lookup from the forward.
+fn function_probes(kernel: &str) {
+    let r = in_guest(
+        kernel,
+        &[
+            "trace",
+            "--compare",
+            "overlay,nat",
+            "-l",
+            "1",
+            "--follow-every",
+            "1",
+            "--repeat",
+            "1",
+            "--json",
+        ],
+    );
+    let report = |mode: &str| -> &Value {
+        let row = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["mode"] == mode)
+            .unwrap_or_else(|| panic!("{kernel}: no {mode} row in {r}"));
+        &row["reports"][0]
+    };
+    let attached = |rep: &Value, event: &str| -> Vec<String> {
+        rep["attached"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["event"] == event)
+            .map(|a| a["how"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let overlay = report("overlay");
+    assert_eq!(attached(overlay, "ip_local_out"), ["fentry"], "{kernel}");
+    for dir in overlay["net"]["directions"].as_array().unwrap() {
+        let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
+        assert!(one_way > 100, "{kernel}: overlay: {one_way} packets");
+        assert!(
+            row(dir, "vxlan encap + route + netfilter out").is_none(),
+            "{kernel}: overlay {}: the merged row is still there",
+            dir["name"]
+        );
+        for layer in ["vxlan encap + route lookup", "ip output + netfilter out"] {
+            let l = row(dir, layer)
+                .unwrap_or_else(|| panic!("{kernel}: overlay {}: no {layer:?}", dir["name"]));
+            eprintln!(
+                "{kernel}: overlay {} {layer}: count {} p50 {} mean {:.0}",
+                dir["name"],
+                l["count"],
+                l["p50"],
+                l["mean"].as_f64().unwrap()
+            );
+            let n = l["count"].as_u64().unwrap();
+            assert!(n * 10 >= one_way * 9, "{kernel}: {layer}: {n} of {one_way}");
+            assert!(l["p50"].as_u64().unwrap() > 0, "{kernel}: {layer}: {l}");
+        }
+    }
+
+    let nat = report("nat");
+    assert_eq!(
+        attached(nat, "nf_conntrack_in"),
+        ["kprobe", "kretprobe"],
+        "{kernel}"
+    );
+    assert_eq!(
+        attached(nat, "nf_nat_inet_fn"),
+        ["kprobe", "kretprobe"],
+        "{kernel}"
+    );
+    assert_eq!(attached(nat, "ip_forward"), ["fentry"], "{kernel}");
+    for dir in nat["net"]["directions"].as_array().unwrap() {
+        let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
+        assert!(one_way > 100, "{kernel}: nat: {one_way} packets");
+        // ip_forward's entry cuts the route lookup (after prerouting's NAT) from the forward.
+        for (layer, per_packet) in [
+            ("conntrack (nf_conntrack_in)", 1.0),
+            ("NAT (nf_nat_inet_fn)", 2.0),
+            ("route lookup", 1.0),
+            ("ip forward + netfilter forward (to NAT)", 1.0),
+        ] {
+            let l = row(dir, layer)
+                .unwrap_or_else(|| panic!("{kernel}: nat {}: no {layer:?}", dir["name"]));
+            eprintln!(
+                "{kernel}: nat {} {layer}: count {} per packet {:.2} p50 {} mean {:.0}",
+                dir["name"],
+                l["count"],
+                l["per_packet"].as_f64().unwrap(),
+                l["p50"],
+                l["mean"].as_f64().unwrap()
+            );
+            let pp = l["per_packet"].as_f64().unwrap();
+            assert!(
+                (pp - per_packet).abs() < 0.1,
+                "{kernel}: {layer}: {pp} per packet"
+            );
+            assert!(
+                l["histogram"].as_array().unwrap().len() > 1,
+                "{kernel}: {layer}: a histogram of one bucket: {l}"
             );
         }
     }
@@ -277,9 +417,19 @@ fn debian_6_12_new_modes_show_their_layers() {
 }
 
 #[test]
-#[ignore = "known defect in the Debian guests (6.1 and 6.12): a packet crossing a Linux bridge reappears under a new skb address at the egress port, so the bridge lab's baseline is empty (see README)"]
+#[ignore = "under TCG a netem delay of 1 ms lands 9% long (1.092 ms in 'veth (host to container)' on 2026-12-04, 18.7 us elsewhere; likely TCG's timer slack, not investigated), over the self-check's 5%; the bridge defect that kept this from running is fixed"]
 fn debian_6_12_netem_lands_in_its_layer() {
     netem("debian-6.12");
+}
+
+#[test]
+fn debian_6_1_function_probes() {
+    function_probes("debian-6.1");
+}
+
+#[test]
+fn debian_6_12_function_probes() {
+    function_probes("debian-6.12");
 }
 
 #[test]

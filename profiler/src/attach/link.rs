@@ -5,7 +5,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint, fentry::FEntryLinkId,
+        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
         tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
@@ -24,12 +25,16 @@ enum LinkId {
     Raw(RawTracePointLinkId),
     Tp(TracePointLinkId),
     Btf(BtfTracePointLinkId),
+    FEntry(FEntryLinkId),
+    FExit(FExitLinkId),
+    KProbe(KProbeLinkId),
 }
 
-fn tracepoint(c: &Candidate) -> Result<(&'static str, &'static str)> {
+/// The event name a way is attached to: a tracepoint's name or a function's.
+fn event(c: &Candidate) -> (&'static str, &'static str) {
     match c.target {
-        Target::Tracepoint { category, name } => Ok((category, name)),
-        Target::Function { name } => bail!("{name}: function probes are not built yet"),
+        Target::Tracepoint { category, name } => (category, name),
+        Target::Function { name } => ("", name),
     }
 }
 
@@ -38,20 +43,30 @@ fn program(c: &Candidate) -> Result<&'static str> {
         .ok_or_else(|| anyhow!("no {} program for {}", c.mechanism.name(), c.target))
 }
 
-/// Loads the program of one way (tp_btf needs the kernel's BTF).
+/// Loads the program of one way (tp_btf, fentry and fexit need the kernel's BTF; without one
+/// given, vmlinux's is parsed here).
 pub fn load(ebpf: &mut Ebpf, c: &Candidate, btf: Option<&Btf>) -> Result<()> {
     let name = program(c)?;
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} not in the eBPF object"))?;
-    let (_, event) = tracepoint(c)?;
+    let (_, event) = event(c);
+    let parsed;
+    let btf = match (btf, c.mechanism) {
+        (None, Mechanism::TpBtf | Mechanism::Fentry | Mechanism::Fexit) => {
+            parsed = Btf::from_sys_fs().context("reading vmlinux BTF")?;
+            Some(&parsed)
+        }
+        (b, _) => b,
+    };
+    let btf = || btf.ok_or_else(|| anyhow!("no BTF"));
     let r = match c.mechanism {
         Mechanism::RawTracepoint => <&mut RawTracePoint>::try_from(p)?.load(),
         Mechanism::Tracepoint => <&mut TracePoint>::try_from(p)?.load(),
-        Mechanism::TpBtf => {
-            let btf = btf.ok_or_else(|| anyhow!("tp_btf needs vmlinux BTF"))?;
-            <&mut BtfTracePoint>::try_from(p)?.load(event, btf)
-        }
+        Mechanism::TpBtf => <&mut BtfTracePoint>::try_from(p)?.load(event, btf()?),
+        Mechanism::Fentry => <&mut FEntry>::try_from(p)?.load(event, btf()?),
+        Mechanism::Fexit => <&mut FExit>::try_from(p)?.load(event, btf()?),
+        Mechanism::Kprobe | Mechanism::Kretprobe => <&mut KProbe>::try_from(p)?.load(),
         m => bail!("{} is not an attach path yet", m.name()),
     };
     r.with_context(|| format!("loading {name}"))
@@ -60,7 +75,7 @@ pub fn load(ebpf: &mut Ebpf, c: &Candidate, btf: Option<&Btf>) -> Result<()> {
 /// Attaches a loaded way.
 pub fn attach(ebpf: &mut Ebpf, c: &Candidate) -> Result<Link> {
     let name = program(c)?;
-    let (category, event) = tracepoint(c)?;
+    let (category, event) = event(c);
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} not in the eBPF object"))?;
@@ -70,6 +85,11 @@ pub fn attach(ebpf: &mut Ebpf, c: &Candidate) -> Result<Link> {
             LinkId::Tp(<&mut TracePoint>::try_from(p)?.attach(category, event)?)
         }
         Mechanism::TpBtf => LinkId::Btf(<&mut BtfTracePoint>::try_from(p)?.attach()?),
+        Mechanism::Fentry => LinkId::FEntry(<&mut FEntry>::try_from(p)?.attach()?),
+        Mechanism::Fexit => LinkId::FExit(<&mut FExit>::try_from(p)?.attach()?),
+        Mechanism::Kprobe | Mechanism::Kretprobe => {
+            LinkId::KProbe(<&mut KProbe>::try_from(p)?.attach(event, 0)?)
+        }
         m => bail!("{} is not an attach path yet", m.name()),
     };
     Ok(Link { way: *c, id })
@@ -85,6 +105,9 @@ pub fn detach(ebpf: &mut Ebpf, link: Link) -> Result<()> {
         LinkId::Raw(id) => <&mut RawTracePoint>::try_from(p)?.detach(id)?,
         LinkId::Tp(id) => <&mut TracePoint>::try_from(p)?.detach(id)?,
         LinkId::Btf(id) => <&mut BtfTracePoint>::try_from(p)?.detach(id)?,
+        LinkId::FEntry(id) => <&mut FEntry>::try_from(p)?.detach(id)?,
+        LinkId::FExit(id) => <&mut FExit>::try_from(p)?.detach(id)?,
+        LinkId::KProbe(id) => <&mut KProbe>::try_from(p)?.detach(id)?,
     }
     Ok(())
 }

@@ -184,6 +184,68 @@ const BY_DEVICE: &str = "by device kind: the per-device net tracepoint on this l
 // The packet tracer's tracepoints are raw tracepoints: the skb argument is a plain number there,
 // hashed without a probe read (profiler-ebpf/src/net.rs), so tp_btf is not its candidate.
 
+const fn way(
+    mechanism: Mechanism,
+    name: &'static str,
+    program: &'static str,
+    precision: &'static str,
+) -> Candidate {
+    Candidate {
+        mechanism,
+        target: Target::Function { name },
+        precision,
+        program: Some(program),
+    }
+}
+
+const LOCAL_OUT_SPLIT: &str =
+    "exact: a tunnel's encap + route lookup, then ip output + netfilter out";
+const FORWARD_SPLIT: &str = "exact: ip receive + route lookup, then forward + netfilter out";
+const PER_PACKET: &str = "exact: entry to exit, per packet";
+
+// The packet tracer's function probes (probes::net::POINTS), the ways built, best first: fentry
+// and fexit reach vmlinux functions only (aya loads them against vmlinux BTF), so a module's
+// function (nf_conntrack, nf_nat) is a kprobe.
+/// ip_local_out: where a tunnel hands its encapsulated packet to IP output.
+pub const LOCAL_OUT: &[Candidate] = &[
+    way(
+        Fentry,
+        "ip_local_out",
+        prog::NET_F_LOCAL_OUT,
+        LOCAL_OUT_SPLIT,
+    ),
+    way(
+        Kprobe,
+        "ip_local_out",
+        prog::NET_K_LOCAL_OUT,
+        LOCAL_OUT_SPLIT,
+    ),
+];
+/// ip_forward: a routed packet between its route lookup and the forward hook.
+pub const FORWARD: &[Candidate] = &[
+    way(Fentry, "ip_forward", prog::NET_F_FORWARD, FORWARD_SPLIT),
+    way(Kprobe, "ip_forward", prog::NET_K_FORWARD, FORWARD_SPLIT),
+];
+pub const CONNTRACK_ENTRY: &[Candidate] = &[way(
+    Kprobe,
+    "nf_conntrack_in",
+    prog::NET_K_CONNTRACK,
+    PER_PACKET,
+)];
+pub const CONNTRACK_EXIT: &[Candidate] = &[way(
+    Kretprobe,
+    "nf_conntrack_in",
+    prog::NET_KR_CONNTRACK,
+    PER_PACKET,
+)];
+pub const NAT_ENTRY: &[Candidate] = &[way(Kprobe, "nf_nat_inet_fn", prog::NET_K_NAT, PER_PACKET)];
+pub const NAT_EXIT: &[Candidate] = &[way(
+    Kretprobe,
+    "nf_nat_inet_fn",
+    prog::NET_KR_NAT,
+    PER_PACKET,
+)];
+
 /// A layer's function (fentry, then kprobe) and the per-device net tracepoint that cuts it
 /// where no function probe works.
 macro_rules! ways {
@@ -232,12 +294,21 @@ impl Hook {
             Hook::BridgeForward => {
                 ways!("br_forward", "net_dev_queue", prog::NET_QUEUE, BY_DEVICE)
             }
-            Hook::VxlanEncap => ways!(
-                "vxlan_xmit",
-                "net_dev_queue",
-                prog::NET_QUEUE,
-                "by device kind: vxlan encap + route + netfilter out in one segment"
-            ),
+            Hook::VxlanEncap => {
+                const {
+                    &[
+                        LOCAL_OUT[0],
+                        LOCAL_OUT[1],
+                        tp(
+                            RawTracepoint,
+                            "net",
+                            "net_dev_queue",
+                            prog::NET_QUEUE,
+                            "by device kind: vxlan encap + route + netfilter out in one segment",
+                        ),
+                    ]
+                }
+            }
             Hook::VxlanDecap => ways!(
                 "vxlan_rcv",
                 "netif_receive_skb",
@@ -245,21 +316,9 @@ impl Hook {
                 "by device kind: ip/udp receive + netfilter in + vxlan decap in one segment"
             ),
             Hook::Conntrack => {
-                const {
-                    &[
-                        func(Fentry, "nf_conntrack_in", EXACT),
-                        func(Kprobe, "nf_conntrack_in", EXACT),
-                    ]
-                }
+                const { &[func(Fentry, "nf_conntrack_in", EXACT), CONNTRACK_ENTRY[0]] }
             }
-            Hook::Nat => {
-                const {
-                    &[
-                        func(Fentry, "nf_nat_inet_fn", EXACT),
-                        func(Kprobe, "nf_nat_inet_fn", EXACT),
-                    ]
-                }
-            }
+            Hook::Nat => const { &[func(Fentry, "nf_nat_inet_fn", EXACT), NAT_ENTRY[0]] },
             Hook::Softirq => {
                 const {
                     &[tp(
@@ -377,6 +436,14 @@ pub fn plan_point(point: &Point, k: &dyn KernelView) -> Attached {
 }
 
 fn why_unusable(c: &Candidate, k: &dyn KernelView, needs_fire: bool) -> Option<String> {
+    // What the kernel refuses first: a program built later would not change it.
+    if let (Target::Function { name }, Fentry | Fexit) = (c.target, c.mechanism)
+        && let SymbolHome::Module(m) = k.symbol_home(name)
+    {
+        return Some(format!(
+            "{name} is in module {m}; fentry through aya reaches vmlinux only"
+        ));
+    }
     if c.program.is_none() {
         return Some(format!(
             "no {} program for {} is built yet",
@@ -514,7 +581,10 @@ mod tests {
         assert_eq!(mech(&p, Hook::VethXmit), Some(RawTracepoint));
         let passed = &p[&Hook::VethXmit].passed_over;
         assert!(passed[0].1.contains("no fentry program"), "{passed:?}");
-        assert_eq!(mech(&p, Hook::Conntrack), None);
+        // Built: conntrack's and NAT's kprobes, the tunnel split's fentry.
+        assert_eq!(mech(&p, Hook::Conntrack), Some(Kprobe));
+        assert_eq!(mech(&p, Hook::Nat), Some(Kprobe));
+        assert_eq!(mech(&p, Hook::VxlanEncap), Some(Fentry));
         assert_eq!(
             p[&Hook::KvmExit].chosen.unwrap().target,
             Target::Tracepoint {

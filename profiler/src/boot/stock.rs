@@ -233,7 +233,11 @@ pub fn modules_for(args: &[String]) -> Vec<&'static str> {
             "ipip" => add(&["veth", "ipip"]),
             "geneve" => add(&["veth", "bridge", "geneve"]),
             "gre" => add(&["veth", "bridge", "ip_gre"]),
-            "--ablation" => add(NAT_MODULES),
+            "--ablation" => {
+                add(NAT_MODULES);
+                // Its NOTRACK variant: the raw table's CT target.
+                add(&["iptable_raw", "xt_CT"])
+            }
             _ => {}
         }
     }

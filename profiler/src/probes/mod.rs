@@ -257,7 +257,9 @@ mod tests {
                             | (Mechanism::Tracepoint, ProgramSection::TracePoint)
                             | (Mechanism::TpBtf, ProgramSection::BtfTracePoint)
                             | (Mechanism::Fentry, ProgramSection::FEntry { .. })
+                            | (Mechanism::Fexit, ProgramSection::FExit { .. })
                             | (Mechanism::Kprobe, ProgramSection::KProbe)
+                            | (Mechanism::Kretprobe, ProgramSection::KRetProbe)
                     );
                     assert!(
                         ok,

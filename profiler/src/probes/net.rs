@@ -46,6 +46,8 @@ pub struct Filter {
     /// has only noqueue devices, where the two hooks are back to back: one fewer program on
     /// every packet at every device.
     pub xmit_hook: bool,
+    /// Attach no function probes (the tracepoints' segments stay whole).
+    pub no_functions: bool,
     /// Print the kernel side's rare-condition messages (`--debug-bpf`).
     pub debug_bpf: bool,
 }
@@ -102,11 +104,38 @@ pub const POINTS: &[Point] = &[
         prog::NET_SEND_RET
     ),
     crate::point!(RawTracepoint, "raw_syscalls", "sys_enter", prog::NET_SEND),
+    // Function probes where the kernel has them (a stock kernel; not this host's): the
+    // attach plan's ways, fentry/fexit first (vmlinux), kprobe/kretprobe otherwise (modules).
+    Point {
+        candidates: attach::LOCAL_OUT,
+    },
+    Point {
+        candidates: attach::FORWARD,
+    },
+    Point {
+        candidates: attach::CONNTRACK_ENTRY,
+    },
+    Point {
+        candidates: attach::CONNTRACK_EXIT,
+    },
+    Point {
+        candidates: attach::NAT_ENTRY,
+    },
+    Point {
+        candidates: attach::NAT_EXIT,
+    },
 ];
 const MUST: usize = 2;
 /// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
 const XMIT: &str = "net_dev_start_xmit";
 const NO_XMIT: &str = "not attached: every device on the lab's path is noqueue, so net_dev_queue and start_xmit are back to back (each device's queue step is in its layer; --split-tx-queue attaches it)";
+const NO_FUNCTIONS: &str =
+    "not attached: --no-function-probes (or --ablation, which measures the whole segment)";
+
+fn is_function(p: &Point) -> bool {
+    matches!(p.candidates[0].target, attach::Target::Function { .. })
+}
+
 /// The empty program of the same type (the floor), attached on the first point's tracepoint.
 pub const FLOOR: &str = prog::NET_FLOOR;
 
@@ -223,6 +252,13 @@ impl NetTracer {
                 t.attached.push(Attached {
                     event: point.event(),
                     how: NO_XMIT.to_string(),
+                });
+                continue;
+            }
+            if filter.no_functions && is_function(point) {
+                t.attached.push(Attached {
+                    event: point.event(),
+                    how: NO_FUNCTIONS.to_string(),
                 });
                 continue;
             }

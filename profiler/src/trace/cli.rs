@@ -83,6 +83,11 @@ pub struct TraceArgs {
     /// follows (always on with --attach-only, where real NICs have qdiscs).
     #[arg(long)]
     pub split_tx_queue: bool,
+    /// Tracepoints only: no function probes (fentry/kprobe on ip_local_out, ip_forward, nf_conntrack_in,
+    /// nf_nat_inet_fn) even where the kernel has them; `--ablation` runs so, as its
+    /// forwarding segment is the one they split.
+    #[arg(long)]
+    pub no_function_probes: bool,
     /// Per-skb state slots, a power of two (tests shrink it to force collisions).
     #[arg(long, hide = true, default_value_t = 0)]
     pub state_slots: u32,

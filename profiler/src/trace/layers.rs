@@ -4,8 +4,8 @@
 //! available hooks cannot split are named for everything they contain.
 
 use profiler_common::net::{
-    POINTS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, class, hook, pair, point_class, point_encap,
-    point_hook, point_port, stage, stage_point,
+    POINTS, SLOT_ONE_WAY, SLOT_UNKNOWN, SLOTS_PER_DIR, class, func, hook, pair, point_class,
+    point_encap, point_hook, point_port, stage, stage_point,
 };
 
 pub const UNKNOWN: &str = "other (unnamed segment)";
@@ -15,6 +15,12 @@ pub const BRIDGE: &str = "bridge";
 pub const IP_FORWARD: &str = "ip forward + netfilter";
 pub const SOCKET: &str = "ip/transport receive + socket queue";
 pub const VXLAN_DECAP: &str = "vxlan decap + ip/udp receive + netfilter in";
+/// Rows of the function probes (a stock kernel's fentry/kprobe): the tunnel's transmit split at
+/// ip_local_out, and netfilter's conntrack and NAT each timed from entry to exit.
+pub const VXLAN_ENCAP: &str = "vxlan encap + route lookup";
+pub const IP_OUTPUT: &str = "ip output + netfilter out";
+pub const CONNTRACK: &str = "conntrack (nf_conntrack_in)";
+pub const NAT: &str = "NAT (nf_nat_inet_fn)";
 /// The receive row split by the socket and task stages (data-ready, wake-up, switch-in).
 pub const RECEIVE: &str = "ip/tcp receive up to data-ready";
 pub const WAKE_UP: &str = "wake-up (data-ready to sched_wakeup)";
@@ -139,7 +145,57 @@ const RENAMED: &[(&str, &str, &str)] = &[
         "",
         "gre encap + route + netfilter out",
     ),
+    (VXLAN_ENCAP, "geneve encap + route lookup", ""),
+    ("ipip encap + route lookup", "", "gre encap + route lookup"),
 ];
+
+/// Segments that start or end at a kernel function's entry or exit (`hook::FUNC`: the class
+/// bits are the function, the port bit the exit).
+fn func_layer(prev: u8, cur: u8) -> Option<&'static str> {
+    let f = |p: u8| (point_hook(p) == hook::FUNC).then(|| (point_class(p), point_port(p)));
+    let (ph, pc) = (point_hook(prev), point_class(prev));
+    let ch = point_hook(cur);
+    const ENTRY: bool = false;
+    const EXIT: bool = true;
+    Some(match (f(prev), f(cur)) {
+        (None, Some((func::LOCAL_OUT, ENTRY))) if matches!(ph, hook::QUEUE | hook::XMIT) => {
+            match pc {
+                class::VXLAN => VXLAN_ENCAP,
+                class::IPIP => "ipip encap + route lookup",
+                // ipvlan L3 routes its packets out through the host's IP output.
+                class::IPVLAN => "to parent device",
+                _ => return None,
+            }
+        }
+        (Some((func::LOCAL_OUT, ENTRY)), None) if ch == hook::QUEUE => IP_OUTPUT,
+        // A routed packet: ip_forward's entry splits the receive and route lookup from the
+        // forward hook and the output.
+        (None, Some((func::FORWARD, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
+            "ip receive + route lookup"
+        }
+        (Some((func::CONNTRACK | func::NAT, EXIT)), Some((func::FORWARD, ENTRY))) => "route lookup",
+        (Some((func::FORWARD, ENTRY)), Some((func::NAT, ENTRY))) => {
+            "ip forward + netfilter forward (to NAT)"
+        }
+        (Some((func::FORWARD, ENTRY)), None) if ch == hook::QUEUE => "ip forward + netfilter out",
+        (None, Some((func::CONNTRACK, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
+            "ip receive to conntrack"
+        }
+        (None, Some((func::NAT, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
+            "ip receive to NAT"
+        }
+        (Some((func::CONNTRACK, ENTRY)), Some((func::CONNTRACK, EXIT))) => CONNTRACK,
+        (Some((func::NAT, ENTRY)), Some((func::NAT, EXIT))) => NAT,
+        (Some((func::CONNTRACK, EXIT)), Some((func::NAT, ENTRY))) => "netfilter (conntrack to NAT)",
+        (Some((func::NAT, EXIT)), Some((func::NAT, ENTRY))) => {
+            "route + forward (between NAT hooks)"
+        }
+        (Some((func::NAT, EXIT)), None) if ch == hook::QUEUE => "ip output (after NAT)",
+        (Some((func::CONNTRACK, EXIT)), None) if ch == hook::QUEUE => "route + forward + ip output",
+        (Some((func::CONNTRACK | func::NAT, EXIT)), None) if ch == hook::DELIVER => SOCKET,
+        _ => return None,
+    })
+}
 
 /// `layer` as a lab of `mode` calls it (geneve and gre share vxlan's and ipip's classes).
 pub fn in_mode(layer: &'static str, mode: crate::lab::Mode) -> &'static str {
@@ -174,6 +230,9 @@ pub fn layer(prev: u8, cur: u8) -> Option<&'static str> {
         class::IPIP => Some("ipip decap + ip receive + netfilter in"),
         _ => None,
     };
+    if ph == hook::FUNC || ch == hook::FUNC {
+        return func_layer(prev, cur);
+    }
     if ph == hook::STAGE || ch == hook::STAGE {
         return stage_layer(prev, cur);
     }
@@ -220,14 +279,10 @@ pub struct Table {
 pub fn table() -> Table {
     let mut names: Vec<&'static str> = vec![UNKNOWN];
     let mut seg_slot = vec![0u8; (POINTS * POINTS) as usize];
-    for prev in (0..POINTS).map(|p| p as u8) {
-        if point_hook(prev) == hook::NONE || point_hook(prev) >= hook::COUNT {
-            continue;
-        }
-        for cur in (0..POINTS).map(|p| p as u8) {
-            if point_hook(cur) == hook::NONE || point_hook(cur) >= hook::COUNT {
-                continue;
-            }
+    // A function point names one of `func`; point 0 names nothing.
+    let valid = |p: u8| point_hook(p) != hook::FUNC || (1..func::COUNT).contains(&point_class(p));
+    for prev in (0..POINTS).map(|p| p as u8).filter(|&p| valid(p)) {
+        for cur in (0..POINTS).map(|p| p as u8).filter(|&p| valid(p)) {
             let Some(name) = layer(prev, cur) else {
                 continue;
             };
@@ -253,6 +308,7 @@ pub fn table() -> Table {
 
 pub fn hook_name(h: u8) -> &'static str {
     match h {
+        hook::FUNC => "function",
         hook::QUEUE => "net_dev_queue",
         hook::XMIT => "net_dev_start_xmit",
         hook::RX => "netif_rx",
@@ -277,6 +333,10 @@ pub fn stage_name(s: u8) -> &'static str {
 
 /// Human-readable point, for unnamed segments.
 pub fn describe(p: u8) -> String {
+    if point_hook(p) == hook::FUNC {
+        let at = if point_port(p) { "exit" } else { "entry" };
+        return format!("{}@{at}", func_name(point_class(p)));
+    }
     if point_hook(p) == hook::STAGE {
         return format!("{}@socket", stage_name(point_class(p)));
     }
@@ -287,6 +347,16 @@ pub fn describe(p: u8) -> String {
         if point_port(p) { "(port)" } else { "" },
         if point_encap(p) { "(encap)" } else { "" }
     )
+}
+
+pub fn func_name(f: u8) -> &'static str {
+    match f {
+        func::LOCAL_OUT => "ip_local_out",
+        func::CONNTRACK => "nf_conntrack_in",
+        func::NAT => "nf_nat_inet_fn",
+        func::FORWARD => "ip_forward",
+        _ => "?",
+    }
 }
 
 pub fn class_name(c: u8) -> &'static str {
@@ -360,6 +430,69 @@ mod tests {
 
     /// The overlay path seen on this machine (cf. overlay-ping-path.txt), point by point. On
     /// decap, vxlan hands the inner packet to netif_rx (gro_cells without NAPI).
+    #[test]
+    fn function_points_split_the_tunnel_and_the_nat_path() {
+        use class::*;
+        use hook::*;
+        use profiler_common::net::func_point as f;
+        let p = |h, c, port, encap| point(h, c, port, encap);
+        // Overlay (noqueue devices: no start_xmit): the vxlan device's queue, ip_local_out
+        // with the packet encapsulated, the underlay's queue.
+        let tunnel = [
+            p(RECV, VETH, true, false),
+            p(QUEUE, VXLAN, true, false),
+            f(func::LOCAL_OUT, false, true),
+            p(QUEUE, VETH, false, true),
+        ];
+        assert_eq!(names_of(&tunnel), ["bridge", VXLAN_ENCAP, IP_OUTPUT]);
+        // nat's forwarded request: conntrack and NAT at prerouting, ip_forward, NAT at
+        // postrouting, the bridge's queue.
+        let nat = [
+            p(RECV, VETH, false, false),
+            f(func::CONNTRACK, false, false),
+            f(func::CONNTRACK, true, false),
+            f(func::NAT, false, false),
+            f(func::NAT, true, false),
+            f(func::FORWARD, false, false),
+            f(func::NAT, false, false),
+            f(func::NAT, true, false),
+            p(QUEUE, BRIDGE, false, false),
+        ];
+        assert_eq!(
+            names_of(&nat),
+            [
+                "ip receive to conntrack",
+                CONNTRACK,
+                "netfilter (conntrack to NAT)",
+                NAT,
+                "route lookup",
+                "ip forward + netfilter forward (to NAT)",
+                NAT,
+                "ip output (after NAT)",
+            ]
+        );
+        // A function no path reaches from where the packet was (a reused address) is no
+        // segment: the kernel side drops the state there.
+        assert_eq!(
+            layer(
+                p(DELIVER, OTHER, false, false),
+                f(func::LOCAL_OUT, false, false)
+            ),
+            None
+        );
+        // Every function point is in the kernel's table, and point 0 (no function) is not.
+        let t = table();
+        assert_eq!(
+            t.seg_slot[pair(0, p(QUEUE, VETH, false, false)) as usize],
+            0
+        );
+        let ct = pair(
+            f(func::CONNTRACK, false, false),
+            f(func::CONNTRACK, true, false),
+        );
+        assert_eq!(t.names[t.seg_slot[ct as usize] as usize], CONNTRACK);
+    }
+
     #[test]
     fn overlay_request_path_is_fully_named() {
         use class::*;

@@ -101,6 +101,7 @@ pub(super) fn trace_in(
         empty_programs: args.empty_programs,
         state_slots: args.state_slots,
         xmit_hook: args.split_tx_queue,
+        no_functions: args.no_function_probes || args.ablation,
         debug_bpf: args.debug_bpf,
         ..Filter::default()
     };

@@ -40,6 +40,8 @@ pub(super) fn print_samples(
         let name_end = e.name.iter().position(|&b| b == 0).unwrap_or(16);
         let hook = if e.hook == profiler_common::net::hook::STAGE {
             super::layers::stage_name(e.class)
+        } else if e.hook == profiler_common::net::hook::FUNC {
+            super::layers::func_name(e.class)
         } else {
             super::layers::hook_name(e.hook)
         };
