@@ -171,6 +171,7 @@ impl Server {
         let mut cmd = Command::new(SERVER);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", tmpdir(&dir).display()))
             .arg(format!("--socket={}", server.endpoint.socket.display()))
             .arg(format!("--port={}", server.endpoint.port))
             .arg("--bind-address=127.0.0.1")
@@ -324,12 +325,15 @@ fn remove_dir(dir: &Path) -> Result<()> {
 /// `mariadb-install-db` into `dir/data` (system tables; root by unix socket only); where it
 /// is absent (a Docker image), the same SQL fed to `mariadbd --bootstrap` as it does.
 fn install(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tmpdir(dir);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     if !Path::new(INSTALL_DB).exists() {
-        return bootstrap(&dir.join("data"));
+        return bootstrap(&dir.join("data"), &tmp);
     }
     let mut cmd = Command::new(INSTALL_DB);
-    cmd.arg("--no-defaults")
+    // Its mariadbd --bootstrap takes TMPDIR (see `tmpdir`).
+    cmd.env("TMPDIR", &tmp)
+        .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.join("data").display()))
         .arg("--user=root")
         .arg("--auth-root-authentication-method=socket")
@@ -342,20 +346,26 @@ fn install(dir: &Path) -> Result<()> {
         .output()
         .with_context(|| format!("running {INSTALL_DB}"))?;
     if !out.status.success() {
+        // Its last line is "[ERROR] Aborting": the first error says why.
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "{INSTALL_DB} failed ({}): {}",
-            out.status,
-            err.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-        );
+        let why = err
+            .lines()
+            .find(|l| l.contains("ERROR") && !l.contains("Aborting"))
+            .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
+            .unwrap_or("");
+        bail!("{INSTALL_DB} failed ({}): {}", out.status, why.trim());
     }
     Ok(())
 }
 
-fn bootstrap(data: &Path) -> Result<()> {
+/// The server's own temporary directory. A starting mariadbd deletes every `#sql*` file in its
+/// tmpdir: with /tmp shared, a second server starting removed the first one's temporary tables
+/// (8 at once: "Error on delete of '/tmp/#sql-temptable-…'", then "Aborting").
+fn tmpdir(dir: &Path) -> PathBuf {
+    dir.join("tmp")
+}
+
+fn bootstrap(data: &Path, tmp: &Path) -> Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let mut sql = String::from(
         "create database if not exists mysql;\nuse mysql;\nSET @auth_root_socket='root';\n",
@@ -378,6 +388,7 @@ fn bootstrap(data: &Path) -> Result<()> {
         "--log-warnings=0",
     ])
     .arg(format!("--datadir={}", data.display()))
+    .arg(format!("--tmpdir={}", tmp.display()))
     .args([
         "--enforce-storage-engine=",
         "--max_allowed_packet=8M",
