@@ -104,6 +104,21 @@ fn amaral2015_quick_runs_placements_and_environments() {
     let (p, _) = both_ratios(&r, "table2-stream", "C-H bridge");
     assert!((p - 15.82 / 35.71).abs() < 1e-9);
     both_ratios(&r, "table2-rr", "C-H bridge");
+    // Nested LB/LB runs in the nested lab: the inner container to the host, two bridges.
+    let (p, _) = both_ratios(&r, "table2-stream", "nested LB/LB");
+    assert!((p - 12.53 / 35.71).abs() < 1e-9);
+    let (_, o) = both_ratios(&r, "table2-rr", "nested LB/LB");
+    assert!(
+        o > 1.0,
+        "a round trip through two bridges faster than loopback? ratio {o}"
+    );
+    let nested = r["explanations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mode"] == "nested")
+        .expect("an explanation for nested");
+    assert!(nested["error"].is_null(), "{nested}");
     assert!(
         row(&r, "table2-stream", "OVS")["why"]
             .as_str()

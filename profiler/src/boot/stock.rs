@@ -221,7 +221,7 @@ pub fn modules_for(args: &[String]) -> Vec<&'static str> {
     let command = args.first().map(String::as_str).unwrap_or("");
     for w in &words {
         match *w {
-            "bridge" => add(&["veth", "bridge"]),
+            "bridge" | "nested" => add(&["veth", "bridge"]),
             "nat" => {
                 add(&["veth", "bridge"]);
                 add(NAT_MODULES)

@@ -424,7 +424,8 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
 }
 
 /// The endpoints for a placement: the lab's two ends (C-C, and H-H in the host lab), or one
-/// end moved to the lab host, on its bridge's gateway address (bridge labs).
+/// end moved to the lab host, on its bridge's gateway address (bridge labs); in the nested
+/// lab, the host and the inner container either way round.
 fn placed(desc: &lab::Description, p: Placement) -> Result<Endpoints> {
     let lab_ends = Endpoints::in_lab(desc);
     let host_side = || -> Result<(String, IpAddr)> {
@@ -440,6 +441,20 @@ fn placed(desc: &lab::Description, p: Placement) -> Result<Endpoints> {
             .ok_or_else(|| anyhow!("the lab's bridge {} has no address", br.name))?;
         Ok((br.netns.clone(), addr))
     };
+    if desc.mode == Mode::Nested {
+        // The lab's own ends are H-C: the client on the lab host, at its bridge's address.
+        return Ok(match p {
+            Placement::HostContainer => lab_ends,
+            Placement::ContainerHost => Endpoints {
+                client_netns: lab_ends.server_netns.clone(),
+                server_netns: lab_ends.client_netns.clone(),
+                server_bind: desc.client.addr,
+                connect: desc.client.addr,
+                ..lab_ends
+            },
+            _ => bail!("placement {} in a nested lab: use C-H or H-C", p.name()),
+        });
+    }
     Ok(match p {
         Placement::HostHost | Placement::ContainerContainer => lab_ends,
         Placement::ContainerHost => {

@@ -402,10 +402,15 @@ impl Table {
                     (None, Mode::Host) | (Some("H-H"), Mode::Host) => Placement::HostHost,
                     (Some("C-H"), Mode::Bridge) => Placement::ContainerHost,
                     (Some("H-C"), Mode::Bridge) => Placement::HostContainer,
-                    (None | Some("C-C"), m) if m != Mode::Host => Placement::ContainerContainer,
+                    // The nested lab's ends are the host and the inner container.
+                    (None | Some("H-C"), Mode::Nested) => Placement::HostContainer,
+                    (Some("C-H"), Mode::Nested) => Placement::ContainerHost,
+                    (None | Some("C-C"), m) if m != Mode::Host && m != Mode::Nested => {
+                        Placement::ContainerContainer
+                    }
                     (p, m) => bail!(
                         "placement '{}' in mode {m}: host mode is H-H; bridge supports C-C, C-H \
-                         and H-C; other modes C-C",
+                         and H-C; nested C-H and H-C; other modes C-C",
                         p.unwrap_or("")
                     ),
                 };

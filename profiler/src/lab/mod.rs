@@ -42,10 +42,14 @@ pub enum Mode {
     Geneve,
     /// GRE between two hosts, routed like ipip (Calico and Flannel's IP-tunnel shape).
     Gre,
+    /// A container network inside a container: the host's bridge, an outer container routing
+    /// to its own bridge, an inner container behind it (Amaral's nested LB/LB). The client is
+    /// on the lab host, the server in the inner container.
+    Nested,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 11] = [
+    pub const ALL: [Mode; 12] = [
         Mode::Host,
         Mode::Bridge,
         Mode::Nat,
@@ -57,6 +61,7 @@ impl Mode {
         Mode::IpvlanL3,
         Mode::Geneve,
         Mode::Gre,
+        Mode::Nested,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Mode {
             Mode::IpvlanL3 => "ipvlan-l3",
             Mode::Geneve => "geneve",
             Mode::Gre => "gre",
+            Mode::Nested => "nested",
         }
     }
 }

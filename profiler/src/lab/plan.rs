@@ -8,6 +8,8 @@ pub const PREFIX: &str = "pf";
 /// Container subnet (bridge, nat, overlay, macvlan, routed): .1 gateway, .2 client, .3 server.
 pub const CONTAINER_NET: [u8; 3] = [10, 200, 0];
 pub const CONTAINER_PREFIX: u8 = 24;
+/// The `nested` lab's inner network, inside the outer container: .1 its bridge, .3 the server.
+pub const INNER_NET: [u8; 3] = [10, 201, 0];
 /// Underlay between the two emulated hosts of `overlay` and `ipip`.
 pub const UNDERLAY_NET: [u8; 3] = [192, 168, 77];
 /// The `nat` lab's external network: the client outside, the host's published address .1.

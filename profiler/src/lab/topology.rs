@@ -9,7 +9,7 @@ use super::{
     Description, Device, Endpoint, Mode, Role,
     link::{self, Ns},
     netns,
-    plan::{self, CONTAINER_NET, CONTAINER_PREFIX, EXTERNAL_NET, UNDERLAY_NET, at},
+    plan::{self, CONTAINER_NET, CONTAINER_PREFIX, EXTERNAL_NET, INNER_NET, UNDERLAY_NET, at},
     registry::{ns_name, save},
 };
 
@@ -37,6 +37,7 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
         Mode::IpvlanL3 => &[VETH, ("ipvlan", "CONFIG_IPVLAN", "ipvlan")],
         Mode::Geneve => &[VETH, BRIDGE, ("geneve", "CONFIG_GENEVE", "geneve")],
         Mode::Gre => &[VETH, ("gre", "CONFIG_NET_IPGRE", "ip_gre")],
+        Mode::Nested => &[VETH, BRIDGE],
     };
     let mut modules = None;
     for (feature, option, module) in needs {
@@ -217,6 +218,7 @@ pub async fn build(d: &mut Description) -> Result<()> {
         Mode::Routed => routed(d).await,
         Mode::Ipip => tunnel(d, Tunnel::Ipip).await,
         Mode::Gre => tunnel(d, Tunnel::Gre).await,
+        Mode::Nested => nested(d).await,
     }
 }
 
@@ -569,5 +571,52 @@ async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
         step("routes")?;
     }
     endpoints(d, &c, &s);
+    Ok(())
+}
+
+/// `nested`: the outer container `o` on the host's bridge holds its own bridge, with the inner
+/// container `i` behind it. The outer container routes between its two networks (no NAT: the
+/// host routes the inner subnet to it), so host to inner crosses two bridges and two veth
+/// pairs, as Docker in Docker on Linux bridges does.
+async fn nested(d: &mut Description) -> Result<()> {
+    let [h, o, i] =
+        <[Ns; 3]>::try_from(namespaces(d, &["h", "o", "i"])?).map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    gateway_bridge(d, &h).await?;
+    let outer = at(CONTAINER_NET, 2);
+    container(d, &h, &o, "o", outer, CONTAINER_PREFIX).await?;
+    h.master("veth-o", "br0").await?;
+    o.route(Ipv4Addr::UNSPECIFIED, 0, Some(at(CONTAINER_NET, 1)), "eth0")
+        .await?;
+    step("outer")?;
+    let gw = at(INNER_NET, 1);
+    o.add("bridge", link::bridge("br1")).await?;
+    o.addr("br1", gw, CONTAINER_PREFIX).await?;
+    dev(
+        d,
+        &o.name,
+        "br1",
+        "bridge",
+        Role::Bridge,
+        Some(format!("{gw}/{CONTAINER_PREFIX}")),
+    );
+    o.sysctl("net.ipv4.ip_forward", "1")?;
+    step("inner bridge")?;
+    let inner = at(INNER_NET, 3);
+    container(d, &o, &i, "i", inner, CONTAINER_PREFIX).await?;
+    o.master("veth-i", "br1").await?;
+    i.route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), "eth0").await?;
+    h.route(at(INNER_NET, 0), CONTAINER_PREFIX, Some(outer), "br0")
+        .await?;
+    step("inner")?;
+    d.client = Endpoint {
+        netns: h.name.clone(),
+        addr: at(CONTAINER_NET, 1).into(),
+    };
+    d.server = Endpoint {
+        netns: i.name.clone(),
+        addr: inner.into(),
+    };
+    d.connect = d.server.addr;
     Ok(())
 }
