@@ -355,6 +355,7 @@ fn run(command: Command) -> Result<()> {
                 &modules,
                 std::time::Duration::from_secs(timeout),
                 accel,
+                None,
             )?;
             debug_assert_eq!(env, profiler::envs::Env::Vm);
             print!("{}", r.stdout);

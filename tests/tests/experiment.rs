@@ -112,6 +112,19 @@ fn amaral2015_quick_runs_placements_and_environments() {
         o > 1.0,
         "a round trip through two bridges faster than loopback? ratio {o}"
     );
+    // VM-H runs the client in a stock guest on a tap on the bridge, and says how it ran.
+    for table in ["table2-stream", "table2-rr"] {
+        both_ratios(&r, table, "VM-H bridge");
+        let vm = row(&r, table, "VM-H bridge");
+        assert!(
+            vm["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("guest under")),
+            "{vm}"
+        );
+    }
     let nested = r["explanations"]
         .as_array()
         .unwrap()

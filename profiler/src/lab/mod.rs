@@ -7,6 +7,7 @@ pub mod netem;
 pub mod netns;
 pub mod plan;
 mod registry;
+pub mod tap;
 mod topology;
 
 use std::{net::IpAddr, time::Duration};

@@ -5,9 +5,13 @@ use std::net::Ipv4Addr;
 
 /// Every lab namespace is named `pf-<id>-<role>`.
 pub const PREFIX: &str = "pf";
-/// Container subnet (bridge, nat, overlay, macvlan, routed): .1 gateway, .2 client, .3 server.
+/// Container subnet (bridge, nat, overlay, macvlan, routed): .1 gateway, .2 client, .3 server;
+/// in a bridge lab, [`VM_HOST`] is a VM's NIC on a tap (the experiments' VM-H placement).
 pub const CONTAINER_NET: [u8; 3] = [10, 200, 0];
 pub const CONTAINER_PREFIX: u8 = 24;
+pub const VM_HOST: u8 = 4;
+/// A VM's tap on the bridge lab's bridge.
+pub const VM_TAP: &str = "tap-vm";
 /// The `nested` lab's inner network, inside the outer container: .1 its bridge, .3 the server.
 pub const INNER_NET: [u8; 3] = [10, 201, 0];
 /// Underlay between the two emulated hosts of `overlay` and `ipip`.
