@@ -96,6 +96,7 @@ fn missing_kernel_features_fail_at_once_naming_the_option() {
         ("ipip", "CONFIG_NET_IPIP"),
         ("geneve", "CONFIG_GENEVE"),
         ("gre", "CONFIG_NET_IPGRE"),
+        ("ovs", "CONFIG_OPENVSWITCH"),
     ] {
         let out = profiler()
             .args(["lab", "up", "--mode", mode, "--id", "nf"])

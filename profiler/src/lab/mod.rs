@@ -5,6 +5,7 @@
 pub mod link;
 pub mod netem;
 pub mod netns;
+mod ovs;
 pub mod plan;
 mod registry;
 pub mod tap;
@@ -47,10 +48,13 @@ pub enum Mode {
     /// to its own bridge, an inner container behind it (Amaral's nested LB/LB). The client is
     /// on the lab host, the server in the inner container.
     Nested,
+    /// Two containers on an Open vSwitch bridge (the kernel datapath, ovs-vswitchd in the
+    /// lab's host namespace): Amaral's OVS row.
+    Ovs,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 12] = [
+    pub const ALL: [Mode; 13] = [
         Mode::Host,
         Mode::Bridge,
         Mode::Nat,
@@ -63,6 +67,7 @@ impl Mode {
         Mode::Geneve,
         Mode::Gre,
         Mode::Nested,
+        Mode::Ovs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +84,7 @@ impl Mode {
             Mode::Geneve => "geneve",
             Mode::Gre => "gre",
             Mode::Nested => "nested",
+            Mode::Ovs => "ovs",
         }
     }
 }

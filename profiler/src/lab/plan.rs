@@ -31,6 +31,8 @@ pub const GENEVE_MTU: u32 = 1450;
 pub const GRE_MTU: u32 = 1476;
 /// IP-in-IP adds a 20-byte outer header.
 pub const IPIP_MTU: u32 = 1480;
+/// The `ovs` lab's datapath (and its local port).
+pub const OVS_DATAPATH: &str = "ovs-pf";
 /// Ports published by the `nat` lab (DNAT to the server) and used by the workloads.
 pub const PORTS: (u16, u16) = (20000, 20999);
 

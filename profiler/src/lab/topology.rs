@@ -38,7 +38,11 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
         Mode::Geneve => &[VETH, BRIDGE, ("geneve", "CONFIG_GENEVE", "geneve")],
         Mode::Gre => &[VETH, ("gre", "CONFIG_NET_IPGRE", "ip_gre")],
         Mode::Nested => &[VETH, BRIDGE],
+        Mode::Ovs => &[VETH, ("openvswitch", "CONFIG_OPENVSWITCH", "openvswitch")],
     };
+    if mode == Mode::Ovs {
+        super::ovs::check_tools().map_err(|e| anyhow!("mode {mode}: {e}"))?;
+    }
     let mut modules = None;
     for (feature, option, module) in needs {
         try_feature(feature).map_err(|e| {
@@ -57,6 +61,14 @@ const BRIDGE: (&str, &str, &str) = ("bridge", "CONFIG_BRIDGE", "bridge");
 
 /// Creates one device of the kind (or runs iptables' nat table) in a throwaway namespace.
 fn try_feature(feature: &'static str) -> Result<()> {
+    if feature == "openvswitch" {
+        // The datapath is made by ovs-vswitchd, not by a link message: the module must be in.
+        use crate::kernel::modules::{Build, Modules};
+        return match Modules::running().build("CONFIG_OPENVSWITCH", "openvswitch") {
+            Build::BuiltIn | Build::Module { loaded: true, .. } => Ok(()),
+            _ => bail!("no Open vSwitch datapath"),
+        };
+    }
     std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         if feature == "iptables-nat" {
@@ -219,6 +231,7 @@ pub async fn build(d: &mut Description) -> Result<()> {
         Mode::Ipip => tunnel(d, Tunnel::Ipip).await,
         Mode::Gre => tunnel(d, Tunnel::Gre).await,
         Mode::Nested => nested(d).await,
+        Mode::Ovs => ovs(d).await,
     }
 }
 
@@ -619,4 +632,35 @@ async fn nested(d: &mut Description) -> Result<()> {
     };
     d.connect = d.server.addr;
     Ok(())
+}
+
+/// `ovs`: two containers on an Open vSwitch datapath (the kernel's openvswitch module): their
+/// host ends are the datapath's ports 1 and 2, each forwarding to the other (see lab/ovs.rs).
+async fn ovs(d: &mut Description) -> Result<()> {
+    let [h, c, s] =
+        <[Ns; 3]>::try_from(namespaces(d, &["h", "c", "s"])?).map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    let dp = plan::OVS_DATAPATH;
+    super::ovs::dpctl(&h.name, &["add-dp", dp])?;
+    dev(d, &h.name, dp, "openvswitch", Role::Bridge, None);
+    step("datapath")?;
+    for (ctr, tag, ip, port) in [
+        (&c, "c", at(CONTAINER_NET, 2), "1"),
+        (&s, "s", at(CONTAINER_NET, 3), "2"),
+    ] {
+        container(d, &h, ctr, tag, ip, CONTAINER_PREFIX).await?;
+        super::ovs::dpctl(
+            &h.name,
+            &["add-if", dp, &format!("veth-{tag},port_no={port}")],
+        )?;
+    }
+    // What NORMAL learns for two ports: each one's Ethernet traffic out of the other.
+    for (from, to) in [("1", "2"), ("2", "1")] {
+        super::ovs::dpctl(
+            &h.name,
+            &["add-flow", dp, &format!("in_port({from}),eth()"), to],
+        )?;
+    }
+    endpoints(d, &c, &s);
+    step("flows")
 }
