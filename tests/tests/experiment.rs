@@ -137,12 +137,12 @@ fn amaral2015_quick_runs_placements_and_environments() {
         .find(|l| l["layer"] == "bridge (host stack to port)")
         .unwrap_or_else(|| panic!("no bridge layer: {nested}"));
     assert_eq!(br["crossings"], 2, "{br}");
-    assert!(
-        row(&r, "table2-stream", "OVS")["why"]
-            .as_str()
-            .unwrap()
-            .contains("Open vSwitch")
-    );
+    // OVS is run and, on a kernel without the openvswitch module, refused naming it.
+    let ovs = row(&r, "table2-stream", "OVS");
+    if ovs["ours"].is_null() {
+        let why = ovs["why"].as_str().unwrap();
+        assert!(why.contains("CONFIG_OPENVSWITCH"), "{ovs}");
+    }
     let vm = row(&r, "sysbench-cpu", "VM");
     assert!(vm["ours"].as_f64().unwrap() > 0.0, "{vm}");
     assert!(

@@ -40,9 +40,6 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
         Mode::Nested => &[VETH, BRIDGE],
         Mode::Ovs => &[VETH, ("openvswitch", "CONFIG_OPENVSWITCH", "openvswitch")],
     };
-    if mode == Mode::Ovs {
-        super::ovs::check_tools().map_err(|e| anyhow!("mode {mode}: {e}"))?;
-    }
     let mut modules = None;
     for (feature, option, module) in needs {
         try_feature(feature).map_err(|e| {
@@ -52,6 +49,9 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
                 m.describe(option, module)
             )
         })?;
+    }
+    if mode == Mode::Ovs {
+        super::ovs::check_tools().map_err(|e| anyhow!("mode {mode}: {e}"))?;
     }
     Ok(())
 }
