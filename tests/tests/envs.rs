@@ -318,7 +318,7 @@ fn a_density_that_cannot_fit_is_refused_in_one_line_with_nothing_started() {
 fn kill_9_of_a_native_run_leaves_nothing_after_the_next_command() {
     require_root();
     let mut child = profiler()
-        .args(["run", "--env", "native", "sysbench", "cpu", "--time", "5"])
+        .args(["run", "--env", "native", "sysbench", "cpu", "--time", "30"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -331,8 +331,23 @@ fn kill_9_of_a_native_run_leaves_nothing_after_the_next_command() {
             .filter(|c| c.starts_with(&prefix))
             .collect::<Vec<_>>()
     };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let workload: Vec<(u32, String)> = live_children(&[pid], "sysbench cpu");
+    // Killed once the workload (`profiler sysbench cpu ...` in the container) runs: its
+    // start-up took over 1.5 s on a loaded machine. Until it execs, the container's child is a
+    // clone of this run, with its command line.
+    let is_sysbench = |p: &u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(&b"sysbench"[..]))
+    };
+    let t = std::time::Instant::now();
+    let mut workload: Vec<(u32, String)> = vec![];
+    while workload.is_empty() && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        workload = live_children(&[pid], "sysbench cpu");
+        workload.retain(|(p, _)| is_sysbench(p));
+    }
+    if workload.is_empty() {
+        child.kill().unwrap();
+    }
     assert_eq!(
         workload.len(),
         1,

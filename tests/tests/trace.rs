@@ -753,7 +753,7 @@ fn html_report_renders_a_waterfall_with_every_layer() {
             .unwrap_or_else(|| panic!("no waterfall for direction {i}"));
         let svg = &dom[start..start + dom[start..].find("</svg>").unwrap()];
         for l in d["layers"].as_array().unwrap() {
-            if l["crossings"].as_u64().unwrap() == 0 {
+            if l["crossings"].as_u64().unwrap() == 0 || l["in_one_way"] == false {
                 continue;
             }
             let name = l["layer"].as_str().unwrap().replace('&', "&amp;");

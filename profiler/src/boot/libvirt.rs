@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use virt::{connect::Connect, domain::Domain};
 
 use super::{
-    AccelChoice, Boot, Booted, artefacts,
+    Boot, Booted, artefacts,
     console::{Console, READY, kill_reason},
     qemu::{self, Accel},
     serial::LineSplitter,
@@ -422,13 +422,9 @@ fn boot(
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    probe_again: bool,
-    laps: &mut Laps,
-) -> Result<Booted> {
+pub fn run(args: &super::BootArgs, laps: &mut Laps) -> Result<Booted> {
+    let (count, choice, probe_again) = (args.count, args.accel, args.probe_again);
+    let timeout = Duration::from_secs_f64(args.timeout);
     virt::error::clear_error_callback();
     let artefacts = artefacts::prepare()?;
     laps.lap(artefacts.lap_name());

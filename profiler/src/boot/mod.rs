@@ -360,9 +360,9 @@ fn run_from(args: &BootArgs, mut laps: Laps) -> Result<BootReport> {
     crate::cleanup::set_interruptible();
     let timeout = Duration::from_secs_f64(args.timeout);
     let booted = match vm {
-        Vm::Qemu => qemu::run(args.count, timeout, args.accel, args.probe_again, &mut laps)?,
+        Vm::Qemu => qemu::run(args, &mut laps)?,
         #[cfg(feature = "libvirt")]
-        Vm::Libvirt => libvirt::run(args.count, timeout, args.accel, args.probe_again, &mut laps)?,
+        Vm::Libvirt => libvirt::run(args, &mut laps)?,
         #[cfg(not(feature = "libvirt"))]
         Vm::Libvirt => bail!("this profiler was built without libvirt (the `libvirt` feature)"),
         Vm::Micro => micro::run(args.count, timeout, &mut laps)?,

@@ -645,13 +645,9 @@ fn boot_many(
     })
 }
 
-pub fn run(
-    count: u32,
-    timeout: Duration,
-    choice: AccelChoice,
-    probe_again: bool,
-    laps: &mut Laps,
-) -> Result<Booted> {
+pub fn run(args: &super::BootArgs, laps: &mut Laps) -> Result<Booted> {
+    let (count, choice, probe_again) = (args.count, args.accel, args.probe_again);
+    let timeout = Duration::from_secs_f64(args.timeout);
     let artefacts = artefacts::prepare()?;
     laps.lap(artefacts.lap_name());
     // QEMU's exec and vCPU thread, stamped in the kernel: splits vmm_setup. Without it (no

@@ -281,7 +281,9 @@ impl Host {
         }
         // The tool's own set-up (runtime, netlink socket to the bridge's namespace), before the
         // clock starts: a daemon such as containerd keeps these around.
+        let t = Instant::now();
         let ctx = ThreadCtx::new(self);
+        let context_ns = t.elapsed().as_nanos() as u64;
         if let Some(b) = barrier
             && !b.wait()
         {
@@ -290,7 +292,9 @@ impl Host {
         if crate::cleanup::stop_requested() {
             bail!("{} before its start", crate::cleanup::interrupted());
         }
-        self.launch(index, ctx?)
+        let mut c = self.launch(index, ctx?)?;
+        c.outside_ns += context_ns;
+        Ok(c)
     }
 
     /// Starts `count` containers at once, one thread each; all are torn down before returning.
@@ -371,6 +375,7 @@ impl Host {
             netns: None,
             dnat: None,
             startup: Startup::default(),
+            outside_ns: 0,
         };
 
         // 1. clone into new mount, PID, UTS, IPC and network namespaces; the child waits on `go`.
@@ -443,6 +448,7 @@ impl Host {
         }
         drop(status);
         c.startup = marks.startup(index, pid.as_raw() as u32, self.net, c.cgroup.as_ref());
+        c.outside_ns = ready.elapsed().as_nanos() as u64;
         Ok(c)
     }
 }
@@ -485,6 +491,9 @@ pub struct Container {
     netns: Option<String>,
     dnat: Option<net::Dnat>,
     pub startup: Startup,
+    /// The tool's own work around the phases: the thread's tools (runtime, netlink socket)
+    /// before the clock starts, and reading the payload's stamps after it is ready.
+    pub outside_ns: u64,
 }
 
 impl Container {

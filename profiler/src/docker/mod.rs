@@ -346,13 +346,7 @@ async fn boot_one(
         let st = i.state.as_ref();
         let pid = st.and_then(|s| s.pid).unwrap_or(0);
         if st.and_then(|s| s.running) == Some(true) && pid > 0 {
-            let ip = i
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.networks.as_ref())
-                .and_then(|n| n.values().find_map(|e| e.ip_address.clone()))
-                .filter(|ip| !ip.is_empty());
-            break (pid, ip);
+            break (pid, address(&i));
         }
         if monotonic_ns() > deadline {
             bail!("container {name} is not running after {timeout:?}");
@@ -642,4 +636,13 @@ async fn run_container(
         );
     }
     Ok(ContainerRun { stdout, wall })
+}
+
+/// The container's first network address, once Docker has given it one.
+pub(crate) fn address(i: &bollard::models::ContainerInspectResponse) -> Option<String> {
+    i.network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .and_then(|n| n.values().find_map(|e| e.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
 }

@@ -97,12 +97,7 @@ pub fn start(
                 );
             }
             let pid = st.and_then(|s| s.pid).unwrap_or(0);
-            let ip = i
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.networks.as_ref())
-                .and_then(|n| n.values().find_map(|e| e.ip_address.clone()))
-                .filter(|ip| !ip.is_empty());
+            let ip = super::address(&i);
             if pid > 0
                 && let Some(ip) = ip
             {

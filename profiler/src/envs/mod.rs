@@ -28,6 +28,18 @@ pub enum Env {
     Vm,
 }
 
+impl Env {
+    /// The name `--env` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Env::Host => "host",
+            Env::Native => "native",
+            Env::Docker => "docker",
+            Env::Vm => "vm",
+        }
+    }
+}
+
 /// One run of a workload in an environment.
 #[derive(Debug, Serialize)]
 pub struct EnvRun {

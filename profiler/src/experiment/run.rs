@@ -124,10 +124,10 @@ pub fn run_all(spec: &Spec, quick: bool) -> Result<Results> {
     // The explanation: the tracer in each mode a net row used, host first.
     let mut modes: Vec<Mode> = vec![];
     for r in &runs {
-        if let Run::Net { mode, .. } = r
-            && !modes.contains(mode)
+        if let Run::Net(n) = r
+            && !modes.contains(&n.mode)
         {
-            modes.push(*mode);
+            modes.push(n.mode);
         }
     }
     if !modes.is_empty() && !modes.contains(&Mode::Host) {
@@ -158,19 +158,13 @@ pub fn run_all(spec: &Spec, quick: bool) -> Result<Results> {
 
 pub fn describe(run: &Run) -> String {
     match run {
-        Run::Net {
-            mode,
-            placement,
-            test,
-            rr,
-            send_size,
-        } => {
-            let size = match (test.is_rr(), send_size) {
-                (true, _) => format!(" -r {rr}"),
+        Run::Net(n) => {
+            let size = match (n.test.is_rr(), &n.send_size) {
+                (true, _) => format!(" -r {}", n.rr),
                 (false, Some(m)) => format!(" -m {m}"),
                 (false, None) => String::new(),
             };
-            format!("{test}{size} in {mode} ({})", placement.name())
+            format!("{}{size} in {} ({})", n.test, n.mode, n.placement.name())
         }
         Run::VmBoot { count } => format!("boot --vm qemu --count {count}"),
         Run::ContainerBoot { net, count } => {
@@ -179,22 +173,9 @@ pub fn describe(run: &Run) -> String {
                 net.name()
             )
         }
-        Run::Oltp {
-            env,
-            test,
-            count,
-            table_size,
-            threads,
-            time_s,
-        } => {
-            let env = serde_json::to_value(env)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
-            let w = format!(
-                "sysbench {test} --table-size {table_size} --threads {threads} --time {time_s}"
-            );
-            if *count == 1 {
+        Run::Oltp(o) => {
+            let (env, count, w) = (o.env.name(), o.count, o.workload().join(" "));
+            if count == 1 {
                 format!("run --env {env} {w}")
             } else {
                 format!("{count} x `{w}` at once in {env} (density), each with its own server")
@@ -206,10 +187,7 @@ pub fn describe(run: &Run) -> String {
             time_s,
         } => format!(
             "run --env {} sysbench cpu --cpu-max-prime {max_prime} --time {time_s}",
-            serde_json::to_value(env)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
+            env.name()
         ),
         Run::Web {
             env,
@@ -224,13 +202,9 @@ pub fn describe(run: &Run) -> String {
 
 fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Result<()> {
     match run {
-        Run::Net {
-            mode,
-            placement,
-            test,
-            rr,
-            send_size,
-        } => {
+        Run::Net(n) => {
+            let (mode, placement, test) = (&n.mode, &n.placement, &n.test);
+            let (rr, send_size) = (&n.rr, &n.send_size);
             let desc = labs.get(*mode).map_err(|e| anyhow!("{e}"))?;
             let mut opts = Options::new(*test);
             opts.duration = length;
@@ -329,25 +303,8 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
                 .ok_or_else(|| anyhow!("the workload's report has no run.events_per_sec"))?;
             m.push("events_per_sec", eps);
         }
-        Run::Oltp {
-            env,
-            test,
-            count,
-            table_size,
-            threads,
-            time_s,
-        } => {
-            let w: Vec<String> = [
-                "sysbench".to_string(),
-                test.clone(),
-                "--table-size".into(),
-                table_size.to_string(),
-                "--threads".into(),
-                threads.to_string(),
-                "--time".into(),
-                time_s.to_string(),
-            ]
-            .into();
+        Run::Oltp(o) => {
+            let (env, count, w) = (&o.env, &o.count, o.workload());
             let get = |r: &serde_json::Value, k: &str| -> Result<f64> {
                 r.pointer(&format!("/run/oltp/{k}"))
                     .and_then(|v| v.as_f64())

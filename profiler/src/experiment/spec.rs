@@ -82,16 +82,9 @@ pub enum Kind {
     Web,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Table {
-    pub id: String,
-    pub title: String,
-    pub kind: Kind,
-    pub metric: String,
-    pub unit: String,
-    /// The setup every ratio is against.
-    pub baseline: String,
+/// What a row may set for itself, and its table for every row that does not.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Params {
     #[serde(default)]
     pub test: Option<String>,
     #[serde(default)]
@@ -102,6 +95,47 @@ pub struct Table {
     pub count: Option<u32>,
     #[serde(default)]
     pub net: Option<String>,
+    /// web: open connections (wrk -c).
+    #[serde(default)]
+    pub connections: Option<usize>,
+}
+
+impl Params {
+    /// The row's own values, the table's where the row has none.
+    fn over(&self, table: &Params) -> Params {
+        Params {
+            test: self.test.clone().or_else(|| table.test.clone()),
+            rr: self.rr.clone().or_else(|| table.rr.clone()),
+            send_size: self.send_size.clone().or_else(|| table.send_size.clone()),
+            count: self.count.or(table.count),
+            net: self.net.clone().or_else(|| table.net.clone()),
+            connections: self.connections.or(table.connections),
+        }
+    }
+}
+
+/// Keys neither the struct nor its flattened `Params` know. serde's `deny_unknown_fields`
+/// does not work with `flatten`, so they are collected and refused by `validate`.
+type Unknown = std::collections::BTreeMap<String, toml::Value>;
+
+fn refuse_unknown(unknown: &Unknown, place: &str) -> Result<()> {
+    match unknown.keys().next() {
+        Some(k) => bail!("{place}: unknown field '{k}'"),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Table {
+    pub id: String,
+    pub title: String,
+    pub kind: Kind,
+    pub metric: String,
+    pub unit: String,
+    /// The setup every ratio is against.
+    pub baseline: String,
+    #[serde(flatten)]
+    pub params: Params,
     #[serde(default)]
     pub max_prime: Option<u64>,
     #[serde(default)]
@@ -111,16 +145,15 @@ pub struct Table {
     pub table_size: Option<u32>,
     #[serde(default)]
     pub threads: Option<u32>,
-    /// web: open connections (wrk -c), and the served file's bytes.
-    #[serde(default)]
-    pub connections: Option<usize>,
+    /// web: the served file's bytes.
     #[serde(default)]
     pub size: Option<usize>,
     pub rows: Vec<Row>,
+    #[serde(flatten)]
+    unknown: Unknown,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Row {
     /// The paper's name for the setup.
     pub setup: String,
@@ -130,19 +163,9 @@ pub struct Row {
     #[serde(default)]
     pub placement: Option<String>,
     #[serde(default)]
-    pub test: Option<String>,
-    #[serde(default)]
-    pub rr: Option<String>,
-    #[serde(default)]
-    pub send_size: Option<String>,
-    #[serde(default)]
-    pub count: Option<u32>,
-    #[serde(default)]
-    pub net: Option<String>,
-    #[serde(default)]
     pub env: Option<String>,
-    #[serde(default)]
-    pub connections: Option<usize>,
+    #[serde(flatten)]
+    pub params: Params,
     /// The paper's figure, in the table's unit.
     #[serde(default)]
     pub paper: Option<f64>,
@@ -152,6 +175,8 @@ pub struct Row {
     /// Why this machine or tool cannot run the row; it is printed, not run.
     #[serde(default)]
     pub unsupported: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
 }
 
 /// Who sits where: the lab's ends (C-C), or one end on the lab host's bridge.
@@ -187,13 +212,7 @@ impl Placement {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Run {
-    Net {
-        mode: Mode,
-        placement: Placement,
-        test: Test,
-        rr: String,
-        send_size: Option<String>,
-    },
+    Net(NetRun),
     VmBoot {
         count: u32,
     },
@@ -206,20 +225,47 @@ pub enum Run {
         max_prime: u64,
         time_s: f64,
     },
-    Oltp {
-        env: Env,
-        /// oltp_read_write, oltp_read_only or oltp_write_only.
-        test: String,
-        count: u32,
-        table_size: u32,
-        threads: u32,
-        time_s: f64,
-    },
+    Oltp(OltpRun),
     Web {
         env: crate::web::WebEnv,
         connections: usize,
         size: usize,
     },
+}
+
+/// A netperf-style workload across a lab.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetRun {
+    pub mode: Mode,
+    pub placement: Placement,
+    pub test: Test,
+    pub rr: String,
+    pub send_size: Option<String>,
+}
+
+/// sysbench oltp_* in an environment, `count` instances at once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OltpRun {
+    pub env: Env,
+    /// oltp_read_write, oltp_read_only or oltp_write_only.
+    pub test: String,
+    pub count: u32,
+    pub table_size: u32,
+    pub threads: u32,
+    pub time_s: f64,
+}
+
+impl OltpRun {
+    /// The workload's words, as `run --env` and `density` take them.
+    pub fn workload(&self) -> Vec<String> {
+        format!(
+            "sysbench {} --table-size {} --threads {} --time {}",
+            self.test, self.table_size, self.threads, self.time_s
+        )
+        .split(' ')
+        .map(String::from)
+        .collect()
+    }
 }
 
 /// The metrics each kind reports (the names a table's `metric` may use).
@@ -305,6 +351,10 @@ impl Spec {
         }
         let mut ids = std::collections::HashSet::new();
         for t in &self.tables {
+            refuse_unknown(&t.unknown, &format!("table '{}'", t.id))?;
+            for r in &t.rows {
+                refuse_unknown(&r.unknown, &format!("table '{}', row '{}'", t.id, r.setup))?;
+            }
             if !ids.insert(&t.id) {
                 bail!("table id '{}' appears twice", t.id);
             }
@@ -364,14 +414,15 @@ impl Table {
     /// What `row` runs, or `Ok(None)` when `--quick` leaves it out (more instances than
     /// `quick.max_count`).
     pub fn run_of(&self, row: &Row, spec: &Spec, quick: bool) -> Result<Option<Run>> {
+        let p = row.params.over(&self.params);
         let count = |default: u32| -> Result<Option<u32>> {
-            let n = row.count.or(self.count).unwrap_or(default);
+            let n = p.count.unwrap_or(default);
             if n == 0 {
                 bail!("count must be at least 1");
             }
             if quick && n > spec.quick.max_count {
                 // A table-level count is capped; a row's own count is the row's point.
-                return Ok(if row.count.is_none() {
+                return Ok(if row.params.count.is_none() {
                     Some(spec.quick.max_count)
                 } else {
                     None
@@ -387,19 +438,14 @@ impl Table {
                         .as_deref()
                         .ok_or_else(|| anyhow!("a net row needs mode = \"...\""))?,
                 )?;
-                let test: Test = row
+                let test: Test = p
                     .test
                     .as_deref()
-                    .or(self.test.as_deref())
                     .ok_or_else(|| anyhow!("a net table needs test = \"tcp_rr\" (or another)"))?
                     .parse()?;
-                let rr = row
-                    .rr
-                    .clone()
-                    .or_else(|| self.rr.clone())
-                    .unwrap_or_else(|| "1,1".into());
+                let rr = p.rr.clone().unwrap_or_else(|| "1,1".into());
                 crate::workload::parse_rr(&rr)?;
-                let send_size = row.send_size.clone().or_else(|| self.send_size.clone());
+                let send_size = p.send_size.clone();
                 if let Some(m) = &send_size {
                     crate::workload::parse_size(m)?;
                 }
@@ -420,20 +466,17 @@ impl Table {
                         p.unwrap_or("")
                     ),
                 };
-                Some(Run::Net {
+                Some(Run::Net(NetRun {
                     mode,
                     placement,
                     test,
                     rr,
                     send_size,
-                })
+                }))
             }
             Kind::VmBoot => count(1)?.map(|count| Run::VmBoot { count }),
             Kind::ContainerBoot => {
-                let net = parse_enum(
-                    "net",
-                    row.net.as_deref().or(self.net.as_deref()).unwrap_or("none"),
-                )?;
+                let net = parse_enum("net", p.net.as_deref().unwrap_or("none"))?;
                 count(1)?.map(|count| Run::ContainerBoot { net, count })
             }
             Kind::Sysbench => {
@@ -461,11 +504,7 @@ impl Table {
                         anyhow!("an oltp row needs env = \"host\" (or native, docker, vm)")
                     })?,
                 )?;
-                let test = row
-                    .test
-                    .clone()
-                    .or_else(|| self.test.clone())
-                    .unwrap_or_else(|| "oltp_read_write".into());
+                let test = p.test.clone().unwrap_or_else(|| "oltp_read_write".into());
                 if !["oltp_read_write", "oltp_read_only", "oltp_write_only"]
                     .contains(&test.as_str())
                 {
@@ -483,13 +522,15 @@ impl Table {
                 if threads == 0 || table_size == 0 {
                     bail!("threads and table_size must be at least 1");
                 }
-                count(1)?.map(|count| Run::Oltp {
-                    env,
-                    test,
-                    count,
-                    table_size,
-                    threads,
-                    time_s,
+                count(1)?.map(|count| {
+                    Run::Oltp(OltpRun {
+                        env,
+                        test,
+                        count,
+                        table_size,
+                        threads,
+                        time_s,
+                    })
                 })
             }
             Kind::Web => {
@@ -499,9 +540,8 @@ impl Table {
                         anyhow!("a web row needs env = \"host\" (or native, docker)")
                     })?,
                 )?;
-                let connections = row
+                let connections = p
                     .connections
-                    .or(self.connections)
                     .ok_or_else(|| anyhow!("a web table needs connections = N"))?;
                 if connections == 0 {
                     bail!("connections must be at least 1");
@@ -598,6 +638,15 @@ rows = [{ setup = "host", mode = "hots" }]
         assert!(e.contains("baseline 'none' names no row"), "{e}");
         let e = Spec::parse("paper = 1").unwrap_err().to_string();
         assert!(e.starts_with("not an experiment file"), "{e}");
+        let e =
+            Spec::parse(&text.replace("mode = \"hots\"", "mode = \"host\", sned_size = \"1k\""))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(e, "table 't', row 'host': unknown field 'sned_size'");
+        let e = Spec::parse(&text.replace("unit = \"us\"", "unit = \"us\"\nrepeats = 3"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "table 't': unknown field 'repeats'");
     }
 
     #[test]

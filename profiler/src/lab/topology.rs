@@ -222,14 +222,14 @@ pub async fn build(d: &mut Description) -> Result<()> {
         Mode::Host => host(d).await,
         Mode::Bridge => bridge(d, false).await,
         Mode::Nat => bridge(d, true).await,
-        Mode::Overlay => overlay(d, Encap::Vxlan).await,
-        Mode::Geneve => overlay(d, Encap::Geneve).await,
+        Mode::Overlay => overlay(d, Mode::Overlay).await,
+        Mode::Geneve => overlay(d, Mode::Geneve).await,
         Mode::Macvlan => macvlan(d, Child::Macvlan).await,
         Mode::Ipvlan => macvlan(d, Child::IpvlanL2).await,
         Mode::IpvlanL3 => macvlan(d, Child::IpvlanL3).await,
         Mode::Routed => routed(d).await,
-        Mode::Ipip => tunnel(d, Tunnel::Ipip).await,
-        Mode::Gre => tunnel(d, Tunnel::Gre).await,
+        Mode::Ipip => tunnel(d, Mode::Ipip).await,
+        Mode::Gre => tunnel(d, Mode::Gre).await,
         Mode::Nested => nested(d).await,
         Mode::Ovs => ovs(d).await,
     }
@@ -381,18 +381,32 @@ async fn underlay(d: &mut Description, hx: &Ns, hy: &Ns) -> Result<(Ipv4Addr, Ip
     Ok((lx, ly))
 }
 
-/// The L2 encapsulation an overlay bridges its containers over.
-#[derive(Clone, Copy)]
-enum Encap {
-    Vxlan,
-    Geneve,
-}
-
-async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
+/// Two hosts joined by an underlay (their addresses on it last), a container on each.
+async fn two_hosts(d: &mut Description) -> Result<(Ns, Ns, Ns, Ns, Ipv4Addr, Ipv4Addr)> {
     let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
         .map_err(|_| anyhow!("namespaces"))?;
     step("namespaces")?;
     let (lx, ly) = underlay(d, &hx, &hy).await?;
+    Ok((hx, hy, c, s, lx, ly))
+}
+
+/// The container's end gets the encapsulation's smaller MTU, in the lab and its description.
+async fn container_mtu(d: &mut Description, ctr: &Ns, mtu: u32) -> Result<()> {
+    ctr.mtu("eth0", mtu).await?;
+    if let Some(dv) = d
+        .devices
+        .iter_mut()
+        .rev()
+        .find(|x| x.role == Role::ContainerEnd)
+    {
+        dv.mtu = Some(mtu);
+    }
+    Ok(())
+}
+
+/// `overlay` (VXLAN) or `geneve`: the containers bridged over an L2 encapsulation.
+async fn overlay(d: &mut Description, mode: Mode) -> Result<()> {
+    let (hx, hy, c, s, lx, ly) = two_hosts(d).await?;
     for (h, u, local, remote, ctr, tag, ip) in [
         (&hx, "ux", lx, ly, &c, "c", at(CONTAINER_NET, 2)),
         (&hy, "uy", ly, lx, &s, "s", at(CONTAINER_NET, 3)),
@@ -400,19 +414,12 @@ async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
         h.add("bridge", link::bridge("br0")).await?;
         dev(d, &h.name, "br0", "bridge", Role::Bridge, None);
         let under = h.index(u).await?;
-        let (kind, name, mtu, msg) = match encap {
-            Encap::Vxlan => (
-                "vxlan",
-                "vxlan0",
-                plan::VXLAN_MTU,
-                link::vxlan("vxlan0", plan::VXLAN_VNI, under, local, remote),
-            ),
-            Encap::Geneve => (
-                "geneve",
-                "geneve0",
-                plan::GENEVE_MTU,
-                link::geneve("geneve0", plan::GENEVE_VNI, remote),
-            ),
+        let (kind, name, mtu, msg) = if mode == Mode::Geneve {
+            let msg = link::geneve("geneve0", plan::GENEVE_VNI, remote);
+            ("geneve", "geneve0", plan::GENEVE_MTU, msg)
+        } else {
+            let msg = link::vxlan("vxlan0", plan::VXLAN_VNI, under, local, remote);
+            ("vxlan", "vxlan0", plan::VXLAN_MTU, msg)
         };
         h.add(kind, msg).await?;
         h.master(name, "br0").await?;
@@ -420,15 +427,7 @@ async fn overlay(d: &mut Description, encap: Encap) -> Result<()> {
         dev(d, &h.name, name, kind, Role::Vxlan, None);
         step(kind)?;
         container(d, h, ctr, tag, ip, CONTAINER_PREFIX).await?;
-        ctr.mtu("eth0", mtu).await?;
-        if let Some(dv) = d
-            .devices
-            .iter_mut()
-            .rev()
-            .find(|x| x.role == Role::ContainerEnd)
-        {
-            dv.mtu = Some(mtu);
-        }
+        container_mtu(d, ctr, mtu).await?;
         h.master(&format!("veth-{tag}"), "br0").await?;
     }
     endpoints(d, &c, &s);
@@ -504,55 +503,47 @@ async fn routed(d: &mut Description) -> Result<()> {
         (&s, "s", at(CONTAINER_NET, 3)),
     ] {
         container(d, &h, ctr, tag, ip, 32).await?;
-        let host_end = format!("veth-{tag}");
-        h.route(ip, 32, None, &host_end).await?;
-        h.sysctl(&format!("net.ipv4.conf.{host_end}.proxy_arp"), "1")?;
-        ctr.route(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            Some(plan::ROUTED_GATEWAY),
-            "eth0",
-        )
-        .await?;
+        route_container(&h, ctr, tag, ip).await?;
         step("routed")?;
     }
     endpoints(d, &c, &s);
     Ok(())
 }
 
-/// The IP tunnel between the two hosts of `ipip` and `gre`.
-#[derive(Clone, Copy)]
-enum Tunnel {
-    Ipip,
-    Gre,
+/// A container routed by its host: a /32 to its veth, proxy ARP there for the gateway, and the
+/// container's default route through that gateway.
+async fn route_container(h: &Ns, ctr: &Ns, tag: &str, ip: Ipv4Addr) -> Result<()> {
+    let host_end = format!("veth-{tag}");
+    h.route(ip, 32, None, &host_end).await?;
+    h.sysctl(&format!("net.ipv4.conf.{host_end}.proxy_arp"), "1")?;
+    ctr.route(Ipv4Addr::UNSPECIFIED, 0, Some(plan::ROUTED_GATEWAY), "eth0")
+        .await
 }
 
 /// Calico's IPIP shape: each container routed (a /32 over its veth, proxy ARP for the
 /// gateway) on its own host, the two hosts joined by an underlay, the other host's container
-/// routed through the tunnel.
-async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
-    let [hx, hy, c, s] = <[Ns; 4]>::try_from(namespaces(d, &["hx", "hy", "c", "s"])?)
-        .map_err(|_| anyhow!("namespaces"))?;
-    step("namespaces")?;
-    let (lx, ly) = underlay(d, &hx, &hy).await?;
+/// routed through the tunnel (`ipip`, or `gre`).
+async fn tunnel(d: &mut Description, mode: Mode) -> Result<()> {
+    let (hx, hy, c, s, lx, ly) = two_hosts(d).await?;
     let (cip, sip) = (at(CONTAINER_NET, 2), at(CONTAINER_NET, 3));
     for (h, local, remote, ctr, tag, ip, far) in [
         (&hx, lx, ly, &c, "c", cip, sip),
         (&hy, ly, lx, &s, "s", sip, cip),
     ] {
-        let (kind, name, mtu, msg) = match kind {
-            Tunnel::Ipip => (
-                "ipip",
-                "tun0",
-                plan::IPIP_MTU,
-                link::ipip("tun0", local, remote),
-            ),
-            Tunnel::Gre => (
+        let (kind, name, mtu, msg) = if mode == Mode::Gre {
+            (
                 "gre",
                 "gre0x",
                 plan::GRE_MTU,
                 link::gre("gre0x", local, remote),
-            ),
+            )
+        } else {
+            (
+                "ipip",
+                "tun0",
+                plan::IPIP_MTU,
+                link::ipip("tun0", local, remote),
+            )
         };
         h.add(kind, msg).await?;
         h.up(name).await?;
@@ -561,25 +552,8 @@ async fn tunnel(d: &mut Description, kind: Tunnel) -> Result<()> {
         h.sysctl("net.ipv4.ip_forward", "1")?;
         h.route(plan::ROUTED_GATEWAY, 32, None, "lo").await?;
         container(d, h, ctr, tag, ip, 32).await?;
-        ctr.mtu("eth0", mtu).await?;
-        if let Some(dv) = d
-            .devices
-            .iter_mut()
-            .rev()
-            .find(|x| x.role == Role::ContainerEnd)
-        {
-            dv.mtu = Some(mtu);
-        }
-        let host_end = format!("veth-{tag}");
-        h.route(ip, 32, None, &host_end).await?;
-        h.sysctl(&format!("net.ipv4.conf.{host_end}.proxy_arp"), "1")?;
-        ctr.route(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            Some(plan::ROUTED_GATEWAY),
-            "eth0",
-        )
-        .await?;
+        container_mtu(d, ctr, mtu).await?;
+        route_container(h, ctr, tag, ip).await?;
         h.route(far, 32, None, name).await?;
         step("routes")?;
     }

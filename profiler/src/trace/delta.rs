@@ -136,8 +136,8 @@ fn path(r: &TraceReport, dir: usize) -> Option<Path> {
     let mut parts = vec![];
     let (mut hooks_p50, mut tracer_mean) = (0.0, 0.0);
     for l in on_path {
-        // Per delivered packet: the mean adds up exactly to the one-way mean, the p50 x the
-        // rounded crossings is the report's own share.
+        // Per delivered packet: the means add up to the one-way mean (the report's shares);
+        // p50 x the rounded crossings is the median view beside it.
         let per_packet = l.summary.count as f64 / delivered;
         let p50 = if corrected {
             l.p50_without_tracer_ns.unwrap_or(l.summary.p50 as f64)

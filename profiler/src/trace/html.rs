@@ -1,5 +1,6 @@
-//! `--html FILE`: the trace report as one page: a waterfall per direction (each layer's p50 x
-//! crossings, in path order, against the one-way p50) and latency CDFs per layer.
+//! `--html FILE`: the trace report as one page: a waterfall per direction (each layer's mean per
+//! packet, in path order, against the one-way mean: means add up, medians do not) and latency
+//! CDFs per layer.
 
 use std::fmt::Write as _;
 
@@ -12,20 +13,35 @@ use super::{
 use crate::export::html::{cdfs, esc, fmt_ns, page, waterfall};
 use crate::hist::repeats::Spread;
 
+/// " x 2" for a layer crossed twice, " x 0.41" for a branch, nothing for once.
+fn per_packet(n: f64) -> String {
+    if (n - n.round()).abs() < 0.05 {
+        match n.round() as u64 {
+            1 => String::new(),
+            k => format!(" x {k}"),
+        }
+    } else {
+        format!(" x {n:.2}")
+    }
+}
+
 fn direction(d: &Direction, id: &str, out: &mut String) {
-    let total = d.one_way.as_ref().map_or(0.0, |o| o.summary.p50 as f64);
+    let total = d.one_way.as_ref().map_or(0.0, |o| o.summary.mean);
     let mut segs = vec![];
     let mut at = 0.0;
-    for l in d.layers.iter().filter(|l| l.crossings > 0) {
-        let w = l.summary.p50 as f64 * l.crossings as f64;
+    // The one-way time only: the round trip's send, return and application rows lie outside.
+    // A branch some packets take (a reader not asleep has no wake-up) is drawn at its mean
+    // per packet: leaving it out would show its time as unattributed.
+    for l in d
+        .layers
+        .iter()
+        .filter(|l| l.in_one_way && l.per_packet >= 0.05)
+    {
+        let w = l.summary.mean * l.per_packet;
         let note = format!(
             "{}{} ({:.0}%)",
-            fmt_ns(l.summary.p50 as f64),
-            if l.crossings > 1 {
-                format!(" x {}", l.crossings)
-            } else {
-                String::new()
-            },
+            fmt_ns(l.summary.mean),
+            per_packet(l.per_packet),
             l.share * 100.0
         );
         segs.push((l.layer.to_string(), at, w, note));
@@ -41,21 +57,22 @@ fn direction(d: &Direction, id: &str, out: &mut String) {
     }
     let _ = write!(
         out,
-        "<h2>{}: one-way p50 {}</h2>",
+        "<h2>{}: one-way mean {}</h2>",
         esc(d.name),
         fmt_ns(total)
     );
     out.push_str(&waterfall(&format!("waterfall-{id}"), &segs, total.max(at)));
-    out.push_str("<table><tr><th>layer</th><th>p50</th><th>p90</th><th>p99</th><th>crossings</th><th>share</th></tr>");
+    out.push_str("<table><tr><th>layer</th><th>p50</th><th>p90</th><th>p99</th><th>mean</th><th>per packet</th><th>share</th></tr>");
     for l in &d.layers {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.1}%</td></tr>",
             esc(l.layer),
             fmt_ns(l.summary.p50 as f64),
             fmt_ns(l.summary.p90 as f64),
             fmt_ns(l.summary.p99 as f64),
-            l.crossings,
+            fmt_ns(l.summary.mean),
+            l.per_packet,
             l.share * 100.0
         );
     }

@@ -24,8 +24,9 @@ pub struct Row {
     /// Part of the one-way time (birth to copy); false for the round trip's send, receive
     /// return and application segments around it.
     pub in_one_way: bool,
-    /// This layer's median times its segments per packet, over the median one-way time (0
-    /// outside the one-way time).
+    /// This layer's mean times its segments per packet, over the mean one-way time (0 outside
+    /// the one-way time). Means per packet add up to the one-way mean; medians of a path with
+    /// branches do not.
     pub share: f64,
     /// p50 with the tracer's own cost per crossing taken out (None: not calibrated).
     pub p50_without_tracer_ns: Option<f64>,
@@ -54,8 +55,8 @@ pub struct Direction {
     pub name: &'static str,
     pub layers: Vec<Row>,
     pub one_way: Option<Row>,
-    /// Median one-way time minus the sum of the layers' medians times their crossings: what
-    /// the hooks do not see (or what medians do not add up to).
+    /// Mean one-way time minus the sum of the layers' means per packet: what the hooks do not
+    /// see (segments of packets that were not delivered count in a layer, not in one-way).
     pub unattributed_ns: f64,
     /// The tracer's own time inside one packet's one-way time: its followed hooks' mean cost
     /// times the segments a packet crosses (None: not calibrated).
@@ -96,7 +97,7 @@ fn row(
     h: &hdrhistogram::Histogram<u64>,
     offset: f64,
     delivered: u64,
-    one_way_p50: f64,
+    one_way_mean: f64,
 ) -> Row {
     let summary = Summary::of(h);
     let per_packet = if delivered > 0 {
@@ -113,8 +114,8 @@ fn row(
         per_packet,
         in_one_way,
         p50_without_tracer_ns: None,
-        share: if one_way_p50 > 0.0 && in_one_way {
-            summary.p50 as f64 * per_packet / one_way_p50
+        share: if one_way_mean > 0.0 && in_one_way {
+            summary.mean * per_packet / one_way_mean
         } else {
             0.0
         },
@@ -136,8 +137,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
     ] {
         let base = dir * SLOTS_PER_DIR;
         let ow = s.slots.get(&(base + SLOT_ONE_WAY));
-        let (ow_p50, delivered) =
-            ow.map_or((0.0, 0), |(h, _)| (Summary::of(h).p50 as f64, h.len()));
+        let (ow_mean, delivered) = ow.map_or((0.0, 0), |(h, _)| (Summary::of(h).mean, h.len()));
         let mut layers: Vec<Row> = s
             .slots
             .iter()
@@ -150,7 +150,7 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
                     h,
                     *off,
                     delivered,
-                    ow_p50,
+                    ow_mean,
                 )
             })
             .collect();
@@ -164,13 +164,13 @@ pub fn build(s: &Snapshot, names: &[&'static str]) -> NetReport {
                 .cmp(&rare(b))
                 .then(a.min_offset_ns.total_cmp(&b.min_offset_ns))
         });
-        let attributed: f64 = layers.iter().map(|r| r.share * ow_p50).sum();
+        let attributed: f64 = layers.iter().map(|r| r.share * ow_mean).sum();
         directions.push(Direction {
             name,
-            unattributed_ns: ow_p50 - attributed,
+            unattributed_ns: ow_mean - attributed,
             tracer_ns: None,
             layers,
-            one_way: ow.map(|(h, off)| row(layers::ONE_WAY, h, *off, delivered, ow_p50)),
+            one_way: ow.map(|(h, off)| row(layers::ONE_WAY, h, *off, delivered, ow_mean)),
         });
     }
     let c = &s.counters;
@@ -274,29 +274,27 @@ pub fn print(r: &NetReport) {
         }
         if let Some(ow) = &d.one_way {
             print_row(ow);
-            let share = if ow.summary.p50 > 0 {
-                d.unattributed_ns / ow.summary.p50 as f64 * 100.0
-            } else {
-                0.0
+            let of_mean = |ns: f64| {
+                if ow.summary.mean > 0.0 {
+                    ns / ow.summary.mean * 100.0
+                } else {
+                    0.0
+                }
             };
             println!(
                 "  {:<44} {:>8} {:>59} {:>6.1}%",
-                "unattributed (one-way p50 - sum of layer p50s)",
+                "unattributed (one-way mean - layers' means)",
                 "",
                 fmt_ns(d.unattributed_ns),
-                share
+                of_mean(d.unattributed_ns)
             );
             if let (Some(t), Some(w)) = (d.tracer_ns, ow.p50_without_tracer_ns) {
                 println!(
                     "  {:<44} {:>8} {:>59} {:>6.1}%",
-                    "of which the tracer's own (estimated)",
+                    "the tracer's own inside that (estimated)",
                     "",
                     fmt_ns(t),
-                    if ow.summary.p50 > 0 {
-                        t / ow.summary.p50 as f64 * 100.0
-                    } else {
-                        0.0
-                    }
+                    of_mean(t)
                 );
                 println!(
                     "  {:<44} {:>8} {:>9}",
@@ -310,7 +308,7 @@ pub fn print(r: &NetReport) {
     let c = &r.counts;
     println!();
     println!(
-        "  * share: the layer's p50 times its segments per packet, over the one-way p50 ('-': outside the one-way time, in the round trip)"
+        "  * share: the layer's mean times its segments per packet, over the one-way mean: shares add up ('-': outside the one-way time, in the round trip)"
     );
     println!(
         "  followed {} packets: {} delivered, {} consumed without delivery (e.g. pure ACKs), {} dropped, {} freed where no hook saw it (address reused), {} lost to the tracer or in flight; {} hooks on followed packets; {} not followed for a busy state slot",
