@@ -406,3 +406,32 @@ fn check_gates_sysbench_and_boot_reports() {
         "{err}"
     );
 }
+
+/// A placement the mode has no place for is bad input: one line, exit 2, nothing built.
+#[test]
+fn a_bad_placement_is_one_line_and_exit_2() {
+    let f = tmp("bad-placement.toml");
+    std::fs::write(
+        &f,
+        r#"paper = "bad"
+[[table]]
+id = "rr"
+title = "rr"
+kind = "net"
+test = "tcp_rr"
+metric = "rr_latency_us"
+unit = "us"
+baseline = "x"
+rows = [{ setup = "x", mode = "nested", placement = "VM-H" }]
+"#,
+    )
+    .unwrap();
+    let o = profiler()
+        .args(["experiment", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("placement 'VM-H' in mode nested"), "{err}");
+}
