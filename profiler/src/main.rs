@@ -227,6 +227,14 @@ fn main() -> ExitCode {
         eprintln!("profiler: --kernel needs --env vm (a stock kernel boots in a guest)");
         return ExitCode::from(2);
     }
+    // A bad experiment file is bad input: refused before any lab or guest starts.
+    if let Command::Experiment(a) = &cli.command
+        && let Err(e) = profiler::experiment::Spec::load(&a.file)
+            .and_then(|s| profiler::experiment::run::matrix(&s, a.quick).map(|_| ()))
+    {
+        eprintln!("profiler: {}", profiler::opts::one_line(&format!("{e:#}")));
+        return ExitCode::from(2);
+    }
     // Whatever a killed run left, whoever it was, before this one starts (as dockerd does).
     profiler::cleanup::register_reapers(profiler::REAPERS);
     profiler::cleanup::reap_stale();
@@ -356,6 +364,7 @@ fn run(command: Command) -> Result<()> {
                 &modules,
                 std::time::Duration::from_secs(timeout),
                 accel,
+                None,
             )?;
             debug_assert_eq!(env, profiler::envs::Env::Vm);
             print!("{}", r.stdout);

@@ -19,7 +19,9 @@ fn bench_json(args: &[&str]) -> Value {
 fn tcp_rr_runs_in_every_mode_and_leaves_nothing() {
     require_root();
     let before = namespaces();
-    for mode in ["host", "bridge", "nat", "overlay", "macvlan", "routed"] {
+    for mode in [
+        "host", "bridge", "nat", "overlay", "macvlan", "routed", "nested",
+    ] {
         let r = bench_json(&["tcp_rr", "--mode", mode, "-l", "1"]);
         let tps = r["transactions_per_sec"].as_f64().unwrap();
         assert!(tps > 500.0, "{mode}: {tps} transactions/s");

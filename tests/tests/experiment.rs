@@ -104,12 +104,45 @@ fn amaral2015_quick_runs_placements_and_environments() {
     let (p, _) = both_ratios(&r, "table2-stream", "C-H bridge");
     assert!((p - 15.82 / 35.71).abs() < 1e-9);
     both_ratios(&r, "table2-rr", "C-H bridge");
-    assert!(
-        row(&r, "table2-stream", "OVS")["why"]
-            .as_str()
-            .unwrap()
-            .contains("Open vSwitch")
-    );
+    // Nested LB/LB runs in the nested lab: the inner container to the host, two bridges.
+    let (p, _) = both_ratios(&r, "table2-stream", "nested LB/LB");
+    assert!((p - 12.53 / 35.71).abs() < 1e-9);
+    // One 1 s run each on a drifting machine: the ratio exists; its size is for full runs.
+    both_ratios(&r, "table2-rr", "nested LB/LB");
+    // VM-H runs the client in a stock guest on a tap on the bridge, and says how it ran.
+    for table in ["table2-stream", "table2-rr"] {
+        both_ratios(&r, table, "VM-H bridge");
+        let vm = row(&r, table, "VM-H bridge");
+        assert!(
+            vm["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("guest under")),
+            "{vm}"
+        );
+    }
+    let nested = r["explanations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mode"] == "nested")
+        .expect("an explanation for nested");
+    assert!(nested["error"].is_null(), "{nested}");
+    // The explanation holds both bridges: two crossings of the host stack's bridge output.
+    let br = nested["directions"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "bridge (host stack to port)")
+        .unwrap_or_else(|| panic!("no bridge layer: {nested}"));
+    assert_eq!(br["crossings"], 2, "{br}");
+    // OVS is run and, on a kernel without the openvswitch module, refused naming it.
+    let ovs = row(&r, "table2-stream", "OVS");
+    if ovs["ours"].is_null() {
+        let why = ovs["why"].as_str().unwrap();
+        assert!(why.contains("CONFIG_OPENVSWITCH"), "{ovs}");
+    }
     let vm = row(&r, "sysbench-cpu", "VM");
     assert!(vm["ours"].as_f64().unwrap() > 0.0, "{vm}");
     assert!(
@@ -372,4 +405,33 @@ fn check_gates_sysbench_and_boot_reports() {
         err.contains("boot report") && err.contains("sysbench report"),
         "{err}"
     );
+}
+
+/// A placement the mode has no place for is bad input: one line, exit 2, nothing built.
+#[test]
+fn a_bad_placement_is_one_line_and_exit_2() {
+    let f = tmp("bad-placement.toml");
+    std::fs::write(
+        &f,
+        r#"paper = "bad"
+[[table]]
+id = "rr"
+title = "rr"
+kind = "net"
+test = "tcp_rr"
+metric = "rr_latency_us"
+unit = "us"
+baseline = "x"
+rows = [{ setup = "x", mode = "nested", placement = "VM-H" }]
+"#,
+    )
+    .unwrap();
+    let o = profiler()
+        .args(["experiment", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("placement 'VM-H' in mode nested"), "{err}");
 }

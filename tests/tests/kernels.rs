@@ -1,9 +1,10 @@
 //! The kernel matrix: Debian's stock cloud kernels (6.1 and 6.12) booted under QEMU (TCG on
 //! this host) through `profiler run --env vm --kernel`, and inside each guest: the doctor's
-//! real attach attempts, every mode this host lacks carrying tcp_rr and showing its own layers,
-//! the function probes the attach plan gives (fentry, kprobe) splitting the overlay's transmit
-//! and timing conntrack and NAT per packet, KVM exits by reason on a real SVM (TCG's `-cpu
-//! max`, kvm_amd loaded), and (6.12) a netem delay landing in its layer. One test per kernel and
+//! real attach attempts, every mode this host lacks carrying tcp_rr (OVS too, on its kernel
+//! datapath) and showing its own layers, the function probes the attach plan gives (fentry,
+//! kprobe) splitting the overlay's transmit and timing conntrack and NAT per packet, KVM exits
+//! by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem delay landing
+//! in its layer. One test per kernel and
 //! subject, so pass/fail reads per kernel; a guest that cannot boot fails its test.
 
 use std::time::Instant;
@@ -94,7 +95,7 @@ fn doctor(kernel: &str) {
     }
 }
 
-const NEW_MODES: [&str; 5] = ["ipvlan", "ipvlan-l3", "ipip", "geneve", "gre"];
+const NEW_MODES: [&str; 6] = ["ipvlan", "ipvlan-l3", "ipip", "geneve", "gre", "ovs"];
 
 /// Each new mode carries tcp_rr (bench, one boot per mode: no tracer involved).
 fn traffic(kernel: &str) {
@@ -113,7 +114,15 @@ fn traffic(kernel: &str) {
 /// layer shows, with no other mode's encapsulation. The guests have fentry, so a tunnel's
 /// transmit is split at ip_local_out ("encap + route lookup", then "ip output + netfilter out").
 fn layers(kernel: &str) {
-    let modes = NEW_MODES.join(",");
+    // Not ovs: before the bridge fix its trace ended at the datapath's receiving port, and it
+    // has not been traced since; its layer name is unit-tested in trace/layers.rs. It carries
+    // traffic (`traffic`).
+    let modes = NEW_MODES
+        .iter()
+        .filter(|m| **m != "ovs")
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
     let r = in_guest(
         kernel,
         &[

@@ -473,6 +473,45 @@ fn trace_overlay() {
 }
 
 #[test]
+fn trace_nested() {
+    three_kills(
+        &["trace", "--mode", "nested", "-l", "5"],
+        [150, 900, 3000],
+        true,
+    );
+}
+
+/// VM-H: killed while its bridge lab, the tap on it and the guest on the tap are up (or being
+/// made), it leaves no QEMU, no lab and no tap (in its namespace, or in the root's).
+#[test]
+fn experiment_vm_host() {
+    let file = std::env::temp_dir().join(format!("pf-k9-vmh-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"paper = "kill -9 during VM-H"
+repetitions = 1
+length_s = 3
+[[table]]
+id = "rr"
+title = "rr"
+kind = "net"
+test = "tcp_rr"
+metric = "rr_latency_us"
+unit = "us"
+baseline = "VM-H"
+rows = [{ setup = "VM-H", mode = "bridge", placement = "VM-H" }]
+"#,
+    )
+    .unwrap();
+    three_kills(
+        &["experiment", file.to_str().unwrap()],
+        [1500, 5000, 9000],
+        false,
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
 fn lab_up() {
     // One an earlier failed run of this test handed over.
     let _ = profiler().args(["lab", "down", "k9up"]).output();

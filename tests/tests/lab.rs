@@ -37,6 +37,7 @@ fn every_supported_mode_builds_and_tears_down() {
         ),
         ("macvlan", &["parent", "container_end"][..]),
         ("routed", &["container_end", "host_end"][..]),
+        ("nested", &["bridge", "container_end", "host_end"][..]),
     ] {
         let id = format!("m{mode}");
         let _guard = LabGuard(id.clone());
@@ -95,6 +96,7 @@ fn missing_kernel_features_fail_at_once_naming_the_option() {
         ("ipip", "CONFIG_NET_IPIP"),
         ("geneve", "CONFIG_GENEVE"),
         ("gre", "CONFIG_NET_IPGRE"),
+        ("ovs", "CONFIG_OPENVSWITCH"),
     ] {
         let out = profiler()
             .args(["lab", "up", "--mode", mode, "--id", "nf"])
@@ -121,6 +123,7 @@ fn injected_failure_halfway_leaves_nothing() {
         ("overlay", "vxlan"),
         ("nat", "external"),
         ("routed", "routed"),
+        ("nested", "inner bridge"),
     ] {
         let out = profiler()
             .args(["lab", "up", "--mode", mode, "--id", "inj"])
@@ -180,4 +183,81 @@ fn bad_input_is_one_clear_line() {
     ] {
         assert_refused(args, needle);
     }
+}
+
+/// A container network inside a container: the host's bridge, the outer container routing to
+/// its own bridge, the inner container behind it. It builds, carries tcp_rr from the host to
+/// the inner container across both bridges, and is gone after.
+#[test]
+fn nested_lab_carries_tcp_rr_across_two_bridges() {
+    require_root();
+    let links_before = root_links();
+    let _guard = LabGuard("nst".into());
+    let lab = up("nested", "nst");
+    assert_eq!(lab["mode"], "nested");
+    assert_eq!(lab_namespaces("nst").len(), 3);
+    let bridges = device(&lab, "bridge");
+    assert_eq!(bridges.len(), 2, "{lab}");
+    assert_ne!(
+        bridges[0]["netns"], bridges[1]["netns"],
+        "the inner bridge lives in the outer container"
+    );
+    assert_eq!(device(&lab, "container_end").len(), 2, "{lab}");
+    assert_eq!(lab["client"]["netns"], bridges[0]["netns"]);
+    assert_ne!(lab["server"]["netns"], bridges[1]["netns"]);
+    // Both bridges and the veths behind them carry every transaction: each bridge sends the
+    // requests on (the host's br0 from its stack, the outer br1 forwarded), each container end
+    // sends the responses back.
+    let carriers: Vec<&Value> = bridges
+        .iter()
+        .copied()
+        .chain(device(&lab, "container_end"))
+        .collect();
+    let count = |d: &Value| packets(d["netns"].as_str().unwrap(), d["name"].as_str().unwrap()).0;
+    let before: Vec<u64> = carriers.iter().map(|d| count(d)).collect();
+    let out = run_ok(profiler().args(["bench", "tcp_rr", "--lab", "nst", "-l", "1", "--json"]));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("bench --json");
+    let trans = r["transactions"].as_u64().unwrap();
+    assert!(trans > 100, "{r}");
+    for (d, b) in carriers.iter().zip(before) {
+        let sent = count(d) - b;
+        assert!(
+            sent >= trans,
+            "{d}: sent {sent} packets for {trans} transactions"
+        );
+    }
+    // The trace names both bridge crossings per packet, each way, and the outer container's
+    // routing between them.
+    let file = format!("/tmp/profiler-test-nested-{}.json", std::process::id());
+    run_ok(profiler().args([
+        "trace", "--lab", "nst", "-t", "tcp_rr", "-l", "1", "--json", &file,
+    ]));
+    let t: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let crossings = |dir: usize, layer: &str| {
+        t["net"]["directions"][dir]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == layer)
+            .and_then(|l| l["crossings"].as_u64())
+            .unwrap_or(0)
+    };
+    for (dir, layer, n) in [
+        (0, "bridge (host stack to port)", 2),
+        (0, "veth (host to container)", 2),
+        (0, "ip forward + netfilter", 1),
+        (1, "bridge (port to host stack)", 2),
+        (1, "veth (container to host)", 2),
+        (1, "ip forward + netfilter", 1),
+    ] {
+        assert_eq!(
+            crossings(dir, layer),
+            n,
+            "direction {dir}: '{layer}' in {}",
+            t["net"]["directions"][dir]["layers"]
+        );
+    }
+    down("nst");
+    assert_eq!(root_links(), links_before);
 }

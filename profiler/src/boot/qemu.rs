@@ -311,6 +311,9 @@ pub struct Guest<'a> {
     pub workload: bool,
     /// `-cpu max`: a stock guest sees SVM (TCG) or the host's virtualization, so KVM loads in it.
     pub cpu_max: bool,
+    /// A virtio-net NIC on this existing tap device (in qemu's namespace: the spawning
+    /// thread's); none without it.
+    pub tap: Option<&'a str>,
 }
 
 impl<'a> Guest<'a> {
@@ -323,6 +326,7 @@ impl<'a> Guest<'a> {
             append: "",
             workload: false,
             cpu_max: false,
+            tap: None,
         }
     }
 }
@@ -417,7 +421,16 @@ fn command(index: u32, guest: &Guest, accel: Accel) -> Command {
             "{},debug-threads=on",
             crate::cleanup::owner::name(&crate::cleanup::Owner::me(), index)
         ))
-        .args(["-net", "none", "-monitor", "none", "-serial", "stdio"])
+        .args(match guest.tap {
+            Some(tap) => vec![
+                "-netdev".to_string(),
+                format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                "-device".into(),
+                "virtio-net-pci,netdev=n0".into(),
+            ],
+            None => vec!["-net".into(), "none".into()],
+        })
+        .args(["-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(guest.kernel)
         .arg("-initrd")

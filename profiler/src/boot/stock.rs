@@ -221,7 +221,8 @@ pub fn modules_for(args: &[String]) -> Vec<&'static str> {
     let command = args.first().map(String::as_str).unwrap_or("");
     for w in &words {
         match *w {
-            "bridge" => add(&["veth", "bridge"]),
+            "bridge" | "nested" => add(&["veth", "bridge"]),
+            "ovs" => add(&["veth", "openvswitch"]),
             "nat" => {
                 add(&["veth", "bridge"]);
                 add(NAT_MODULES)
@@ -351,7 +352,7 @@ fn plain_name(rel: &str) -> String {
 pub const INSMOD_FAILED: &str = "PROFILER_INSMOD_FAILED";
 
 /// The user-space tools a lab runs, with what they load at run time (iptables' extensions).
-const TOOLS: &[&str] = &["ip", "tc", "iptables", "nft", "ovs-vsctl"];
+const TOOLS: &[&str] = &["ip", "tc", "iptables", "nft", "ovs-vsctl", "ovs-dpctl"];
 const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 

@@ -17,7 +17,7 @@ pub mod html;
 mod vm;
 
 pub use density::{Density, DensityRow, density, print_density};
-pub use vm::{StockRun, VmRun, stock, vm_memory_mb, vm_smp};
+pub use vm::{GuestNet, StockRun, VmRun, stock, vm_memory_mb, vm_smp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

@@ -100,6 +100,7 @@ pub(super) fn vm(
         append: "",
         workload: true,
         cpu_max: false,
+        tap: None,
     };
     let mut notes = Vec::new();
     if image.stripped {
@@ -207,16 +208,29 @@ pub struct StockRun {
     pub notes: Vec<String>,
 }
 
+/// A stock guest's NIC: virtio-net on `tap` (a tap device in the lab namespace `netns`, on a
+/// lab bridge), addressed `addr/prefix` in the guest before its command runs.
+pub struct GuestNet {
+    pub netns: String,
+    pub tap: String,
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// The console line of a guest whose NIC could not be set up.
+const NET_FAILED: &str = "PROFILER_GUEST_NET_FAILED";
+
 /// Any profiler command (`args`) in a guest on a stock kernel: its modules (what the command
 /// needs, plus `modules`) and the lab's tools go in its initramfs; `-cpu max` so KVM loads
 /// in it. The command's failure is its exit status, not an error here; a guest that does not
-/// boot or prints no status is.
+/// boot or prints no status is. With `net`, the guest has a NIC on a lab's tap.
 pub fn stock(
     kernel: &crate::boot::stock::KernelChoice,
     args: &[String],
     modules: &[String],
     timeout: Duration,
     accel: crate::boot::AccelChoice,
+    net: Option<&GuestNet>,
 ) -> Result<StockRun> {
     use crate::boot::{artefacts, qemu, stock};
     crate::kernel::require_root("profiler run --env vm --kernel")?;
@@ -229,7 +243,19 @@ pub fn stock(
             needed.push(m.as_str());
         }
     }
-    let extra = stock::extra(&k, &needed)?;
+    if net.is_some() {
+        // Both modules on Debian's cloud kernels; virtio_net does not depend on the PCI transport.
+        needed.extend(["virtio_pci", "virtio_net"]);
+    }
+    let mut extra = stock::extra(&k, &needed)?;
+    if let Some(n) = net {
+        // The kernel names the only NIC eth0 (no udev in the guest); its probe may trail insmod.
+        extra.init.push_str(&format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; $bb sleep 0.2; done\n\
+             {{ ip link set eth0 up && ip addr add {}/{} dev eth0; }} || echo {NET_FAILED}\n",
+            n.addr, n.prefix
+        ));
+    }
     let image = artefacts::workload_initramfs_with(&a, args, Some(&extra))?;
     let (accel, _, _) = vm_accelerator(&a, timeout, accel)?;
     if crate::cleanup::stop_requested() {
@@ -243,11 +269,26 @@ pub fn stock(
         append: "",
         workload: true,
         cpu_max: true,
+        tap: net.map(|n| n.tap.as_str()),
     };
-    let run = qemu::run_guest(&guest, accel, timeout, &mut |_| {})?;
+    let run = match net {
+        // qemu opens the tap in its own namespace: spawned from a thread in the lab's.
+        Some(n) => std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::lab::netns::enter(&n.netns)?;
+                qemu::run_guest(&guest, accel, timeout, &mut |_| {})
+            })
+            .join()
+            .map_err(|_| anyhow!("the guest's thread panicked"))?
+        })?,
+        None => qemu::run_guest(&guest, accel, timeout, &mut |_| {})?,
+    };
     drop(image);
     let mut notes = extra.notes;
     for l in &run.console {
+        if l.contains(NET_FAILED) {
+            notes.push("the guest could not set up its NIC (eth0)".into());
+        }
         if let Some(at) = l.find(stock::INSMOD_FAILED) {
             notes.push(format!(
                 "the guest could not load {}",

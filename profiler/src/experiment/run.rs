@@ -206,7 +206,6 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
             let (mode, placement, test) = (&n.mode, &n.placement, &n.test);
             let (rr, send_size) = (&n.rr, &n.send_size);
             let desc = labs.get(*mode).map_err(|e| anyhow!("{e}"))?;
-            let endpoints = placed(desc, *placement)?;
             let mut opts = Options::new(*test);
             opts.duration = length;
             (opts.request, opts.response) = workload::parse_rr(rr)?;
@@ -214,6 +213,10 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
                 opts.send_size = workload::parse_size(s)?;
             }
             opts.validate()?;
+            if *placement == Placement::VmHost {
+                return vm_host(desc, *test, rr, send_size.as_deref(), length, m);
+            }
+            let endpoints = placed(desc, *placement)?;
             let r = workload::run(&endpoints, &opts)?;
             net_metrics(&r, m);
             if *placement != Placement::ContainerContainer && *placement != Placement::HostHost {
@@ -380,23 +383,133 @@ fn run_one(run: &Run, length: Duration, labs: &mut Labs, m: &mut Measured) -> Re
     Ok(())
 }
 
+/// The stock guest VM-H runs in: the 6.1 cloud kernel, whose modules carry virtio_net.
+const VM_KERNEL: &str = "debian-6.1";
+
+/// VM-H: the client in a stock-kernel guest whose NIC is a tap on the bridge lab's bridge, the
+/// built-in server on the lab host at the bridge's address.
+fn vm_host(
+    desc: &lab::Description,
+    test: workload::Test,
+    rr: &str,
+    send_size: Option<&str>,
+    length: Duration,
+    m: &mut Measured,
+) -> Result<()> {
+    use std::sync::{Arc, atomic::AtomicBool};
+    let (ns, gw) = bridge_address(desc, Placement::VmHost)?;
+    let port = desc.ports.0;
+    let mut args: Vec<String> = ["bench", test.name(), "-H", &gw.to_string()]
+        .map(String::from)
+        .into();
+    args.extend(["-p".into(), port.to_string(), "-r".into(), rr.to_string()]);
+    args.extend(["-l".into(), format!("{}", length.as_secs_f64())]);
+    if let Some(s) = send_size {
+        args.extend(["-m".into(), s.to_string()]);
+    }
+    args.push("--json".into());
+    let kernel: crate::boot::stock::KernelChoice =
+        VM_KERNEL.parse().map_err(|e: String| anyhow!(e))?;
+    lab::tap::add(desc, lab::plan::VM_TAP)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = workload::serve_in(&ns, gw.into(), port, stop.clone());
+    let run = served.and_then(|server| {
+        let net = crate::envs::GuestNet {
+            netns: ns.clone(),
+            tap: lab::plan::VM_TAP.into(),
+            addr: lab::plan::at(lab::plan::CONTAINER_NET, lab::plan::VM_HOST),
+            prefix: lab::plan::CONTAINER_PREFIX,
+        };
+        let r = crate::envs::stock(
+            &kernel,
+            &args,
+            &[],
+            Duration::from_secs(300) + length,
+            crate::boot::AccelChoice::Auto,
+            Some(&net),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = server.join();
+        r
+    });
+    let removed = lab::tap::remove(&ns, lab::plan::VM_TAP);
+    let r = run?;
+    removed?;
+    for n in &r.notes {
+        if n.contains("could not") {
+            m.note(format!("VM-H: {n}"));
+        }
+    }
+    if r.exit != 0 {
+        let err = r
+            .stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("no stderr");
+        bail!("the client in the {} guest failed: {err}", r.kernel);
+    }
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim())
+        .map_err(|e| anyhow!("the guest's bench printed no JSON report ({e})"))?;
+    let f = |k: &str| v.pointer(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    m.push("throughput_mbps", f("/throughput_mbps"));
+    m.push("throughput_gbps", f("/throughput_mbps") / 1e3);
+    if test.is_rr() {
+        m.push("transactions_per_sec", f("/transactions_per_sec"));
+        m.push("rr_latency_us", f("/latency/mean_us"));
+        m.push("p99_us", f("/latency/p99_us"));
+    }
+    m.note(format!(
+        "VM-H: the client in a {} guest under {} on a tap on the lab bridge, the server on the \
+         lab host{}",
+        r.kernel,
+        r.accel.name(),
+        if r.accel == crate::boot::qemu::Accel::Tcg {
+            " (TCG translates the guest's every instruction: its figures are the emulator's \
+             speed, not virtualization overhead)"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+/// The lab host's namespace and its bridge's address (where C-H, H-C and VM-H put the host end).
+fn bridge_address(desc: &lab::Description, p: Placement) -> Result<(String, std::net::Ipv4Addr)> {
+    let br = desc
+        .device(Role::Bridge)
+        .next()
+        .ok_or_else(|| anyhow!("placement {} needs a bridge lab", p.name()))?;
+    let addr = br
+        .addr
+        .as_deref()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("the lab's bridge {} has no address", br.name))?;
+    Ok((br.netns.clone(), addr))
+}
+
 /// The endpoints for a placement: the lab's two ends (C-C, and H-H in the host lab), or one
-/// end moved to the lab host, on its bridge's gateway address (bridge labs).
+/// end moved to the lab host, on its bridge's gateway address (bridge labs); in the nested
+/// lab, the host and the inner container either way round.
 fn placed(desc: &lab::Description, p: Placement) -> Result<Endpoints> {
     let lab_ends = Endpoints::in_lab(desc);
-    let host_side = || -> Result<(String, IpAddr)> {
-        let br = desc
-            .device(Role::Bridge)
-            .next()
-            .ok_or_else(|| anyhow!("placement {} needs a bridge lab", p.name()))?;
-        let addr = br
-            .addr
-            .as_deref()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| anyhow!("the lab's bridge {} has no address", br.name))?;
-        Ok((br.netns.clone(), addr))
-    };
+    let host_side =
+        || -> Result<(String, IpAddr)> { bridge_address(desc, p).map(|(ns, a)| (ns, a.into())) };
+    if desc.mode == Mode::Nested {
+        // The lab's own ends are H-C: the client on the lab host, at its bridge's address.
+        return Ok(match p {
+            Placement::HostContainer => lab_ends,
+            Placement::ContainerHost => Endpoints {
+                client_netns: lab_ends.server_netns.clone(),
+                server_netns: lab_ends.client_netns.clone(),
+                server_bind: desc.client.addr,
+                connect: desc.client.addr,
+                ..lab_ends
+            },
+            _ => bail!("placement {} in a nested lab: use C-H or H-C", p.name()),
+        });
+    }
     Ok(match p {
         Placement::HostHost | Placement::ContainerContainer => lab_ends,
         Placement::ContainerHost => {
@@ -415,6 +528,7 @@ fn placed(desc: &lab::Description, p: Placement) -> Result<Endpoints> {
                 ..lab_ends
             }
         }
+        Placement::VmHost => bail!("VM-H runs its client in a guest, not in the lab"),
     })
 }
 

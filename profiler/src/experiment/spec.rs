@@ -190,6 +190,10 @@ pub enum Placement {
     ContainerHost,
     #[serde(rename = "H-C")]
     HostContainer,
+    /// The client in a stock-kernel guest on a tap on the bridge lab's bridge, the server on
+    /// the lab host (Amaral's VM-H bridge).
+    #[serde(rename = "VM-H")]
+    VmHost,
 }
 
 impl Placement {
@@ -199,6 +203,7 @@ impl Placement {
             Placement::ContainerContainer => "C-C",
             Placement::ContainerHost => "C-H",
             Placement::HostContainer => "H-C",
+            Placement::VmHost => "VM-H",
         }
     }
 }
@@ -448,10 +453,16 @@ impl Table {
                     (None, Mode::Host) | (Some("H-H"), Mode::Host) => Placement::HostHost,
                     (Some("C-H"), Mode::Bridge) => Placement::ContainerHost,
                     (Some("H-C"), Mode::Bridge) => Placement::HostContainer,
-                    (None | Some("C-C"), m) if m != Mode::Host => Placement::ContainerContainer,
+                    (Some("VM-H"), Mode::Bridge) => Placement::VmHost,
+                    // The nested lab's ends are the host and the inner container.
+                    (None | Some("H-C"), Mode::Nested) => Placement::HostContainer,
+                    (Some("C-H"), Mode::Nested) => Placement::ContainerHost,
+                    (None | Some("C-C"), m) if m != Mode::Host && m != Mode::Nested => {
+                        Placement::ContainerContainer
+                    }
                     (p, m) => bail!(
-                        "placement '{}' in mode {m}: host mode is H-H; bridge supports C-C, C-H \
-                         and H-C; other modes C-C",
+                        "placement '{}' in mode {m}: host mode is H-H; bridge supports C-C, C-H, \
+                         H-C and VM-H; nested C-H and H-C; other modes C-C",
                         p.unwrap_or("")
                     ),
                 };

@@ -5,8 +5,10 @@
 pub mod link;
 pub mod netem;
 pub mod netns;
+mod ovs;
 pub mod plan;
 mod registry;
+pub mod tap;
 mod topology;
 
 use std::{net::IpAddr, time::Duration};
@@ -42,10 +44,17 @@ pub enum Mode {
     Geneve,
     /// GRE between two hosts, routed like ipip (Calico and Flannel's IP-tunnel shape).
     Gre,
+    /// A container network inside a container: the host's bridge, an outer container routing
+    /// to its own bridge, an inner container behind it (Amaral's nested LB/LB). The client is
+    /// on the lab host, the server in the inner container.
+    Nested,
+    /// Two containers on an Open vSwitch bridge (the kernel datapath, ovs-vswitchd in the
+    /// lab's host namespace): Amaral's OVS row.
+    Ovs,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 11] = [
+    pub const ALL: [Mode; 13] = [
         Mode::Host,
         Mode::Bridge,
         Mode::Nat,
@@ -57,6 +66,8 @@ impl Mode {
         Mode::IpvlanL3,
         Mode::Geneve,
         Mode::Gre,
+        Mode::Nested,
+        Mode::Ovs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +83,8 @@ impl Mode {
             Mode::IpvlanL3 => "ipvlan-l3",
             Mode::Geneve => "geneve",
             Mode::Gre => "gre",
+            Mode::Nested => "nested",
+            Mode::Ovs => "ovs",
         }
     }
 }

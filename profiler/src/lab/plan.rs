@@ -5,9 +5,15 @@ use std::net::Ipv4Addr;
 
 /// Every lab namespace is named `pf-<id>-<role>`.
 pub const PREFIX: &str = "pf";
-/// Container subnet (bridge, nat, overlay, macvlan, routed): .1 gateway, .2 client, .3 server.
+/// Container subnet (bridge, nat, overlay, macvlan, routed): .1 gateway, .2 client, .3 server;
+/// in a bridge lab, [`VM_HOST`] is a VM's NIC on a tap (the experiments' VM-H placement).
 pub const CONTAINER_NET: [u8; 3] = [10, 200, 0];
 pub const CONTAINER_PREFIX: u8 = 24;
+pub const VM_HOST: u8 = 4;
+/// A VM's tap on the bridge lab's bridge.
+pub const VM_TAP: &str = "tap-vm";
+/// The `nested` lab's inner network, inside the outer container: .1 its bridge, .3 the server.
+pub const INNER_NET: [u8; 3] = [10, 201, 0];
 /// Underlay between the two emulated hosts of `overlay` and `ipip`.
 pub const UNDERLAY_NET: [u8; 3] = [192, 168, 77];
 /// The `nat` lab's external network: the client outside, the host's published address .1.
@@ -25,6 +31,8 @@ pub const GENEVE_MTU: u32 = 1450;
 pub const GRE_MTU: u32 = 1476;
 /// IP-in-IP adds a 20-byte outer header.
 pub const IPIP_MTU: u32 = 1480;
+/// The `ovs` lab's datapath (and its local port).
+pub const OVS_DATAPATH: &str = "ovs-pf";
 /// Ports published by the `nat` lab (DNAT to the server) and used by the workloads.
 pub const PORTS: (u16, u16) = (20000, 20999);
 

@@ -9,7 +9,7 @@ use super::{
     Description, Device, Endpoint, Mode, Role,
     link::{self, Ns},
     netns,
-    plan::{self, CONTAINER_NET, CONTAINER_PREFIX, EXTERNAL_NET, UNDERLAY_NET, at},
+    plan::{self, CONTAINER_NET, CONTAINER_PREFIX, EXTERNAL_NET, INNER_NET, UNDERLAY_NET, at},
     registry::{ns_name, save},
 };
 
@@ -37,6 +37,8 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
         Mode::IpvlanL3 => &[VETH, ("ipvlan", "CONFIG_IPVLAN", "ipvlan")],
         Mode::Geneve => &[VETH, BRIDGE, ("geneve", "CONFIG_GENEVE", "geneve")],
         Mode::Gre => &[VETH, ("gre", "CONFIG_NET_IPGRE", "ip_gre")],
+        Mode::Nested => &[VETH, BRIDGE],
+        Mode::Ovs => &[VETH, ("openvswitch", "CONFIG_OPENVSWITCH", "openvswitch")],
     };
     let mut modules = None;
     for (feature, option, module) in needs {
@@ -48,6 +50,9 @@ pub fn check_kernel(mode: Mode) -> Result<()> {
             )
         })?;
     }
+    if mode == Mode::Ovs {
+        super::ovs::check_tools().map_err(|e| anyhow!("mode {mode}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -56,6 +61,14 @@ const BRIDGE: (&str, &str, &str) = ("bridge", "CONFIG_BRIDGE", "bridge");
 
 /// Creates one device of the kind (or runs iptables' nat table) in a throwaway namespace.
 fn try_feature(feature: &'static str) -> Result<()> {
+    if feature == "openvswitch" {
+        // The datapath is made by ovs-vswitchd, not by a link message: the module must be in.
+        use crate::kernel::modules::{Build, Modules};
+        return match Modules::running().build("CONFIG_OPENVSWITCH", "openvswitch") {
+            Build::BuiltIn | Build::Module { loaded: true, .. } => Ok(()),
+            _ => bail!("no Open vSwitch datapath"),
+        };
+    }
     std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         if feature == "iptables-nat" {
@@ -217,6 +230,8 @@ pub async fn build(d: &mut Description) -> Result<()> {
         Mode::Routed => routed(d).await,
         Mode::Ipip => tunnel(d, Mode::Ipip).await,
         Mode::Gre => tunnel(d, Mode::Gre).await,
+        Mode::Nested => nested(d).await,
+        Mode::Ovs => ovs(d).await,
     }
 }
 
@@ -544,4 +559,82 @@ async fn tunnel(d: &mut Description, mode: Mode) -> Result<()> {
     }
     endpoints(d, &c, &s);
     Ok(())
+}
+
+/// `nested`: the outer container `o` on the host's bridge holds its own bridge, with the inner
+/// container `i` behind it. The outer container routes between its two networks (no NAT: the
+/// host routes the inner subnet to it), so host to inner crosses two bridges and two veth
+/// pairs, as Docker in Docker on Linux bridges does.
+async fn nested(d: &mut Description) -> Result<()> {
+    let [h, o, i] =
+        <[Ns; 3]>::try_from(namespaces(d, &["h", "o", "i"])?).map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    gateway_bridge(d, &h).await?;
+    let outer = at(CONTAINER_NET, 2);
+    container(d, &h, &o, "o", outer, CONTAINER_PREFIX).await?;
+    h.master("veth-o", "br0").await?;
+    o.route(Ipv4Addr::UNSPECIFIED, 0, Some(at(CONTAINER_NET, 1)), "eth0")
+        .await?;
+    step("outer")?;
+    let gw = at(INNER_NET, 1);
+    o.add("bridge", link::bridge("br1")).await?;
+    o.addr("br1", gw, CONTAINER_PREFIX).await?;
+    dev(
+        d,
+        &o.name,
+        "br1",
+        "bridge",
+        Role::Bridge,
+        Some(format!("{gw}/{CONTAINER_PREFIX}")),
+    );
+    o.sysctl("net.ipv4.ip_forward", "1")?;
+    step("inner bridge")?;
+    let inner = at(INNER_NET, 3);
+    container(d, &o, &i, "i", inner, CONTAINER_PREFIX).await?;
+    o.master("veth-i", "br1").await?;
+    i.route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), "eth0").await?;
+    h.route(at(INNER_NET, 0), CONTAINER_PREFIX, Some(outer), "br0")
+        .await?;
+    step("inner")?;
+    d.client = Endpoint {
+        netns: h.name.clone(),
+        addr: at(CONTAINER_NET, 1).into(),
+    };
+    d.server = Endpoint {
+        netns: i.name.clone(),
+        addr: inner.into(),
+    };
+    d.connect = d.server.addr;
+    Ok(())
+}
+
+/// `ovs`: two containers on an Open vSwitch datapath (the kernel's openvswitch module): their
+/// host ends are the datapath's ports 1 and 2, each forwarding to the other (see lab/ovs.rs).
+async fn ovs(d: &mut Description) -> Result<()> {
+    let [h, c, s] =
+        <[Ns; 3]>::try_from(namespaces(d, &["h", "c", "s"])?).map_err(|_| anyhow!("namespaces"))?;
+    step("namespaces")?;
+    let dp = plan::OVS_DATAPATH;
+    super::ovs::dpctl(&h.name, &["add-dp", dp])?;
+    dev(d, &h.name, dp, "openvswitch", Role::Bridge, None);
+    step("datapath")?;
+    for (ctr, tag, ip, port) in [
+        (&c, "c", at(CONTAINER_NET, 2), "1"),
+        (&s, "s", at(CONTAINER_NET, 3), "2"),
+    ] {
+        container(d, &h, ctr, tag, ip, CONTAINER_PREFIX).await?;
+        super::ovs::dpctl(
+            &h.name,
+            &["add-if", dp, &format!("veth-{tag},port_no={port}")],
+        )?;
+    }
+    // What NORMAL learns for two ports: each one's Ethernet traffic out of the other.
+    for (from, to) in [("1", "2"), ("2", "1")] {
+        super::ovs::dpctl(
+            &h.name,
+            &["add-flow", dp, &format!("in_port({from}),eth()"), to],
+        )?;
+    }
+    endpoints(d, &c, &s);
+    step("flows")
 }

@@ -197,9 +197,17 @@ fn func_layer(prev: u8, cur: u8) -> Option<&'static str> {
     })
 }
 
-/// `layer` as a lab of `mode` calls it (geneve and gre share vxlan's and ipip's classes).
+/// In an ovs lab nothing routes: a port's receive to the other port's queue, which the model
+/// calls forwarding, is the OVS datapath's flow lookup and output action.
+pub const OVS_DATAPATH: &str = "ovs datapath (flow lookup + output)";
+
+/// `layer` as a lab of `mode` calls it (geneve and gre share vxlan's and ipip's classes; the
+/// OVS datapath's ports are plain veths to the tracer).
 pub fn in_mode(layer: &'static str, mode: crate::lab::Mode) -> &'static str {
     use crate::lab::Mode;
+    if mode == Mode::Ovs && layer == IP_FORWARD {
+        return OVS_DATAPATH;
+    }
     RENAMED
         .iter()
         .find(|(from, _, _)| *from == layer)
@@ -408,6 +416,8 @@ mod tests {
         assert_eq!(in_mode(ip, Mode::Gre), "gre encap + route + netfilter out");
         assert_eq!(in_mode(VXLAN_DECAP, Mode::Gre), VXLAN_DECAP);
         assert_eq!(in_mode(BRIDGE, Mode::Geneve), BRIDGE);
+        assert_eq!(in_mode(IP_FORWARD, Mode::Ovs), OVS_DATAPATH);
+        assert_eq!(in_mode(IP_FORWARD, Mode::Routed), IP_FORWARD);
         // Every renamed layer is one the model can produce.
         let all: Vec<&str> = (0..POINTS as u16)
             .flat_map(|a| (0..POINTS as u16).map(move |b| (a as u8, b as u8)))

@@ -359,6 +359,36 @@ pub fn serve(bind: IpAddr, port: u16, think: Duration) -> Result<()> {
     srv.serve(&AtomicBool::new(false), None, true)
 }
 
+/// The built-in server on its own thread in the lab namespace `netns`, for a client elsewhere
+/// (a VM on the lab's bridge): bound before this returns, serving until `stop` is set.
+pub fn serve_in(
+    netns: &str,
+    bind: IpAddr,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = netns.to_string();
+    let t = std::thread::spawn(move || -> Result<()> {
+        let srv = crate::lab::netns::enter(&ns).and_then(|_| server::Server::bind(bind, port));
+        let srv = match srv {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("{e:#}")));
+                return Ok(());
+            }
+        };
+        srv.serve(&stop, None, false)
+    });
+    rx.recv()
+        .map_err(|_| anyhow!("the server thread ended before binding"))?
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(t)
+}
+
 /// The client alone, in the calling thread, against a [`serve`] at `host:port`.
 pub fn run_remote(host: IpAddr, port: u16, opts: &Options) -> Result<Report> {
     opts.validate()?;
