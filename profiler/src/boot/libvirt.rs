@@ -90,7 +90,7 @@ pub fn owner_of(name: &str) -> Option<Owner> {
     crate::cleanup::owner::of_name(name)
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -99,26 +99,34 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// A transient domain: direct kernel boot, the console on a file, no network, no disks. ACPI
-/// is on, or the guest's `poweroff -f` only halts it and the domain never ends; SeaBIOS
-/// writes to the serial port, as under `--vm qemu`'s -nographic, so the firmware is marked.
-pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &Path) -> String {
-    let kind = match accel {
-        Accel::Kvm => "kvm",
-        Accel::Tcg => "qemu",
-    };
-    let e = |p: &Path| xml_escape(&p.to_string_lossy());
-    format!(
-        "<domain type='{kind}'>
+/// is on, or the guest's `poweroff -f` only halts it and the domain never ends.
+pub(crate) struct DomainSpec<'a> {
+    pub name: &'a str,
+    /// libvirt's domain type: `kvm`, or `qemu` (TCG).
+    pub kind: &'a str,
+    pub description: &'a str,
+    pub memory_kib: u64,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub console: &'a Path,
+    /// SeaBIOS writes to the serial port, so the firmware's phase is marked.
+    pub bios_on_serial: bool,
+}
+
+impl DomainSpec<'_> {
+    pub fn xml(&self) -> String {
+        let e = |p: &Path| xml_escape(&p.to_string_lossy());
+        format!(
+            "<domain type='{kind}'>
   <name>{name}</name>
-  <description>profiler boot --vm libvirt</description>
-  <memory unit='MiB'>256</memory>
+  <description>{description}</description>
+  <memory unit='KiB'>{kib}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>{cmdline}</cmdline>
-    <bios useserial='yes'/>
+    <cmdline>{cmdline}</cmdline>{bios}
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -130,12 +138,40 @@ pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &
   </devices>
 </domain>
 ",
-        kernel = e(&a.kernel),
-        initrd = e(&a.initramfs),
-        cmdline = xml_escape(qemu::APPEND),
-        emulator = qemu::QEMU,
-        console = e(console),
-    )
+            kind = self.kind,
+            name = self.name,
+            description = xml_escape(self.description),
+            kib = self.memory_kib,
+            kernel = e(self.kernel),
+            initrd = e(self.initrd),
+            cmdline = xml_escape(qemu::APPEND),
+            bios = if self.bios_on_serial {
+                "\n    <bios useserial='yes'/>"
+            } else {
+                ""
+            },
+            emulator = qemu::QEMU,
+            console = e(self.console),
+        )
+    }
+}
+
+/// `boot --vm libvirt`'s guest: `--vm qemu`'s kernel, initramfs and command line in 256 MiB.
+pub fn domain_xml(name: &str, accel: Accel, a: &artefacts::Artefacts, console: &Path) -> String {
+    DomainSpec {
+        name,
+        kind: match accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        },
+        description: "profiler boot --vm libvirt",
+        memory_kib: 256 * 1024,
+        kernel: &a.kernel,
+        initrd: &a.initramfs,
+        console,
+        bios_on_serial: true,
+    }
+    .xml()
 }
 
 pub(crate) fn connect() -> Result<Connect> {

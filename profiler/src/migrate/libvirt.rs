@@ -211,47 +211,20 @@ fn last_line(p: &Path) -> String {
         .to_string()
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
-}
-
 /// The guest as a transient TCG domain: `--vm qemu`'s command line (RAM 8 KiB short of a
 /// 256 KiB multiple, see `vm::TCG_RAM_SHORT_KIB`), its console on a file.
 fn domain_xml(name: &str, memory_mib: u64, kernel: &Path, initrd: &Path, console: &Path) -> String {
-    let e = |p: &Path| xml_escape(&p.to_string_lossy());
-    format!(
-        "<domain type='qemu'>
-  <name>{name}</name>
-  <description>profiler migrate --vm libvirt</description>
-  <memory unit='KiB'>{kib}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>{cmdline}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/{emulator}</emulator>
-    <serial type='file'><source path='{console}'/><target port='0'/></serial>
-  </devices>
-</domain>
-",
-        kib = memory_mib * 1024 - super::vm::TCG_RAM_SHORT_KIB,
-        kernel = e(kernel),
-        initrd = e(initrd),
-        cmdline = xml_escape(crate::boot::qemu::APPEND),
-        emulator = crate::boot::qemu::QEMU,
-        console = e(console),
-    )
+    crate::boot::libvirt::DomainSpec {
+        name,
+        kind: "qemu",
+        description: "profiler migrate --vm libvirt",
+        memory_kib: memory_mib * 1024 - super::vm::TCG_RAM_SHORT_KIB,
+        kernel,
+        initrd,
+        console,
+        bios_on_serial: false,
+    }
+    .xml()
 }
 
 /// Reads a console file as it grows, line by line, into the run's channel (stamped on
@@ -539,8 +512,8 @@ pub fn run(args: &MigrateArgs) -> Result<LibvirtReport> {
         .get_xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
         .map_err(|e| anyhow::anyhow!("the source domain's XML: {}", e.message()))?
         .replace(
-            &xml_escape(&src_console.to_string_lossy()),
-            &xml_escape(&dst_console.to_string_lossy()),
+            &crate::boot::libvirt::xml_escape(&src_console.to_string_lossy()),
+            &crate::boot::libvirt::xml_escape(&dst_console.to_string_lossy()),
         );
     let params = virt::domain::MigrateParameters {
         uri: Some(migrate_uri.clone()),
