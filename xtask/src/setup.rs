@@ -74,6 +74,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "migrate --container native: `criu check` decides (and says why it fails)",
     ),
     (
+        "openvswitch-switch",
+        "ovs-dpctl, carried into the stock-kernel guests for the ovs lab mode (no daemon is used)",
+    ),
+    (
         "wrk",
         "`profiler web`'s load generator (HTTP/1.1 keep-alive; its Lua done() hands over the latency record)",
     ),
@@ -189,15 +193,14 @@ fn packages() -> Result<bool> {
         .args(pinned.then_some("--allow-downgrades"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian's nginx starts a site on the host's port 80 when installed, and mariadb-server a
-    // database on 3306: this project only runs them with its own config and data, and leaves
-    // the host's network alone.
-    for service in ["nginx", "mariadb"] {
-        let package = if service == "mariadb" {
-            "mariadb-server"
-        } else {
-            service
-        };
+    // Debian's nginx starts a site on the host's port 80 when installed, mariadb-server a
+    // database on 3306, and openvswitch-switch its daemons: this project only runs the servers
+    // with its own config and data, uses no OVS daemon, and leaves the host's network alone.
+    for (service, package) in [
+        ("nginx", "nginx"),
+        ("mariadb", "mariadb-server"),
+        ("openvswitch-switch", "openvswitch-switch"),
+    ] {
         if missing.iter().any(|p| p.split('=').next() == Some(package))
             && output(Command::new("systemctl").args(["is-enabled", service])).is_some()
         {
