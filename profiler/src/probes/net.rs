@@ -195,24 +195,27 @@ impl NetTracer {
     /// Loads the programs and attaches them, following nothing until `set_follow`.
     pub fn start(filter: &Filter) -> Result<NetTracer> {
         // Parsed BTF is large: keep only the offsets before aya parses its own copy.
-        let mut config = config(&Btf::vmlinux()?)?;
-        config.port_lo = filter.ports.0;
-        config.port_hi = filter.ports.1;
-        config.host = filter.host;
-        config.netns = filter.netns;
-        config.ifindex = filter.ifindex;
-        config.client_netns = filter.client_netns;
-        config.server_netns = filter.server_netns;
-        config.print_every = filter.print_every;
-        config.stale_ns = STALE_NS;
-        config.sys_send = SEND_SYSCALLS.map(|n| n as u32);
-        config.xmit_hook = filter.xmit_hook as u32;
-        config.state_mask = match filter.state_slots {
+        let state_mask = match filter.state_slots {
             0 => STATE_SLOTS - 1,
             n if n.is_power_of_two() && n <= STATE_SLOTS => n - 1,
             n => anyhow::bail!("--state-slots {n}: a power of two up to {STATE_SLOTS}"),
         };
-        config.debug = filter.debug_bpf as u32;
+        let config = NetConfig {
+            port_lo: filter.ports.0,
+            port_hi: filter.ports.1,
+            host: filter.host,
+            netns: filter.netns,
+            ifindex: filter.ifindex,
+            client_netns: filter.client_netns,
+            server_netns: filter.server_netns,
+            print_every: filter.print_every,
+            stale_ns: STALE_NS,
+            sys_send: SEND_SYSCALLS.map(|n| n as u32),
+            xmit_hook: filter.xmit_hook as u32,
+            state_mask,
+            debug: filter.debug_bpf as u32,
+            ..config(&Btf::vmlinux()?)?
+        };
         let mut l = crate::probes::loader(crate::probes::Subject::Net);
         if filter.debug_bpf {
             crate::probes::log::enable(&mut l);
