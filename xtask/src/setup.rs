@@ -70,6 +70,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the server `profiler web` starts with its own config (Debian's 1.22)",
     ),
     (
+        "sudo",
+        "the README's `sudo profiler ...` as typed (a root-only image may lack it; Debian's secure_path has /usr/local/bin)",
+    ),
+    (
         "criu",
         "migrate --container native: `criu check` decides (and says why it fails)",
     ),
