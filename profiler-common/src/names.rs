@@ -30,6 +30,14 @@ pub mod program {
     pub const NET_KR_NAT: &str = "net_kr_nat";
     pub const NET_F_FORWARD: &str = "net_f_forward";
     pub const NET_K_FORWARD: &str = "net_k_forward";
+    pub const NET_K_VXLAN_XMIT: &str = "net_k_vxlan_xmit";
+    pub const NET_K_GENEVE_XMIT: &str = "net_k_geneve_xmit";
+    pub const NET_K_IPIP_XMIT: &str = "net_k_ipip_xmit";
+    pub const NET_K_GRE_XMIT: &str = "net_k_gre_xmit";
+    pub const NET_FX_ROUTE_CACHE: &str = "net_fx_route_cache";
+    pub const NET_KR_ROUTE_CACHE: &str = "net_kr_route_cache";
+    pub const NET_FX_ROUTE_OUTPUT: &str = "net_fx_route_output";
+    pub const NET_KR_ROUTE_OUTPUT: &str = "net_kr_route_output";
     // softirq.rs
     pub const SOFTIRQ_RAISE: &str = "softirq_raise";
     pub const SOFTIRQ_ENTRY: &str = "softirq_entry";
@@ -99,6 +107,14 @@ pub mod program {
         NET_KR_NAT,
         NET_F_FORWARD,
         NET_K_FORWARD,
+        NET_K_VXLAN_XMIT,
+        NET_K_GENEVE_XMIT,
+        NET_K_IPIP_XMIT,
+        NET_K_GRE_XMIT,
+        NET_FX_ROUTE_CACHE,
+        NET_KR_ROUTE_CACHE,
+        NET_FX_ROUTE_OUTPUT,
+        NET_KR_ROUTE_OUTPUT,
         SOFTIRQ_RAISE,
         SOFTIRQ_ENTRY,
         SOFTIRQ_EXIT,

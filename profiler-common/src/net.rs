@@ -56,7 +56,12 @@ pub mod func {
     pub const NAT: u8 = 3;
     /// ip_forward: a routed packet after its route lookup, before the forward hook; entry only.
     pub const FORWARD: u8 = 4;
-    pub const COUNT: u8 = 5;
+    /// A UDP tunnel's (vxlan, geneve) route lookup returned (a dst cache hit or the FIB's
+    /// answer) for the skb its transmit function took; exit only.
+    pub const ROUTE_UDP: u8 = 5;
+    /// The same for an IP tunnel (ipip, gre).
+    pub const ROUTE_IP: u8 = 6;
+    pub const COUNT: u8 = 7;
 }
 
 /// The point of a function's entry (`exit` false) or exit.

@@ -10,9 +10,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{fentry, kprobe, kretprobe, map, raw_tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use profiler_common::{
     hist::Hist,
@@ -978,6 +978,13 @@ static NET_FUNC: PerCpuArray<u64> = PerCpuArray::with_max_entries(func::COUNT as
 /// A followed packet at function `f`'s entry or exit: closes the segment since its last
 /// point. Whether it was followed.
 fn on_func(skb: u64, f: u8, exit: bool) -> bool {
+    on_func_at(skb, f, exit, true)
+}
+
+/// `reused`: a segment the layer model lacks means the skb's address carries a new packet
+/// (the function takes skbs); false where the skb came from a stash, not the function.
+#[inline(always)]
+fn on_func_at(skb: u64, f: u8, exit: bool, reused: bool) -> bool {
     let Some(st) = state(skb) else { return false };
     if st.skb != skb {
         return false;
@@ -989,6 +996,7 @@ fn on_func(skb: u64, f: u8, exit: bool) -> bool {
     let cur = func_point(f, exit, st.encap != 0);
     let slot = match SEG_SLOT.get(pair(st.point, cur)) {
         Some(&s) if s != 0 => s as u32,
+        _ if !reused => return false,
         _ => {
             // No path reaches this function this way: the skb was freed unseen and its
             // address now carries a new packet (a local one, born at its transmit queue).
@@ -1102,5 +1110,89 @@ pub fn net_k_nat(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn net_kr_nat(_ctx: RetProbeContext) -> u32 {
     func_return(func::NAT);
+    0
+}
+
+// A tunnel's route lookup (vxlan, geneve, ipip, gre): the tunnel's transmit function keeps its
+// skb on this CPU, and the lookup's return (a dst cache hit, or the FIB's answer) closes the
+// segment "route lookup" for it; from there to ip_local_out is the encapsulation. Tunnels
+// transmit with bottom halves off, so nothing else runs on the CPU between the two.
+
+#[inline(always)]
+fn tunnel_xmit(skb: u64, f: u8) {
+    if let Some(p) = NET_FUNC.get_ptr_mut(f as u32) {
+        // SAFETY: per-CPU value, this CPU only.
+        unsafe { *p = skb };
+    }
+}
+
+/// The route lookup returned `rt` (0: a cache miss, the FIB lookup follows).
+#[inline(always)]
+fn route_found(rt: u64) {
+    if rt == 0 {
+        return;
+    }
+    for f in [func::ROUTE_UDP, func::ROUTE_IP] {
+        if let Some(p) = NET_FUNC.get_ptr_mut(f as u32) {
+            // SAFETY: per-CPU value, this CPU only.
+            let skb = unsafe { core::ptr::replace(p, 0) };
+            if skb != 0 {
+                on_func_at(skb, f, true, false);
+            }
+        }
+    }
+}
+
+/// vxlan_xmit(skb, dev): module vxlan.
+#[kprobe]
+pub fn net_k_vxlan_xmit(ctx: ProbeContext) -> u32 {
+    tunnel_xmit(ctx.arg::<u64>(0).unwrap_or(0), func::ROUTE_UDP);
+    0
+}
+
+/// geneve_xmit(skb, dev): module geneve.
+#[kprobe]
+pub fn net_k_geneve_xmit(ctx: ProbeContext) -> u32 {
+    tunnel_xmit(ctx.arg::<u64>(0).unwrap_or(0), func::ROUTE_UDP);
+    0
+}
+
+/// ipip_tunnel_xmit(skb, dev): module ipip.
+#[kprobe]
+pub fn net_k_ipip_xmit(ctx: ProbeContext) -> u32 {
+    tunnel_xmit(ctx.arg::<u64>(0).unwrap_or(0), func::ROUTE_IP);
+    0
+}
+
+/// ipgre_xmit(skb, dev): module ip_gre.
+#[kprobe]
+pub fn net_k_gre_xmit(ctx: ProbeContext) -> u32 {
+    tunnel_xmit(ctx.arg::<u64>(0).unwrap_or(0), func::ROUTE_IP);
+    0
+}
+
+/// dst_cache_get_ip4(cache, saddr) returned: the tunnel's cached route (vmlinux).
+#[fexit(function = "dst_cache_get_ip4")]
+pub fn net_fx_route_cache(ctx: FExitContext) -> i32 {
+    route_found(btf_arg(&ctx, 2));
+    0
+}
+
+#[kretprobe]
+pub fn net_kr_route_cache(ctx: RetProbeContext) -> u32 {
+    route_found(ctx.ret::<u64>());
+    0
+}
+
+/// ip_route_output_flow(net, fl4, sk) returned: a FIB lookup (the cache missed).
+#[fexit(function = "ip_route_output_flow")]
+pub fn net_fx_route_output(ctx: FExitContext) -> i32 {
+    route_found(btf_arg(&ctx, 3));
+    0
+}
+
+#[kretprobe]
+pub fn net_kr_route_output(ctx: RetProbeContext) -> u32 {
+    route_found(ctx.ret::<u64>());
     0
 }

@@ -97,6 +97,12 @@ enum Command {
         /// With --kernel: modules to load in the guest besides those the command needs.
         #[arg(long, value_delimiter = ',', requires = "kernel")]
         modules: Vec<String>,
+        /// With --kernel and --accel tcg: the guest's clock from QEMU's instruction counter
+        /// (1 ns an instruction, idle time skipped). Its timers (netem's delay among them) fire
+        /// exactly when due, where plain TCG delivers them tens of microseconds late; durations
+        /// are then the emulator's model, not wall time.
+        #[arg(long, requires = "kernel")]
+        icount: bool,
         /// The workload: a profiler subcommand and its options, e.g. `sysbench cpu --time 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         workload: Vec<String>,
@@ -227,6 +233,18 @@ fn main() -> ExitCode {
         eprintln!("profiler: --kernel needs --env vm (a stock kernel boots in a guest)");
         return ExitCode::from(2);
     }
+    if let Command::Run {
+        icount: true,
+        accel,
+        ..
+    } = &cli.command
+        && *accel != profiler::boot::AccelChoice::Tcg
+    {
+        eprintln!(
+            "profiler: --icount needs --accel tcg (QEMU counts instructions only where it emulates them)"
+        );
+        return ExitCode::from(2);
+    }
     // A bad experiment file is bad input: refused before any lab or guest starts.
     if let Command::Experiment(a) = &cli.command
         && let Err(e) = profiler::experiment::Spec::load(&a.file)
@@ -353,6 +371,7 @@ fn run(command: Command) -> Result<()> {
             accel,
             kernel: Some(kernel),
             modules,
+            icount,
             workload,
             ..
         } => {
@@ -365,6 +384,7 @@ fn run(command: Command) -> Result<()> {
                 std::time::Duration::from_secs(timeout),
                 accel,
                 None,
+                icount,
             )?;
             debug_assert_eq!(env, profiler::envs::Env::Vm);
             print!("{}", r.stdout);

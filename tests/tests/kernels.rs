@@ -3,8 +3,8 @@
 //! real attach attempts, every mode this host lacks carrying tcp_rr (OVS too, on its kernel
 //! datapath) and showing its own layers, the function probes the attach plan gives (fentry,
 //! kprobe) splitting the overlay's transmit and timing conntrack and NAT per packet, KVM exits
-//! by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem delay landing
-//! in its layer. One test per kernel and
+//! by reason on a real SVM (TCG's `-cpu max`, kvm_amd loaded), and (6.12) a netem delay landing in
+//! its layer (the guest's clock QEMU's instruction counter). One test per kernel and
 //! subject, so pass/fail reads per kernel; a guest that cannot boot fails its test.
 
 use std::time::Instant;
@@ -20,10 +20,16 @@ fn in_guest(kernel: &str, args: &[&str]) -> Value {
 /// The guest command's JSON; with `must_succeed` false also when it exits non-zero (a failed
 /// self-check still prints its cases).
 fn guest_json(kernel: &str, args: &[&str], must_succeed: bool) -> Value {
+    guest_json_with(kernel, &[], args, must_succeed)
+}
+
+/// [`guest_json`] with options of `run` itself (`run_opts`) before the guest's command.
+fn guest_json_with(kernel: &str, run_opts: &[&str], args: &[&str], must_succeed: bool) -> Value {
     require_root();
     let started = Instant::now();
     let out = profiler()
         .args(["run", "--env", "vm", "--accel", "tcg", "--kernel", kernel])
+        .args(run_opts)
         .args(args)
         .output()
         .expect("running profiler");
@@ -112,7 +118,8 @@ fn traffic(kernel: &str) {
 
 /// Each new mode in one traced run (every packet followed): tcp_rr flows, and the mode's own
 /// layer shows, with no other mode's encapsulation. The guests have fentry, so a tunnel's
-/// transmit is split at ip_local_out ("encap + route lookup", then "ip output + netfilter out").
+/// transmit is split at its route lookup's return and at ip_local_out ("route lookup", "encap",
+/// then "ip output + netfilter out").
 fn layers(kernel: &str) {
     // Not ovs: before the bridge fix its trace ended at the datapath's receiving port, and it
     // has not been traced since; its layer name is unit-tested in trace/layers.rs. It carries
@@ -145,29 +152,30 @@ fn layers(kernel: &str) {
         .iter()
         .filter(|row| row["mode"] != "host")
         .collect();
-    // (mode, a layer it must show, words no layer of it may hold)
-    let expect: [(&str, &str, &[&str]); 5] = [
-        ("ipvlan", "ipvlan", &["encap", "bridge", "macvlan"]),
-        ("ipvlan_l3", "ipvlan", &["encap", "bridge", "macvlan"]),
+    // (mode, layers it must show, words no layer of it may hold). A tunnel's route lookup
+    // (its transmit's kprobe, the lookup's fexit) is cut from its encapsulation.
+    let expect: [(&str, &[&str], &[&str]); 5] = [
+        ("ipvlan", &["ipvlan"], &["encap", "bridge", "macvlan"]),
+        ("ipvlan_l3", &["ipvlan"], &["encap", "bridge", "macvlan"]),
         (
             "ipip",
-            "ipip encap + route lookup",
+            &["ipip route lookup", "ipip encap"],
             &["vxlan", "geneve", "gre", "bridge"],
         ),
         // Geneve bridges its containers, as overlay does.
         (
             "geneve",
-            "geneve encap + route lookup",
+            &["geneve route lookup", "geneve encap"],
             &["vxlan", "ipip", "gre "],
         ),
         (
             "gre",
-            "gre encap + route lookup",
+            &["gre route lookup", "gre encap"],
             &["vxlan", "geneve", "ipip", "bridge"],
         ),
     ];
     assert_eq!(rows.len(), expect.len(), "{kernel}: {r}");
-    for (row, (mode, layer, never)) in rows.iter().zip(expect) {
+    for (row, (mode, layers, never)) in rows.iter().zip(expect) {
         assert_eq!(row["mode"], mode, "{kernel}");
         let report = &row["reports"][0];
         let tx = report["workload"]["transactions"].as_u64().unwrap_or(0);
@@ -183,10 +191,12 @@ fn layers(kernel: &str) {
             eprintln!("{kernel}: {mode} {}: {here:?}", dir["name"]);
             names.extend(here);
         }
-        assert!(
-            names.contains(&layer),
-            "{kernel}: {mode}: no {layer:?} in {names:?}"
-        );
+        for layer in layers {
+            assert!(
+                names.contains(layer),
+                "{kernel}: {mode}: no {layer:?} in {names:?}"
+            );
+        }
         for n in &names {
             assert!(
                 !never.iter().any(|w| n.contains(w)),
@@ -206,8 +216,9 @@ fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
 }
 
 /// Function probes as the attach plan gives them, in the real guest (the doctor's plan of them
-/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry and shows
-/// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own; a nat
+/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry, vxlan_xmit by
+/// kprobe and the route lookup's returns by fexit, and shows "vxlan fdb + route lookup",
+/// "vxlan encap" and "ip output + netfilter out" as rows of their own; a nat
 /// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
 /// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
 /// each a histogram of entry-to-exit times, and ip_forward by fentry, splitting the route
@@ -249,15 +260,36 @@ fn function_probes(kernel: &str) {
 
     let overlay = report("overlay");
     assert_eq!(attached(overlay, "ip_local_out"), ["fentry"], "{kernel}");
+    // The route lookup: vxlan_xmit (module) keeps the skb, the lookup's return (vmlinux) cuts.
+    assert_eq!(attached(overlay, "vxlan_xmit"), ["kprobe"], "{kernel}");
+    assert_eq!(
+        attached(overlay, "dst_cache_get_ip4"),
+        ["fexit"],
+        "{kernel}"
+    );
+    assert_eq!(
+        attached(overlay, "ip_route_output_flow"),
+        ["fexit"],
+        "{kernel}"
+    );
     for dir in overlay["net"]["directions"].as_array().unwrap() {
         let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
         assert!(one_way > 100, "{kernel}: overlay: {one_way} packets");
-        assert!(
-            row(dir, "vxlan encap + route + netfilter out").is_none(),
-            "{kernel}: overlay {}: the merged row is still there",
-            dir["name"]
-        );
-        for layer in ["vxlan encap + route lookup", "ip output + netfilter out"] {
+        for merged in [
+            "vxlan encap + route + netfilter out",
+            "vxlan encap + route lookup",
+        ] {
+            assert!(
+                row(dir, merged).is_none(),
+                "{kernel}: overlay {}: the merged row {merged:?} is still there",
+                dir["name"]
+            );
+        }
+        for layer in [
+            "vxlan fdb + route lookup",
+            "vxlan encap",
+            "ip output + netfilter out",
+        ] {
             let l = row(dir, layer)
                 .unwrap_or_else(|| panic!("{kernel}: overlay {}: no {layer:?}", dir["name"]));
             eprintln!(
@@ -364,10 +396,16 @@ fn svm_exits(kernel: &str) {
 }
 
 /// netem where the kernel has it (sch_netem loaded in the guest): the self-check's 1 ms netem
-/// delay on the server's bridge port lands in "veth (host to container)" within 5%.
+/// delay on the server's bridge port lands in "veth (host to container)" within 5%. The guest's
+/// clock is QEMU's instruction counter (`--icount`): under plain TCG here every netem delay
+/// (0.5, 1, 2 and 4 ms alike) landed 86-92 us long, a constant, not a proportion: the host
+/// delivering the guest's timer interrupt late, which the tracer rightly puts in the layer.
+/// Not on 6.1: there net_dev_queue on the netem device fired after the delay (seen with
+/// --print-every), so the delay landed in "bridge"; the cause is not known.
 fn netem(kernel: &str) {
-    let r = guest_json(
+    let r = guest_json_with(
         kernel,
+        &["--icount"],
         &[
             "trace",
             "--self-check",
@@ -426,7 +464,6 @@ fn debian_6_12_new_modes_show_their_layers() {
 }
 
 #[test]
-#[ignore = "under TCG a netem delay of 1 ms lands 9% long (1.092 ms in 'veth (host to container)' on 2026-12-04, 18.7 us elsewhere; likely TCG's timer slack, not investigated), over the self-check's 5%; the bridge defect that kept this from running is fixed"]
 fn debian_6_12_netem_lands_in_its_layer() {
     netem("debian-6.12");
 }
@@ -465,6 +502,22 @@ fn a_bad_kernel_is_one_line_and_exit_2_before_anything_starts() {
         ),
         (
             &["run", "--env", "vm", "--modules", "veth", "doctor"][..],
+            "--kernel",
+        ),
+        (
+            &[
+                "run",
+                "--env",
+                "vm",
+                "--kernel",
+                "debian-6.1",
+                "--icount",
+                "doctor",
+            ][..],
+            "--icount needs --accel tcg",
+        ),
+        (
+            &["run", "--env", "vm", "--icount", "doctor"][..],
             "--kernel",
         ),
     ] {

@@ -246,6 +246,59 @@ pub const NAT_EXIT: &[Candidate] = &[way(
     PER_PACKET,
 )];
 
+const TUNNEL_XMIT: &str = "exact: keeps the tunnel's skb for its route lookup's return";
+const ROUTE_RETURN: &str =
+    "exact: a tunnel's route lookup returned (fdb + route lookup, then encap alone)";
+// A tunnel's route lookup: its transmit function (a module's, so a kprobe) keeps the skb, the
+// lookup's return closes the segment: a dst cache hit, or the FIB's answer after a miss.
+pub const VXLAN_XMIT: &[Candidate] = &[way(
+    Kprobe,
+    "vxlan_xmit",
+    prog::NET_K_VXLAN_XMIT,
+    TUNNEL_XMIT,
+)];
+pub const GENEVE_XMIT: &[Candidate] = &[way(
+    Kprobe,
+    "geneve_xmit",
+    prog::NET_K_GENEVE_XMIT,
+    TUNNEL_XMIT,
+)];
+pub const IPIP_XMIT: &[Candidate] = &[way(
+    Kprobe,
+    "ipip_tunnel_xmit",
+    prog::NET_K_IPIP_XMIT,
+    TUNNEL_XMIT,
+)];
+pub const GRE_XMIT: &[Candidate] = &[way(Kprobe, "ipgre_xmit", prog::NET_K_GRE_XMIT, TUNNEL_XMIT)];
+pub const ROUTE_CACHE: &[Candidate] = &[
+    way(
+        Fexit,
+        "dst_cache_get_ip4",
+        prog::NET_FX_ROUTE_CACHE,
+        ROUTE_RETURN,
+    ),
+    way(
+        Kretprobe,
+        "dst_cache_get_ip4",
+        prog::NET_KR_ROUTE_CACHE,
+        ROUTE_RETURN,
+    ),
+];
+pub const ROUTE_OUTPUT: &[Candidate] = &[
+    way(
+        Fexit,
+        "ip_route_output_flow",
+        prog::NET_FX_ROUTE_OUTPUT,
+        ROUTE_RETURN,
+    ),
+    way(
+        Kretprobe,
+        "ip_route_output_flow",
+        prog::NET_KR_ROUTE_OUTPUT,
+        ROUTE_RETURN,
+    ),
+];
+
 /// A layer's function (fentry, then kprobe) and the per-device net tracepoint that cuts it
 /// where no function probe works.
 macro_rules! ways {

@@ -314,6 +314,10 @@ pub struct Guest<'a> {
     /// A virtio-net NIC on this existing tap device (in qemu's namespace: the spawning
     /// thread's); none without it.
     pub tap: Option<&'a str>,
+    /// TCG only: the guest's clock from QEMU's instruction counter (`-icount shift=0,sleep=off`:
+    /// 1 ns an instruction, idle time skipped), so its timers fire exactly when due. Under plain
+    /// TCG here a timer's interrupt arrives 35-90 us late (QEMU's wake-ups on the host).
+    pub icount: bool,
 }
 
 impl<'a> Guest<'a> {
@@ -327,6 +331,7 @@ impl<'a> Guest<'a> {
             workload: false,
             cpu_max: false,
             tap: None,
+            icount: false,
         }
     }
 }
@@ -404,6 +409,11 @@ fn command(index: u32, guest: &Guest, accel: Accel) -> Command {
     let append = format!("{APPEND} {}", guest.append);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.name()])
+        .args(if guest.icount && accel == Accel::Tcg {
+            &["-icount", "shift=0,sleep=off"][..]
+        } else {
+            &[]
+        })
         .arg("-m")
         .arg(guest.memory_mb.to_string())
         .arg("-smp")

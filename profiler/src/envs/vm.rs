@@ -101,6 +101,7 @@ pub(super) fn vm(
         workload: true,
         cpu_max: false,
         tap: None,
+        icount: false,
     };
     let mut notes = Vec::new();
     if image.stripped {
@@ -231,6 +232,7 @@ pub fn stock(
     timeout: Duration,
     accel: crate::boot::AccelChoice,
     net: Option<&GuestNet>,
+    icount: bool,
 ) -> Result<StockRun> {
     use crate::boot::{artefacts, qemu, stock};
     crate::kernel::require_root("profiler run --env vm --kernel")?;
@@ -270,6 +272,7 @@ pub fn stock(
         workload: true,
         cpu_max: true,
         tap: net.map(|n| n.tap.as_str()),
+        icount,
     };
     let run = match net {
         // qemu opens the tap in its own namespace: spawned from a thread in the lab's.
@@ -285,6 +288,13 @@ pub fn stock(
     };
     drop(image);
     let mut notes = extra.notes;
+    if icount && accel == qemu::Accel::Tcg {
+        notes.push(
+            "the guest's clock was QEMU's instruction counter (--icount): 1 ns an instruction, \
+             idle time skipped"
+                .into(),
+        );
+    }
     for l in &run.console {
         if l.contains(NET_FAILED) {
             notes.push("the guest could not set up its NIC (eth0)".into());

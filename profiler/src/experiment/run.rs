@@ -427,6 +427,7 @@ fn vm_host(
             Duration::from_secs(300) + length,
             crate::boot::AccelChoice::Auto,
             Some(&net),
+            false,
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = server.join();

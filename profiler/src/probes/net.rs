@@ -124,6 +124,26 @@ pub const POINTS: &[Point] = &[
     Point {
         candidates: attach::NAT_EXIT,
     },
+    // A tunnel's route lookup, cut from its encapsulation: the tunnel's transmit (the lab's
+    // tunnel only: the others' modules are not loaded) and the lookup's two returns.
+    Point {
+        candidates: attach::VXLAN_XMIT,
+    },
+    Point {
+        candidates: attach::GENEVE_XMIT,
+    },
+    Point {
+        candidates: attach::IPIP_XMIT,
+    },
+    Point {
+        candidates: attach::GRE_XMIT,
+    },
+    Point {
+        candidates: attach::ROUTE_CACHE,
+    },
+    Point {
+        candidates: attach::ROUTE_OUTPUT,
+    },
 ];
 const MUST: usize = 2;
 /// Attached only where a device on the path may have a queue (see `Filter::xmit_hook`).
@@ -250,6 +270,10 @@ impl NetTracer {
             control: Control::default(),
         };
         t.set_follow(0, 0)?;
+        // fentry and fexit load against vmlinux BTF: parsed once for all of them, not per way.
+        let btf = (!filter.no_functions && !filter.empty_programs)
+            .then(|| aya::Btf::from_sys_fs().ok())
+            .flatten();
         for (i, point) in points().enumerate() {
             if point.event().ends_with(XMIT) && !filter.xmit_hook {
                 t.attached.push(Attached {
@@ -276,7 +300,7 @@ impl NetTracer {
                     Err(e) => (None, Attached::failed(point, &[format!("{e:#}")])),
                 }
             } else {
-                attach::link::attach_point(&mut t.ebpf, point, None)
+                attach::link::attach_point(&mut t.ebpf, point, btf.as_ref())
             };
             match link {
                 Some(l) => {
@@ -290,6 +314,7 @@ impl NetTracer {
             }
             t.attached.push(how);
         }
+        drop(btf);
         Ok(t)
     }
 

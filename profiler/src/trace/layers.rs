@@ -18,6 +18,10 @@ pub const VXLAN_DECAP: &str = "vxlan decap + ip/udp receive + netfilter in";
 /// Rows of the function probes (a stock kernel's fentry/kprobe): the tunnel's transmit split at
 /// ip_local_out, and netfilter's conntrack and NAT each timed from entry to exit.
 pub const VXLAN_ENCAP: &str = "vxlan encap + route lookup";
+/// With the tunnel's route lookup probed too (its transmit function and the lookup's
+/// return): the route lookup, then the encapsulation alone.
+pub const VXLAN_ROUTE: &str = "vxlan fdb + route lookup";
+pub const VXLAN_ENCAP_ONLY: &str = "vxlan encap";
 pub const IP_OUTPUT: &str = "ip output + netfilter out";
 pub const CONNTRACK: &str = "conntrack (nf_conntrack_in)";
 pub const NAT: &str = "NAT (nf_nat_inet_fn)";
@@ -147,6 +151,10 @@ const RENAMED: &[(&str, &str, &str)] = &[
     ),
     (VXLAN_ENCAP, "geneve encap + route lookup", ""),
     ("ipip encap + route lookup", "", "gre encap + route lookup"),
+    (VXLAN_ROUTE, "geneve route lookup", ""),
+    (VXLAN_ENCAP_ONLY, "geneve encap", ""),
+    ("ipip route lookup", "", "gre route lookup"),
+    ("ipip encap", "", "gre encap"),
 ];
 
 /// Segments that start or end at a kernel function's entry or exit (`hook::FUNC`: the class
@@ -168,6 +176,20 @@ fn func_layer(prev: u8, cur: u8) -> Option<&'static str> {
             }
         }
         (Some((func::LOCAL_OUT, ENTRY)), None) if ch == hook::QUEUE => IP_OUTPUT,
+        // The tunnel's route lookup returned: the device's transmit up to it, then the
+        // encapsulation up to ip_local_out.
+        (None, Some((func::ROUTE_UDP, EXIT)))
+            if matches!(ph, hook::QUEUE | hook::XMIT) && pc == class::VXLAN =>
+        {
+            VXLAN_ROUTE
+        }
+        (None, Some((func::ROUTE_IP, EXIT)))
+            if matches!(ph, hook::QUEUE | hook::XMIT) && pc == class::IPIP =>
+        {
+            "ipip route lookup"
+        }
+        (Some((func::ROUTE_UDP, EXIT)), Some((func::LOCAL_OUT, ENTRY))) => VXLAN_ENCAP_ONLY,
+        (Some((func::ROUTE_IP, EXIT)), Some((func::LOCAL_OUT, ENTRY))) => "ipip encap",
         // A routed packet: ip_forward's entry splits the receive and route lookup from the
         // forward hook and the output.
         (None, Some((func::FORWARD, ENTRY))) if matches!(ph, hook::RECV | hook::GRO) => {
@@ -363,6 +385,8 @@ pub fn func_name(f: u8) -> &'static str {
         func::CONNTRACK => "nf_conntrack_in",
         func::NAT => "nf_nat_inet_fn",
         func::FORWARD => "ip_forward",
+        func::ROUTE_UDP => "udp tunnel route lookup",
+        func::ROUTE_IP => "ip tunnel route lookup",
         _ => "?",
     }
 }
@@ -455,6 +479,56 @@ mod tests {
             p(QUEUE, VETH, false, true),
         ];
         assert_eq!(names_of(&tunnel), ["bridge", VXLAN_ENCAP, IP_OUTPUT]);
+        // With the tunnel's route lookup probed: route, encap and output, each its own row,
+        // in each tunnel's own names (start_xmit attached or not).
+        use crate::lab::Mode;
+        for (mode, c, r, route, encap) in [
+            (
+                Mode::Overlay,
+                VXLAN,
+                func::ROUTE_UDP,
+                VXLAN_ROUTE,
+                VXLAN_ENCAP_ONLY,
+            ),
+            (
+                Mode::Geneve,
+                VXLAN,
+                func::ROUTE_UDP,
+                "geneve route lookup",
+                "geneve encap",
+            ),
+            (
+                Mode::Ipip,
+                IPIP,
+                func::ROUTE_IP,
+                "ipip route lookup",
+                "ipip encap",
+            ),
+            (
+                Mode::Gre,
+                IPIP,
+                func::ROUTE_IP,
+                "gre route lookup",
+                "gre encap",
+            ),
+        ] {
+            for start in [QUEUE, XMIT] {
+                let names = names_of(&[
+                    p(start, c, false, start == XMIT),
+                    f(r, true, true),
+                    f(func::LOCAL_OUT, false, true),
+                    p(QUEUE, VETH, false, true),
+                ]);
+                let named: Vec<&str> = names.iter().map(|n| in_mode(n, mode)).collect();
+                assert_eq!(named, [route, encap, IP_OUTPUT], "{mode}");
+            }
+        }
+        // Another tunnel's lookup is no segment: a UDP tunnel's stash never closes at an IP
+        // tunnel's device.
+        assert_eq!(
+            layer(p(QUEUE, IPIP, false, false), f(func::ROUTE_UDP, true, true)),
+            None
+        );
         // nat's forwarded request: conntrack and NAT at prerouting, ip_forward, NAT at
         // postrouting, the bridge's queue.
         let nat = [

@@ -94,7 +94,7 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             "eth0",
             "-s",
             // TC ingress runs after netif_receive_skb's tracepoint, before the socket's
-            // data-ready.
+            // data-ready (where the kernel lacks sk_data_ready, in the socket's row).
             layers::RECEIVE,
             false,
         ),
@@ -121,6 +121,12 @@ pub fn self_check(args: &TraceArgs) -> Result<SelfCheck> {
             labs.push((mode, desc, owned, base));
         }
         let (_, desc, _, base) = labs.iter().find(|(m, ..)| *m == mode).unwrap();
+        // 6.1 has no sock:sk_data_ready: the receive row is not split from the socket's.
+        let expected = if expected == layers::RECEIVE && !base.iter().any(|(n, _)| n == expected) {
+            layers::SOCKET
+        } else {
+            expected
+        };
         let dev = desc
             .device(role)
             .find(|d| d.name == name && d.netns.ends_with(ns_suffix))
