@@ -117,17 +117,17 @@ fn traffic(kernel: &str) {
 }
 
 /// Each new mode in one traced run (every packet followed): tcp_rr flows, and the mode's own
-/// layer shows, with no other mode's encapsulation. The guests have fentry, so a tunnel's
-/// transmit is split at its route lookup's return and at ip_local_out ("route lookup", "encap",
-/// then "ip output + netfilter out").
+/// layer shows, with no other mode's encapsulation. With --split-route a tunnel's transmit is
+/// split at its route lookup's return (a kprobe on the tunnel's transmit keeps the skb, an
+/// fexit on the lookup closes it) and at ip_local_out (fentry): "route lookup", "encap", then
+/// "ip output + netfilter out". Overlay is here for its split; it has no new module.
 fn layers(kernel: &str) {
     // Not ovs: before the bridge fix its trace ended at the datapath's receiving port, and it
     // has not been traced since; its layer name is unit-tested in trace/layers.rs. It carries
     // traffic (`traffic`).
-    let modes = NEW_MODES
-        .iter()
-        .filter(|m| **m != "ovs")
-        .copied()
+    let modes = ["overlay"]
+        .into_iter()
+        .chain(NEW_MODES.iter().filter(|m| **m != "ovs").copied())
         .collect::<Vec<_>>()
         .join(",");
     let r = in_guest(
@@ -142,6 +142,7 @@ fn layers(kernel: &str) {
             "1",
             "--repeat",
             "1",
+            "--split-route",
             "--json",
         ],
     );
@@ -154,7 +155,16 @@ fn layers(kernel: &str) {
         .collect();
     // (mode, layers it must show, words no layer of it may hold). A tunnel's route lookup
     // (its transmit's kprobe, the lookup's fexit) is cut from its encapsulation.
-    let expect: [(&str, &[&str], &[&str]); 5] = [
+    let expect: [(&str, &[&str], &[&str]); 6] = [
+        (
+            "overlay",
+            &[
+                "vxlan fdb + route lookup",
+                "vxlan encap",
+                "ip output + netfilter out",
+            ],
+            &["geneve", "ipip", "gre ", "encap + route"],
+        ),
         ("ipvlan", &["ipvlan"], &["encap", "bridge", "macvlan"]),
         ("ipvlan_l3", &["ipvlan"], &["encap", "bridge", "macvlan"]),
         (
@@ -180,6 +190,23 @@ fn layers(kernel: &str) {
         let report = &row["reports"][0];
         let tx = report["workload"]["transactions"].as_u64().unwrap_or(0);
         assert!(tx > 100, "{kernel}: {mode} carried {tx} transactions");
+        if mode == "overlay" {
+            // vxlan_xmit (a module's) by kprobe; the lookup's returns (vmlinux) by fexit.
+            for (event, how) in [
+                ("vxlan_xmit", "kprobe"),
+                ("dst_cache_get_ip4", "fexit"),
+                ("ip_route_output_flow", "fexit"),
+            ] {
+                let got: Vec<&str> = report["attached"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["event"] == event)
+                    .filter_map(|a| a["how"].as_str())
+                    .collect();
+                assert_eq!(got, [how], "{kernel}: {event}");
+            }
+        }
         let mut names: Vec<&str> = Vec::new();
         for dir in report["net"]["directions"].as_array().unwrap() {
             let here: Vec<&str> = dir["layers"]
@@ -216,9 +243,9 @@ fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
 }
 
 /// Function probes as the attach plan gives them, in the real guest (the doctor's plan of them
-/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry, vxlan_xmit by
-/// kprobe and the route lookup's returns by fexit, and shows "vxlan fdb + route lookup",
-/// "vxlan encap" and "ip output + netfilter out" as rows of their own; a nat
+/// is checked in `doctor`): an overlay trace attaches ip_local_out by fentry and shows
+/// "vxlan encap + route lookup" and "ip output + netfilter out" as rows of their own (the route
+/// lookup's own probes wait for --split-route: `layers`); a nat
 /// trace attaches nf_conntrack_in and nf_nat_inet_fn by kprobe and kretprobe (module
 /// functions) and shows conntrack once and NAT twice (prerouting, postrouting) per packet,
 /// each a histogram of entry-to-exit times, and ip_forward by fentry, splitting the route
@@ -260,36 +287,23 @@ fn function_probes(kernel: &str) {
 
     let overlay = report("overlay");
     assert_eq!(attached(overlay, "ip_local_out"), ["fentry"], "{kernel}");
-    // The route lookup: vxlan_xmit (module) keeps the skb, the lookup's return (vmlinux) cuts.
-    assert_eq!(attached(overlay, "vxlan_xmit"), ["kprobe"], "{kernel}");
-    assert_eq!(
-        attached(overlay, "dst_cache_get_ip4"),
-        ["fexit"],
-        "{kernel}"
-    );
-    assert_eq!(
-        attached(overlay, "ip_route_output_flow"),
-        ["fexit"],
-        "{kernel}"
-    );
+    // Without --split-route the route lookup's probes stay off (`layers` splits it).
+    for event in ["vxlan_xmit", "dst_cache_get_ip4", "ip_route_output_flow"] {
+        let how = attached(overlay, event);
+        assert!(
+            how.len() == 1 && how[0].contains("without --split-route"),
+            "{kernel}: {event}: {how:?}"
+        );
+    }
     for dir in overlay["net"]["directions"].as_array().unwrap() {
         let one_way = dir["one_way"]["count"].as_u64().unwrap_or(0);
         assert!(one_way > 100, "{kernel}: overlay: {one_way} packets");
-        for merged in [
-            "vxlan encap + route + netfilter out",
-            "vxlan encap + route lookup",
-        ] {
-            assert!(
-                row(dir, merged).is_none(),
-                "{kernel}: overlay {}: the merged row {merged:?} is still there",
-                dir["name"]
-            );
-        }
-        for layer in [
-            "vxlan fdb + route lookup",
-            "vxlan encap",
-            "ip output + netfilter out",
-        ] {
+        assert!(
+            row(dir, "vxlan encap + route + netfilter out").is_none(),
+            "{kernel}: overlay {}: the merged row is still there",
+            dir["name"]
+        );
+        for layer in ["vxlan encap + route lookup", "ip output + netfilter out"] {
             let l = row(dir, layer)
                 .unwrap_or_else(|| panic!("{kernel}: overlay {}: no {layer:?}", dir["name"]));
             eprintln!(

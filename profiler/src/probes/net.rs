@@ -48,6 +48,8 @@ pub struct Filter {
     pub xmit_hook: bool,
     /// Attach no function probes (the tracepoints' segments stay whole).
     pub no_functions: bool,
+    /// Also attach the tunnel route lookup's probes (`ROUTE_SPLIT`).
+    pub split_route: bool,
     /// Print the kernel side's rare-condition messages (`--debug-bpf`).
     pub debug_bpf: bool,
 }
@@ -151,6 +153,18 @@ const XMIT: &str = "net_dev_start_xmit";
 const NO_XMIT: &str = "not attached: every device on the lab's path is noqueue, so net_dev_queue and start_xmit are back to back (each device's queue step is in its layer; --split-tx-queue attaches it)";
 const NO_FUNCTIONS: &str =
     "not attached: --no-function-probes (or --ablation, which measures the whole segment)";
+/// The programs that cut a tunnel's route lookup from its encapsulation: only with
+/// `--split-route`, as they cost every tunnel packet two more programs.
+const ROUTE_SPLIT: &[&str] = &[
+    prog::NET_K_VXLAN_XMIT,
+    prog::NET_K_GENEVE_XMIT,
+    prog::NET_K_IPIP_XMIT,
+    prog::NET_K_GRE_XMIT,
+    prog::NET_FX_ROUTE_CACHE,
+    prog::NET_FX_ROUTE_OUTPUT,
+];
+const NO_ROUTE_SPLIT: &str =
+    "not attached: without --split-route a tunnel's route lookup stays in its encap row";
 
 fn is_function(p: &Point) -> bool {
     matches!(p.candidates[0].target, attach::Target::Function { .. })
@@ -286,6 +300,17 @@ impl NetTracer {
                 t.attached.push(Attached {
                     event: point.event(),
                     how: NO_FUNCTIONS.to_string(),
+                });
+                continue;
+            }
+            if !filter.split_route
+                && point.candidates[0]
+                    .program
+                    .is_some_and(|p| ROUTE_SPLIT.contains(&p))
+            {
+                t.attached.push(Attached {
+                    event: point.event(),
+                    how: NO_ROUTE_SPLIT.to_string(),
                 });
                 continue;
             }

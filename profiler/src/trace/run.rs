@@ -102,6 +102,7 @@ pub(super) fn trace_in(
         state_slots: args.state_slots,
         xmit_hook: args.split_tx_queue,
         no_functions: args.no_function_probes || args.ablation,
+        split_route: args.split_route,
         debug_bpf: args.debug_bpf,
         ..Filter::default()
     };
