@@ -21,8 +21,28 @@ pub const MAX_DELAY: Duration = Duration::from_millis(100);
 
 /// The injector program, attached to one hook of one device. Dropping it detaches.
 pub struct Injector {
-    // Holds the program and its tcx link (an fd: process-wide, whatever thread made it).
-    ebpf: Ebpf,
+    // Holds the program and its link: a tcx link (6.6 on) is an fd, detached from any thread;
+    // before 6.6 a netlink filter, deleted by a request in the dropping thread's namespace, so
+    // the drop happens in the device's (`Drop`).
+    ebpf: Option<Ebpf>,
+    netns: String,
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        if let Some(ebpf) = self.ebpf.take() {
+            // Dropped outside, a netlink filter stayed on the lab's device: on 6.1 a
+            // self-check's first injection went on delaying through the next case. A gone
+            // namespace took the filter with it; the request must not reach a host device
+            // of the same index, so then the handles are left to the process's exit.
+            let ns = self.netns.clone();
+            let _ = std::thread::spawn(move || match lab::netns::enter(&ns) {
+                Ok(()) => drop(ebpf),
+                Err(_) => std::mem::forget(ebpf),
+            })
+            .join();
+        }
+    }
 }
 
 impl Injector {
@@ -83,14 +103,18 @@ impl Injector {
             Ok(ebpf)
         })
         .context(what)?;
-        Ok(Injector { ebpf })
+        Ok(Injector {
+            ebpf: Some(ebpf),
+            netns: netns.to_string(),
+        })
     }
 
     /// Packets held so far, over all CPUs.
     pub fn injected(&self) -> Result<u64> {
         let map = self
             .ebpf
-            .map(map::INJECT_COUNT)
+            .as_ref()
+            .and_then(|e| e.map(map::INJECT_COUNT))
             .ok_or_else(|| anyhow!("the eBPF object has no INJECT_COUNT map"))?;
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counts
