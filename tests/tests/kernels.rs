@@ -130,22 +130,7 @@ fn layers(kernel: &str) {
         .chain(NEW_MODES.iter().filter(|m| **m != "ovs").copied())
         .collect::<Vec<_>>()
         .join(",");
-    let r = in_guest(
-        kernel,
-        &[
-            "trace",
-            "--compare",
-            &modes,
-            "-l",
-            "1",
-            "--follow-every",
-            "1",
-            "--repeat",
-            "1",
-            "--split-route",
-            "--json",
-        ],
-    );
+    let r = compare(kernel, &modes, &["--split-route"]);
     // `--compare` adds its baseline (host) when it is not listed: the new modes' rows only.
     let rows: Vec<&Value> = r["rows"]
         .as_array()
@@ -197,14 +182,7 @@ fn layers(kernel: &str) {
                 ("dst_cache_get_ip4", "fexit"),
                 ("ip_route_output_flow", "fexit"),
             ] {
-                let got: Vec<&str> = report["attached"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|a| a["event"] == event)
-                    .filter_map(|a| a["how"].as_str())
-                    .collect();
-                assert_eq!(got, [how], "{kernel}: {event}");
+                assert_eq!(attached(report, event), [how], "{kernel}: {event}");
             }
         }
         let mut names: Vec<&str> = Vec::new();
@@ -233,6 +211,36 @@ fn layers(kernel: &str) {
     }
 }
 
+/// `trace --compare MODES` in the guest, one round of 1 s each, every packet followed, with
+/// `extra` options.
+fn compare(kernel: &str, modes: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "trace",
+        "--compare",
+        modes,
+        "-l",
+        "1",
+        "--follow-every",
+        "1",
+        "--repeat",
+        "1",
+    ];
+    args.extend(extra);
+    args.push("--json");
+    in_guest(kernel, &args)
+}
+
+/// How a trace report says it attached `event`, one entry per way.
+fn attached(report: &Value, event: &str) -> Vec<String> {
+    report["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["event"] == event)
+        .map(|a| a["how"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A layer's row in one direction of a trace report.
 fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
     dir["layers"]
@@ -251,21 +259,7 @@ fn row<'a>(dir: &'a Value, layer: &str) -> Option<&'a Value> {
 /// each a histogram of entry-to-exit times, and ip_forward by fentry, splitting the route
 /// lookup from the forward.
 fn function_probes(kernel: &str) {
-    let r = in_guest(
-        kernel,
-        &[
-            "trace",
-            "--compare",
-            "overlay,nat",
-            "-l",
-            "1",
-            "--follow-every",
-            "1",
-            "--repeat",
-            "1",
-            "--json",
-        ],
-    );
+    let r = compare(kernel, "overlay,nat", &[]);
     let report = |mode: &str| -> &Value {
         let row = r["rows"]
             .as_array()
@@ -274,15 +268,6 @@ fn function_probes(kernel: &str) {
             .find(|row| row["mode"] == mode)
             .unwrap_or_else(|| panic!("{kernel}: no {mode} row in {r}"));
         &row["reports"][0]
-    };
-    let attached = |rep: &Value, event: &str| -> Vec<String> {
-        rep["attached"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["event"] == event)
-            .map(|a| a["how"].as_str().unwrap().to_string())
-            .collect()
     };
 
     let overlay = report("overlay");
